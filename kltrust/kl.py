@@ -1,0 +1,195 @@
+"""The KL core: every KL divergence in kltrust is computed here.
+
+Direction. Every function computes the *reverse* KL used in RLHF and trust-region methods,
+
+    KL(p ‖ p_ref) = E_{x~p}[log p(x) − log p_ref(x)],
+
+where ``p`` is the distribution being optimised (the policy) and ``p_ref`` is the anchor (the old
+policy, or a frozen reference). The argument order is the direction: the first argument is the
+distribution the expectation is taken under. For the forward KL(p_ref ‖ p) swap the arguments
+(and, for sample estimators, draw the samples from ``p_ref``).
+
+Exact forms. ``categorical`` and ``gaussian`` return the exact KL from full distributions. Use them
+wherever the full distribution is available (all control tasks, full-vocabulary token logits).
+
+Sample estimators (Schulman, "Approximating KL divergence", 2020). With x ~ p and
+log-ratio ``δ = log p(x) − log p_ref(x)`` and ``r = p_ref(x)/p(x) = exp(−δ)``:
+
+    k1 = δ                 value: unbiased for KL(p‖p_ref); high variance; can be negative.
+    k2 = ½ δ²              value: biased (bias grows with the KL: for p=N(0,1), p_ref=N(μ,1) it is
+                           μ⁴/8 against KL = μ²/2); always ≥ 0; low variance.
+    k3 = (r − 1) − log r   value: unbiased for KL(p‖p_ref); always ≥ 0; low variance near p = p_ref.
+
+Gradient semantics, on-policy (samples drawn from p_θ and treated as constants, as every
+policy-gradient implementation does). These are the facts users of other frameworks get wrong;
+``tests/test_kl.py`` checks each one exactly on a categorical distribution.
+
+* As a **reward** (the estimate enters the return and is differentiated through log p_θ by the
+  score function, REINFORCE-style): k1 gives an unbiased gradient of KL(p_θ‖p_ref).
+* As a **loss** term differentiated directly, ``mean(k(x))``:
+    - k1: E[∇δ] = E[∇ log p_θ] = 0. The gradient is zero in expectation: k1 in a loss does nothing
+      but add noise.
+    - k2: E[δ ∇ log p_θ] = ∇ KL(p_θ‖p_ref). The *value* is biased but the *gradient* is exactly the
+      reverse-KL gradient.
+    - k3: E[(1 − r) ∇ log p_θ] = −Σ_x p_ref(x) ∇ log p_θ(x) = ∇ KL(p_ref‖p_θ). The value estimates the
+      reverse KL but the gradient is that of the **forward** KL (as used by GRPO's loss).
+
+Numerics. Estimators work from log-probabilities only (no ratio of probabilities is ever formed),
+k3 is evaluated to a few ulps of relative accuracy for every log-ratio (a series below 0.1, ``expm1``
+above) and is finite wherever its true value fits in the dtype. ``categorical`` treats entries that are −inf in ``logits`` as absent (probability 0,
+contributing exactly 0 with zero gradient), so action or vocabulary masks are safe. optax's
+``kl_divergence_with_log_targets`` returns NaN for such masked entries, which is why this module does
+not delegate to it.
+
+Shapes are checked at trace time: mismatched shapes raise ``ValueError`` naming both arguments
+rather than broadcasting silently (a [B] vs [B, 1] broadcast is a classic silent KL bug).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Estimator = Literal["k1", "k2", "k3"]
+ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "categorical",
+    "estimate",
+    "gaussian",
+    "mean_per_sequence",
+    "mean_per_token",
+    "sum_per_sequence",
+]
+
+
+def _check_same_shape(fn: str, **arrays: jax.Array) -> None:
+    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"kltrust.kl.{fn}: arguments must have identical shapes, got {listed}.")
+
+
+def estimate(logp: jax.Array, logp_ref: jax.Array, estimator: Estimator = "k3") -> jax.Array:
+    """Per-sample estimates of KL(p ‖ p_ref) from samples x ~ p.
+
+    Args:
+      logp: log p(x) at the sampled points, any shape.
+      logp_ref: log p_ref(x) at the same points, same shape as ``logp``.
+      estimator: ``"k1"`` (δ), ``"k2"`` (½δ²) or ``"k3"`` ((r−1) − log r), with δ = log p − log p_ref
+        and r = exp(−δ). See the module docstring for which is unbiased in value and which gives
+        which gradient.
+
+    Returns:
+      An array shaped like ``logp``: one estimate per sample. Average it (or use the masked
+      reductions below) to estimate the KL.
+
+    Raises:
+      ValueError: unknown ``estimator`` or mismatched shapes.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"kltrust.kl.estimate: estimator must be one of {ESTIMATORS}, got {estimator!r}."
+        )
+    _check_same_shape("estimate", logp=logp, logp_ref=logp_ref)
+    log_ratio = logp - logp_ref
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * jnp.square(log_ratio)
+    return _expm1_minus_identity(-log_ratio)
+
+
+def _expm1_minus_identity(x: jax.Array) -> jax.Array:
+    """e^x − 1 − x, accurate to a few ulps for every x (k3 with x = log r).
+
+    Even ``expm1(x) − x`` cancels for |x| ≪ 1 (the result is x²/2 but the ulp is that of x), so small
+    |x| uses the Taylor series x²/2·(1 + x/3 + x²/12 + x³/60 + x⁴/360), whose truncation error is
+    < 1e-8 relative below the switch. The series input is zeroed on the other branch so that huge x
+    cannot produce inf·0 = NaN in the gradient of the unselected branch.
+    """
+    small = jnp.abs(x) < 0.1
+    xs = jnp.where(small, x, 0.0)
+    series = 0.5 * xs * xs * (1.0 + xs * (1 / 3 + xs * (1 / 12 + xs * (1 / 60 + xs / 360))))
+    return jnp.where(small, series, jnp.expm1(x) - x)
+
+
+def categorical(logits: jax.Array, logits_ref: jax.Array) -> jax.Array:
+    """Exact KL(softmax(logits) ‖ softmax(logits_ref)) over the last axis.
+
+    KL = Σ_i p_i (log p_i − log q_i), p = softmax(logits), q = softmax(logits_ref), computed from
+    ``log_softmax`` so that large logits do not overflow.
+
+    Entries with p_i = 0 (logit −inf, e.g. masked actions or tokens) contribute exactly 0 and get a
+    zero gradient, whatever ``logits_ref`` holds there. An entry with p_i > 0 and q_i = 0 gives +inf,
+    which is the true value.
+
+    Args:
+      logits: unnormalised log-probabilities of p, shape [..., K].
+      logits_ref: unnormalised log-probabilities of p_ref, same shape.
+
+    Returns:
+      KL per distribution, shape [...]. Differentiable in both arguments.
+    """
+    _check_same_shape("categorical", logits=logits, logits_ref=logits_ref)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    logq = jax.nn.log_softmax(logits_ref, axis=-1)
+    present = logp > -jnp.inf
+    # Double `where`: masking only the product would still send NaN gradients through the
+    # (−inf) − (−inf) branch, so the inputs of the subtraction are made finite first.
+    safe_logp = jnp.where(present, logp, 0.0)
+    safe_logq = jnp.where(present, logq, 0.0)
+    terms = jnp.where(present, jnp.exp(safe_logp) * (safe_logp - safe_logq), 0.0)
+    return jnp.sum(terms, axis=-1)
+
+
+def gaussian(
+    mean: jax.Array, log_std: jax.Array, mean_ref: jax.Array, log_std_ref: jax.Array
+) -> jax.Array:
+    """Analytic KL(N(mean, std²) ‖ N(mean_ref, std_ref²)) for diagonal Gaussians, summed over the last axis.
+
+    Per dimension, with d = log σ − log σ_ref:
+        KL = log(σ_ref/σ) + (σ² + (μ − μ_ref)²)/(2σ_ref²) − ½ = ½(e^{2d} − 1 − 2d) + ½((μ − μ_ref)/σ_ref)²,
+    the second form evaluated like k3 (e^x − 1 − x, with x = 2d), so identical distributions give
+    exactly 0 and nearby ones keep full relative precision.
+
+    Args:
+      mean, log_std: parameters of p, shape [..., D] (``log_std`` may be broadcast to ``mean``'s
+        shape by the caller, e.g. a state-independent log-std).
+      mean_ref, log_std_ref: parameters of p_ref, same shape.
+
+    Returns:
+      KL per distribution, shape [...].
+    """
+    _check_same_shape(
+        "gaussian", mean=mean, log_std=log_std, mean_ref=mean_ref, log_std_ref=log_std_ref
+    )
+    d = log_std - log_std_ref
+    scale_term = 0.5 * _expm1_minus_identity(2.0 * d)
+    mean_term = 0.5 * jnp.square((mean - mean_ref) * jnp.exp(-log_std_ref))
+    return jnp.sum(scale_term + mean_term, axis=-1)
+
+
+# Masked reductions for token-level KLs: `values` and `mask` are [..., T] with mask 1 for real tokens.
+
+
+def sum_per_sequence(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Σ_t mask_t · values_t over the last (time) axis: the sequence-level KL, shape [...]."""
+    _check_same_shape("sum_per_sequence", values=values, mask=mask)
+    return jnp.sum(jnp.where(mask > 0, values, 0.0), axis=-1)
+
+
+def mean_per_sequence(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-sequence average over its real tokens, shape [...]; 0 for an all-padding sequence."""
+    counts = jnp.sum(mask > 0, axis=-1)
+    return sum_per_sequence(values, mask) / jnp.maximum(counts, 1)
+
+
+def mean_per_token(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Average over every real token in the batch (long sequences weigh more), a scalar."""
+    total = jnp.sum(sum_per_sequence(values, mask))
+    return total / jnp.maximum(jnp.sum(mask > 0), 1)
