@@ -1,0 +1,106 @@
+"""PPO presets: TASK_VARIANT, e.g. ``--config=configs/ppo.py:cartpole_clip``.
+
+Tasks: cartpole, acrobot, pendulum, mountaincar (gymnax CartPole-v1, Acrobot-v1, Pendulum-v1,
+MountainCarContinuous-v0). Variants, the PPO paper's comparison (Schulman et al. 2017, §6.1) plus
+controllers from later work:
+
+    none            no clipping, no penalty
+    clip            clipped surrogate, ε = 0.2
+    kl_fixed        fixed KL penalty to the old policy, β = 1
+    kl_adaptive     adaptive β (d_targ = 0.01, β₀ = 1): halve below d_targ/1.5, double above 1.5·d_targ
+    clip_kl         clipping plus the adaptive penalty
+    kl_proportional proportional controller (Ziegler et al. 2019) on KL to the old policy
+    kl_pid          PID-Lagrangian controller (Stooke et al. 2020)
+    kl_ref          fixed β = 0.1 penalty on KL(π_θ ‖ π_ref) to the frozen initial policy (RLHF-style)
+
+Everything under ``hparams`` is an array in the compiled program (sweepable without recompiling);
+everything else is static. Override anything with ``--config.key=value``.
+"""
+
+import ml_collections
+
+TASKS = {
+    # PureJaxRL's CartPole settings (4 envs × 128 steps, 4 epochs × 4 minibatches, lr 2.5e-4).
+    "cartpole": dict(
+        env_name="CartPole-v1", num_envs=4, num_steps=128, num_epochs=4, num_minibatches=4,
+        total_timesteps=500_000, updates_per_chunk=61,
+        hparams=dict(learning_rate=2.5e-4, ent_coef=0.01, gamma=0.99),
+    ),
+    "acrobot": dict(
+        env_name="Acrobot-v1", num_envs=4, num_steps=128, num_epochs=4, num_minibatches=4,
+        total_timesteps=500_000, updates_per_chunk=61,
+        hparams=dict(learning_rate=2.5e-4, ent_coef=0.01, gamma=0.99),
+    ),
+    # Pendulum: shorter effective horizon (γ = 0.95) and rewards scaled to ~[-1.6, 0] as is usual
+    # for PPO there; 10 epochs of 32 minibatches as in the PPO paper's MuJoCo setting.
+    "pendulum": dict(
+        env_name="Pendulum-v1", num_envs=8, num_steps=256, num_epochs=10, num_minibatches=32,
+        total_timesteps=1_000_000, updates_per_chunk=61,
+        hparams=dict(learning_rate=1e-3, ent_coef=0.0, gamma=0.95, reward_scale=0.1),
+    ),
+    "mountaincar": dict(
+        env_name="MountainCarContinuous-v0", num_envs=8, num_steps=256, num_epochs=10,
+        num_minibatches=32, total_timesteps=1_000_000, updates_per_chunk=61,
+        hparams=dict(learning_rate=3e-4, ent_coef=0.0, gamma=0.99),
+    ),
+}
+
+VARIANTS = {
+    "none": dict(clip=False, kl_penalty="none"),
+    "clip": dict(clip=True, kl_penalty="none"),
+    "kl_fixed": dict(clip=False, kl_penalty="fixed"),
+    "kl_adaptive": dict(clip=False, kl_penalty="adaptive"),
+    "clip_kl": dict(clip=True, kl_penalty="adaptive"),
+    "kl_proportional": dict(clip=False, kl_penalty="proportional"),
+    "kl_pid": dict(clip=False, kl_penalty="pid"),
+    "kl_ref": dict(clip=True, kl_penalty="fixed", kl_anchor="reference", beta=0.1),
+}
+
+PRESETS = tuple(f"{task}_{variant}" for task in TASKS for variant in VARIANTS)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.algorithm = "ppo"
+    config.env_name = "CartPole-v1"
+    config.seed = 0
+    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
+    config.num_envs = 4
+    config.num_steps = 128
+    config.num_epochs = 4
+    config.num_minibatches = 4
+    config.total_timesteps = 500_000
+    config.updates_per_chunk = 50  # updates per compiled call; metrics/checkpoints between calls
+    config.anneal_lr = True
+    config.early_stop = False  # stop the epoch loop once KL(π_old ‖ π_θ) > 1.5 · target_kl
+    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
+    config.variant = ml_collections.ConfigDict(
+        dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
+             normalize_advantages=True)
+    )
+    config.hparams = ml_collections.ConfigDict(
+        dict(
+            learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, kl_target=0.01, gamma=0.99,
+            gae_lambda=0.95, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015,
+            reward_scale=1.0, kl_horizon=10_000.0, kl_gain=0.1, pid_kp=1.0, pid_ki=0.1, pid_kd=0.0,
+        )
+    )
+    config.checkpoint_every_chunks = 1
+    config.keep_checkpoints = 2
+    return config
+
+
+def get_config(preset: str = "cartpole_clip") -> ml_collections.ConfigDict:
+    """The config of ``preset`` (TASK_VARIANT); see the module docstring."""
+    task, _, variant = preset.partition("_")
+    if task not in TASKS or variant not in VARIANTS:
+        raise ValueError(f"Unknown PPO preset {preset!r}; known presets: {', '.join(PRESETS)}.")
+    config = base_config()
+    task_fields = dict(TASKS[task])
+    config.hparams.update(task_fields.pop("hparams"))
+    config.update(task_fields)
+    variant_fields = dict(VARIANTS[variant])
+    if "beta" in variant_fields:
+        config.hparams.beta = variant_fields.pop("beta")
+    config.variant.update(variant_fields)
+    return config

@@ -1,0 +1,39 @@
+"""Train one config (all its seeds vmapped in one program).
+
+    python -m experiments.train --config=configs/ppo.py:cartpole_clip --workdir=runs/cartpole_clip \
+        [--config.hparams.clip_eps=0.1 --config.num_seeds=3 ...] [--overwrite]
+
+Writes config.json, metrics.jsonl, TensorBoard events, orbax checkpoints and learning_curve.png to
+the workdir and prints where they went.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from kltrust.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/ppo.py:cartpole_clip", "Run config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a workdir that holds a different config.")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
+    result = loop.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    steps = result.metrics["kl_old"].shape[1] * result.env_steps_per_update * len(result.seeds)
+    final = result.metrics["episode_return"][:, -1]
+    print(f"final mean episode return per seed: {', '.join(f'{r:.1f}' for r in final)}")
+    print(f"compile {result.compile_seconds:.1f} s; run {result.run_seconds:.1f} s "
+          f"({steps / result.run_seconds:,.0f} env steps/s over {len(result.seeds)} seed(s))")
+    print(f"metrics: {_WORKDIR.value}/metrics.jsonl  plot: {_WORKDIR.value}/learning_curve.png  "
+          f"checkpoints: {_WORKDIR.value}/checkpoints  tensorboard: {_WORKDIR.value}/tensorboard")
+
+
+if __name__ == "__main__":
+    app.run(main)

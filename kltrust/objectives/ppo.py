@@ -1,0 +1,143 @@
+"""PPO objectives (Schulman et al. 2017): clipped surrogate, KL penalty, value loss, entropy bonus.
+
+One pure loss serves every variant of the PPO paper's comparison; the variant is static
+(`Variant`), the coefficients are arrays (`LossCoefs`), so sweeps over ε and β vmap.
+
+    L(θ) = −E[S_t(θ)] + β·E[KL_t(θ)] + c_v·E[½(V_θ(s_t) − R_t)²] − c_e·E[H(π_θ(·|s_t))]
+
+with ρ_t = π_θ(a_t|s_t)/π_old(a_t|s_t) and
+    S_t = min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t)   if ``variant.clip``,   else ρ_t·A_t.
+
+The KL term (only if ``variant.kl_penalty != "none"``) is, by ``variant.kl_anchor``:
+    "old":        KL(π_old(·|s) ‖ π_θ(·|s)), the PPO paper's penalty (eq. 8), trust-region style;
+    "reference":  KL(π_θ(·|s) ‖ π_ref(·|s)), the RLHF-style anchor to a frozen reference policy.
+``variant.kl_estimator`` = "exact" uses the analytic/full-distribution KL from `kltrust.kl`; "k1",
+"k2", "k3" use `kltrust.kl.estimate` at the sampled actions (drawn from π_old). For the old anchor the
+samples come from the first argument, so k1 and k3 give unbiased values *and* gradients; for the
+reference anchor π_old stands in for π_θ (exactly so on the first minibatch), as in RLHF practice.
+
+The metrics always carry both the KL that was penalised (``kl_penalty``: the estimator's value) and
+the exact KLs to the old policy and the reference, so the two can never be confused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from kltrust import kl
+from kltrust.distributions import Distribution
+
+KL_PENALTIES = ("none", "fixed", "adaptive", "proportional", "pid")
+KL_ANCHORS = ("old", "reference")
+KL_ESTIMATORS = ("exact",) + kl.ESTIMATORS
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """The static choices that define a PPO variant (they change the compiled program)."""
+
+    clip: bool = True
+    kl_penalty: str = "none"  # "none" or the β controller kind (kltrust.controllers)
+    kl_anchor: str = "old"
+    kl_estimator: str = "exact"
+    normalize_advantages: bool = True
+
+    def __post_init__(self):
+        for name, allowed in (
+            ("kl_penalty", KL_PENALTIES),
+            ("kl_anchor", KL_ANCHORS),
+            ("kl_estimator", KL_ESTIMATORS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"variant.{name} must be one of {allowed}, got {value!r}.")
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a frozen reference policy must be kept (and evaluated) at all."""
+        return self.kl_penalty != "none" and self.kl_anchor == "reference"
+
+
+@flax.struct.dataclass
+class LossCoefs:
+    clip_eps: jax.Array
+    beta: jax.Array
+    vf_coef: jax.Array
+    ent_coef: jax.Array
+
+
+@flax.struct.dataclass
+class Batch:
+    """Flat [B] training batch. ``reference`` is π_ref's distribution, or None when unused."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array  # log π_old(a|s)
+    policy: Distribution  # π_old(·|s)
+    advantage: jax.Array
+    target: jax.Array  # value target R_t
+    reference: Distribution | None
+
+
+def anchor_kl(
+    variant: Variant, new: Distribution, new_log_prob: jax.Array, batch: Batch
+) -> tuple[jax.Array, jax.Array]:
+    """(exact KL to the anchor, the penalised per-sample value) in the direction of ``variant.kl_anchor``."""
+    if variant.kl_anchor == "old":
+        exact = batch.policy.kl(new)
+        if variant.kl_estimator == "exact":
+            return exact, exact
+        return exact, kl.estimate(batch.log_prob, new_log_prob, variant.kl_estimator)
+    exact = new.kl(batch.reference)
+    if variant.kl_estimator == "exact":
+        return exact, exact
+    ref_log_prob = batch.reference.log_prob(batch.action)
+    return exact, kl.estimate(new_log_prob, ref_log_prob, variant.kl_estimator)
+
+
+def loss(
+    params: Any,
+    batch: Batch,
+    coefs: LossCoefs,
+    *,
+    apply_fn: Callable[[Any, jax.Array], tuple[Distribution, jax.Array]],
+    variant: Variant,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The PPO loss of ``params`` on ``batch``; returns (scalar loss, metrics of scalars)."""
+    new, value = apply_fn(params, batch.obs)
+    new_log_prob = new.log_prob(batch.action)
+    advantage = batch.advantage
+    if variant.normalize_advantages:
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+
+    ratio = jnp.exp(new_log_prob - batch.log_prob)
+    if variant.clip:
+        clipped = jnp.clip(ratio, 1.0 - coefs.clip_eps, 1.0 + coefs.clip_eps)
+        surrogate = jnp.minimum(ratio * advantage, clipped * advantage)
+    else:
+        surrogate = ratio * advantage
+    policy_loss = -surrogate.mean()
+    value_loss = 0.5 * jnp.square(value - batch.target).mean()
+    entropy = new.entropy().mean()
+    total = policy_loss + coefs.vf_coef * value_loss - coefs.ent_coef * entropy
+
+    metrics = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "clip_frac": jnp.mean(jnp.abs(ratio - 1.0) > coefs.clip_eps),
+        "kl_old": batch.policy.kl(new).mean(),  # exact KL(π_old ‖ π_θ), whatever is penalised
+    }
+    if variant.kl_penalty != "none":
+        exact, penalised = anchor_kl(variant, new, new_log_prob, batch)
+        total = total + coefs.beta * penalised.mean()
+        metrics["kl_penalty"] = penalised.mean()
+        if variant.kl_anchor == "reference":
+            metrics["kl_ref"] = exact.mean()
+    return total, metrics

@@ -1,0 +1,1 @@
+"""Training programs that tie rollout, objective and controller together."""

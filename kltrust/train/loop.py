@@ -1,0 +1,201 @@
+"""The thin host loop: call the compiled chunk, write metrics, checkpoint, draw, repeat.
+
+Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one object per update and seed, with
+``step`` = environment steps so far), TensorBoard events (seed means), orbax checkpoints of the full
+training state (params, optimiser and controller state, rng, step, environments) under
+``checkpoints/``, and ``learning_curve.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from kltrust import sharding
+from kltrust.metrics import write_text_atomic
+from kltrust.train import ppo
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run leaves in memory: final state (leading axis = seed), per-update metrics, timings."""
+
+    state: ppo.TrainState
+    metrics: dict[str, np.ndarray]  # name -> [num_seeds, num_updates]
+    seeds: np.ndarray
+    env_steps_per_update: int
+    compile_seconds: float
+    run_seconds: float
+
+
+def _check_chunking(config: ml_collections.ConfigDict, static: ppo.Static) -> None:
+    if static.num_updates % static.updates_per_chunk:
+        divisors = [d for d in range(1, static.num_updates + 1) if static.num_updates % d == 0]
+        near = sorted(divisors, key=lambda d: abs(d - static.updates_per_chunk))[:3]
+        raise ValueError(
+            f"config.updates_per_chunk = {config.updates_per_chunk}: must divide the number of "
+            f"updates, {static.num_updates} = total_timesteps // (num_envs * num_steps); "
+            f"nearest divisors: {sorted(near)}."
+        )
+
+
+def _prepare_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> None:
+    existing = workdir / "config.json"
+    if existing.exists() and existing.read_text() != config_json and not overwrite:
+        raise ValueError(
+            f"workdir {workdir} holds a run of a different config; choose another --workdir or "
+            "pass --overwrite to replace it."
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in ("metrics.jsonl",):
+            (workdir / name).unlink(missing_ok=True)
+
+
+def _to_json_value(x: Any) -> Any:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> RunResult:
+    """Trains ``config.num_seeds`` seeds of one PPO config vmapped in one program."""
+    trainer = ppo.make_trainer(config, mesh)  # validates before anything is compiled
+    static = trainer.static
+    _check_chunking(config, static)
+    seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
+    hparams = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (len(seeds),) + x.shape),
+        ppo.HParams.from_config(config.hparams),
+    )
+
+    writer = checkpoints = None
+    if workdir is not None:
+        workdir = pathlib.Path(workdir)
+        config_json = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+        _prepare_workdir(workdir, config_json, overwrite)
+        write_text_atomic(workdir / "config.json", config_json)
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(workdir / "tensorboard"))
+        checkpoints = _checkpoint_manager(workdir, config.keep_checkpoints)
+
+    init, run_chunk = ppo.compile_run(trainer)
+    if True:  # NamedShardings carry their mesh; no mesh context is needed
+        start = time.perf_counter()
+        state = init(jnp.asarray(seeds), hparams)
+        compiled_chunk = run_chunk.lower(state, hparams).compile()
+        compile_seconds = time.perf_counter() - start
+
+        history: dict[str, list[np.ndarray]] = {}
+        num_chunks = static.num_updates // static.updates_per_chunk
+        bar = tqdm(total=static.num_updates, unit="update", disable=not progress,
+                   desc=f"{static.env_name} {config.variant.kl_penalty}/clip={config.variant.clip}")
+        start = time.perf_counter()
+        for chunk in range(num_chunks):
+            state, metrics = compiled_chunk(state, hparams)
+            metrics = jax.device_get(metrics)
+            for name, values in metrics.items():
+                history.setdefault(name, []).append(np.asarray(values))
+            first_update = chunk * static.updates_per_chunk
+            if workdir is not None:
+                _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
+                if (chunk + 1) % config.checkpoint_every_chunks == 0 or chunk + 1 == num_chunks:
+                    checkpoints.save(first_update + static.updates_per_chunk, args=_save_args(state))
+            bar.update(static.updates_per_chunk)
+            latest_return = metrics["episode_return"][:, -1]
+            if np.isfinite(latest_return).any():
+                bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
+                                kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
+        jax.block_until_ready(state)
+        run_seconds = time.perf_counter() - start
+        bar.close()
+
+    result = RunResult(
+        state=state,
+        metrics={k: np.concatenate(v, axis=1) for k, v in history.items()},
+        seeds=seeds,
+        env_steps_per_update=static.batch_size,
+        compile_seconds=compile_seconds,
+        run_seconds=run_seconds,
+    )
+    if workdir is not None:
+        checkpoints.wait_until_finished()
+        checkpoints.close()
+        writer.close()
+        plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
+    return result
+
+
+def _write_metrics(workdir, writer, metrics, seeds, first_update, batch_size) -> None:
+    lines = []
+    num_updates = next(iter(metrics.values())).shape[1]
+    for u in range(num_updates):
+        update = first_update + u + 1
+        step = update * batch_size
+        for r, seed in enumerate(seeds):
+            record = {"step": step, "update": update, "seed": int(seed)}
+            record.update({k: _to_json_value(v[r, u]) for k, v in metrics.items()})
+            lines.append(json.dumps(record))
+        for name, values in metrics.items():
+            writer.add_scalar(name, float(np.nanmean(values[:, u])), step)
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    writer.flush()
+
+
+def _checkpoint_manager(workdir: pathlib.Path, keep: int):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        (workdir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
+
+
+def _save_args(state: ppo.TrainState):
+    import orbax.checkpoint as ocp
+
+    return ocp.args.StandardSave(state)
+
+
+def plot_learning_curves(result: RunResult, path: pathlib.Path, title: str = "") -> None:
+    """Return, KL to the old policy and β per update; one thin line per seed, their mean bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, result.metrics["kl_old"].shape[1] + 1) * result.env_steps_per_update
+    panels = [("episode_return", "mean episode return"), ("kl_old", "KL(π_old ‖ π_θ) per update"),
+              ("beta", "β")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.6))
+    for ax, (name, label) in zip(axes, panels):
+        values = result.metrics[name]
+        for row in values:
+            ax.plot(steps, row, lw=0.6, alpha=0.5)
+        ax.plot(steps, np.nanmean(values, axis=0), lw=1.8, color="k", label="seed mean")
+        ax.set_xlabel("environment steps")
+        ax.set_title(label)
+        if name == "kl_old":
+            ax.set_yscale("log")
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,351 @@
+"""The PPO training program: rollout → GAE → epochs × minibatches → β controller, in one jit.
+
+A config splits into a static part (`Static`: shapes, variant, environment) and `HParams`, a pytree of
+float32 arrays. `Trainer.update` is one PPO iteration as a pure function of (TrainState, HParams);
+`Trainer.run_chunk` scans it ``updates_per_chunk`` times inside one compiled program. Because every
+number a sweep varies is an array, `jax.vmap` over seeds and hyperparameters reuses one compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import gymnax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kltrust import controllers, rollout, sharding
+from kltrust.models import ActorCritic
+from kltrust.objectives import ppo
+
+ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
+
+
+@flax.struct.dataclass
+class HParams:
+    """Every numeric hyperparameter of a PPO run, as arrays (vmappable, never baked into the trace)."""
+
+    learning_rate: jax.Array
+    clip_eps: jax.Array
+    beta: jax.Array  # fixed β, or the initial β of an adaptive controller
+    kl_target: jax.Array  # d_targ of the adaptive / proportional / PID controllers
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    vf_coef: jax.Array
+    ent_coef: jax.Array
+    max_grad_norm: jax.Array
+    target_kl: jax.Array  # early stopping of the epoch loop at 1.5·target_kl (if enabled)
+    reward_scale: jax.Array
+    kl_horizon: jax.Array  # proportional controller
+    kl_gain: jax.Array  # proportional controller K
+    pid_kp: jax.Array
+    pid_ki: jax.Array
+    pid_kd: jax.Array
+
+    @classmethod
+    def from_config(cls, hparams: ml_collections.ConfigDict) -> HParams:
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: jnp.asarray(hparams[n], jnp.float32) for n in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything that changes shapes or code paths."""
+
+    env_name: str
+    num_envs: int
+    num_steps: int
+    num_epochs: int
+    num_minibatches: int
+    num_updates: int
+    updates_per_chunk: int
+    hidden: tuple[int, ...]
+    activation: str
+    anneal_lr: bool
+    early_stop: bool
+    variant: ppo.Variant
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Static:
+        return cls(
+            env_name=config.env_name,
+            num_envs=config.num_envs,
+            num_steps=config.num_steps,
+            num_epochs=config.num_epochs,
+            num_minibatches=config.num_minibatches,
+            num_updates=config.total_timesteps // (config.num_envs * config.num_steps),
+            updates_per_chunk=config.updates_per_chunk,
+            hidden=tuple(config.model.hidden),
+            activation=config.model.activation,
+            anneal_lr=config.anneal_lr,
+            early_stop=config.early_stop,
+            variant=ppo.Variant(**config.variant.to_dict()),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any
+    opt_state: optax.OptState
+    controller: controllers.ControllerState
+    runner: rollout.RunnerState
+    episodes: rollout.EpisodeStats
+    key: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
+    update_step: jax.Array
+    ref_params: Any  # frozen reference policy, None unless the variant penalises KL to it
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{key} = {value!r}: must be {allowed}.")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Rejects a bad config with one message naming the key, its value and the allowed range.
+
+    Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
+    """
+    _check(config.env_name in ENV_NAMES, "env_name", config.env_name, f"one of {ENV_NAMES}")
+    for key in ("num_envs", "num_steps", "num_epochs", "num_minibatches", "updates_per_chunk"):
+        _check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "an integer >= 1")
+    batch = config.num_envs * config.num_steps
+    _check(
+        batch % config.num_minibatches == 0,
+        "num_minibatches",
+        config.num_minibatches,
+        f"a divisor of num_envs * num_steps = {batch}",
+    )
+    _check(
+        config.num_envs % num_devices == 0,
+        "num_envs",
+        config.num_envs,
+        f"divisible by the number of devices in the mesh ({num_devices})",
+    )
+    _check(
+        config.total_timesteps >= batch,
+        "total_timesteps",
+        config.total_timesteps,
+        f">= num_envs * num_steps = {batch}",
+    )
+    _check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
+    _check(config.model.activation in ("tanh", "relu"), "model.activation", config.model.activation,
+           "'tanh' or 'relu'")
+    _check(len(config.model.hidden) >= 1 and all(h >= 1 for h in config.model.hidden),
+           "model.hidden", config.model.hidden, "a non-empty tuple of widths >= 1")
+    try:
+        variant = ppo.Variant(**config.variant.to_dict())
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config.{error}") from None
+
+    hp = {k: np.asarray(v, np.float64) for k, v in config.hparams.items()}
+
+    def check_range(name: str, low: float, high: float = np.inf, low_open: bool = False,
+                    high_open: bool = False) -> None:
+        v = hp[name]
+        ok = (v > low if low_open else v >= low) & (v < high if high_open else v <= high)
+        if not np.all(ok):
+            bad = v[~ok].flat[0] if v.ndim else float(v)
+            lo = "(" if low_open else "["
+            hi = ")" if high_open or high == np.inf else "]"
+            raise ValueError(f"config.hparams.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
+
+    check_range("learning_rate", 0.0, low_open=True)
+    check_range("gamma", 0.0, 1.0)
+    check_range("gae_lambda", 0.0, 1.0)
+    check_range("vf_coef", 0.0)
+    check_range("ent_coef", 0.0)
+    check_range("max_grad_norm", 0.0, low_open=True)
+    check_range("reward_scale", 0.0, low_open=True)
+    if variant.clip:
+        check_range("clip_eps", 0.0, low_open=True)
+    if variant.kl_penalty in ("fixed", "pid"):
+        check_range("beta", 0.0)
+    if variant.kl_penalty in ("adaptive", "proportional"):
+        # Multiplicative rules cannot leave β = 0.
+        check_range("beta", 0.0, low_open=True)
+    if variant.kl_penalty in ("adaptive", "proportional", "pid"):
+        check_range("kl_target", 0.0, low_open=True)
+    if variant.kl_penalty == "proportional":
+        check_range("kl_horizon", 0.0, low_open=True)
+        check_range("kl_gain", 0.0)
+    if variant.kl_penalty == "pid":
+        for gain in ("pid_kp", "pid_ki", "pid_kd"):
+            check_range(gain, 0.0)
+    if config.early_stop:
+        check_range("target_kl", 0.0, low_open=True)
+
+
+def _make_optimizer(learning_rate: jax.Array, max_grad_norm: jax.Array) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate, eps=1e-5))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Pure PPO training functions for one static configuration."""
+
+    static: Static
+    mesh: jax.sharding.Mesh
+
+    @functools.cached_property
+    def _model_and_env(self):
+        env, env_params = gymnax.make(self.static.env_name)
+        space = env.action_space(env_params)
+        discrete = isinstance(space, gymnax.environments.spaces.Discrete)
+        action_dim = space.n if discrete else int(np.prod(space.shape))
+        model = ActorCritic(action_dim, discrete, self.static.hidden, self.static.activation)
+        return model, env, env_params
+
+    def apply_fn(self, params: Any, obs: jax.Array):
+        model, _, _ = self._model_and_env
+        return model.apply(params, obs)
+
+    def _optimizer(self, hp: HParams) -> optax.GradientTransformation:
+        return optax.inject_hyperparams(_make_optimizer)(
+            learning_rate=hp.learning_rate, max_grad_norm=hp.max_grad_norm
+        )
+
+    def init(self, seed: jax.Array, hp: HParams) -> TrainState:
+        """A fresh run for integer ``seed`` (vmappable over seeds and hparams)."""
+        model, env, env_params = self._model_and_env
+        key = jax.random.PRNGKey(seed)
+        key, key_params, key_env = jax.random.split(key, 3)
+        obs_shape = env.observation_space(env_params).shape
+        params = model.init(key_params, jnp.zeros((1,) + tuple(obs_shape)))
+        variant = self.static.variant
+        kind = "fixed" if variant.kl_penalty == "none" else variant.kl_penalty
+        controller_args = {
+            "fixed": {},
+            "adaptive": dict(kl_target=hp.kl_target),
+            "proportional": dict(kl_target=hp.kl_target, horizon=hp.kl_horizon, gain=hp.kl_gain),
+            "pid": dict(kl_target=hp.kl_target, kp=hp.pid_kp, ki=hp.pid_ki, kd=hp.pid_kd),
+        }[kind]
+        controller_state = controllers.get(kind).init(hp.beta, **controller_args)
+        runner = rollout.init_runner(key_env, env, env_params, self.static.num_envs)
+        return TrainState(
+            params=params,
+            opt_state=self._optimizer(hp).init(params),
+            controller=controller_state,
+            runner=sharding.batch_constraint(self.mesh)(runner),
+            episodes=rollout.EpisodeStats.empty(),
+            key=key,
+            update_step=jnp.zeros((), jnp.int32),
+            ref_params=params if variant.uses_reference else None,
+        )
+
+    def update(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One PPO iteration: collect a batch, optimise the loss for some epochs, update β."""
+        static, variant = self.static, self.static.variant
+        _, env, env_params = self._model_and_env
+        constrain = sharding.batch_constraint(self.mesh)
+        key, key_rollout, key_epochs = jax.random.split(state.key, 3)
+
+        runner, episodes, traj, last_value = rollout.rollout(
+            self.apply_fn, state.params, state.runner, state.episodes, key_rollout, env, env_params,
+            static.num_steps, constrain,
+        )
+        advantage, target = rollout.gae(traj, last_value, hp.gamma, hp.gae_lambda, hp.reward_scale)
+        reference = (
+            self.apply_fn(state.ref_params, traj.obs)[0] if variant.uses_reference else None
+        )
+        # [T, N] -> [T·N]: time-major flattening keeps each device's environments contiguous.
+        flat = lambda x: x.reshape((static.batch_size,) + x.shape[2:])
+        batch = jax.tree.map(flat, ppo.Batch(
+            obs=traj.obs, action=traj.action, log_prob=traj.log_prob, policy=traj.policy,
+            advantage=advantage, target=target, reference=reference,
+        ))
+        batch = constrain(batch)
+
+        frac = 1.0 - state.update_step / static.num_updates if static.anneal_lr else 1.0
+        opt_state = state.opt_state._replace(
+            hyperparams={**state.opt_state.hyperparams, "learning_rate": hp.learning_rate * frac}
+        )
+        optimizer = self._optimizer(hp)
+        coefs = ppo.LossCoefs(hp.clip_eps, state.controller.beta, hp.vf_coef, hp.ent_coef)
+        grad_fn = jax.value_and_grad(
+            lambda p, mb: ppo.loss(p, mb, coefs, apply_fn=self.apply_fn, variant=variant),
+            has_aux=True,
+        )
+        minibatch_size = static.batch_size // static.num_minibatches
+
+        def minibatch_step(carry, minibatch):
+            params, opt_state, stopped = carry
+            (_, metrics), grads = grad_fn(params, minibatch)
+            # Early stopping (as in Stable-Baselines3): once KL(π_old ‖ π_θ) measured before a step
+            # exceeds 1.5·target_kl, this and every later minibatch of the iteration is skipped.
+            if static.early_stop:
+                stopped = stopped | (metrics["kl_old"] > 1.5 * hp.target_kl)
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(stopped, o, n), old, new)
+            carry = (keep(params, new_params), keep(opt_state, new_opt_state), stopped)
+            return carry, (metrics, ~stopped)
+
+        def epoch(carry, epoch_key):
+            perm = jax.random.permutation(epoch_key, static.batch_size)
+            shuffled = jax.tree.map(
+                lambda x: x[perm].reshape((static.num_minibatches, minibatch_size) + x.shape[1:]),
+                batch,
+            )
+            return jax.lax.scan(minibatch_step, carry, shuffled)
+
+        (params, opt_state, _), (mb_metrics, applied) = jax.lax.scan(
+            epoch, (state.params, opt_state, jnp.array(False)),
+            jax.random.split(key_epochs, static.num_epochs),
+        )
+        applied = applied.astype(jnp.float32)
+        n_applied = jnp.maximum(applied.sum(), 1.0)
+        metrics = {k: jnp.sum(v * applied) / n_applied for k, v in mb_metrics.items()}
+
+        # The constrained KLs, measured exactly on the whole batch after the update.
+        new_policy, _ = self.apply_fn(params, batch.obs)
+        metrics["kl_old"] = batch.policy.kl(new_policy).mean()
+        if variant.uses_reference:
+            metrics["kl_ref"] = new_policy.kl(batch.reference).mean()
+        metrics["beta"] = state.controller.beta
+        controller_state = state.controller
+        if variant.kl_penalty != "none":
+            observed = metrics["kl_ref"] if variant.kl_anchor == "reference" else metrics["kl_old"]
+            controller_state = controllers.get(variant.kl_penalty).update(
+                controller_state, observed, jnp.asarray(static.batch_size, jnp.float32)
+            )
+        metrics["minibatches_applied"] = applied.sum()
+        metrics["learning_rate"] = opt_state.hyperparams["learning_rate"]
+        metrics["episode_return"] = episodes.mean_return()  # last 100 episodes
+        metrics["episodes_completed"] = jnp.sum(traj.done)
+        new_state = TrainState(
+            params=params, opt_state=opt_state, controller=controller_state, runner=runner,
+            episodes=episodes, key=key, update_step=state.update_step + 1, ref_params=state.ref_params,
+        )
+        return new_state, metrics
+
+    def run_chunk(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+        """``updates_per_chunk`` updates in one `lax.scan`; metrics stacked along a leading axis."""
+        return jax.lax.scan(lambda s, _: self.update(s, hp), state, None,
+                            length=self.static.updates_per_chunk)
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    """Validates ``config`` (before any compilation) and builds its `Trainer`."""
+    mesh = mesh or sharding.make_mesh(1)
+    validate(config, num_devices=mesh.size)
+    return Trainer(Static.from_config(config), mesh)
+
+
+def compile_run(trainer: Trainer) -> tuple[Callable, Callable]:
+    """Jitted (init, run_chunk) over a leading run axis (seeds × hyperparameters).
+
+    Inputs: seeds [R] int32 and HParams with leaves [R]. Inside, the runner's environment axis is
+    constrained to the mesh's data axis and everything else is replicated (`kltrust.sharding`).
+    """
+    return jax.jit(jax.vmap(trainer.init)), jax.jit(jax.vmap(trainer.run_chunk))

@@ -1,0 +1,273 @@
+"""PPO: the loss against a NumPy re-implementation, config validation, and the training program."""
+
+import functools
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import ppo as ppo_configs
+from kltrust.distributions import Categorical
+from kltrust.objectives import ppo
+from kltrust.train import loop
+from kltrust.train import ppo as ppo_train
+
+# ---------------------------------------------------------------- the loss, by hand
+
+OLD_LOGITS = np.array([[0.0, 0.0], [1.0, -1.0], [0.5, 0.2], [-0.3, 0.4]])
+REF_LOGITS = np.array([[0.2, -0.2], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+ACTIONS = np.array([0, 1, 1, 0])
+ADVANTAGES = np.array([1.0, -1.0, 0.5, -2.0])
+TARGETS = np.array([0.5, -0.2, 1.0, 0.0])
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _np_loss(new_logits, value, clip, penalty, anchor, beta, eps=0.2, vf=0.5, ent=0.01):
+    """A float64 NumPy statement of the PPO loss, written from the paper, not from the module."""
+    lp_new, lp_old, lp_ref = map(_log_softmax, (new_logits, OLD_LOGITS, REF_LOGITS))
+    idx = np.arange(len(ACTIONS))
+    ratio = np.exp(lp_new[idx, ACTIONS] - lp_old[idx, ACTIONS])
+    if clip:
+        surrogate = np.minimum(ratio * ADVANTAGES, np.clip(ratio, 1 - eps, 1 + eps) * ADVANTAGES)
+    else:
+        surrogate = ratio * ADVANTAGES
+    p_new = np.exp(lp_new)
+    entropy = -(p_new * lp_new).sum(-1).mean()
+    total = -surrogate.mean() + vf * 0.5 * np.mean((value - TARGETS) ** 2) - ent * entropy
+    if penalty:
+        if anchor == "old":
+            kl = (np.exp(lp_old) * (lp_old - lp_new)).sum(-1).mean()
+        else:
+            kl = (p_new * (lp_new - lp_ref)).sum(-1).mean()
+        total += beta * kl
+    return total
+
+
+def _batch():
+    old = Categorical(jnp.asarray(OLD_LOGITS, jnp.float32))
+    return ppo.Batch(
+        obs=jnp.zeros((4, 1)), action=jnp.asarray(ACTIONS), log_prob=old.log_prob(jnp.asarray(ACTIONS)),
+        policy=old, advantage=jnp.asarray(ADVANTAGES, jnp.float32),
+        target=jnp.asarray(TARGETS, jnp.float32), reference=Categorical(jnp.asarray(REF_LOGITS, jnp.float32)),
+    )
+
+
+def _apply(params, obs):
+    del obs
+    return Categorical(params["logits"]), params["value"]
+
+
+# New logits chosen so that ratios fall on both sides of the clip range with both advantage signs.
+NEW_LOGITS = np.array([[0.6, -0.4], [1.2, -1.5], [0.45, 0.2], [-0.6, 0.9]])
+VALUES = np.array([0.3, 0.1, 0.7, -0.4])
+
+
+@pytest.mark.parametrize(
+    "clip,penalty,anchor",
+    [(True, "none", "old"), (False, "none", "old"), (False, "fixed", "old"),
+     (True, "fixed", "reference"), (False, "adaptive", "reference")],
+)
+def test_loss_and_gradient_match_numpy(clip, penalty, anchor):
+    variant = ppo.Variant(clip=clip, kl_penalty=penalty, kl_anchor=anchor, normalize_advantages=False)
+    coefs = ppo.LossCoefs(jnp.float32(0.2), jnp.float32(0.7), jnp.float32(0.5), jnp.float32(0.01))
+    params = {"logits": jnp.asarray(NEW_LOGITS, jnp.float32), "value": jnp.asarray(VALUES, jnp.float32)}
+    loss_fn = lambda p: ppo.loss(p, _batch(), coefs, apply_fn=_apply, variant=variant)
+    (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    expected = _np_loss(NEW_LOGITS, VALUES, clip, penalty != "none", anchor, beta=0.7)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+    # Central finite differences of the NumPy loss (float64) against JAX's gradient.
+    h = 1e-6
+    fd = np.zeros_like(NEW_LOGITS)
+    for i in np.ndindex(NEW_LOGITS.shape):
+        up, down = NEW_LOGITS.copy(), NEW_LOGITS.copy()
+        up[i] += h
+        down[i] -= h
+        fd[i] = (_np_loss(up, VALUES, clip, penalty != "none", anchor, 0.7)
+                 - _np_loss(down, VALUES, clip, penalty != "none", anchor, 0.7)) / (2 * h)
+    np.testing.assert_allclose(grads["logits"], fd, atol=1e-5)
+
+    ratio = np.exp(_log_softmax(NEW_LOGITS)[np.arange(4), ACTIONS]
+                   - _log_softmax(OLD_LOGITS)[np.arange(4), ACTIONS])
+    np.testing.assert_allclose(metrics["clip_frac"], np.mean(np.abs(ratio - 1) > 0.2))
+    assert 0 < float(metrics["clip_frac"]) < 1  # the example exercises both branches
+    assert ("kl_penalty" in metrics) == (penalty != "none")
+    assert ("kl_ref" in metrics) == (penalty != "none" and anchor == "reference")
+
+
+def test_sample_estimator_penalty_uses_kltrust_kl():
+    variant = ppo.Variant(clip=False, kl_penalty="fixed", kl_anchor="old", kl_estimator="k1",
+                          normalize_advantages=False)
+    coefs = ppo.LossCoefs(jnp.float32(0.2), jnp.float32(1.0), jnp.float32(0.0), jnp.float32(0.0))
+    params = {"logits": jnp.asarray(NEW_LOGITS, jnp.float32), "value": jnp.zeros(4)}
+    _, metrics = ppo.loss(params, _batch(), coefs, apply_fn=_apply, variant=variant)
+    idx = np.arange(4)
+    k1 = (_log_softmax(OLD_LOGITS)[idx, ACTIONS] - _log_softmax(NEW_LOGITS)[idx, ACTIONS]).mean()
+    np.testing.assert_allclose(metrics["kl_penalty"], k1, rtol=1e-5)
+    exact = (np.exp(_log_softmax(OLD_LOGITS)) * (_log_softmax(OLD_LOGITS) - _log_softmax(NEW_LOGITS))).sum(-1).mean()
+    np.testing.assert_allclose(metrics["kl_old"], exact, rtol=1e-5)  # exact KL reported beside it
+
+
+# ---------------------------------------------------------------- config validation
+
+
+def _tiny(preset="cartpole_clip", **overrides):
+    config = ppo_configs.get_config(preset)
+    config.num_envs, config.num_steps, config.num_epochs, config.num_minibatches = 4, 32, 2, 2
+    config.total_timesteps = 4 * 32 * 4
+    config.updates_per_chunk = 2
+    for key, value in overrides.items():
+        target = config
+        *path, leaf = key.split(".")
+        for part in path:
+            target = target[part]
+        target[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"hparams.beta": -1.0, "variant.kl_penalty": "fixed"}, r"config.hparams.beta = -1.0: must be in \[0.0, inf\)"),
+        ({"hparams.clip_eps": 0.0}, r"config.hparams.clip_eps = 0.0: must be in \(0.0, inf\)"),
+        ({"num_minibatches": 3}, r"config.num_minibatches = 3: must be a divisor of num_envs \* num_steps = 128"),
+        ({"hparams.kl_target": 0.0, "variant.kl_penalty": "adaptive"}, r"config.hparams.kl_target = 0.0"),
+        ({"hparams.gamma": 1.5}, r"config.hparams.gamma = 1.5: must be in \[0.0, 1.0\]"),
+        ({"variant.kl_estimator": "k5"}, r"config.variant.kl_estimator must be one of"),
+        ({"env_name": "Nope-v0"}, r"config.env_name = 'Nope-v0': must be one of"),
+        ({"hparams.kl_horizon": 0.0, "variant.kl_penalty": "proportional"}, r"config.hparams.kl_horizon = 0.0"),
+    ],
+)
+def test_bad_config_fails_fast_with_named_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ppo_train.make_trainer(_tiny(**overrides))
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ValueError, match=r"Unknown PPO preset 'cartpole_foo'; known presets: cartpole_none"):
+        ppo_configs.get_config("cartpole_foo")
+
+
+def test_every_preset_validates():
+    for preset in ppo_configs.PRESETS:
+        ppo_train.validate(ppo_configs.get_config(preset))
+
+
+# ---------------------------------------------------------------- the training program
+
+
+@functools.lru_cache
+def _train(preset="cartpole_clip", num_seeds=1, seed=0, **overrides):
+    config = _tiny(preset, **dict(overrides))
+    config.num_seeds, config.seed = num_seeds, seed
+    return loop.train(config, progress=False)
+
+
+def test_same_seed_same_numbers():
+    a, b = _train(), _train.__wrapped__()
+    for name in a.metrics:
+        np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
+    jax.tree.map(np.testing.assert_array_equal, a.state.params, b.state.params)
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    both = _train(num_seeds=2, seed=3)
+    for i, seed in enumerate((3, 4)):
+        alone = _train(num_seeds=1, seed=seed)
+        for name in ("episode_return", "kl_old", "policy_loss", "value_loss"):
+            np.testing.assert_allclose(both.metrics[name][i], alone.metrics[name][0], rtol=1e-5,
+                                       atol=1e-7, err_msg=name)
+
+
+def test_vmapped_hyperparameters_equal_separate_runs():
+    config = _tiny("cartpole_kl_fixed")
+    trainer = ppo_train.make_trainer(config)
+    init, run_chunk = ppo_train.compile_run(trainer)
+    base = ppo_train.HParams.from_config(config.hparams)
+    betas = jnp.array([0.1, 3.0])
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x]), base).replace(beta=betas)
+    _, together = run_chunk(init(jnp.zeros(2, jnp.int32), stacked), stacked)
+    for i in range(2):
+        single = jax.tree.map(lambda x: x[None], base.replace(beta=betas[i]))
+        _, alone = run_chunk(init(jnp.zeros(1, jnp.int32), single), single)
+        np.testing.assert_allclose(together["kl_old"][i], alone["kl_old"][0], rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(together["beta"][i], betas[i])
+    assert not np.allclose(together["kl_old"][0], together["kl_old"][1])  # β mattered
+
+
+@pytest.mark.parametrize("preset", ["cartpole_kl_adaptive", "cartpole_kl_ref", "pendulum_clip_kl"])
+def test_variants_run_and_report_their_kl(preset):
+    result = _train(preset)
+    for name, values in result.metrics.items():
+        if name != "episode_return":
+            assert np.all(np.isfinite(values)), name
+    assert np.all(result.metrics["kl_old"] >= 0)
+    if preset == "cartpole_kl_ref":
+        assert np.all(result.metrics["kl_ref"] > 0)  # the policy left its reference
+        assert result.state.ref_params is not None
+    else:
+        assert result.state.ref_params is None  # no reference kept where nothing uses it
+    if "adaptive" in preset or preset.endswith("clip_kl"):
+        beta = result.metrics["beta"][0]
+        # The adaptive rule only ever halves or doubles β.
+        ratios = beta[1:] / beta[:-1]
+        assert set(np.round(ratios, 6)) <= {0.5, 1.0, 2.0}
+
+
+def test_early_stopping_skips_minibatches():
+    result = _train("cartpole_clip", early_stop=True, **{"hparams.target_kl": 1e-7})
+    total = 2 * 2  # epochs × minibatches
+    applied = result.metrics["minibatches_applied"][0]
+    assert np.all(applied < total) and np.all(applied >= 0)
+    free = _train("cartpole_clip")
+    assert np.all(free.metrics["minibatches_applied"][0] == total)
+
+
+@pytest.mark.slow
+def test_short_cartpole_run_improves_return():
+    config = ppo_configs.get_config("cartpole_clip")
+    config.total_timesteps = 4 * 128 * 122  # 62k steps
+    result = loop.train(config, progress=False)
+    returns = result.metrics["episode_return"][0]
+    # A uniform random policy averages ~22 on CartPole; PPO should be far above that.
+    assert returns[9] < 60 and returns[-1] > 150, (returns[9], returns[-1])
+
+
+def test_cli_writes_outputs_and_refuses_foreign_workdir(tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "experiments.train", "--config=configs/ppo.py:cartpole_kl_adaptive",
+            f"--workdir={tmp_path}", "--config.num_steps=32", "--config.total_timesteps=512",
+            "--config.updates_per_chunk=2", "--config.num_minibatches=2"]
+    result = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [128, 256, 384, 512]
+    for key in ("episode_return", "kl_old", "beta", "clip_frac", "policy_loss", "value_loss",
+                "entropy", "kl_penalty"):
+        assert key in records[0], key
+    assert json.loads((tmp_path / "config.json").read_text())["variant"]["kl_penalty"] == "adaptive"
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
+
+    # The checkpoint holds the full final state: restore it and compare with the metrics' β.
+    import orbax.checkpoint as ocp
+    restored = ocp.CheckpointManager((tmp_path / "checkpoints").absolute()).restore(4)
+    assert float(np.asarray(restored["update_step"]).reshape(-1)[0]) == 4
+    assert "controller" in restored and "params" in restored and "opt_state" in restored
+
+    # A different config in the same workdir is refused before anything is overwritten.
+    before = (tmp_path / "metrics.jsonl").read_text()
+    other = subprocess.run(args + ["--config.hparams.kl_target=0.02"], cwd=root, capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode != 0 and "holds a run of a different config" in other.stderr
+    assert (tmp_path / "metrics.jsonl").read_text() == before
