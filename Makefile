@@ -14,7 +14,9 @@ ifeq ($(CI),true)
 $(shell rm -rf $(VENV))
 endif
 
-.PHONY: demo test test-fast kl-table clean
+comma := ,
+
+.PHONY: demo test test-fast kl-table ppo-tables bench-seeds clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +30,21 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# A short PPO comparison on CartPole: no constraint vs clipping vs adaptive KL penalty, 1 seed each.
 demo: $(VENV)/.installed
-	$(BIN)/python -m experiments.kl_table --workdir=runs/demo
+	$(BIN)/python -m experiments.compare --presets=cartpole_none,cartpole_clip,cartpole_kl_adaptive \
+	  --num_seeds=1 --total_timesteps=250000 --workdir=runs/demo --overwrite
+
+# The recorded results of the README, regenerated (about 15 minutes on 2 CPU cores).
+PPO_VARIANTS := none clip kl_fixed kl_adaptive clip_kl kl_proportional kl_pid kl_ref
+ppo-tables: $(VENV)/.installed
+	$(BIN)/python -m experiments.compare --num_seeds=3 --threshold=475 --workdir=runs/ppo_cartpole \
+	  --presets=$(subst $(eval) ,$(comma),$(addprefix cartpole_,$(PPO_VARIANTS))) --overwrite
+	$(BIN)/python -m experiments.compare --num_seeds=3 --workdir=runs/ppo_pendulum \
+	  --presets=$(subst $(eval) ,$(comma),$(addprefix pendulum_,$(PPO_VARIANTS))) --overwrite
+
+bench-seeds: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3
 
 kl-table: $(VENV)/.installed
 	$(BIN)/python -m experiments.kl_table --workdir=runs/kl_table

@@ -9,8 +9,10 @@ controllers from later work:
     kl_fixed        fixed KL penalty to the old policy, β = 1
     kl_adaptive     adaptive β (d_targ = 0.01, β₀ = 1): halve below d_targ/1.5, double above 1.5·d_targ
     clip_kl         clipping plus the adaptive penalty
-    kl_proportional proportional controller (Ziegler et al. 2019) on KL to the old policy
-    kl_pid          PID-Lagrangian controller (Stooke et al. 2020)
+    kl_proportional proportional controller (Ziegler et al. 2019) on KL to the old policy; gain 1 and
+                    horizon 10 000 as in their released code (the paper writes K_β = 0.1)
+    kl_pid          PID-Lagrangian controller (Stooke et al. 2020); K_P = 10, K_I = 1 because the
+                    error KL − d_targ is of order 0.01
     kl_ref          fixed β = 0.1 penalty on KL(π_θ ‖ π_ref) to the frozen initial policy (RLHF-style)
 
 Everything under ``hparams`` is an array in the compiled program (sweepable without recompiling);
@@ -82,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, kl_target=0.01, gamma=0.99,
             gae_lambda=0.95, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015,
-            reward_scale=1.0, kl_horizon=10_000.0, kl_gain=0.1, pid_kp=1.0, pid_ki=0.1, pid_kd=0.0,
+            reward_scale=1.0, kl_horizon=10_000.0, kl_gain=1.0, pid_kp=10.0, pid_ki=1.0, pid_kd=0.0,
         )
     )
     config.checkpoint_every_chunks = 1

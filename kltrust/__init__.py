@@ -1,3 +1,13 @@
 """kltrust: compare the ways a policy is kept close to a reference while it learns."""
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# XLA's CPU backend can deadlock in its multi-threaded Eigen pool while materialising the result of
+# a vmapped program (seen here twice in ~60 PPO programs on 2 cores; same symptom and workaround as
+# github.com/PyAutoLabs/PyAutoFit/issues/1528). Single-threaded Eigen avoids it; XLA still runs
+# independent ops in parallel, and accelerators ignore the flag. The flag only takes effect if kltrust
+# is imported before JAX starts its backend. Set KLTRUST_EIGEN_THREADS=1 to keep the default.
+if _os.environ.get("KLTRUST_EIGEN_THREADS") != "1" and "xla_cpu_multi_thread_eigen" not in _os.environ.get("XLA_FLAGS", ""):
+    _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()

@@ -37,17 +37,6 @@ class RunResult:
     run_seconds: float
 
 
-def _check_chunking(config: ml_collections.ConfigDict, static: ppo.Static) -> None:
-    if static.num_updates % static.updates_per_chunk:
-        divisors = [d for d in range(1, static.num_updates + 1) if static.num_updates % d == 0]
-        near = sorted(divisors, key=lambda d: abs(d - static.updates_per_chunk))[:3]
-        raise ValueError(
-            f"config.updates_per_chunk = {config.updates_per_chunk}: must divide the number of "
-            f"updates, {static.num_updates} = total_timesteps // (num_envs * num_steps); "
-            f"nearest divisors: {sorted(near)}."
-        )
-
-
 def _prepare_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> None:
     existing = workdir / "config.json"
     if existing.exists() and existing.read_text() != config_json and not overwrite:
@@ -77,7 +66,6 @@ def train(
     """Trains ``config.num_seeds`` seeds of one PPO config vmapped in one program."""
     trainer = ppo.make_trainer(config, mesh)  # validates before anything is compiled
     static = trainer.static
-    _check_chunking(config, static)
     seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
     hparams = jax.tree.map(
         lambda x: jnp.broadcast_to(x, (len(seeds),) + x.shape),
@@ -96,35 +84,34 @@ def train(
         checkpoints = _checkpoint_manager(workdir, config.keep_checkpoints)
 
     init, run_chunk = ppo.compile_run(trainer)
-    if True:  # NamedShardings carry their mesh; no mesh context is needed
-        start = time.perf_counter()
-        state = init(jnp.asarray(seeds), hparams)
-        compiled_chunk = run_chunk.lower(state, hparams).compile()
-        compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    state = init(jnp.asarray(seeds), hparams)
+    compiled_chunk = run_chunk.lower(state, hparams).compile()
+    compile_seconds = time.perf_counter() - start
 
-        history: dict[str, list[np.ndarray]] = {}
-        num_chunks = static.num_updates // static.updates_per_chunk
-        bar = tqdm(total=static.num_updates, unit="update", disable=not progress,
-                   desc=f"{static.env_name} {config.variant.kl_penalty}/clip={config.variant.clip}")
-        start = time.perf_counter()
-        for chunk in range(num_chunks):
-            state, metrics = compiled_chunk(state, hparams)
-            metrics = jax.device_get(metrics)
-            for name, values in metrics.items():
-                history.setdefault(name, []).append(np.asarray(values))
-            first_update = chunk * static.updates_per_chunk
-            if workdir is not None:
-                _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
-                if (chunk + 1) % config.checkpoint_every_chunks == 0 or chunk + 1 == num_chunks:
-                    checkpoints.save(first_update + static.updates_per_chunk, args=_save_args(state))
-            bar.update(static.updates_per_chunk)
-            latest_return = metrics["episode_return"][:, -1]
-            if np.isfinite(latest_return).any():
-                bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
-                                kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
-        jax.block_until_ready(state)
-        run_seconds = time.perf_counter() - start
-        bar.close()
+    history: dict[str, list[np.ndarray]] = {}
+    num_chunks = static.num_updates // static.updates_per_chunk
+    bar = tqdm(total=static.num_updates, unit="update", disable=not progress,
+               desc=f"{static.env_name} {config.variant.kl_penalty}/clip={config.variant.clip}")
+    start = time.perf_counter()
+    for chunk in range(num_chunks):
+        state, metrics = compiled_chunk(state, hparams)
+        metrics = jax.device_get(metrics)
+        for name, values in metrics.items():
+            history.setdefault(name, []).append(np.asarray(values))
+        first_update = chunk * static.updates_per_chunk
+        if workdir is not None:
+            _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
+            if (chunk + 1) % config.checkpoint_every_chunks == 0 or chunk + 1 == num_chunks:
+                checkpoints.save(first_update + static.updates_per_chunk, args=_save_args(state))
+        bar.update(static.updates_per_chunk)
+        latest_return = metrics["episode_return"][:, -1]
+        if np.isfinite(latest_return).any():
+            bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
+                            kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
+    jax.block_until_ready(state)
+    run_seconds = time.perf_counter() - start
+    bar.close()
 
     result = RunResult(
         state=state,

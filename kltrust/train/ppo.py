@@ -138,6 +138,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         config.total_timesteps,
         f">= num_envs * num_steps = {batch}",
     )
+    num_updates = config.total_timesteps // batch
+    if num_updates % config.updates_per_chunk:
+        divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
+        near = sorted(sorted(divisors, key=lambda d: abs(d - config.updates_per_chunk))[:3])
+        _check(False, "updates_per_chunk", config.updates_per_chunk,
+               f"a divisor of the number of updates, {num_updates} = total_timesteps // "
+               f"(num_envs * num_steps); nearest divisors: {near}")
     _check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
     _check(config.model.activation in ("tanh", "relu"), "model.activation", config.model.activation,
            "'tanh' or 'relu'")
@@ -312,7 +319,8 @@ class Trainer:
         metrics["kl_old"] = batch.policy.kl(new_policy).mean()
         if variant.uses_reference:
             metrics["kl_ref"] = new_policy.kl(batch.reference).mean()
-        metrics["beta"] = state.controller.beta
+        # The coefficient actually applied in this update's loss (0 when nothing is penalised).
+        metrics["beta"] = state.controller.beta if variant.kl_penalty != "none" else jnp.zeros(())
         controller_state = state.controller
         if variant.kl_penalty != "none":
             observed = metrics["kl_ref"] if variant.kl_anchor == "reference" else metrics["kl_old"]
