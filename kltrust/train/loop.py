@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import time
 from typing import Any
 
@@ -37,17 +38,36 @@ class RunResult:
     run_seconds: float
 
 
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "learning_curve.png")
+
+
 def _prepare_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> None:
+    """Refuses a workdir that already holds a run unless ``overwrite``; then clears its outputs.
+
+    Called only after the config has been validated, so a bad config never touches earlier results.
+    Resuming an interrupted run is not implemented yet, so a workdir with results from the *same*
+    config is refused too rather than appended to.
+    """
     existing = workdir / "config.json"
-    if existing.exists() and existing.read_text() != config_json and not overwrite:
-        raise ValueError(
-            f"workdir {workdir} holds a run of a different config; choose another --workdir or "
-            "pass --overwrite to replace it."
-        )
+    if existing.exists() and not overwrite:
+        if existing.read_text() != config_json:
+            raise ValueError(
+                f"workdir {workdir} holds a run of a different config; choose another --workdir or "
+                "pass --overwrite to replace it."
+            )
+        if any((workdir / name).exists() for name in RUN_OUTPUTS):
+            raise ValueError(
+                f"workdir {workdir} already holds results of this config (resuming is not "
+                "supported yet); choose another --workdir or pass --overwrite to replace them."
+            )
     workdir.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for name in ("metrics.jsonl",):
-            (workdir / name).unlink(missing_ok=True)
+        for name in RUN_OUTPUTS:
+            path = workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _to_json_value(x: Any) -> Any:
