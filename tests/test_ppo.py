@@ -275,3 +275,17 @@ def test_cli_writes_outputs_and_refuses_foreign_workdir(tmp_path):
     again = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "already holds results of this config" in again.stderr
     assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_reference_anchor_with_k3_penalises_the_sampled_estimate():
+    variant = ppo.Variant(clip=False, kl_penalty="fixed", kl_anchor="reference", kl_estimator="k3",
+                          normalize_advantages=False)
+    coefs = ppo.LossCoefs(jnp.float32(0.2), jnp.float32(1.0), jnp.float32(0.0), jnp.float32(0.0))
+    params = {"logits": jnp.asarray(NEW_LOGITS, jnp.float32), "value": jnp.zeros(4)}
+    _, metrics = ppo.loss(params, _batch(), coefs, apply_fn=_apply, variant=variant)
+    idx = np.arange(4)
+    log_r = _log_softmax(REF_LOGITS)[idx, ACTIONS] - _log_softmax(NEW_LOGITS)[idx, ACTIONS]
+    np.testing.assert_allclose(metrics["kl_penalty"], (np.expm1(log_r) - log_r).mean(), rtol=1e-5)
+    lp_new, lp_ref = _log_softmax(NEW_LOGITS), _log_softmax(REF_LOGITS)
+    exact = (np.exp(lp_new) * (lp_new - lp_ref)).sum(-1).mean()
+    np.testing.assert_allclose(metrics["kl_ref"], exact, rtol=1e-5)  # exact value reported beside it

@@ -85,20 +85,19 @@ class Batch:
     reference: Distribution | None
 
 
-def anchor_kl(
-    variant: Variant, new: Distribution, new_log_prob: jax.Array, batch: Batch
-) -> tuple[jax.Array, jax.Array]:
-    """(exact KL to the anchor, the penalised per-sample value) in the direction of ``variant.kl_anchor``."""
-    if variant.kl_anchor == "old":
-        exact = batch.policy.kl(new)
-        if variant.kl_estimator == "exact":
-            return exact, exact
-        return exact, kl.estimate(batch.log_prob, new_log_prob, variant.kl_estimator)
-    exact = new.kl(batch.reference)
+def penalised_kl(
+    variant: Variant, exact: jax.Array, new_log_prob: jax.Array, batch: Batch
+) -> jax.Array:
+    """The per-sample KL value the loss penalises, in the direction of ``variant.kl_anchor``.
+
+    ``exact`` is the exact KL to the anchor (KL(π_old‖π_θ) or KL(π_θ‖π_ref)); it is returned as is for
+    ``kl_estimator="exact"``, else the sample estimator is evaluated at the batch's actions.
+    """
     if variant.kl_estimator == "exact":
-        return exact, exact
-    ref_log_prob = batch.reference.log_prob(batch.action)
-    return exact, kl.estimate(new_log_prob, ref_log_prob, variant.kl_estimator)
+        return exact
+    if variant.kl_anchor == "old":
+        return kl.estimate(batch.log_prob, new_log_prob, variant.kl_estimator)
+    return kl.estimate(new_log_prob, batch.reference.log_prob(batch.action), variant.kl_estimator)
 
 
 def loss(
@@ -127,15 +126,17 @@ def loss(
     entropy = new.entropy().mean()
     total = policy_loss + coefs.vf_coef * value_loss - coefs.ent_coef * entropy
 
+    kl_old = batch.policy.kl(new)  # exact KL(π_old ‖ π_θ), reported whatever is penalised
     metrics = {
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": entropy,
         "clip_frac": jnp.mean(jnp.abs(ratio - 1.0) > coefs.clip_eps),
-        "kl_old": batch.policy.kl(new).mean(),  # exact KL(π_old ‖ π_θ), whatever is penalised
+        "kl_old": kl_old.mean(),
     }
     if variant.kl_penalty != "none":
-        exact, penalised = anchor_kl(variant, new, new_log_prob, batch)
+        exact = kl_old if variant.kl_anchor == "old" else new.kl(batch.reference)
+        penalised = penalised_kl(variant, exact, new_log_prob, batch)
         total = total + coefs.beta * penalised.mean()
         metrics["kl_penalty"] = penalised.mean()
         if variant.kl_anchor == "reference":
