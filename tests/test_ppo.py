@@ -104,12 +104,17 @@ def test_loss_and_gradient_match_numpy(clip, penalty, anchor):
     assert ("kl_ref" in metrics) == (penalty != "none" and anchor == "reference")
 
 
-def test_sample_estimator_penalty_uses_kltrust_kl():
-    variant = ppo.Variant(clip=False, kl_penalty="fixed", kl_anchor="old", kl_estimator="k1",
+def _penalty_metrics(anchor, estimator):
+    """Loss metrics of a fixed-β (β = 1) penalty with a sample estimator, on the hand-made batch."""
+    variant = ppo.Variant(clip=False, kl_penalty="fixed", kl_anchor=anchor, kl_estimator=estimator,
                           normalize_advantages=False)
     coefs = ppo.LossCoefs(jnp.float32(0.2), jnp.float32(1.0), jnp.float32(0.0), jnp.float32(0.0))
     params = {"logits": jnp.asarray(NEW_LOGITS, jnp.float32), "value": jnp.zeros(4)}
-    _, metrics = ppo.loss(params, _batch(), coefs, apply_fn=_apply, variant=variant)
+    return ppo.loss(params, _batch(), coefs, apply_fn=_apply, variant=variant)[1]
+
+
+def test_sample_estimator_penalty_uses_kltrust_kl():
+    metrics = _penalty_metrics("old", "k1")
     idx = np.arange(4)
     k1 = (_log_softmax(OLD_LOGITS)[idx, ACTIONS] - _log_softmax(NEW_LOGITS)[idx, ACTIONS]).mean()
     np.testing.assert_allclose(metrics["kl_penalty"], k1, rtol=1e-5)
@@ -278,11 +283,7 @@ def test_cli_writes_outputs_and_refuses_foreign_workdir(tmp_path):
 
 
 def test_reference_anchor_with_k3_penalises_the_sampled_estimate():
-    variant = ppo.Variant(clip=False, kl_penalty="fixed", kl_anchor="reference", kl_estimator="k3",
-                          normalize_advantages=False)
-    coefs = ppo.LossCoefs(jnp.float32(0.2), jnp.float32(1.0), jnp.float32(0.0), jnp.float32(0.0))
-    params = {"logits": jnp.asarray(NEW_LOGITS, jnp.float32), "value": jnp.zeros(4)}
-    _, metrics = ppo.loss(params, _batch(), coefs, apply_fn=_apply, variant=variant)
+    metrics = _penalty_metrics("reference", "k3")
     idx = np.arange(4)
     log_r = _log_softmax(REF_LOGITS)[idx, ACTIONS] - _log_softmax(NEW_LOGITS)[idx, ACTIONS]
     np.testing.assert_allclose(metrics["kl_penalty"], (np.expm1(log_r) - log_r).mean(), rtol=1e-5)
