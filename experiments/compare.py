@@ -21,11 +21,13 @@ from absl import app, flags, logging
 
 from kltrust.metrics import write_text_atomic
 from kltrust.train import loop
-from kltrust.train import ppo as ppo_train
+from kltrust import train as programs
 
 _CONFIG_FILE = flags.DEFINE_string("config_file", "configs/ppo.py", "Config file with get_config(preset).")
-_PRESETS = flags.DEFINE_list("presets", ["cartpole_none", "cartpole_clip", "cartpole_kl_adaptive"],
-                             "Presets to compare.")
+_PRESETS = flags.DEFINE_list(
+    "presets", ["cartpole_none", "cartpole_clip", "cartpole_kl_adaptive"],
+    "Presets to compare: names in --config_file, or FILE:PRESET to mix families (e.g. "
+    "configs/trpo.py:cartpole_trpo).")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 3, "Seeds per preset (vmapped).")
 _TOTAL = flags.DEFINE_integer("total_timesteps", None, "Override every preset's total_timesteps.")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Report the first step at which the score reaches this.")
@@ -52,7 +54,17 @@ def summarise(preset: str, result: loop.RunResult, threshold: float | None) -> d
         "final_score_std": float(np.std(final)),
         "final_scores": " ".join(f"{x:.1f}" for x in final),
         "kl_old_mean": float(np.mean(result.metrics["kl_old"])),
-        "beta_final": float(np.mean(result.metrics["beta"][:, -1])),
+        "kl_old_max": float(np.max(result.metrics["kl_old"])),
+    }
+    if "beta" in result.metrics:
+        row["beta_final"] = float(np.mean(result.metrics["beta"][:, -1]))
+    if "accepted" in result.metrics:  # TRPO: the trust region as measured on accepted updates only
+        accepted = result.metrics["accepted"] > 0
+        row["accepted_frac"] = float(np.mean(accepted))
+        row["kl_old_max_accepted"] = float(np.max(result.metrics["kl_old"], where=accepted,
+                                                  initial=0.0))
+        row["delta"] = float(np.max(result.metrics["delta"]))
+    row |= {
         "compile_s": result.compile_seconds,
         "run_s": result.run_seconds,
         "env_steps_per_s": score.shape[1] * result.env_steps_per_update * len(result.seeds)
@@ -65,17 +77,22 @@ def summarise(preset: str, result: loop.RunResult, threshold: float | None) -> d
     return row
 
 
+def _columns(rows: Sequence[dict[str, object]]) -> list[str]:
+    """Every key of every row, in first-seen order (PPO and TRPO rows have different extras)."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
 def to_markdown(rows: Sequence[dict[str, object]]) -> str:
-    headers = list(rows[0])
+    headers = _columns(rows)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(row[h]) for h in headers) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(row.get(h, "")) for h in headers) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: Sequence[dict[str, object]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=_columns(rows), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -110,14 +127,14 @@ def plot(results: dict[str, loop.RunResult], path: pathlib.Path) -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    get_config = _load_get_config(_CONFIG_FILE.value)
     configs = {}
-    for preset in _PRESETS.value:  # build (and so validate) every config before running any
-        config = get_config(preset)
+    for entry in _PRESETS.value:  # build (and so validate) every config before running any
+        config_file, _, preset = entry.rpartition(":")
+        config = _load_get_config(config_file or _CONFIG_FILE.value)(preset)
         config.num_seeds = _NUM_SEEDS.value
         if _TOTAL.value is not None:
             config.total_timesteps = _TOTAL.value
-        ppo_train.validate(config)
+        programs.program(config).validate(config)
         configs[preset] = config
     workdir = pathlib.Path(_WORKDIR.value)
     results, rows = {}, []

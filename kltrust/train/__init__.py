@@ -1,1 +1,20 @@
-"""Training programs that tie rollout, objective and controller together."""
+"""Training programs that tie rollout, objective and controller together.
+
+Each program module (`ppo`, `trpo`) exposes the same surface: ``HParams.from_config``, ``validate``,
+``make_trainer`` and ``compile_run``; `program(config)` picks one by ``config.algorithm``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+ALGORITHMS = ("ppo", "trpo")
+
+
+def program(config) -> ModuleType:
+    """The training-program module for ``config.algorithm``; a clear error for anything else."""
+    algorithm = config.get("algorithm", "ppo")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"config.algorithm = {algorithm!r}: must be one of {ALGORITHMS}.")
+    return importlib.import_module(f"kltrust.train.{algorithm}")

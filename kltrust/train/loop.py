@@ -13,6 +13,7 @@ import json
 import pathlib
 import shutil
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -23,14 +24,14 @@ from tqdm import tqdm
 
 from kltrust import sharding
 from kltrust.metrics import write_text_atomic
-from kltrust.train import ppo
+from kltrust import train as programs
 
 
 @dataclasses.dataclass
 class RunResult:
     """What a run leaves in memory: final state (leading axis = seed), per-update metrics, timings."""
 
-    state: ppo.TrainState
+    state: Any  # the program's TrainState (`kltrust.train.ppo` / `trpo`)
     metrics: dict[str, np.ndarray]  # name -> [num_seeds, num_updates]
     seeds: np.ndarray
     env_steps_per_update: int
@@ -83,13 +84,14 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
 ) -> RunResult:
-    """Trains ``config.num_seeds`` seeds of one PPO config vmapped in one program."""
-    trainer = ppo.make_trainer(config, mesh)  # validates before anything is compiled
+    """Trains ``config.num_seeds`` seeds of one config (PPO or TRPO) vmapped in one program."""
+    program = programs.program(config)
+    trainer = program.make_trainer(config, mesh)  # validates before anything is compiled
     static = trainer.static
     seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
     hparams = jax.tree.map(
         lambda x: jnp.broadcast_to(x, (len(seeds),) + x.shape),
-        ppo.HParams.from_config(config.hparams),
+        program.HParams.from_config(config.hparams),
     )
 
     writer = checkpoints = None
@@ -103,7 +105,7 @@ def train(
         writer = SummaryWriter(str(workdir / "tensorboard"))
         checkpoints = _checkpoint_manager(workdir, config.keep_checkpoints)
 
-    init, run_chunk = ppo.compile_run(trainer)
+    init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
     state = init(jnp.asarray(seeds), hparams)
     compiled_chunk = run_chunk.lower(state, hparams).compile()
@@ -112,7 +114,7 @@ def train(
     history: dict[str, list[np.ndarray]] = {}
     num_chunks = static.num_updates // static.updates_per_chunk
     bar = tqdm(total=static.num_updates, unit="update", disable=not progress,
-               desc=f"{static.env_name} {config.variant.kl_penalty}/clip={config.variant.clip}")
+               desc=f"{static.env_name} {config.get('algorithm', 'ppo')} {_describe(static.variant)}")
     start = time.perf_counter()
     for chunk in range(num_chunks):
         state, metrics = compiled_chunk(state, hparams)
@@ -149,6 +151,19 @@ def train(
     return result
 
 
+def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Mean over non-NaN entries; NaN (without numpy's warning) where every seed is NaN, e.g. the
+    episode return before any episode has finished."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def _describe(variant: Any) -> str:
+    return " ".join(f"{f.name}={getattr(variant, f.name)}" for f in dataclasses.fields(variant)
+                    if f.name != "normalize_advantages")
+
+
 def _write_metrics(workdir, writer, metrics, seeds, first_update, batch_size) -> None:
     lines = []
     num_updates = next(iter(metrics.values())).shape[1]
@@ -160,7 +175,7 @@ def _write_metrics(workdir, writer, metrics, seeds, first_update, batch_size) ->
             record.update({k: _to_json_value(v[r, u]) for k, v in metrics.items()})
             lines.append(json.dumps(record))
         for name, values in metrics.items():
-            writer.add_scalar(name, float(np.nanmean(values[:, u])), step)
+            writer.add_scalar(name, float(_nanmean(values[:, u])), step)
     with open(workdir / "metrics.jsonl", "a") as f:
         f.write("\n".join(lines) + "\n")
     writer.flush()
@@ -175,28 +190,32 @@ def _checkpoint_manager(workdir: pathlib.Path, keep: int):
     )
 
 
-def _save_args(state: ppo.TrainState):
+def _save_args(state: Any):
     import orbax.checkpoint as ocp
 
     return ocp.args.StandardSave(state)
 
 
 def plot_learning_curves(result: RunResult, path: pathlib.Path, title: str = "") -> None:
-    """Return, KL to the old policy and β per update; one thin line per seed, their mean bold."""
+    """Return, KL to the old policy and β (PPO) or line-search backtracks (TRPO) per update.
+
+    One thin line per seed, their mean bold.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = np.arange(1, result.metrics["kl_old"].shape[1] + 1) * result.env_steps_per_update
+    third = ("beta", "β") if "beta" in result.metrics else ("backtracks", "line-search backtracks")
     panels = [("episode_return", "mean episode return"), ("kl_old", "KL(π_old ‖ π_θ) per update"),
-              ("beta", "β")]
+              third]
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.6))
     for ax, (name, label) in zip(axes, panels):
         values = result.metrics[name]
         for row in values:
             ax.plot(steps, row, lw=0.6, alpha=0.5)
-        ax.plot(steps, np.nanmean(values, axis=0), lw=1.8, color="k", label="seed mean")
+        ax.plot(steps, _nanmean(values, axis=0), lw=1.8, color="k", label="seed mean")
         ax.set_xlabel("environment steps")
         ax.set_title(label)
         if name == "kl_old":

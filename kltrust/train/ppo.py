@@ -14,18 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.struct
-import gymnax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from kltrust import controllers, rollout, sharding
-from kltrust.models import ActorCritic
 from kltrust.objectives import ppo
+from kltrust.train import common
 
-ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
+ENV_NAMES = common.ENV_NAMES
 
 
 @flax.struct.dataclass
@@ -51,8 +49,7 @@ class HParams:
 
     @classmethod
     def from_config(cls, hparams: ml_collections.ConfigDict) -> HParams:
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: jnp.asarray(hparams[n], jnp.float32) for n in names})
+        return common.hparams_from_config(cls, hparams)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,67 +103,24 @@ class TrainState:
     ref_params: Any  # frozen reference policy, None unless the variant penalises KL to it
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"config.{key} = {value!r}: must be {allowed}.")
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Rejects a bad config with one message naming the key, its value and the allowed range.
 
     Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
     """
-    _check(config.env_name in ENV_NAMES, "env_name", config.env_name, f"one of {ENV_NAMES}")
-    for key in ("num_envs", "num_steps", "num_epochs", "num_minibatches", "updates_per_chunk"):
-        _check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "an integer >= 1")
+    common.validate_run_shape(config, num_devices)
+    for key in ("num_epochs", "num_minibatches"):
+        common.check(isinstance(config[key], int) and config[key] >= 1, key, config[key],
+                     "an integer >= 1")
     batch = config.num_envs * config.num_steps
-    _check(
-        batch % config.num_minibatches == 0,
-        "num_minibatches",
-        config.num_minibatches,
-        f"a divisor of num_envs * num_steps = {batch}",
-    )
-    _check(
-        config.num_envs % num_devices == 0,
-        "num_envs",
-        config.num_envs,
-        f"divisible by the number of devices in the mesh ({num_devices})",
-    )
-    _check(
-        config.total_timesteps >= batch,
-        "total_timesteps",
-        config.total_timesteps,
-        f">= num_envs * num_steps = {batch}",
-    )
-    num_updates = config.total_timesteps // batch
-    if num_updates % config.updates_per_chunk:
-        divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
-        near = sorted(sorted(divisors, key=lambda d: abs(d - config.updates_per_chunk))[:3])
-        _check(False, "updates_per_chunk", config.updates_per_chunk,
-               f"a divisor of the number of updates, {num_updates} = total_timesteps // "
-               f"(num_envs * num_steps); nearest divisors: {near}")
-    _check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
-    _check(config.model.activation in ("tanh", "relu"), "model.activation", config.model.activation,
-           "'tanh' or 'relu'")
-    _check(len(config.model.hidden) >= 1 and all(h >= 1 for h in config.model.hidden),
-           "model.hidden", config.model.hidden, "a non-empty tuple of widths >= 1")
+    common.check(batch % config.num_minibatches == 0, "num_minibatches", config.num_minibatches,
+                 f"a divisor of num_envs * num_steps = {batch}")
     try:
         variant = ppo.Variant(**config.variant.to_dict())
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.{error}") from None
 
-    hp = {k: np.asarray(v, np.float64) for k, v in config.hparams.items()}
-
-    def check_range(name: str, low: float, high: float = np.inf, low_open: bool = False,
-                    high_open: bool = False) -> None:
-        v = hp[name]
-        ok = (v > low if low_open else v >= low) & (v < high if high_open else v <= high)
-        if not np.all(ok):
-            bad = v[~ok].flat[0] if v.ndim else float(v)
-            lo = "(" if low_open else "["
-            hi = ")" if high_open or high == np.inf else "]"
-            raise ValueError(f"config.hparams.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
-
+    check_range = functools.partial(common.check_range, config.hparams)
     check_range("learning_rate", 0.0, low_open=True)
     check_range("gamma", 0.0, 1.0)
     check_range("gae_lambda", 0.0, 1.0)
@@ -206,12 +160,7 @@ class Trainer:
 
     @functools.cached_property
     def _model_and_env(self):
-        env, env_params = gymnax.make(self.static.env_name)
-        space = env.action_space(env_params)
-        discrete = isinstance(space, gymnax.environments.spaces.Discrete)
-        action_dim = space.n if discrete else int(np.prod(space.shape))
-        model = ActorCritic(action_dim, discrete, self.static.hidden, self.static.activation)
-        return model, env, env_params
+        return common.model_and_env(self.static.env_name, self.static.hidden, self.static.activation)
 
     def apply_fn(self, params: Any, obs: jax.Array):
         model, _, _ = self._model_and_env
@@ -222,13 +171,16 @@ class Trainer:
             learning_rate=hp.learning_rate, max_grad_norm=hp.max_grad_norm
         )
 
-    def init(self, seed: jax.Array, hp: HParams) -> TrainState:
-        """A fresh run for integer ``seed`` (vmappable over seeds and hparams)."""
-        model, env, env_params = self._model_and_env
+    def initial_params(self, seeds: jax.Array) -> Any:
+        """Initial parameters per seed (leading axis = seed); eager, see `common.initial_params`."""
+        return common.initial_params(*self._model_and_env, seeds)
+
+    def init(self, seed: jax.Array, hp: HParams, params: Any) -> TrainState:
+        """A fresh run for integer ``seed`` from ``initial_params`` (vmappable over seeds, hparams)."""
+        _, env, env_params = self._model_and_env
         key = jax.random.PRNGKey(seed)
-        key, key_params, key_env = jax.random.split(key, 3)
-        obs_shape = env.observation_space(env_params).shape
-        params = model.init(key_params, jnp.zeros((1,) + tuple(obs_shape)))
+        key, _, key_env = jax.random.split(key, 3)
+        params = jax.lax.with_sharding_constraint(params, sharding.replicated(self.mesh))
         variant = self.static.variant
         kind = "fixed" if variant.kl_penalty == "none" else variant.kl_penalty
         controller_args = {
@@ -356,4 +308,9 @@ def compile_run(trainer: Trainer) -> tuple[Callable, Callable]:
     Inputs: seeds [R] int32 and HParams with leaves [R]. Inside, the runner's environment axis is
     constrained to the mesh's data axis and everything else is replicated (`kltrust.sharding`).
     """
-    return jax.jit(jax.vmap(trainer.init)), jax.jit(jax.vmap(trainer.run_chunk))
+    init_state = jax.jit(jax.vmap(trainer.init))
+
+    def init(seeds: jax.Array, hparams: HParams) -> TrainState:
+        return init_state(seeds, hparams, trainer.initial_params(seeds))
+
+    return init, jax.jit(jax.vmap(trainer.run_chunk))

@@ -1,0 +1,272 @@
+"""TRPO (Schulman et al. 2015): a hard KL trust region solved by conjugate gradient and line search.
+
+Each update maximises the surrogate L(θ) = E[π_θ(a|s)/π_old(a|s)·A] subject to a *measured* KL:
+
+    1. g = ∇L(θ_old);  F = ∇²_θ E_s KL(π_old(·|s) ‖ π_θ(·|s)) at θ_old (the Fisher matrix), applied
+       as a Fisher-vector product by forward-over-reverse differentiation, never formed;
+    2. x ≈ (F + λI)⁻¹ g by `conjugate_gradient` (λ = damping);
+    3. full step s = α·x with α = sqrt(2δ / xᵀFx), the step to the boundary of the quadratic model;
+    4. backtracking: try θ_old + cᵏ·s for k = 0, 1, …, accept the first candidate whose *exact* KL
+       (from `kltrust.kl`) is ≤ δ and whose surrogate improves; if none qualifies, θ stays θ_old
+       and the update is reported as rejected.
+
+``Variant.line_search = False`` gives the natural policy gradient (Kakade 2001) ablation: the scaled
+step is taken whatever KL it produces. ``Variant.kl_anchor = "reference"`` adds an RLHF-style budget
+on the KL to a frozen reference: KL(π_θ ‖ π_ref) ≤ ``kl_budget`` must hold after every accepted step
+too, and the step length is also capped where the quadratic model of that KL (its value and slope
+along x, curvature xᵀFx) meets the budget. The per-step trust region KL(π_old ‖ π_θ) ≤ δ stays;
+set δ large to constrain the reference KL alone.
+
+Defaults (δ = 0.01, 10 CG iterations, damping 0.1, 10 backtracking steps × 0.8) are those of
+OpenAI Spinning Up's TRPO (Achiam 2018), which follow Schulman et al. 2015 (δ = 0.01).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from kltrust.distributions import Distribution
+
+KL_ANCHORS = ("old", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """The static choices of a TRPO variant (they change the compiled program)."""
+
+    line_search: bool = True  # False: natural policy gradient, no KL check
+    kl_anchor: str = "old"  # "reference": also keep KL(π_θ ‖ π_ref) ≤ kl_budget
+    normalize_advantages: bool = True
+
+    def __post_init__(self):
+        if self.kl_anchor not in KL_ANCHORS:
+            raise ValueError(f"variant.kl_anchor must be one of {KL_ANCHORS}, got {self.kl_anchor!r}.")
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.kl_anchor == "reference"
+
+
+@flax.struct.dataclass
+class StepCoefs:
+    """The numeric knobs of one TRPO step, as arrays so that sweeps vmap over them."""
+
+    delta: jax.Array  # trust region: KL(π_old ‖ π_θ) ≤ δ
+    kl_budget: jax.Array  # only with kl_anchor="reference": KL(π_θ ‖ π_ref) ≤ kl_budget
+    damping: jax.Array  # λ in (F + λI)
+    backtrack_factor: jax.Array  # c in the step fractions cᵏ
+    cg_residual_tol: jax.Array  # CG stops once rᵀr < this
+
+
+@flax.struct.dataclass
+class Batch:
+    """Flat [B] policy batch. ``reference`` is π_ref's distribution, or None when unused."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array  # log π_old(a|s)
+    policy: Distribution  # π_old(·|s)
+    advantage: jax.Array
+    reference: Distribution | None
+    # Optional probability weights [B] (summing to 1) for exact expectations over an enumerated
+    # batch, e.g. every (context, action) of a bandit with weight ρ(x)·π_old(a|x); None = uniform.
+    weight: jax.Array | None = None
+
+
+def _mean(values: jax.Array, batch: Batch) -> jax.Array:
+    return jnp.mean(values) if batch.weight is None else jnp.sum(batch.weight * values)
+
+
+PolicyFn = Callable[[jax.Array, jax.Array], Distribution]  # (flat policy params, obs) -> π(·|obs)
+
+
+def conjugate_gradient(
+    matvec: Callable[[jax.Array], jax.Array], b: jax.Array, iters: int, residual_tol: jax.Array | float
+) -> tuple[jax.Array, jax.Array]:
+    """Solves A x = b for symmetric positive-definite A given only x ↦ A x; returns (x, ‖b − A x‖).
+
+    Hestenes–Stiefel CG from x₀ = 0, at most ``iters`` iterations, stopping once rᵀr <
+    ``residual_tol`` (the TRPO convention). The residual returned is the recurrence's r, which
+    equals b − A x in exact arithmetic. A `lax.while_loop`, so it jits and vmaps (a vmapped batch
+    runs until every member has stopped). Written here rather than taken from
+    `jax.scipy.sparse.linalg.cg` because that reports neither the residual nor allows the rᵀr rule.
+    """
+    x = jnp.zeros_like(b)
+    r = b
+    p = b
+    rr = jnp.vdot(r, r)
+
+    def cond(carry):
+        i, _, _, _, rr = carry
+        return (i < iters) & (rr >= residual_tol)
+
+    def body(carry):
+        i, x, r, p, rr = carry
+        ap = matvec(p)
+        # A zero curvature pᵀAp (only possible at an exact solution, rr = 0) must not make NaNs.
+        alpha = rr / jnp.maximum(jnp.vdot(p, ap), jnp.finfo(b.dtype).tiny)
+        x = x + alpha * p
+        r = r - alpha * ap
+        new_rr = jnp.vdot(r, r)
+        p = r + (new_rr / jnp.maximum(rr, jnp.finfo(b.dtype).tiny)) * p
+        return i + 1, x, r, p, new_rr
+
+    _, x, _, _, rr = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), x, r, p, rr))
+    return x, jnp.sqrt(rr)
+
+
+def mean_kl_to_old(policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch) -> jax.Array:
+    """E_s KL(π_old(·|s) ‖ π_θ(·|s)), exact (`kltrust.kl`); its Hessian at θ_old is the Fisher."""
+    return _mean(batch.policy.kl(policy_fn(flat_params, batch.obs)), batch)
+
+
+def mean_kl_to_reference(policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch) -> jax.Array:
+    """E_s KL(π_θ(·|s) ‖ π_ref(·|s)), exact (`kltrust.kl`)."""
+    return _mean(policy_fn(flat_params, batch.obs).kl(batch.reference), batch)
+
+
+def fisher_vector_product(
+    policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch, damping: jax.Array | float
+) -> Callable[[jax.Array], jax.Array]:
+    """v ↦ (F + λI) v with F = ∇² E_s KL(π_old ‖ π_θ) at ``flat_params``, by forward-over-reverse.
+
+    ``batch`` may be a sub-sample of the training batch (fewer states make each product cheaper; the
+    gradient and line search still use the full batch). One product costs about two backward passes.
+    """
+    grad_kl = jax.grad(lambda p: mean_kl_to_old(policy_fn, p, batch))
+
+    def fvp(v: jax.Array) -> jax.Array:
+        return jax.jvp(grad_kl, (flat_params,), (v,))[1] + damping * v
+
+    return fvp
+
+
+def surrogate(policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch) -> jax.Array:
+    """L(θ) = E[exp(log π_θ(a|s) − log π_old(a|s))·A]; equals E[A] at θ_old."""
+    new_log_prob = policy_fn(flat_params, batch.obs).log_prob(batch.action)
+    return _mean(jnp.exp(new_log_prob - batch.log_prob) * batch.advantage, batch)
+
+
+def _normalized(batch: Batch, variant: Variant) -> Batch:
+    if not variant.normalize_advantages:
+        return batch
+    a = batch.advantage
+    mean = _mean(a, batch)
+    std = jnp.sqrt(_mean(jnp.square(a - mean), batch))
+    return batch.replace(advantage=(a - mean) / (std + 1e-8))
+
+
+def step(
+    policy_fn: PolicyFn,
+    flat_params: jax.Array,
+    batch: Batch,
+    coefs: StepCoefs,
+    *,
+    variant: Variant,
+    cg_iters: int = 10,
+    max_backtracks: int = 10,
+    fvp_subsample: int = 1,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One TRPO (or NPG) policy update of ``flat_params``; returns (new flat params, metrics).
+
+    ``fvp_subsample`` = k uses every k-th state of the batch for the Fisher-vector products.
+    Metrics (scalars): ``kl_old`` (exact KL(π_old ‖ π_new) after the step, 0 if rejected),
+    ``kl_ref`` (reference anchor only), ``delta``, ``accepted`` (1/0), ``backtracks`` (line-search
+    steps taken: 0 = the full step; ``max_backtracks`` when rejected), ``step_fraction`` (cᵏ, 0 if
+    rejected), ``step_norm`` (‖θ_new − θ_old‖), ``cg_residual``, ``cg_relative_residual``
+    (‖r‖/‖g‖), ``surrogate_improvement`` (actual), ``expected_improvement`` (gᵀs of the full step),
+    ``grad_norm``.
+    """
+    batch = _normalized(batch, variant)
+    surrogate_fn = lambda p: surrogate(policy_fn, p, batch)
+    old_surrogate, g = jax.value_and_grad(surrogate_fn)(flat_params)
+    if fvp_subsample > 1:
+        fvp_batch = jax.tree.map(lambda x: x[::fvp_subsample], batch)
+        if batch.weight is not None:
+            fvp_batch = fvp_batch.replace(weight=fvp_batch.weight / fvp_batch.weight.sum())
+    else:
+        fvp_batch = batch
+    fvp = fisher_vector_product(policy_fn, flat_params, fvp_batch, coefs.damping)
+    direction, residual = conjugate_gradient(fvp, g, cg_iters, coefs.cg_residual_tol)
+
+    curvature = jnp.maximum(jnp.vdot(direction, fvp(direction)), jnp.finfo(g.dtype).tiny)
+    scale = jnp.sqrt(2.0 * coefs.delta / curvature)
+    if variant.uses_reference:
+        # Largest α with k₀ + α·b + ½α²·xᵀFx ≤ budget (the quadratic model of the reference KL along x,
+        # its curvature approximated by the Fisher); 0 when the budget is already spent.
+        kl_ref_fn = lambda p: mean_kl_to_reference(policy_fn, p, batch)
+        k0, slope = jax.jvp(kl_ref_fn, (flat_params,), (direction,))
+        room = jnp.maximum(coefs.kl_budget - k0, 0.0)
+        budget_scale = (-slope + jnp.sqrt(slope**2 + 2.0 * curvature * room)) / curvature
+        scale = jnp.minimum(scale, budget_scale)
+    full_step = scale * direction
+    expected = jnp.vdot(g, full_step)
+
+    def evaluate(fraction):
+        candidate = flat_params + fraction * full_step
+        kls = {"kl_old": mean_kl_to_old(policy_fn, candidate, batch)}
+        feasible = kls["kl_old"] <= coefs.delta
+        if variant.uses_reference:
+            kls["kl_ref"] = mean_kl_to_reference(policy_fn, candidate, batch)
+            feasible = feasible & (kls["kl_ref"] <= coefs.kl_budget)
+        improvement = surrogate_fn(candidate) - old_surrogate
+        ok = feasible & (improvement > 0) & jnp.isfinite(improvement)
+        return candidate, kls, improvement, ok
+
+    if variant.line_search:
+        def cond(carry):
+            k, accepted = carry
+            return (k < max_backtracks) & ~accepted
+
+        def body(carry):
+            k, _ = carry
+            accepted = evaluate(coefs.backtrack_factor**k)[3]
+            return jnp.where(accepted, k, k + 1), accepted
+
+        backtracks, accepted = jax.lax.while_loop(
+            cond, body, (jnp.zeros((), jnp.int32), jnp.array(False))
+        )
+        fraction = jnp.where(accepted, coefs.backtrack_factor**backtracks, 0.0)
+    else:
+        backtracks, accepted, fraction = jnp.zeros((), jnp.int32), jnp.array(True), jnp.ones(())
+
+    # Re-evaluating the accepted fraction (rather than carrying candidates through the loop) keeps
+    # the loop state small; with fraction 0 the "candidate" is θ_old itself.
+    new_params, kls, improvement, _ = evaluate(fraction)
+    new_params = jnp.where(accepted, new_params, flat_params)
+    metrics = {
+        **kls,
+        "delta": coefs.delta,
+        "accepted": accepted.astype(jnp.float32),
+        "backtracks": backtracks.astype(jnp.float32),
+        "step_fraction": fraction,
+        "step_norm": jnp.linalg.norm(new_params - flat_params),
+        "cg_residual": residual,
+        "cg_relative_residual": residual / jnp.maximum(jnp.linalg.norm(g), jnp.finfo(g.dtype).tiny),
+        "surrogate_improvement": jnp.where(accepted, improvement, 0.0),
+        "expected_improvement": expected,
+        "grad_norm": jnp.linalg.norm(g),
+    }
+    if variant.uses_reference:
+        metrics["kl_budget"] = coefs.kl_budget
+    return new_params, metrics
+
+
+def flat_policy_fn(apply_fn: Callable[[Any, jax.Array], Any], unravel: Callable[[jax.Array], Any],
+                   rest: Any, merge: Callable[[Any, Any], Any]) -> PolicyFn:
+    """Adapts a model's ``apply_fn(params, obs) -> (dist, value)`` to flat policy parameters.
+
+    ``merge(policy_params, rest)`` rebuilds the full parameter tree (``rest`` holds what the policy
+    step does not touch, e.g. the critic); the unused value output is removed by XLA.
+    """
+
+    def policy_fn(flat_params: jax.Array, obs: jax.Array) -> Distribution:
+        return apply_fn(merge(unravel(flat_params), rest), obs)[0]
+
+    return policy_fn

@@ -1,0 +1,96 @@
+"""What every control training program shares: environments, the actor-critic, config checks.
+
+Kept here so that PPO and TRPO build the same model on the same environment and reject bad configs
+with the same words (``config.KEY = VALUE: must be ...``), before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kltrust.models import ActorCritic
+
+ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
+
+
+def model_and_env(env_name: str, hidden: tuple[int, ...], activation: str):
+    """(ActorCritic, gymnax env, env params) with a categorical or Gaussian head to match the env."""
+    env, env_params = gymnax.make(env_name)
+    space = env.action_space(env_params)
+    discrete = isinstance(space, gymnax.environments.spaces.Discrete)
+    action_dim = space.n if discrete else int(np.prod(space.shape))
+    return ActorCritic(action_dim, discrete, hidden, activation), env, env_params
+
+
+def hparams_from_config(cls: type, hparams: ml_collections.ConfigDict) -> Any:
+    """Builds the flax dataclass ``cls`` from ``hparams``, every field a float32 array."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{n: jnp.asarray(hparams[n], jnp.float32) for n in names})
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raises the one error message format of kltrust configs."""
+    if not ok:
+        raise ValueError(f"config.{key} = {value!r}: must be {allowed}.")
+
+
+def check_range(hparams: ml_collections.ConfigDict, name: str, low: float, high: float = np.inf,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Checks ``hparams[name]`` (a scalar or a sweep's array) lies in the interval, else raises."""
+    v = np.asarray(hparams[name], np.float64)
+    ok = (v > low if low_open else v >= low) & (v < high if high_open else v <= high)
+    if not np.all(ok):
+        bad = v[~ok].flat[0] if v.ndim else float(v)
+        lo = "(" if low_open else "["
+        hi = ")" if high_open or high == np.inf else "]"
+        raise ValueError(f"config.hparams.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
+
+
+def validate_run_shape(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Checks the fields every control config has: env, batch shape, chunking, seeds, model."""
+    check(config.env_name in ENV_NAMES, "env_name", config.env_name, f"one of {ENV_NAMES}")
+    for key in ("num_envs", "num_steps", "updates_per_chunk"):
+        check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "an integer >= 1")
+    batch = config.num_envs * config.num_steps
+    check(config.num_envs % num_devices == 0, "num_envs", config.num_envs,
+          f"divisible by the number of devices in the mesh ({num_devices})")
+    check(config.total_timesteps >= batch, "total_timesteps", config.total_timesteps,
+          f">= num_envs * num_steps = {batch}")
+    num_updates = config.total_timesteps // batch
+    if num_updates % config.updates_per_chunk:
+        divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
+        near = sorted(sorted(divisors, key=lambda d: abs(d - config.updates_per_chunk))[:3])
+        check(False, "updates_per_chunk", config.updates_per_chunk,
+              f"a divisor of the number of updates, {num_updates} = total_timesteps // "
+              f"(num_envs * num_steps); nearest divisors: {near}")
+    check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
+    check(config.model.activation in ("tanh", "relu"), "model.activation", config.model.activation,
+          "'tanh' or 'relu'")
+    check(len(config.model.hidden) >= 1 and all(h >= 1 for h in config.model.hidden),
+          "model.hidden", config.model.hidden, "a non-empty tuple of widths >= 1")
+
+
+def initial_params(model: Any, env: Any, env_params: Any, seeds: jax.Array) -> Any:
+    """The model's initial parameters for each seed (leading axis = seed), computed *eagerly*.
+
+    Not inside the jitted init on purpose: flax's orthogonal initialiser calls LAPACK's QR, and
+    jaxlib 0.10.2's CPU LAPACK kernels deadlock when one compiled program runs as many of them at
+    once as XLA's intra-op pool has threads (each blocks a pool thread waiting for batch chunks
+    queued on the same exhausted pool; 2 threads on a 2-core machine). Eagerly, one QR runs at a
+    time. The values are bit-identical to the jitted ones (checked). The key split matches the
+    training programs' ``init``: PRNGKey(seed) → (run key, params key, env key).
+    """
+    obs = jnp.zeros((1,) + tuple(env.observation_space(env_params).shape))
+
+    def one(seed: jax.Array) -> Any:
+        _, key_params, _ = jax.random.split(jax.random.PRNGKey(seed), 3)
+        return model.init(key_params, obs)
+
+    return jax.vmap(one)(jnp.asarray(seeds))

@@ -1,0 +1,286 @@
+"""The TRPO training program: rollout → GAE → one trust-region policy step → value fit, in one jit.
+
+Same structure as `kltrust.train.ppo` (and the same rollout, model, GAE and KL core): a config splits
+into `Static` and `HParams` (float32 arrays: δ, damping, backtracking factor, … vmap over sweeps);
+`Trainer.update` is one TRPO iteration as a pure function; `Trainer.run_chunk` scans it.
+
+The policy step (`kltrust.objectives.trpo.step`) works on the policy's parameters flattened into one
+vector (actor and, for Gaussian policies, log-std); the critic is fitted afterwards with Adam over
+``vf_epochs`` × ``vf_minibatches`` on the GAE targets, as in Spinning Up and sb3-contrib.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.flatten_util import ravel_pytree
+
+from kltrust import rollout, sharding
+from kltrust.objectives import trpo
+from kltrust.train import common
+
+CRITIC = "critic"  # the ActorCritic submodule the value fit owns; everything else is the policy
+
+
+@flax.struct.dataclass
+class HParams:
+    """Every numeric hyperparameter of a TRPO run, as arrays (vmappable, never baked into the trace)."""
+
+    delta: jax.Array
+    kl_budget: jax.Array
+    damping: jax.Array
+    backtrack_factor: jax.Array
+    cg_residual_tol: jax.Array
+    vf_learning_rate: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    reward_scale: jax.Array
+
+    @classmethod
+    def from_config(cls, hparams: ml_collections.ConfigDict) -> HParams:
+        return common.hparams_from_config(cls, hparams)
+
+    def step_coefs(self) -> trpo.StepCoefs:
+        return trpo.StepCoefs(self.delta, self.kl_budget, self.damping, self.backtrack_factor,
+                              self.cg_residual_tol)
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything that changes shapes or code paths."""
+
+    env_name: str
+    num_envs: int
+    num_steps: int
+    num_updates: int
+    updates_per_chunk: int
+    hidden: tuple[int, ...]
+    activation: str
+    cg_iters: int
+    max_backtracks: int
+    fvp_subsample: int
+    vf_epochs: int
+    vf_minibatches: int
+    variant: trpo.Variant
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Static:
+        return cls(
+            env_name=config.env_name,
+            num_envs=config.num_envs,
+            num_steps=config.num_steps,
+            num_updates=config.total_timesteps // (config.num_envs * config.num_steps),
+            updates_per_chunk=config.updates_per_chunk,
+            hidden=tuple(config.model.hidden),
+            activation=config.model.activation,
+            cg_iters=config.cg_iters,
+            max_backtracks=config.max_backtracks,
+            fvp_subsample=config.fvp_subsample,
+            vf_epochs=config.vf_epochs,
+            vf_minibatches=config.vf_minibatches,
+            variant=trpo.Variant(**config.variant.to_dict()),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any
+    vf_opt_state: optax.OptState  # Adam state of the critic only
+    runner: rollout.RunnerState
+    episodes: rollout.EpisodeStats
+    key: jax.Array
+    update_step: jax.Array
+    ref_params: Any  # frozen reference policy, None unless kl_anchor = "reference"
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Rejects a bad config with one message naming the key, its value and the allowed range.
+
+    Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
+    """
+    common.validate_run_shape(config, num_devices)
+    for key in ("cg_iters", "vf_epochs", "vf_minibatches", "fvp_subsample"):
+        common.check(isinstance(config[key], int) and config[key] >= 1, key, config[key],
+                     "an integer >= 1")
+    common.check(isinstance(config.max_backtracks, int) and config.max_backtracks >= 1,
+                 "max_backtracks", config.max_backtracks, "an integer >= 1")
+    batch = config.num_envs * config.num_steps
+    common.check(batch % config.vf_minibatches == 0, "vf_minibatches", config.vf_minibatches,
+                 f"a divisor of num_envs * num_steps = {batch}")
+    common.check(config.fvp_subsample <= batch, "fvp_subsample", config.fvp_subsample,
+                 f"<= num_envs * num_steps = {batch}")
+    try:
+        variant = trpo.Variant(**config.variant.to_dict())
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config.{error}") from None
+
+    check_range = functools.partial(common.check_range, config.hparams)
+    check_range("delta", 0.0, low_open=True)
+    check_range("damping", 0.0)
+    check_range("backtrack_factor", 0.0, 1.0, low_open=True, high_open=True)
+    check_range("cg_residual_tol", 0.0)
+    check_range("vf_learning_rate", 0.0, low_open=True)
+    check_range("gamma", 0.0, 1.0)
+    check_range("gae_lambda", 0.0, 1.0)
+    check_range("reward_scale", 0.0, low_open=True)
+    if variant.uses_reference:
+        check_range("kl_budget", 0.0, low_open=True)
+
+
+def split_params(params: Any) -> tuple[Any, Any]:
+    """(policy params, critic params) of an ActorCritic parameter tree."""
+    inner = dict(params["params"])
+    critic = inner.pop(CRITIC)
+    return inner, critic
+
+
+def merge_params(policy: Any, critic: Any) -> Any:
+    return {"params": {**policy, CRITIC: critic}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Pure TRPO training functions for one static configuration."""
+
+    static: Static
+    mesh: jax.sharding.Mesh
+
+    @functools.cached_property
+    def _model_and_env(self):
+        return common.model_and_env(self.static.env_name, self.static.hidden, self.static.activation)
+
+    def apply_fn(self, params: Any, obs: jax.Array):
+        model, _, _ = self._model_and_env
+        return model.apply(params, obs)
+
+    @staticmethod
+    def _vf_optimizer(hp: HParams) -> optax.GradientTransformation:
+        return optax.inject_hyperparams(optax.adam)(learning_rate=hp.vf_learning_rate)
+
+    def initial_params(self, seeds: jax.Array) -> Any:
+        """Initial parameters per seed (leading axis = seed); eager, see `common.initial_params`."""
+        return common.initial_params(*self._model_and_env, seeds)
+
+    def init(self, seed: jax.Array, hp: HParams, params: Any) -> TrainState:
+        """A fresh run for integer ``seed`` from ``initial_params`` (vmappable over seeds, hparams)."""
+        _, env, env_params = self._model_and_env
+        key = jax.random.PRNGKey(seed)
+        key, _, key_env = jax.random.split(key, 3)
+        params = jax.lax.with_sharding_constraint(params, sharding.replicated(self.mesh))
+        runner = rollout.init_runner(key_env, env, env_params, self.static.num_envs)
+        return TrainState(
+            params=params,
+            vf_opt_state=self._vf_optimizer(hp).init(split_params(params)[1]),
+            runner=sharding.batch_constraint(self.mesh)(runner),
+            episodes=rollout.EpisodeStats.empty(),
+            key=key,
+            update_step=jnp.zeros((), jnp.int32),
+            ref_params=params if self.static.variant.uses_reference else None,
+        )
+
+    def update(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One TRPO iteration: collect a batch, take the trust-region step, fit the critic."""
+        static, variant = self.static, self.static.variant
+        _, env, env_params = self._model_and_env
+        constrain = sharding.batch_constraint(self.mesh)
+        key, key_rollout, key_vf = jax.random.split(state.key, 3)
+
+        runner, episodes, traj, last_value = rollout.rollout(
+            self.apply_fn, state.params, state.runner, state.episodes, key_rollout, env, env_params,
+            static.num_steps, constrain,
+        )
+        advantage, target = rollout.gae(traj, last_value, hp.gamma, hp.gae_lambda, hp.reward_scale)
+        reference = self.apply_fn(state.ref_params, traj.obs)[0] if variant.uses_reference else None
+        flat = lambda x: x.reshape((static.batch_size,) + x.shape[2:])
+        batch = constrain(jax.tree.map(flat, trpo.Batch(
+            obs=traj.obs, action=traj.action, log_prob=traj.log_prob, policy=traj.policy,
+            advantage=advantage, reference=reference,
+        )))
+        target = constrain(flat(target))
+
+        policy_params, critic_params = split_params(state.params)
+        flat_policy, unravel = ravel_pytree(policy_params)
+        policy_fn = trpo.flat_policy_fn(self.apply_fn, unravel, critic_params, merge_params)
+        new_flat_policy, metrics = trpo.step(
+            policy_fn, flat_policy, batch, hp.step_coefs(), variant=variant,
+            cg_iters=static.cg_iters, max_backtracks=static.max_backtracks,
+            fvp_subsample=static.fvp_subsample,
+        )
+        new_policy_params = unravel(new_flat_policy)
+
+        critic_params, vf_opt_state, value_loss = self._fit_critic(
+            new_policy_params, critic_params, state.vf_opt_state, batch.obs, target, key_vf, hp
+        )
+        metrics["value_loss"] = value_loss
+        metrics["entropy"] = policy_fn(new_flat_policy, batch.obs).entropy().mean()
+        metrics["episode_return"] = episodes.mean_return()  # last 100 episodes
+        metrics["episodes_completed"] = jnp.sum(traj.done)
+        new_state = TrainState(
+            params=merge_params(new_policy_params, critic_params), vf_opt_state=vf_opt_state,
+            runner=runner, episodes=episodes, key=key, update_step=state.update_step + 1,
+            ref_params=state.ref_params,
+        )
+        return new_state, metrics
+
+    def _fit_critic(self, policy_params, critic_params, opt_state, obs, target, key, hp):
+        """Adam on ½(V(s) − R)² over epochs × minibatches; returns the mean minibatch loss."""
+        static = self.static
+        optimizer = self._vf_optimizer(hp)
+        minibatch_size = static.batch_size // static.vf_minibatches
+
+        def value_loss(critic, mb_obs, mb_target):
+            value = self.apply_fn(merge_params(policy_params, critic), mb_obs)[1]
+            return 0.5 * jnp.mean(jnp.square(value - mb_target))
+
+        def minibatch_step(carry, minibatch):
+            critic, opt_state = carry
+            loss, grads = jax.value_and_grad(value_loss)(critic, *minibatch)
+            updates, opt_state = optimizer.update(grads, opt_state, critic)
+            return (optax.apply_updates(critic, updates), opt_state), loss
+
+        def epoch(carry, epoch_key):
+            perm = jax.random.permutation(epoch_key, static.batch_size)
+            shuffled = jax.tree.map(
+                lambda x: x[perm].reshape((static.vf_minibatches, minibatch_size) + x.shape[1:]),
+                (obs, target),
+            )
+            return jax.lax.scan(minibatch_step, carry, shuffled)
+
+        (critic_params, opt_state), losses = jax.lax.scan(
+            epoch, (critic_params, opt_state), jax.random.split(key, static.vf_epochs)
+        )
+        return critic_params, opt_state, losses.mean()
+
+    def run_chunk(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+        """``updates_per_chunk`` updates in one `lax.scan`; metrics stacked along a leading axis."""
+        return jax.lax.scan(lambda s, _: self.update(s, hp), state, None,
+                            length=self.static.updates_per_chunk)
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    """Validates ``config`` (before any compilation) and builds its `Trainer`."""
+    mesh = mesh or sharding.make_mesh(1)
+    validate(config, num_devices=mesh.size)
+    return Trainer(Static.from_config(config), mesh)
+
+
+def compile_run(trainer: Trainer) -> tuple[Callable, Callable]:
+    """Jitted (init, run_chunk) over a leading run axis (seeds × hyperparameters); see PPO's."""
+    init_state = jax.jit(jax.vmap(trainer.init))
+
+    def init(seeds: jax.Array, hparams: HParams) -> TrainState:
+        return init_state(seeds, hparams, trainer.initial_params(seeds))
+
+    return init, jax.jit(jax.vmap(trainer.run_chunk))

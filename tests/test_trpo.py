@@ -1,0 +1,317 @@
+"""TRPO: CG and the Fisher-vector product against dense linear algebra, the line search's guarantees
+checked with an independent NumPy KL, and the training program end to end."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from configs import trpo as trpo_configs
+from kltrust.models import ActorCritic
+from kltrust.objectives import trpo
+from kltrust.train import loop
+from kltrust.train import trpo as trpo_train
+
+# ---------------------------------------------------------------- conjugate gradient
+
+
+def _spd(key, n, condition):
+    """A random SPD matrix with eigenvalues spread log-uniformly over [1, condition]."""
+    q, _ = jnp.linalg.qr(jax.random.normal(key, (n, n)))
+    eig = jnp.logspace(0.0, jnp.log10(condition), n)
+    return (q * eig) @ q.T
+
+
+@pytest.mark.parametrize("n,condition", [(5, 10.0), (12, 100.0)])
+def test_cg_matches_dense_solve(n, condition):
+    key_a, key_b = jax.random.split(jax.random.PRNGKey(n))
+    a = _spd(key_a, n, condition)
+    b = jax.random.normal(key_b, (n,))
+    # Exact arithmetic converges in n iterations; float32 needs a few more at condition 100.
+    solve = jax.jit(lambda a, b: trpo.conjugate_gradient(lambda v: a @ v, b, 3 * n, 1e-12))
+    x, residual = solve(a, b)
+    expected = np.linalg.solve(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    np.testing.assert_allclose(x, expected, rtol=2e-4, atol=2e-5)
+    true_residual = np.linalg.norm(np.asarray(b) - np.asarray(a) @ np.asarray(x))
+    assert residual < 1e-4 and true_residual < 1e-4
+
+
+def test_cg_stops_early_and_reports_its_residual():
+    a = _spd(jax.random.PRNGKey(0), 20, 1000.0)
+    b = jnp.ones(20)
+    x, residual = trpo.conjugate_gradient(lambda v: a @ v, b, 3, 1e-10)
+    # After 3 of 20 iterations the system is not solved: the reported residual must say so, and
+    # it must be the actual ‖b − A x‖ (the recurrence equals it up to float32 round-off).
+    true_residual = float(jnp.linalg.norm(b - a @ x))
+    assert true_residual > 1e-2
+    np.testing.assert_allclose(residual, true_residual, rtol=1e-3)
+    # A loose tolerance stops at once: x₀ = 0 and residual ‖b‖.
+    x0, r0 = trpo.conjugate_gradient(lambda v: a @ v, b, 10, 1e6)
+    assert not np.any(x0) and np.isclose(r0, np.sqrt(20.0))
+
+
+def test_cg_vmaps_over_systems():
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    mats = jax.vmap(lambda k: _spd(k, 6, 20.0))(keys)
+    bs = jax.random.normal(jax.random.PRNGKey(4), (3, 6))
+    xs, _ = jax.vmap(lambda a, b: trpo.conjugate_gradient(lambda v: a @ v, b, 18, 1e-12))(mats, bs)
+    for a, b, x in zip(mats, bs, xs):
+        np.testing.assert_allclose(x, np.linalg.solve(np.float64(a), np.float64(b)), rtol=1e-3, atol=1e-4)
+
+
+# ---------------------------------------------------------------- Fisher-vector product on a small net
+
+
+def _tiny_policy(discrete):
+    """A 2-input, 4-hidden actor-critic; returns (policy_fn, flat θ, observations)."""
+    model = ActorCritic(action_dim=3 if discrete else 2, discrete=discrete, hidden=(4,))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (6, 2))
+    params = model.init(jax.random.PRNGKey(2), obs)
+    policy, critic = trpo_train.split_params(params)
+    flat, unravel = ravel_pytree(policy)
+    policy_fn = trpo.flat_policy_fn(model.apply, unravel, critic, trpo_train.merge_params)
+    return policy_fn, flat, obs
+
+
+def _batch_at(policy_fn, flat, obs, advantage=None, key=jax.random.PRNGKey(5), reference=None):
+    old = policy_fn(flat, obs)
+    action = old.sample(key)
+    if advantage is None:
+        advantage = jax.random.normal(jax.random.PRNGKey(6), (obs.shape[0],))
+    return trpo.Batch(obs=obs, action=action, log_prob=old.log_prob(action), policy=old,
+                      advantage=advantage, reference=reference)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_fvp_equals_explicit_hessian_times_vector(discrete):
+    policy_fn, flat, obs = _tiny_policy(discrete)
+    batch = _batch_at(policy_fn, flat, obs)
+    v = jax.random.normal(jax.random.PRNGKey(7), flat.shape)
+    damping = 0.1
+    hessian = jax.hessian(lambda p: trpo.mean_kl_to_old(policy_fn, p, batch))
+    # At θ_old (where TRPO uses it) and away from it (the FVP is the KL's Hessian everywhere).
+    for point in (flat, flat + 0.3 * jax.random.normal(jax.random.PRNGKey(8), flat.shape)):
+        fvp = trpo.fisher_vector_product(policy_fn, point, batch, damping)
+        expected = np.asarray(hessian(point), np.float64) @ np.asarray(v) + damping * np.asarray(v)
+        np.testing.assert_allclose(fvp(v), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_kl_hessian_at_old_policy_is_the_fisher_matrix():
+    """Independent of the KL code: F = E_s Σ_a π(a|s) ∇log π(a|s) ∇log π(a|s)ᵀ for a categorical."""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    batch = _batch_at(policy_fn, flat, obs)
+    log_probs = lambda p: jax.nn.log_softmax(policy_fn(p, obs).logits)  # [S, A]
+    jac = np.asarray(jax.jacobian(log_probs)(flat), np.float64)  # [S, A, P]
+    probs = np.exp(np.asarray(log_probs(flat), np.float64))
+    fisher = np.einsum("sa,sai,saj->ij", probs, jac, jac) / obs.shape[0]
+    v = np.asarray(jax.random.normal(jax.random.PRNGKey(9), flat.shape))
+    fvp = trpo.fisher_vector_product(policy_fn, flat, batch, 0.0)
+    np.testing.assert_allclose(fvp(jnp.asarray(v, jnp.float32)), fisher @ v, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the step and its line search
+
+
+def _np_mean_kl_categorical(logits_p, logits_q):
+    lp = np.asarray(jax.nn.log_softmax(np.float64(logits_p)))
+    lq = np.asarray(jax.nn.log_softmax(np.float64(logits_q)))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+
+
+_COEFS = dict(kl_budget=1.0, damping=0.1, backtrack_factor=0.8, cg_residual_tol=1e-10)
+
+
+def _coefs(**overrides):
+    return trpo.StepCoefs(**{k: jnp.float32(v) for k, v in ({"delta": 0.01} | _COEFS | overrides).items()})
+
+
+def test_full_step_lands_on_the_quadratic_models_boundary():
+    """s = α·x with ½ sᵀ(F + λI)s = δ, and x solves (F + λI)x = g (checked with dense matrices)."""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    batch = _batch_at(policy_fn, flat, obs)
+    coefs = _coefs(delta=1e-4, damping=0.1)
+    new, metrics = trpo.step(policy_fn, flat, batch, coefs, variant=trpo.Variant(line_search=False),
+                             cg_iters=200)
+    s = np.asarray(new - flat, np.float64)
+    hessian = np.asarray(jax.hessian(lambda p: trpo.mean_kl_to_old(policy_fn, p, batch))(flat), np.float64)
+    damped = hessian + 0.1 * np.eye(len(s))
+    np.testing.assert_allclose(0.5 * s @ damped @ s, 1e-4, rtol=1e-3)
+    a = np.asarray(batch.advantage, np.float64)
+    g = np.asarray(jax.grad(lambda p: trpo.surrogate(policy_fn, p, batch.replace(
+        advantage=jnp.asarray((a - a.mean()) / (a.std() + 1e-8), jnp.float32))))(flat), np.float64)
+    direction = np.linalg.solve(damped, g)
+    cosine = s @ direction / (np.linalg.norm(s) * np.linalg.norm(direction))
+    assert cosine > 0.9999
+    assert metrics["accepted"] == 1 and metrics["step_fraction"] == 1
+
+
+def test_line_search_backtracks_until_the_exact_kl_is_within_delta():
+    """δ so large that the quadratic model's full step overshoots: the search must shrink it, and the
+    accepted policy's KL, recomputed in NumPy from the logits, must be ≤ δ. (Small damping: with the
+    default 0.1 this tiny network's step stays well inside the model's δ.)"""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    batch = _batch_at(policy_fn, flat, obs)
+    delta = 0.5
+    coefs = _coefs(delta=delta, damping=1e-3)
+    new, metrics = trpo.step(policy_fn, flat, batch, coefs, variant=trpo.Variant(line_search=True))
+    npg_new, _ = trpo.step(policy_fn, flat, batch, coefs, variant=trpo.Variant(line_search=False))
+    old_logits = policy_fn(flat, obs).logits
+    assert _np_mean_kl_categorical(old_logits, policy_fn(npg_new, obs).logits) > delta  # overshoot
+    assert metrics["accepted"] == 1 and metrics["backtracks"] >= 1
+    kl_accepted = _np_mean_kl_categorical(old_logits, policy_fn(new, obs).logits)
+    assert kl_accepted <= delta
+    np.testing.assert_allclose(metrics["kl_old"], kl_accepted, rtol=1e-4)
+    # The accepted point is the first fraction cᵏ of the full step that qualified.
+    fraction = 0.8 ** int(metrics["backtracks"])
+    np.testing.assert_allclose(new, flat + fraction * (npg_new - flat), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["step_fraction"], fraction, rtol=1e-6)
+    assert metrics["surrogate_improvement"] > 0
+
+
+def test_forced_rejection_leaves_params_unchanged():
+    policy_fn, flat, obs = _tiny_policy(discrete=False)
+    # No advantage, no possible improvement: every candidate is refused.
+    batch = _batch_at(policy_fn, flat, obs, advantage=jnp.zeros(obs.shape[0]))
+    variant = trpo.Variant(normalize_advantages=False)
+    new, metrics = trpo.step(policy_fn, flat, batch, _coefs(), variant=variant, max_backtracks=4)
+    assert np.array_equal(new, flat)
+    assert metrics["accepted"] == 0 and metrics["backtracks"] == 4 and metrics["step_fraction"] == 0
+    assert metrics["kl_old"] == 0 and metrics["surrogate_improvement"] == 0
+
+    # A reference budget already spent: the policy may not move, whatever the advantages say.
+    reference = policy_fn(flat + 0.5, obs)
+    batch = _batch_at(policy_fn, flat, obs, reference=reference)
+    spent = float(trpo.mean_kl_to_reference(policy_fn, flat, batch))
+    variant = trpo.Variant(kl_anchor="reference")
+    new, metrics = trpo.step(policy_fn, flat, batch, _coefs(kl_budget=0.5 * spent), variant=variant)
+    assert np.array_equal(new, flat) and metrics["accepted"] == 0
+    np.testing.assert_allclose(metrics["kl_ref"], spent, rtol=1e-6)
+
+
+def test_reference_budget_caps_the_step():
+    """With room r = budget − KL_ref left, the accepted step keeps KL(π_θ ‖ π_ref) ≤ budget."""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    reference = policy_fn(flat - 0.2, obs)
+    batch = _batch_at(policy_fn, flat, obs, reference=reference)
+    start = float(trpo.mean_kl_to_reference(policy_fn, flat, batch))
+    budget = start + 0.002
+    new, metrics = trpo.step(policy_fn, flat, batch, _coefs(delta=0.5, kl_budget=budget),
+                             variant=trpo.Variant(kl_anchor="reference"))
+    ref_logits = reference.logits
+    after = _np_mean_kl_categorical(policy_fn(new, obs).logits, ref_logits)
+    assert metrics["accepted"] == 1 and after <= budget
+    # The trust region alone (δ = 0.5) would have taken a far bigger step.
+    unbudgeted, _ = trpo.step(policy_fn, flat, batch, _coefs(delta=0.5), variant=trpo.Variant())
+    assert np.linalg.norm(unbudgeted - flat) > 3 * np.linalg.norm(new - flat)
+
+
+# ---------------------------------------------------------------- the training program
+
+
+def _tiny(preset="cartpole_trpo", **overrides):
+    config = trpo_configs.get_config(preset)
+    config.num_envs, config.num_steps = 4, 128
+    config.total_timesteps, config.updates_per_chunk = 4 * 128 * 40, 20
+    config.vf_minibatches = 4
+    config.update(overrides)
+    return config
+
+
+@functools.lru_cache(maxsize=None)
+def _train(preset="cartpole_trpo", num_seeds=1):
+    config = _tiny(preset, num_seeds=num_seeds)
+    return loop.train(config, progress=False)
+
+
+def test_short_run_improves_return_and_keeps_every_accepted_update_within_delta():
+    result = _train(num_seeds=2)
+    m = result.metrics
+    accepted = m["accepted"] > 0
+    assert accepted.mean() > 0.5
+    assert np.all(m["kl_old"][accepted] <= m["delta"][accepted])
+    assert np.all(m["kl_old"][~accepted] == 0)
+    assert np.all(m["cg_residual"] >= 0) and np.all(np.isfinite(m["cg_residual"]))
+    # Random CartPole play scores ~20; 40 updates of 512 steps with δ = 0.01 must clearly learn.
+    early, late = np.nanmean(m["episode_return"][:, 2]), np.nanmean(m["episode_return"][:, -1])
+    assert late > 2 * early and late > 100, (early, late)
+
+
+def test_same_seed_same_numbers_and_vmapped_seeds_equal_separate_runs():
+    both = _train(num_seeds=2)
+    again = loop.train(_tiny(num_seeds=2), progress=False)
+    for name in both.metrics:
+        np.testing.assert_array_equal(both.metrics[name], again.metrics[name], err_msg=name)
+    jax.tree.map(np.testing.assert_array_equal, both.state.params, again.state.params)
+    # Seed 1 alone equals seed 1 of the vmapped pair up to float round-off (batched reductions may
+    # sum in another order). Over many updates RL amplifies that round-off chaotically (here by
+    # update ~18), so only the first 12 updates are held to a tight tolerance.
+    second = loop.train(_tiny(seed=1), progress=False)
+    for name in ("episode_return", "kl_old", "step_norm", "value_loss"):
+        np.testing.assert_allclose(second.metrics[name][0, :12], both.metrics[name][1, :12],
+                                   rtol=1e-3, atol=1e-7, err_msg=name)
+
+
+def test_delta_is_an_array_so_a_sweep_vmaps_over_it():
+    config = _tiny(total_timesteps=4 * 128 * 4, updates_per_chunk=4)
+    trainer = trpo_train.make_trainer(config)
+    init, run_chunk = trpo_train.compile_run(trainer)
+    hp = trpo_train.HParams.from_config(config.hparams)
+    deltas = jnp.array([0.001, 0.02])
+    hparams = jax.tree.map(lambda x: jnp.broadcast_to(x, (2,)), hp).replace(delta=deltas)
+    _, metrics = run_chunk(init(jnp.zeros(2, jnp.int32), hparams), hparams)
+    accepted = metrics["accepted"] > 0
+    assert np.all((metrics["kl_old"] <= deltas[:, None]) | ~accepted)
+    # A 20× larger trust region lets the policy move further on the very same first batch.
+    assert metrics["step_norm"][1, 0] > 2 * metrics["step_norm"][0, 0]
+
+
+def test_npg_takes_the_scaled_step_whatever_its_kl():
+    result = _train("cartpole_npg")
+    assert np.all(result.metrics["accepted"] == 1) and np.all(result.metrics["backtracks"] == 0)
+    assert np.all(result.metrics["step_fraction"] == 1)
+
+
+def test_workdir_outputs_for_trpo(tmp_path):
+    config = _tiny("pendulum_trpo_ref", total_timesteps=4 * 128 * 2, updates_per_chunk=2)
+    loop.train(config, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for key in ("kl_old", "kl_ref", "kl_budget", "delta", "accepted", "backtracks", "cg_residual",
+                "surrogate_improvement", "step_norm", "episode_return", "value_loss"):
+        assert key in records[0], key
+    assert records[-1]["kl_ref"] <= records[-1]["kl_budget"]
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("hparams.delta", 0.0, r"config.hparams.delta = 0.0: must be in \(0.0, inf\)"),
+        ("hparams.backtrack_factor", 1.0, r"config.hparams.backtrack_factor = 1.0: must be in \(0.0, 1.0\)"),
+        ("hparams.damping", -0.1, r"config.hparams.damping = -0.1: must be in \[0.0, inf\)"),
+        ("vf_minibatches", 3, r"config.vf_minibatches = 3: must be a divisor of num_envs \* num_steps = 512"),
+        ("cg_iters", 0, r"config.cg_iters = 0: must be an integer >= 1"),
+        ("variant.kl_anchor", "ref", r"config.variant.kl_anchor must be one of \('old', 'reference'\)"),
+        ("algorithm", "trpo2", r"config.algorithm = 'trpo2': must be one of \('ppo', 'trpo'\)"),
+    ],
+)
+def test_bad_config_is_rejected_before_compiling(field, value, message):
+    config = _tiny()
+    parent, _, leaf = field.rpartition(".")
+    (config[parent] if parent else config)[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        loop.train(config, progress=False)
+
+
+def test_kl_budget_checked_only_when_the_reference_anchor_uses_it():
+    config = _tiny("cartpole_trpo_ref")
+    config.hparams.kl_budget = 0.0
+    with pytest.raises(ValueError, match=r"config.hparams.kl_budget = 0.0: must be in \(0.0, inf\)"):
+        trpo_train.validate(config)
+    config = _tiny("cartpole_trpo")
+    config.hparams.kl_budget = 0.0
+    trpo_train.validate(config)
