@@ -16,7 +16,7 @@ endif
 
 comma := ,
 
-.PHONY: demo test test-fast kl-table ppo-tables bench-seeds clean
+.PHONY: demo test test-fast kl-table ppo-tables trpo-tables bandit-frontier bench-seeds clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,19 @@ ppo-tables: $(VENV)/.installed
 	  --presets=$(subst $(eval) ,$(comma),$(addprefix cartpole_,$(PPO_VARIANTS))) --overwrite
 	$(BIN)/python -m experiments.compare --num_seeds=3 --workdir=runs/ppo_pendulum \
 	  --presets=$(subst $(eval) ,$(comma),$(addprefix pendulum_,$(PPO_VARIANTS))) --overwrite
+
+# TRPO (and its NPG / reference-budget variants) beside PPO clip and adaptive KL on the same tasks,
+# same seeds and the same number of environment steps (about 5 minutes on 2 CPU cores).
+TRPO_VARIANTS := trpo npg trpo_ref
+trpo-tables: $(VENV)/.installed
+	$(BIN)/python -m experiments.compare --num_seeds=3 --threshold=475 --workdir=runs/trpo_cartpole \
+	  --presets=cartpole_clip,cartpole_kl_adaptive,$(subst $(eval) ,$(comma),$(addprefix configs/trpo.py:cartpole_,$(TRPO_VARIANTS))) --overwrite
+	$(BIN)/python -m experiments.compare --num_seeds=3 --workdir=runs/trpo_pendulum \
+	  --presets=pendulum_clip,pendulum_kl_adaptive,$(subst $(eval) ,$(comma),$(addprefix configs/trpo.py:pendulum_,$(TRPO_VARIANTS))) --overwrite
+
+# Every method on the exact bandit testbed, placed on the exact reward–KL frontier (docs/bandit.md).
+bandit-frontier: $(VENV)/.installed
+	$(BIN)/python -m experiments.bandit_frontier --config=configs/bandit.py --workdir=runs/bandit_frontier --overwrite
 
 bench-seeds: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3
