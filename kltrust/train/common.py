@@ -7,6 +7,8 @@ with the same words (``config.KEY = VALUE: must be ...``), before anything is co
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import gymnax
@@ -94,3 +96,46 @@ def initial_params(model: Any, env: Any, env_params: Any, seeds: jax.Array) -> A
         return model.init(key_params, obs)
 
     return jax.vmap(one)(jnp.asarray(seeds))
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlTrainer:
+    """What PPO's and TRPO's trainers share; subclasses add ``init(seed, hp, params)`` and ``update``.
+
+    ``static`` must carry ``env_name``, ``hidden``, ``activation`` and ``updates_per_chunk``.
+    """
+
+    static: Any
+    mesh: jax.sharding.Mesh
+
+    @functools.cached_property
+    def _model_and_env(self):
+        return model_and_env(self.static.env_name, self.static.hidden, self.static.activation)
+
+    def apply_fn(self, params: Any, obs: jax.Array):
+        model, _, _ = self._model_and_env
+        return model.apply(params, obs)
+
+    def initial_params(self, seeds: jax.Array) -> Any:
+        """Initial parameters per seed (leading axis = seed); eager, see `initial_params`."""
+        return initial_params(*self._model_and_env, seeds)
+
+    def run_chunk(self, state: Any, hp: Any) -> tuple[Any, dict[str, jax.Array]]:
+        """``updates_per_chunk`` updates in one `lax.scan`; metrics stacked along a leading axis."""
+        return jax.lax.scan(lambda s, _: self.update(s, hp), state, None,
+                            length=self.static.updates_per_chunk)
+
+
+def compile_run(trainer: ControlTrainer) -> tuple[Callable, Callable]:
+    """Jitted (init, run_chunk) over a leading run axis (seeds × hyperparameters).
+
+    Inputs: seeds [R] int32 and HParams with leaves [R]. Inside, the runner's environment axis is
+    constrained to the mesh's data axis and everything else is replicated (`kltrust.sharding`).
+    Parameters are initialised eagerly first (`initial_params`), then passed into the jitted init.
+    """
+    init_state = jax.jit(jax.vmap(trainer.init))
+
+    def init(seeds: jax.Array, hparams: Any) -> Any:
+        return init_state(seeds, hparams, trainer.initial_params(seeds))
+
+    return init, jax.jit(jax.vmap(trainer.run_chunk))

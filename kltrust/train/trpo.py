@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -151,27 +150,14 @@ def merge_params(policy: Any, critic: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class Trainer:
+class Trainer(common.ControlTrainer):
     """Pure TRPO training functions for one static configuration."""
 
     static: Static
-    mesh: jax.sharding.Mesh
-
-    @functools.cached_property
-    def _model_and_env(self):
-        return common.model_and_env(self.static.env_name, self.static.hidden, self.static.activation)
-
-    def apply_fn(self, params: Any, obs: jax.Array):
-        model, _, _ = self._model_and_env
-        return model.apply(params, obs)
 
     @staticmethod
     def _vf_optimizer(hp: HParams) -> optax.GradientTransformation:
         return optax.inject_hyperparams(optax.adam)(learning_rate=hp.vf_learning_rate)
-
-    def initial_params(self, seeds: jax.Array) -> Any:
-        """Initial parameters per seed (leading axis = seed); eager, see `common.initial_params`."""
-        return common.initial_params(*self._model_and_env, seeds)
 
     def init(self, seed: jax.Array, hp: HParams, params: Any) -> TrainState:
         """A fresh run for integer ``seed`` from ``initial_params`` (vmappable over seeds, hparams)."""
@@ -263,11 +249,6 @@ class Trainer:
         )
         return critic_params, opt_state, losses.mean()
 
-    def run_chunk(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
-        """``updates_per_chunk`` updates in one `lax.scan`; metrics stacked along a leading axis."""
-        return jax.lax.scan(lambda s, _: self.update(s, hp), state, None,
-                            length=self.static.updates_per_chunk)
-
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Trainer:
     """Validates ``config`` (before any compilation) and builds its `Trainer`."""
@@ -276,11 +257,4 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | No
     return Trainer(Static.from_config(config), mesh)
 
 
-def compile_run(trainer: Trainer) -> tuple[Callable, Callable]:
-    """Jitted (init, run_chunk) over a leading run axis (seeds × hyperparameters); see PPO's."""
-    init_state = jax.jit(jax.vmap(trainer.init))
-
-    def init(seeds: jax.Array, hparams: HParams) -> TrainState:
-        return init_state(seeds, hparams, trainer.initial_params(seeds))
-
-    return init, jax.jit(jax.vmap(trainer.run_chunk))
+compile_run = common.compile_run
