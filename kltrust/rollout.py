@@ -1,7 +1,8 @@
-"""The shared on-policy rollout over vectorised gymnax environments, and GAE.
+"""The shared on-policy rollouts, environment and token, and GAE.
 
-Every on-policy objective (PPO, TRPO, …) collects data through `rollout` and computes advantages
-with `gae`, so that methods differ only in their update.
+Every on-policy objective (PPO, TRPO, GRPO, …) collects data through `rollout` (gymnax environments)
+or `token_rollout` (a language model sampled with its KV cache) and computes advantages with `gae` /
+`token_gae`, so that methods differ only in their update.
 
 Time limits. gymnax 1.x reports ``terminated`` (a true terminal state: the future is worth 0) apart
 from ``truncated`` (the time limit: the future is worth V(s_final)), auto-resets, and hands back the
@@ -19,7 +20,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from kltrust.distributions import Distribution
+from kltrust import kl
+from kltrust.distributions import Categorical, Distribution
 
 PolicyFn = Callable[[Any, jax.Array], tuple[Distribution, jax.Array]]
 """(params, obs [N, ...]) -> (action distribution [N], value [N])."""
@@ -189,3 +191,156 @@ def gae(
         backward, jnp.zeros_like(last_value), (deltas, continues), reverse=True
     )
     return advantages, advantages + transitions.value
+
+
+# ---------------------------------------------------------------- token sequences
+#
+# Layout: a sequence is a prompt [B, P] followed by a response [B, L]. The logits at sequence
+# position P − 1 + t give the distribution of response token t, so every per-token quantity below
+# is [B, L] and aligned with the response. ``mask`` is 1 for real response tokens (the EOS token
+# included) and 0 for the padding after it.
+
+DecodeFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]]
+"""(params, tokens [B, T], cache) -> (logits [B, T, V], new cache): incremental decoding."""
+
+SequenceFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array | None]]
+"""(params, tokens [B, T]) -> (logits [B, T, V], values [B, T] or None): full forward."""
+
+
+def sample_tokens(
+    decode_fn: DecodeFn,
+    params: Any,
+    prompts: jax.Array,
+    cache: Any,
+    key: jax.Array,
+    *,
+    max_new_tokens: int,
+    temperature: jax.Array | float = 1.0,
+    eos_id: int,
+    pad_id: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Autoregressive sampling with a KV cache: one prefill of the prompt, then a `lax.scan`.
+
+    Token t is drawn from softmax(logits_t / temperature). Once a row has emitted ``eos_id`` its
+    later tokens are ``pad_id`` with mask 0 (the model still runs on them; they are discarded).
+
+    Args:
+      cache: an empty cache with room for P + ``max_new_tokens`` positions.
+
+    Returns:
+      (response [B, L] int32, mask [B, L] float32, log_prob [B, L]): log-probability of each sampled
+      token under the distribution it was drawn from (0 at padding).
+    """
+    logits, cache = decode_fn(params, prompts, cache)
+    batch = prompts.shape[0]
+
+    def step(carry, step_key):
+        logits_last, cache, done = carry
+        logp = jax.nn.log_softmax(logits_last / temperature)
+        token = jax.random.categorical(step_key, logp)
+        token_logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+        live = ~done
+        token = jnp.where(live, token, pad_id).astype(jnp.int32)
+        done = done | (token == eos_id)
+        next_logits, cache = decode_fn(params, token[:, None], cache)
+        out = (token, live.astype(jnp.float32), jnp.where(live, token_logp, 0.0))
+        return (next_logits[:, -1], cache, done), out
+
+    init = (logits[:, -1], cache, jnp.zeros((batch,), bool))
+    _, (tokens, mask, log_prob) = jax.lax.scan(
+        step, init, jax.random.split(key, max_new_tokens))
+    return tokens.T, mask.T, log_prob.T
+
+
+def response_logits(sequence_fn: SequenceFn, params: Any, prompts: jax.Array,
+                    response: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """Teacher-forced logits [B, L, V] (and values [B, L]) of every response position in one pass."""
+    tokens = jnp.concatenate([prompts, response], axis=1)
+    logits, values = sequence_fn(params, tokens[:, :-1])
+    start = prompts.shape[1] - 1
+    values = None if values is None else values[:, start:]
+    return logits[:, start:], values
+
+
+def token_log_probs(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """log softmax(logits)[token] per position [B, L], 0 where ``mask`` is 0."""
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], axis=-1)[..., 0]
+    return jnp.where(mask > 0, logp, 0.0)
+
+
+@flax.struct.dataclass
+class TokenRollout:
+    """A batch of sampled responses with everything the token objectives need, all [B, L] unless
+    noted. Reference fields are None when nothing uses the reference (it is then never run)."""
+
+    prompt: jax.Array  # [B, P]
+    response: jax.Array
+    mask: jax.Array
+    log_prob: jax.Array  # under the sampling policy, recomputed teacher-forced
+    sampled_log_prob: jax.Array  # as returned by the sampler (must equal log_prob)
+    logits: jax.Array  # [B, L, V] policy logits (temperature applied)
+    value: jax.Array | None
+    entropy: jax.Array
+    ref_log_prob: jax.Array | None
+    ref_logits: jax.Array | None  # [B, L, V], temperature applied
+    kl: jax.Array | None  # exact per-token KL(π(·|prefix) ‖ π_ref(·|prefix)) from full logits
+
+
+def token_rollout(
+    decode_fn: DecodeFn,
+    sequence_fn: SequenceFn,
+    params: Any,
+    prompts: jax.Array,
+    cache: Any,
+    key: jax.Array,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: jax.Array | float = 1.0,
+    ref_sequence_fn: SequenceFn | None = None,
+    ref_params: Any = None,
+) -> TokenRollout:
+    """Samples responses, then scores them teacher-forced under the policy and (if given) the
+    reference: per-token log-probs, values, entropy and the exact per-token KL via
+    `kltrust.kl.categorical`. The reference's logits are divided by the same temperature, so the KL
+    compares the two distributions at the temperature that sampled."""
+    response, mask, sampled_log_prob = sample_tokens(
+        decode_fn, params, prompts, cache, key, max_new_tokens=max_new_tokens,
+        temperature=temperature, eos_id=eos_id, pad_id=pad_id)
+    logits, value = response_logits(sequence_fn, params, prompts, response)
+    logits = logits / temperature
+    log_prob = token_log_probs(logits, response, mask)
+    entropy = Categorical(logits).entropy() * mask
+    ref_log_prob = ref_logits = token_kl = None
+    if ref_sequence_fn is not None:
+        ref_logits, _ = response_logits(ref_sequence_fn, ref_params, prompts, response)
+        ref_logits = ref_logits / temperature
+        ref_log_prob = token_log_probs(ref_logits, response, mask)
+        token_kl = kl.categorical(logits, ref_logits) * mask
+    if value is not None:
+        value = value * mask
+    return TokenRollout(prompts, response, mask, log_prob, sampled_log_prob, logits, value,
+                        entropy, ref_log_prob, ref_logits, token_kl)
+
+
+def token_gae(reward: jax.Array, value: jax.Array, mask: jax.Array, gamma: jax.Array,
+              gae_lambda: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """GAE over the tokens of each response (an episode per row, ending at its last real token).
+
+    ``reward``, ``value``, ``mask`` are [B, L]; the value after the last real token is 0.
+    Returns (advantages, value targets), both [B, L] and 0 at padding.
+    """
+    next_value = jnp.concatenate([value[:, 1:] * mask[:, 1:], jnp.zeros_like(value[:, :1])], axis=1)
+    deltas = (reward + gamma * next_value - value) * mask
+
+    def backward(advantage_next, inputs):
+        delta, live_next = inputs
+        advantage = delta + gamma * gae_lambda * live_next * advantage_next
+        return advantage, advantage
+
+    live_next = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1)
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(reward[:, 0]),
+                                 (deltas.T, live_next.T), reverse=True)
+    advantages = advantages.T * mask
+    return advantages, (advantages + value) * mask

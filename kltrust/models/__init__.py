@@ -1,4 +1,4 @@
-"""Flax policy and value networks."""
+"""Flax policy and value networks: the control MLP and the token transformer."""
 
 from kltrust.models.mlp import ActorCritic
 

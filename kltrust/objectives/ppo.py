@@ -83,6 +83,16 @@ class Batch:
     advantage: jax.Array
     target: jax.Array  # value target R_t
     reference: Distribution | None
+    # Optional 0/1 (or non-negative) weights shaped like ``action``'s batch axes: the token programs
+    # pass the response mask, so padding after EOS counts for nothing. None = plain means.
+    weight: jax.Array | None = None
+
+
+def _mean(values: jax.Array, batch: Batch) -> jax.Array:
+    """Mean over the batch, weighted by ``batch.weight`` when present."""
+    if batch.weight is None:
+        return jnp.mean(values)
+    return jnp.sum(batch.weight * values) / jnp.maximum(jnp.sum(batch.weight), 1e-8)
 
 
 def penalised_kl(
@@ -113,7 +123,11 @@ def loss(
     new_log_prob = new.log_prob(batch.action)
     advantage = batch.advantage
     if variant.normalize_advantages:
-        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        if batch.weight is None:
+            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        else:
+            centred = advantage - _mean(advantage, batch)
+            advantage = centred / (jnp.sqrt(_mean(jnp.square(centred), batch)) + 1e-8)
 
     ratio = jnp.exp(new_log_prob - batch.log_prob)
     if variant.clip:
@@ -121,9 +135,9 @@ def loss(
         surrogate = jnp.minimum(ratio * advantage, clipped * advantage)
     else:
         surrogate = ratio * advantage
-    policy_loss = -surrogate.mean()
-    value_loss = 0.5 * jnp.square(value - batch.target).mean()
-    entropy = new.entropy().mean()
+    policy_loss = -_mean(surrogate, batch)
+    value_loss = 0.5 * _mean(jnp.square(value - batch.target), batch)
+    entropy = _mean(new.entropy(), batch)
     total = policy_loss + coefs.vf_coef * value_loss - coefs.ent_coef * entropy
 
     kl_old = batch.policy.kl(new)  # exact KL(π_old ‖ π_θ), reported whatever is penalised
@@ -131,14 +145,14 @@ def loss(
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": entropy,
-        "clip_frac": jnp.mean(jnp.abs(ratio - 1.0) > coefs.clip_eps),
-        "kl_old": kl_old.mean(),
+        "clip_frac": _mean(jnp.abs(ratio - 1.0) > coefs.clip_eps, batch),
+        "kl_old": _mean(kl_old, batch),
     }
     if variant.kl_penalty != "none":
         exact = kl_old if variant.kl_anchor == "old" else new.kl(batch.reference)
         penalised = penalised_kl(variant, exact, new_log_prob, batch)
-        total = total + coefs.beta * penalised.mean()
-        metrics["kl_penalty"] = penalised.mean()
+        total = total + coefs.beta * _mean(penalised, batch)
+        metrics["kl_penalty"] = _mean(penalised, batch)
         if variant.kl_anchor == "reference":
-            metrics["kl_ref"] = exact.mean()
+            metrics["kl_ref"] = _mean(exact, batch)
     return total, metrics

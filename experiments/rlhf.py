@@ -1,0 +1,44 @@
+"""Token RLHF: run a preset of configs/rlhf.py and whatever stages it needs, under one root.
+
+    python -m experiments.rlhf --config=configs/rlhf.py:ppo --workdir=runs/rlhf \
+        [--config.num_seeds=1 --config.rl.hparams.beta=0.1 ...] [--overwrite]
+
+Stages already finished under the root (sft/, reward_model/) are reused; ``--overwrite`` replaces
+only the preset's own stage directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from kltrust.train import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/rlhf.py:ppo", "Run config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline root directory.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the preset's own stage directory.")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.ERROR)  # TFDS warns about every custom data config
+    config = _CONFIG.value
+    result = pipeline.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    out = f"{_WORKDIR.value}/{ {'sft': 'sft', 'reward_model': 'reward_model'}.get(config.stage, config.name)}"
+    if isinstance(result, pipeline.PolicyResult):
+        for row in result.final:
+            shown = {k: round(v, 3) for k, v in row.items()
+                     if isinstance(v, float) and k in ("gold", "proxy", "kl", "distinct_2")}
+            print(f"seed {row['seed']}: {shown}")
+        if result.run_seconds and result.tokens_sampled:
+            print(f"compile {result.compile_seconds:.1f} s; run {result.run_seconds:.1f} s "
+                  f"({result.tokens_sampled / result.run_seconds:,.0f} sampled tokens/s incl. "
+                  "updates)")
+    print(f"outputs: {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,450 @@
+"""The host side of the token RLHF pipeline: data, stage order, outputs. Thin by design.
+
+``run(config, root)`` makes sure the stages a preset needs exist under ``root`` and runs its own:
+
+    root/tfds/           the TFDS data sets (ArrayRecord), built once from the config
+    root/sft/            reference policy: params.msgpack, metrics.jsonl, stage_config.json
+    root/reward_model/   proxy reward model: the same files
+    root/NAME/           a policy stage (``config.name``, the preset's name by default):
+                         metrics.jsonl (per update and seed), eval.jsonl (per evaluation and seed,
+                         with decoded samples), results.json (final evaluation
+                         per seed), gold_proxy_vs_kl.png, params.msgpack (per seed, stacked)
+
+A stage counts as done when its ``params.msgpack`` exists (written last, atomically), and its
+``stage_config.json`` records the part of the config it depends on; a later run with a different
+config for a finished prerequisite is refused (``overwrite`` replaces only the preset's own stage).
+Config errors are raised before any data are generated or anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from kltrust.models.transformer import TransformerConfig
+from kltrust.tasks import text, text_data
+from kltrust.train import reward_model, rlhf, sft
+from kltrust.train import tokens as tok
+from kltrust.train.common import check, check_range
+
+STAGE_KEYS = {  # the config parts each prerequisite stage depends on
+    "sft": ("seed", "task", "data", "model", "sft"),
+    "reward_model": ("seed", "task", "data", "reward_model", "rm"),
+}
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Every check that can fail, before data generation or compilation."""
+    try:
+        tok.language_spec(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.task: {e}") from None
+    for part in ("model", "reward_model"):
+        for key in ("num_layers", "width", "num_heads"):
+            value = config[part][key]
+            check(isinstance(value, int) and value >= 1, f"{part}.{key}", value, "an integer >= 1")
+        check(config[part].width % config[part].num_heads == 0, f"{part}.width", config[part].width,
+              f"divisible by {part}.num_heads = {config[part].num_heads}")
+    check(config.model.critic in ("shared", "separate"), "model.critic", config.model.critic,
+          "'shared' or 'separate'")
+    check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
+    for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
+        check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
+    check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
+          "in [0, 0.5)")
+    check(config.data.bt_temperature > 0, "data.bt_temperature", config.data.bt_temperature, "> 0")
+    for part in ("sft", "rm"):
+        for key in ("steps", "batch_size"):
+            check(config[part][key] >= 1, f"{part}.{key}", config[part][key], ">= 1")
+        check(config[part].learning_rate > 0, f"{part}.learning_rate", config[part].learning_rate,
+              "> 0")
+    if config.stage != "policy":
+        return
+    rl = config.rl
+    methods = rlhf.METHODS + ("best_of_n",)
+    check(rl.method in methods, "rl.method", rl.method, f"one of {methods}")
+    if rl.method == "best_of_n":
+        check(len(rl.best_of_n) >= 1 and all(n >= 1 for n in rl.best_of_n), "rl.best_of_n",
+              rl.best_of_n, "a non-empty tuple of integers >= 1")
+        return
+    allowed = rlhf.PLACEMENTS[rl.method]
+    check(rl.kl_placement in allowed, "rl.kl_placement", rl.kl_placement,
+          f"one of {allowed} for method {rl.method!r}")
+    check(rl.kl_estimator in rlhf.KL_ESTIMATORS, "rl.kl_estimator", rl.kl_estimator,
+          f"one of {rlhf.KL_ESTIMATORS}")
+    if rl.method in ("grpo", "rloo") and rl.kl_placement == "loss":
+        check(rl.kl_estimator in ("k2", "k3"), "rl.kl_estimator", rl.kl_estimator,
+              "'k2' or 'k3' when the KL is in a GRPO/RLOO loss (k1 has zero expected gradient "
+              "there; 'exact' is not a per-sample loss term)")
+    check(rl.controller in ("fixed", "adaptive", "proportional"), "rl.controller", rl.controller,
+          "one of ('fixed', 'adaptive', 'proportional')")
+    for key in ("batch_prompts", "group_size", "epochs", "minibatches", "num_updates",
+                "updates_per_eval"):
+        check(isinstance(rl[key], int) and rl[key] >= 1, f"rl.{key}", rl[key], "an integer >= 1")
+    if rl.method in ("grpo", "rloo", "trpo"):
+        check(rl.group_size >= 2, "rl.group_size", rl.group_size, ">= 2 for group baselines")
+    if rl.method == "dpo_online":
+        check(rl.group_size == 2, "rl.group_size", rl.group_size, "2 (a pair per prompt)")
+    batch = rl.batch_prompts * rl.group_size
+    if rl.method == "dpo_online":
+        batch = rl.batch_prompts
+    check(batch % rl.minibatches == 0, "rl.minibatches", rl.minibatches,
+          f"a divisor of the batch ({batch} sequences or pairs)")
+    check(rl.num_updates % rl.updates_per_eval == 0, "rl.updates_per_eval", rl.updates_per_eval,
+          f"a divisor of rl.num_updates = {rl.num_updates}")
+    hp = rl.hparams
+    check_rl = lambda name, *a, **k: check_range(hp, name, *a, **k)  # noqa: E731
+    check_rl("learning_rate", 0.0, low_open=True)
+    check_rl("beta", 0.0, low_open=rl.method in ("dpo", "dpo_online") or
+             rl.controller != "fixed")
+    check_rl("kl_target", 0.0, low_open=True)
+    check_rl("kl_horizon", 0.0, low_open=True)
+    check_rl("clip_eps", 0.0, low_open=True)
+    check_rl("gamma", 0.0, 1.0)
+    check_rl("gae_lambda", 0.0, 1.0)
+    check_rl("vf_coef", 0.0)
+    check_rl("ent_coef", 0.0)
+    check_rl("delta", 0.0, low_open=True)
+    check_rl("kl_budget", 0.0, low_open=True)
+    check_rl("damping", 0.0)
+    check_rl("label_smoothing", 0.0, 0.5, high_open=True)
+    if rl.kl_placement == "none":
+        check(rl.controller == "fixed", "rl.controller", rl.controller,
+              "'fixed' when rl.kl_placement is 'none' (there is no KL to control)")
+
+
+# ---------------------------------------------------------------- data
+
+
+def _synthetic(config, kind: str, root: pathlib.Path, num_train: int, num_test: int,
+               **extra) -> tuple[dict, dict]:
+    tfds.disable_progress_bar()
+    cfg = text_data.SyntheticConfig(language=tok.language_spec(config), num_train=num_train,
+                                    num_test=num_test, seed=config.seed, **extra)
+    builder = {"prompts": text_data.SyntheticPrompts, "sft": text_data.SyntheticSFT,
+               "preferences": text_data.SyntheticPreferences}[kind]
+    data_dir = str(root / "tfds")
+    return tuple(text_data.load_arrays(builder, cfg, split=s, data_dir=data_dir)
+                 for s in ("train", "test"))
+
+
+def preference_data(config, root):
+    return _synthetic(config, "preferences", root, config.data.num_pairs,
+                      config.data.num_eval_pairs, label_noise=float(config.data.label_noise),
+                      bt_temperature=float(config.data.bt_temperature))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _stage_json(config, stage: str) -> str:
+    return json.dumps({k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
+                       for k in STAGE_KEYS[stage]}, sort_keys=True, default=str)
+
+
+def _prepare(directory: pathlib.Path, config_json: str, overwrite: bool) -> None:
+    existing = directory / "stage_config.json"
+    if existing.exists() and existing.read_text() != config_json and not overwrite:
+        raise ValueError(f"{directory} holds a stage of a different config; choose another "
+                         "--workdir or pass --overwrite to replace it.")
+    if overwrite and directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "stage_config.json").write_text(config_json)
+
+
+def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
+    """Trains the reference (or loads it when done). Returns its params."""
+    out = root / "sft"
+    policy = tok.Policy(tok.policy_config(config))
+    if tok.is_done(out) and not overwrite:
+        _check_same(out, _stage_json(config, "sft"))
+        return tok.load_params(out, policy.init(jax.random.PRNGKey(0)))
+    _prepare(out, _stage_json(config, "sft"), overwrite)
+    if config.data.source.startswith("tfds:"):
+        return _run_sft_real_text(config, out)
+    train, test = _synthetic(config, "sft", root, config.data.num_sft, 1024)
+    train_tokens, train_mask = sft.corpus_arrays(train["prompt"], train["response"], train["mask"])
+    test_tokens, test_mask = sft.corpus_arrays(test["prompt"], test["response"], test["mask"])
+    language = text.make_language(tok.language_spec(config))
+    prompt_len = test["prompt"].shape[1]
+    true_logp = np.asarray(text.true_log_prob(language, test["prompt"], test["response"],
+                                              test["mask"]))
+
+    @jax.jit
+    def held_out(params):
+        loss = sft.next_token_loss(policy, params, test_tokens, test_mask)
+        logits, _ = policy.sequence(params, test_tokens[:, :-1])
+        logp = jax.nn.log_softmax(logits[:, prompt_len - 1:])
+        token_logp = jnp.take_along_axis(logp, test["response"][..., None], axis=-1)[..., 0]
+        model_logp = jnp.sum(token_logp * test["mask"], axis=-1)
+        return loss, jnp.mean(true_logp - model_logp)
+
+    def eval_fn(params):
+        loss, kl_true = held_out(params)
+        return {"test_loss": float(loss), "kl_true": float(kl_true)}
+
+    params, rows = sft.train(policy, train_tokens, train_mask, steps=config.sft.steps,
+                             batch_size=config.sft.batch_size,
+                             learning_rate=config.sft.learning_rate, seed=config.seed,
+                             eval_every=config.sft.eval_every, eval_fn=eval_fn)
+    tok.append_jsonl(out / "metrics.jsonl", rows)
+    tok.save_params(out, params)
+    return params
+
+
+def _run_sft_real_text(config, out: pathlib.Path) -> Any:
+    """Byte-level SFT on a TFDS text data set that is already prepared (nothing is downloaded)."""
+    name = config.data.source.split(":", 1)[1]
+    rows = text_data.byte_corpus(name, "train", config.data.seq_len, data_dir=config.data.get(
+        "tfds_dir") or None)
+    policy = tok.Policy(TransformerConfig(
+        vocab_size=text_data.BYTE_VOCAB_SIZE, num_layers=config.model.num_layers,
+        width=config.model.width, num_heads=config.model.num_heads, max_len=config.data.seq_len,
+        critic="none"))
+    loss_mask = (rows[:, 1:] != text.PAD).astype(np.float32)
+    params, metrics = sft.train(policy, rows, loss_mask, steps=config.sft.steps,
+                                batch_size=config.sft.batch_size,
+                                learning_rate=config.sft.learning_rate, seed=config.seed,
+                                eval_every=config.sft.eval_every, eval_fn=lambda p: {})
+    tok.append_jsonl(out / "metrics.jsonl", metrics)
+    tok.save_params(out, params)
+    return params
+
+
+def _check_same(directory: pathlib.Path, config_json: str) -> None:
+    existing = directory / "stage_config.json"
+    if existing.exists() and existing.read_text() != config_json:
+        raise ValueError(f"{directory} was trained with a different config (task, data or model); "
+                         "use another --workdir for this one.")
+
+
+def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any:
+    out = root / "reward_model"
+    rm_config = tok.reward_model_config(config)
+    train, test = preference_data(config, root)
+    if tok.is_done(out) and not overwrite:
+        _check_same(out, _stage_json(config, "reward_model"))
+        template = _init_scorer(rm_config, train)
+        return tok.load_params(out, template)
+    _prepare(out, _stage_json(config, "reward_model"), overwrite)
+    params, rows = reward_model.train(
+        rm_config, train, steps=config.rm.steps, batch_size=config.rm.batch_size,
+        learning_rate=config.rm.learning_rate, seed=config.seed,
+        eval_every=config.rm.eval_every, weight_decay=config.rm.weight_decay,
+        eval_fn=lambda p: reward_model.accuracy(rm_config, p, test))
+    tok.append_jsonl(out / "metrics.jsonl", rows)
+    tok.save_params(out, params)
+    return params
+
+
+def _init_scorer(rm_config, pairs):
+    from kltrust.models.transformer import SequenceScorer
+    length = pairs["prompt"].shape[1] + pairs["chosen"].shape[1]
+    return SequenceScorer(rm_config).init(jax.random.PRNGKey(0), jnp.zeros((1, length), jnp.int32),
+                                          jnp.ones((1, length)))
+
+
+# ---------------------------------------------------------------- policy stage
+
+
+def static_from_config(config) -> rlhf.Static:
+    rl = config.rl
+    critic = config.model.critic if rl.method == "ppo" else "none"
+    return rlhf.Static(
+        method=rl.method, policy=tok.policy_config(config, critic), reference=tok.policy_config(config),
+        reward_model=tok.reward_model_config(config), spec=tok.language_spec(config),
+        kl_placement=rl.kl_placement, kl_estimator=rl.kl_estimator, controller=rl.controller,
+        batch_prompts=rl.batch_prompts, group_size=rl.group_size, epochs=rl.epochs,
+        minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
+        max_grad_norm=rl.max_grad_norm, dpo_variant=rl.dpo_variant, cg_iters=rl.cg_iters,
+        max_backtracks=rl.max_backtracks, token_average=rl.token_average)
+
+
+def hparams_from_config(config, num_runs: int) -> rlhf.HParams:
+    """HParams with a leading run axis of ``num_runs`` (scalars are broadcast)."""
+    names = [f.name for f in dataclasses.fields(rlhf.HParams)]
+    return rlhf.HParams(**{n: jnp.broadcast_to(jnp.asarray(config.rl.hparams[n], jnp.float32),
+                                               (num_runs,)) for n in names})
+
+
+@dataclasses.dataclass
+class PolicyResult:
+    train_metrics: dict[str, np.ndarray]  # name -> [runs, updates]
+    evals: list[dict]  # rows per evaluation and seed
+    final: list[dict]  # last evaluation per seed
+    params: Any
+    compile_seconds: float
+    run_seconds: float
+    tokens_sampled: int
+
+
+def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool = True,
+               overwrite: bool = False) -> PolicyResult:
+    """Runs a policy stage: all seeds vmapped in one program; evaluations between chunks."""
+    out = root / config.name
+    spec = tok.language_spec(config)
+    language = text.make_language(spec)
+    prompts_train, prompts_test = _synthetic(config, "prompts", root, config.data.num_prompts,
+                                             config.data.num_eval_prompts)
+    pairs = None
+    if config.rl.method == "dpo":
+        pairs = {k: jnp.asarray(v) for k, v in preference_data(config, root)[0].items()
+                 if k in reward_model.PAIR_KEYS}
+    frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(prompts_train["prompt"]),
+                        jnp.asarray(prompts_test["prompt"]), language, pairs)
+    if write:
+        _prepare_policy_dir(out, config, overwrite)
+    if config.rl.method == "best_of_n":
+        return _run_best_of_n(config, out, frozen, write)
+
+    static = static_from_config(config)
+    trainer = rlhf.Trainer(static)
+    seeds = jnp.arange(config.num_seeds, dtype=jnp.int32) + config.seed
+    hp = hparams_from_config(config, config.num_seeds)
+    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))
+    chunk = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))
+    with_kl = bool(config.rl.eval_kl)
+    evaluate = jax.jit(jax.vmap(lambda st, key: trainer.evaluate(st, frozen, key, with_kl),
+                                in_axes=(0, 0)))
+
+    t0 = time.perf_counter()
+    state = init(seeds, hp, frozen)
+    eval_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 7919))(seeds)
+    chunk_c = chunk.lower(state, hp, frozen).compile()
+    eval_c = evaluate.lower(state, eval_keys).compile()
+    compile_seconds = time.perf_counter() - t0
+
+    evals: list[dict] = []
+    train_chunks: list[dict] = []
+    num_chunks = config.rl.num_updates // config.rl.updates_per_eval
+    run_seconds = 0.0
+    for i in range(num_chunks + 1):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, i)
+        metrics, responses = jax.device_get(eval_c(state, keys))
+        update = i * config.rl.updates_per_eval
+        for r, seed in enumerate(np.asarray(seeds)):
+            row = {"update": update, "seed": int(seed),
+                   **tok.scalars({k: v[r] for k, v in metrics.items()}),
+                   **tok.diversity(np.asarray(responses[r])),
+                   "samples": [text.decode(responses[r][j], language) for j in range(3)]}
+            evals.append(row)
+        if i == num_chunks:
+            break
+        t = time.perf_counter()
+        state, m = chunk_c(state, hp, frozen)
+        m = jax.device_get(m)
+        run_seconds += time.perf_counter() - t
+        train_chunks.append(m)
+
+    train_metrics = {k: np.concatenate([c[k] for c in train_chunks], axis=1)
+                     for k in train_chunks[0]}
+    final = [row for row in evals if row["update"] == config.rl.num_updates]
+    tokens_sampled = (config.rl.num_updates * static.batch_size * spec.response_len
+                      * config.num_seeds)
+    result = PolicyResult(train_metrics, evals, final, state.params, compile_seconds, run_seconds,
+                          tokens_sampled)
+    if write:
+        _write_policy(out, config, result, seeds)
+    return result
+
+
+def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out} already holds results; pass --overwrite to replace them "
+                             "(resuming a policy stage is not supported yet).")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _write_policy(out: pathlib.Path, config, result: PolicyResult, seeds) -> None:
+    rows = []
+    num_updates = next(iter(result.train_metrics.values())).shape[1]
+    for r, seed in enumerate(np.asarray(seeds)):
+        for u in range(num_updates):
+            rows.append({"update": u + 1, "seed": int(seed),
+                         **tok.scalars({k: v[r, u] for k, v in result.train_metrics.items()})})
+    tok.append_jsonl(out / "metrics.jsonl", rows)
+    tok.append_jsonl(out / "eval.jsonl", result.evals)
+    (out / "results.json").write_text(json.dumps({
+        "final": result.final, "compile_seconds": result.compile_seconds,
+        "run_seconds": result.run_seconds, "tokens_sampled": result.tokens_sampled}, indent=2))
+    plot_gold_proxy_vs_kl(result.evals, out / "gold_proxy_vs_kl.png", config.name)
+    tok.save_params(out, result.params)
+
+
+def _run_best_of_n(config, out, frozen, write: bool) -> PolicyResult:
+    reference = tok.Policy(tok.policy_config(config))
+    rm_config = tok.reward_model_config(config)
+    language = frozen.language
+    evals = []
+    t0 = time.perf_counter()
+    for n in config.rl.best_of_n:
+        fn = jax.jit(lambda key, n=n: rlhf.best_of_n(reference, rm_config, frozen, key, n))
+        for r in range(config.num_seeds):
+            seed = config.seed + r
+            out_n = jax.device_get(fn(jax.random.fold_in(jax.random.PRNGKey(seed), n)))
+            responses = np.asarray(out_n.pop("responses"))
+            evals.append({"n": n, "seed": seed, **tok.scalars(out_n),
+                          **tok.diversity(responses),
+                          "samples": [text.decode(responses[j], language) for j in range(3)]})
+    result = PolicyResult({}, evals, [e for e in evals if e["n"] == max(config.rl.best_of_n)],
+                          None, 0.0, time.perf_counter() - t0, 0)
+    if write:
+        tok.append_jsonl(out / "eval.jsonl", evals)
+        (out / "results.json").write_text(json.dumps({"final": result.final, "all": evals},
+                                                     indent=2))
+        plot_gold_proxy_vs_kl(evals, out / "gold_proxy_vs_kl.png", config.name)
+    return result
+
+
+def plot_gold_proxy_vs_kl(evals: list[dict], path: pathlib.Path, title: str) -> None:
+    """Gold and proxy reward against the exact sequence KL to the reference, one line per seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for seed in sorted({e["seed"] for e in evals}):
+        rows = [e for e in evals if e["seed"] == seed and e.get("kl") is not None]
+        kls = [e["kl"] for e in rows]
+        ax.plot(kls, [e["gold"] for e in rows], "o-", color="tab:green", alpha=0.7,
+                label="gold" if seed == evals[0]["seed"] else None)
+        ax.plot(kls, [e["proxy"] for e in rows], "s--", color="tab:blue", alpha=0.7,
+                label="proxy" if seed == evals[0]["seed"] else None)
+    ax.set_xlabel("KL(π ‖ π_ref), nats per sequence")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, root: str | pathlib.Path, overwrite: bool = False):
+    """Validates, then runs the prerequisites and the preset's own stage under ``root``."""
+    validate(config)
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if config.stage == "sft":
+        return run_sft(config, root, overwrite)
+    ref_params = run_sft(config, root)
+    if config.stage == "reward_model":
+        return run_reward_model(config, root, overwrite)
+    rm_params = run_reward_model(config, root)
+    return run_policy(config, root, ref_params, rm_params, overwrite=overwrite)

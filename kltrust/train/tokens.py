@@ -1,0 +1,209 @@
+"""What every token-task stage shares: the models, the frozen inputs, evaluation and stage outputs.
+
+The RLHF pipeline on the synthetic language (`kltrust.tasks.text`) has three kinds of stage, each a
+preset of ``configs/rlhf.py`` and each writing its own directory under one pipeline root:
+
+    sft/           the reference policy, trained by next-token cross-entropy (`kltrust.train.sft`)
+    reward_model/  the proxy reward, a Bradley–Terry scorer (`kltrust.train.reward_model`)
+    METHOD/        a policy optimised against the proxy (`kltrust.train.rlhf`): PPO, GRPO, RLOO,
+                   TRPO, DPO (offline and online), best-of-n
+
+A stage's outputs are written only when it finishes (params last, atomically), so a stage whose
+``params.msgpack`` exists is complete and the pipeline skips it on the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import flax.serialization
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kltrust import kl
+from kltrust import rollout as rollouts
+from kltrust.models.transformer import KVCache, SequenceScorer, TokenActorCritic, TransformerConfig
+from kltrust.tasks import text
+
+PARAMS_FILE = "params.msgpack"
+
+
+# ---------------------------------------------------------------- models
+
+
+def language_spec(config: ml_collections.ConfigDict) -> text.LanguageSpec:
+    """The synthetic language of ``config.task`` (validated by `text.LanguageSpec`)."""
+    return text.LanguageSpec(**config.task.to_dict())
+
+
+def policy_config(config: ml_collections.ConfigDict, critic: str = "none") -> TransformerConfig:
+    spec = language_spec(config)
+    return TransformerConfig(
+        vocab_size=spec.num_words + 3, num_layers=config.model.num_layers,
+        width=config.model.width, num_heads=config.model.num_heads,
+        max_len=spec.prompt_len + spec.response_len, critic=critic)
+
+
+def reward_model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
+    spec = language_spec(config)
+    return TransformerConfig(
+        vocab_size=spec.num_words + 3, num_layers=config.reward_model.num_layers,
+        width=config.reward_model.width, num_heads=config.reward_model.num_heads,
+        max_len=spec.prompt_len + spec.response_len, critic="none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A transformer policy's pure functions (hashable, so it can be static in a jitted program)."""
+
+    config: TransformerConfig
+
+    @property
+    def module(self) -> TokenActorCritic:
+        return TokenActorCritic(self.config)
+
+    def init(self, key: jax.Array) -> Any:
+        return self.module.init(key, jnp.zeros((1, self.config.max_len), jnp.int32))
+
+    def sequence(self, params: Any, tokens: jax.Array):
+        """(logits [B, T, V], values [B, T] or None)."""
+        return self.module.apply(params, tokens)
+
+    def decode(self, params: Any, tokens: jax.Array, cache: KVCache):
+        return self.module.apply(params, tokens, cache, method=TokenActorCritic.decode)
+
+    def empty_cache(self, batch: int) -> KVCache:
+        return KVCache.empty(self.config, batch)
+
+
+def score(rm_config: TransformerConfig, rm_params: Any, prompts: jax.Array, response: jax.Array,
+          mask: jax.Array) -> jax.Array:
+    """The proxy reward of each (prompt, response) [B]: the scorer read at the last real token."""
+    tokens = jnp.concatenate([prompts, response], axis=1)
+    full_mask = jnp.concatenate([jnp.ones(prompts.shape, mask.dtype), mask], axis=1)
+    return SequenceScorer(rm_config).apply(rm_params, tokens, full_mask)
+
+
+def with_pretrained(fresh: Any, pretrained: Any) -> Any:
+    """``fresh`` params with every subtree that ``pretrained`` also has replaced by its values
+    (the SFT trunk and LM head; a new value head or critic trunk keeps its fresh init, except that a
+    separate critic trunk starts from the SFT trunk, as is usual in RLHF)."""
+    fresh = flax.core.unfreeze(fresh)
+    pre = flax.core.unfreeze(pretrained)["params"]
+    out = dict(fresh["params"])
+    for name, value in pre.items():
+        out[name] = value
+    if "critic_trunk" in out and "trunk" in pre:
+        out["critic_trunk"] = pre["trunk"]
+    return {"params": out}
+
+
+def adam(max_grad_norm: float) -> optax.GradientTransformation:
+    """Adam with global-norm clipping and the learning rate as a hyperparameter array."""
+    return optax.inject_hyperparams(
+        lambda learning_rate: optax.chain(optax.clip_by_global_norm(max_grad_norm),
+                                          optax.adam(learning_rate)))(learning_rate=1e-3)
+
+
+def set_learning_rate(opt_state: Any, learning_rate: jax.Array) -> Any:
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": learning_rate})
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@flax.struct.dataclass
+class Frozen:
+    """Inputs every policy stage reads but never changes (passed as arguments, not baked into the
+    compiled program as constants)."""
+
+    ref_params: Any  # the SFT policy: initial policy and KL anchor
+    rm_params: Any  # the proxy reward model
+    prompts: jax.Array  # [N, P] training prompts
+    eval_prompts: jax.Array  # [M, P] held-out prompts
+    language: Any  # text.Language, for the gold reward
+    pairs: Any = None  # the preference data set (offline DPO only)
+
+
+def evaluate(policy: Policy, reference: Policy, rm_config: TransformerConfig, params: Any,
+             frozen: Frozen, key: jax.Array, *, with_kl: bool = True) -> tuple[dict, jax.Array]:
+    """Samples one response per held-out prompt and measures it.
+
+    Returns (metrics, responses [M, L]) with metrics: ``gold``, ``proxy`` (means), ``kl`` (the exact
+    sequence KL Σ_t KL(π(·|prefix) ‖ π_ref(·|prefix)), mean over prompts; only if ``with_kl``),
+    ``kl_k1`` (Σ_t log π/π_ref at the samples, its unbiased estimate), ``entropy`` (per token),
+    ``length`` (response tokens incl. EOS), ``grammatical`` (fraction with no zero-probability
+    transition under the true language).
+    """
+    spec = frozen.language.spec
+    prompts = frozen.eval_prompts
+    ro = rollouts.token_rollout(
+        policy.decode, policy.sequence, params, prompts, policy.empty_cache(prompts.shape[0]), key,
+        max_new_tokens=spec.response_len, eos_id=text.EOS, pad_id=text.PAD,
+        ref_sequence_fn=reference.sequence if with_kl else None,
+        ref_params=frozen.ref_params if with_kl else None)
+    gold = text.gold_reward(frozen.language, prompts, ro.response, ro.mask)
+    proxy = score(rm_config, frozen.rm_params, prompts, ro.response, ro.mask)
+    metrics = {
+        "gold": gold.mean(),
+        "proxy": proxy.mean(),
+        "entropy": kl.mean_per_token(ro.entropy, ro.mask),
+        "length": ro.mask.sum(-1).mean(),
+        "grammatical": text.grammatical(frozen.language, prompts, ro.response, ro.mask).mean(),
+    }
+    if with_kl:
+        metrics["kl"] = kl.sum_per_sequence(ro.kl, ro.mask).mean()
+        metrics["kl_k1"] = kl.sum_per_sequence(
+            kl.estimate(ro.log_prob, ro.ref_log_prob, "k1"), ro.mask).mean()
+    return metrics, ro.response * ro.mask.astype(ro.response.dtype)
+
+
+def diversity(responses: np.ndarray) -> dict[str, float]:
+    """distinct-1 and distinct-2 of a batch of (PAD-masked) responses."""
+    mask = (responses != text.PAD).astype(np.float32)
+    return {f"distinct_{n}": float(text.distinct_n(responses, mask, n)) for n in (1, 2)}
+
+
+# ---------------------------------------------------------------- stage outputs
+
+
+def save_params(directory: pathlib.Path, params: Any) -> None:
+    """Writes ``params.msgpack`` atomically (the stage's completion marker)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (PARAMS_FILE + ".tmp")
+    tmp.write_bytes(flax.serialization.to_bytes(jax.device_get(params)))
+    os.replace(tmp, directory / PARAMS_FILE)
+
+
+def load_params(directory: pathlib.Path, template: Any) -> Any:
+    path = pathlib.Path(directory) / PARAMS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run that stage first.")
+    return flax.serialization.from_bytes(template, path.read_bytes())
+
+
+def is_done(directory: pathlib.Path) -> bool:
+    return (pathlib.Path(directory) / PARAMS_FILE).exists()
+
+
+def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
+    with open(path, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def scalars(tree: dict) -> dict[str, float]:
+    """Host floats of a dict of scalar arrays (NaN/inf as None, valid JSON)."""
+    out = {}
+    for name, value in tree.items():
+        v = float(value)
+        out[name] = v if np.isfinite(v) else None
+    return out
