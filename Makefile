@@ -16,7 +16,8 @@ endif
 
 comma := ,
 
-.PHONY: demo test test-fast kl-table ppo-tables trpo-tables bandit-frontier bench-seeds clean
+.PHONY: demo test test-fast kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
+  bench-tokens clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,13 @@ trpo-tables: $(VENV)/.installed
 # Every method on the exact bandit testbed, placed on the exact reward–KL frontier (docs/bandit.md).
 bandit-frontier: $(VENV)/.installed
 	$(BIN)/python -m experiments.bandit_frontier --config=configs/bandit.py --workdir=runs/bandit_frontier --overwrite
+
+# Token RLHF: SFT reference, proxy reward model, then every method with 3 seeds (docs/rlhf.md).
+rlhf-tables: $(VENV)/.installed
+	$(BIN)/python -m experiments.rlhf_table --workdir=runs/rlhf --num_seeds=3 --overwrite
+
+bench-tokens: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.token_throughput --batch=64,256 --repeats=5
 
 bench-seeds: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3

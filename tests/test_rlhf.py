@@ -200,3 +200,18 @@ def test_policy_stage_writes_its_outputs_and_refuses_to_overwrite(stages):
     with pytest.raises(ValueError, match="already holds results"):
         pipeline.run_policy(config, root, ref_params, rm_params)
     assert (out / "eval.jsonl").read_text() == before
+
+
+def test_real_text_sft_runs_on_mocked_tfds_data(tmp_path):
+    """The sft_shakespeare preset on tfds.testing.mock_data: byte tokens in, falling loss out."""
+    import tensorflow_datasets as tfds
+
+    config = tiny("sft_shakespeare")
+    config.sft.update(steps=40, eval_every=20, batch_size=8)
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+        params = pipeline.run(config, tmp_path)
+    rows = _rows(tmp_path / "sft" / "metrics.jsonl")
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[0]["train_loss"] < math.log(259) + 0.5  # cross-entropy over 259 byte tokens
+    embed = params["params"]["trunk"]["token_embed"]["embedding"]
+    assert embed.shape[0] == 259

@@ -353,8 +353,9 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     train_metrics = {k: np.concatenate([c[k] for c in train_chunks], axis=1)
                      for k in train_chunks[0]}
     final = [row for row in evals if row["update"] == config.rl.num_updates]
-    tokens_sampled = (config.rl.num_updates * static.batch_size * spec.response_len
-                      * config.num_seeds)
+    # Offline DPO samples nothing while training (only in evaluations, which are not timed).
+    tokens_sampled = 0 if static.method == "dpo" else (
+        config.rl.num_updates * static.batch_size * spec.response_len * config.num_seeds)
     result = PolicyResult(train_metrics, evals, final, state.params, compile_seconds, run_seconds,
                           tokens_sampled)
     if write:

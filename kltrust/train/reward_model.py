@@ -64,19 +64,5 @@ def train(config: TransformerConfig, pairs: dict, *, steps: int, batch_size: int
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    rng = np.random.default_rng(seed)
-    n = p.shape[0]
-    order, cursor, rows, losses = rng.permutation(n), 0, [], []
-    for i in range(1, steps + 1):
-        if cursor + batch_size > n:
-            order, cursor = rng.permutation(n), 0
-        idx = order[cursor:cursor + batch_size]
-        cursor += batch_size
-        params, opt_state, loss = step(params, opt_state, {k: pairs[k][idx] for k in PAIR_KEYS})
-        losses.append(loss)
-        if eval_fn is not None and (i == steps or (eval_every and i % eval_every == 0)):
-            row = {"step": i, "train_loss": float(np.mean(jax.device_get(losses)))}
-            losses = []
-            row.update(eval_fn(params))
-            rows.append(row)
-    return params, rows
+    return tok.fit(step, params, opt_state, {k: pairs[k] for k in PAIR_KEYS}, steps=steps,
+                   batch_size=batch_size, seed=seed, eval_every=eval_every, eval_fn=eval_fn)

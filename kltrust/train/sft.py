@@ -50,25 +50,12 @@ def train(policy: tok.Policy, train_tokens: np.ndarray, train_mask: np.ndarray, 
     opt_state = optimizer.init(params)
 
     @jax.jit
-    def step(params, opt_state, tokens, loss_mask):
-        loss, grads = jax.value_and_grad(lambda p: next_token_loss(policy, p, tokens, loss_mask))(
-            params)
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(
+            lambda p: next_token_loss(policy, p, batch["tokens"], batch["loss_mask"]))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    rng = np.random.default_rng(seed)
-    n = train_tokens.shape[0]
-    order, cursor, rows, losses = rng.permutation(n), 0, [], []
-    for i in range(1, steps + 1):
-        if cursor + batch_size > n:
-            order, cursor = rng.permutation(n), 0
-        idx = order[cursor:cursor + batch_size]
-        cursor += batch_size
-        params, opt_state, loss = step(params, opt_state, train_tokens[idx], train_mask[idx])
-        losses.append(loss)
-        if eval_fn is not None and (i == steps or (eval_every and i % eval_every == 0)):
-            row = {"step": i, "train_loss": float(np.mean(jax.device_get(losses)))}
-            losses = []
-            row.update(eval_fn(params))
-            rows.append(row)
-    return params, rows
+    return tok.fit(step, params, opt_state, {"tokens": train_tokens, "loss_mask": train_mask},
+                   steps=steps, batch_size=batch_size, seed=seed, eval_every=eval_every,
+                   eval_fn=eval_fn)

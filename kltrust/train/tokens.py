@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -207,3 +208,34 @@ def scalars(tree: dict) -> dict[str, float]:
         v = float(value)
         out[name] = v if np.isfinite(v) else None
     return out
+
+
+# ---------------------------------------------------------------- supervised fitting
+
+
+def fit(step: Callable, params: Any, opt_state: Any, data: dict[str, np.ndarray], *, steps: int,
+        batch_size: int, seed: int, eval_every: int = 0,
+        eval_fn: Callable[[Any], dict] | None = None) -> tuple[Any, list[dict]]:
+    """The host loop of the supervised stages (SFT, reward model).
+
+    ``step(params, opt_state, batch) -> (params, opt_state, loss)`` is called on minibatches of
+    ``data`` (rows of every array), each pass a fresh permutation drawn from ``seed``, so a run is
+    reproducible. ``eval_fn(params) -> dict`` runs every ``eval_every`` steps and after the last;
+    each evaluation gives one row with ``step`` and the mean ``train_loss`` since the previous one.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(data.values())))
+    order, cursor, rows, losses = rng.permutation(n), 0, [], []
+    for i in range(1, steps + 1):
+        if cursor + batch_size > n:
+            order, cursor = rng.permutation(n), 0
+        idx = order[cursor:cursor + batch_size]
+        cursor += batch_size
+        params, opt_state, loss = step(params, opt_state, {k: v[idx] for k, v in data.items()})
+        losses.append(loss)
+        if eval_fn is not None and (i == steps or (eval_every and i % eval_every == 0)):
+            row = {"step": i, "train_loss": float(np.mean(jax.device_get(losses)))}
+            losses = []
+            row.update(eval_fn(params))
+            rows.append(row)
+    return params, rows
