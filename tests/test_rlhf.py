@@ -78,13 +78,16 @@ def test_finished_stages_are_reused_and_a_different_config_is_refused(stages):
 
 
 METHOD_PRESETS = ["ppo", "ppo_kl_loss", "ppo_nokl", "grpo", "grpo_kl_reward", "rloo", "trpo",
-                  "dpo", "ipo", "dpo_online"]
+                  "trpo:none", "dpo", "ipo", "dpo_online"]
 
 
 @pytest.mark.parametrize("preset", METHOD_PRESETS)
 def test_each_method_runs_a_few_updates_without_nan(stages, preset):
     root, ref_params, rm_params = stages
+    preset, _, placement = preset.partition(":")
     config = tiny(preset)
+    if placement:
+        config.rl.kl_placement = placement
     result = pipeline.run_policy(config, root, ref_params, rm_params, write=False)
     for name, values in result.train_metrics.items():
         assert values.shape == (2, 2), name

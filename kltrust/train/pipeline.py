@@ -238,8 +238,7 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
     train, test = preference_data(config, root)
     if tok.is_done(out) and not overwrite:
         _check_same(out, _stage_json(config, "reward_model"))
-        template = _init_scorer(rm_config, train)
-        return tok.load_params(out, template)
+        return tok.load_params(out, reward_model.init_params(rm_config, train, 0))
     _prepare(out, _stage_json(config, "reward_model"), overwrite)
     params, rows = reward_model.train(
         rm_config, train, steps=config.rm.steps, batch_size=config.rm.batch_size,
@@ -249,13 +248,6 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
     tok.append_jsonl(out / "metrics.jsonl", rows)
     tok.save_params(out, params)
     return params
-
-
-def _init_scorer(rm_config, pairs):
-    from kltrust.models.transformer import SequenceScorer
-    length = pairs["prompt"].shape[1] + pairs["chosen"].shape[1]
-    return SequenceScorer(rm_config).init(jax.random.PRNGKey(0), jnp.zeros((1, length), jnp.int32),
-                                          jnp.ones((1, length)))
 
 
 # ---------------------------------------------------------------- policy stage

@@ -43,6 +43,13 @@ def accuracy(config: TransformerConfig, params: Any, pairs: dict) -> dict[str, f
             "loss": float(np.mean(np.logaddexp(0.0, -(chosen - rejected))))}
 
 
+def init_params(config: TransformerConfig, pairs: dict, seed: int) -> Any:
+    """Fresh scorer parameters for sequences shaped like ``pairs``' prompt + response."""
+    length = pairs["prompt"].shape[1] + pairs["chosen"].shape[1]
+    return SequenceScorer(config).init(jax.random.PRNGKey(seed), jnp.zeros((1, length), jnp.int32),
+                                       jnp.ones((1, length)))
+
+
 PAIR_KEYS = ("prompt", "chosen", "chosen_mask", "rejected", "rejected_mask")
 
 
@@ -51,10 +58,7 @@ def train(config: TransformerConfig, pairs: dict, *, steps: int, batch_size: int
           weight_decay: float = 0.0) -> tuple[Any, list[dict]]:
     """AdamW on shuffled minibatches of pairs; ``eval_fn(params) -> dict`` every ``eval_every`` steps
     and at the end. Returns (params, rows of metrics)."""
-    scorer = SequenceScorer(config)
-    p, l = pairs["prompt"], pairs["chosen"]
-    params = scorer.init(jax.random.PRNGKey(seed), jnp.zeros((1, p.shape[1] + l.shape[1]), jnp.int32),
-                         jnp.ones((1, p.shape[1] + l.shape[1])))
+    params = init_params(config, pairs, seed)
     optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
     opt_state = optimizer.init(params)
 

@@ -299,7 +299,7 @@ class Trainer:
         s = self.static
         key, k_prompt, k_sample = jax.random.split(state.key, 3)
         prompts = self._sample_prompts(frozen, k_prompt)
-        ro = self._rollout(state.params, prompts, k_sample, frozen, True)
+        ro = self._rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
         proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
         advantage = grpo.group_advantages(proxy, s.group_size, baseline="rloo")
         flat, unravel = ravel_pytree(state.params)
@@ -313,7 +313,8 @@ class Trainer:
         batch = trpo.Batch(
             obs=jnp.concatenate([prompts, ro.response], axis=1), action=ro.response,
             log_prob=ro.log_prob, policy=Categorical(ro.logits),
-            advantage=advantage[:, None] * ro.mask, reference=Categorical(ro.ref_logits),
+            advantage=advantage[:, None] * ro.mask,
+            reference=Categorical(ro.ref_logits) if s.uses_reference else None,
             weight=ro.mask / jnp.sum(ro.mask))
         # Backtracking factor and CG tolerance: Spinning Up's values, as in the control TRPO.
         coefs = trpo.StepCoefs(hp.delta, hp.kl_budget, hp.damping, jnp.float32(0.8),
