@@ -182,7 +182,7 @@ class Trainer:
                 sub = jax.tree.map(lambda x: x[idx], batch)
                 (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, sub)
                 updates, opt_state = optimizer.update(grads, opt_state, params)
-                metrics["grad_norm"] = optax.global_norm(grads)
+                metrics["grad_norm"] = optax.tree.norm(grads)
                 return (optax.apply_updates(params, updates), opt_state), metrics
 
             return jax.lax.scan(minibatch, carry, order)
@@ -389,7 +389,7 @@ class Trainer:
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         optimizer = self.optimizer()
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         params = optax.apply_updates(state.params, updates)
         return self._finish(state, params, opt_state, key, metrics, None)
 
