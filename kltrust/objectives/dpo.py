@@ -66,6 +66,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kltrust.objectives.reduce import weighted_mean
+
 VARIANTS: tuple[str, ...] = ("sigmoid", "ipo", "robust", "hinge")
 
 __all__ = ["VARIANTS", "loss", "per_pair_loss"]
@@ -178,12 +180,8 @@ def loss(
     h = chosen - rejected
     losses = per_pair_loss(h, beta, variant, label_smoothing)
 
-    if weights is None:
-        mean = jnp.mean
-    else:
-        w = jax.lax.stop_gradient(weights).astype(losses.dtype)
-        total = jnp.sum(w)
-        mean = lambda v: jnp.sum(w * v) / total
+    w = None if weights is None else jax.lax.stop_gradient(weights).astype(losses.dtype)
+    mean = lambda v: weighted_mean(v, w)  # noqa: E731
 
     beta = jnp.asarray(beta, losses.dtype)
     metrics = {

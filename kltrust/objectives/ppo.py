@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from kltrust import kl
 from kltrust.distributions import Distribution
+from kltrust.objectives.reduce import weighted_mean
 
 KL_PENALTIES = ("none", "fixed", "adaptive", "proportional", "pid")
 KL_ANCHORS = ("old", "reference")
@@ -89,10 +90,7 @@ class Batch:
 
 
 def _mean(values: jax.Array, batch: Batch) -> jax.Array:
-    """Mean over the batch, weighted by ``batch.weight`` when present."""
-    if batch.weight is None:
-        return jnp.mean(values)
-    return jnp.sum(batch.weight * values) / jnp.maximum(jnp.sum(batch.weight), 1e-8)
+    return weighted_mean(values, batch.weight)
 
 
 def penalised_kl(

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from kltrust.distributions import Distribution
+from kltrust.objectives.reduce import weighted_mean
 
 KL_ANCHORS = ("old", "reference")
 
@@ -74,13 +75,14 @@ class Batch:
     policy: Distribution  # π_old(·|s)
     advantage: jax.Array
     reference: Distribution | None
-    # Optional probability weights [B] (summing to 1) for exact expectations over an enumerated
-    # batch, e.g. every (context, action) of a bandit with weight ρ(x)·π_old(a|x); None = uniform.
+    # Optional non-negative weights shaped like ``action``'s batch axes, normalised by their sum:
+    # probabilities for exact expectations over an enumerated batch (every (context, action) of a
+    # bandit with weight ρ(x)·π_old(a|x)), or a token mask. None = uniform.
     weight: jax.Array | None = None
 
 
 def _mean(values: jax.Array, batch: Batch) -> jax.Array:
-    return jnp.mean(values) if batch.weight is None else jnp.sum(batch.weight * values)
+    return weighted_mean(values, batch.weight)
 
 
 PolicyFn = Callable[[jax.Array, jax.Array], Distribution]  # (flat policy params, obs) -> π(·|obs)
@@ -188,8 +190,6 @@ def step(
     old_surrogate, g = jax.value_and_grad(surrogate_fn)(flat_params)
     if fvp_subsample > 1:
         fvp_batch = jax.tree.map(lambda x: x[::fvp_subsample], batch)
-        if batch.weight is not None:
-            fvp_batch = fvp_batch.replace(weight=fvp_batch.weight / fvp_batch.weight.sum())
     else:
         fvp_batch = batch
     fvp = fisher_vector_product(policy_fn, flat_params, fvp_batch, coefs.damping)

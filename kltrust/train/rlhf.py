@@ -315,7 +315,7 @@ class Trainer:
             log_prob=ro.log_prob, policy=Categorical(ro.logits),
             advantage=advantage[:, None] * ro.mask,
             reference=Categorical(ro.ref_logits) if s.uses_reference else None,
-            weight=ro.mask / jnp.sum(ro.mask))
+            weight=ro.mask)
         # Backtracking factor and CG tolerance: Spinning Up's values, as in the control TRPO.
         coefs = trpo.StepCoefs(hp.delta, hp.kl_budget, hp.damping, jnp.float32(0.8),
                                jnp.float32(1e-10))
