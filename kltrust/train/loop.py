@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -83,16 +84,26 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    runs: tuple[np.ndarray, Any] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Trains ``config.num_seeds`` seeds of one config (PPO or TRPO) vmapped in one program."""
+    """Trains ``config.num_seeds`` seeds of one config (PPO or TRPO) vmapped in one program.
+
+    ``runs = (seeds [R], HParams with leaves [R])`` replaces the config's seeds and hyperparameters
+    by R arbitrary (seed, hyperparameter) runs of the same static config, still one program: this is
+    how a sweep runs a group. ``on_chunk(updates)`` is called after every compiled chunk.
+    """
     program = programs.program(config)
     trainer = program.make_trainer(config, mesh)  # validates before anything is compiled
     static = trainer.static
-    seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
-    hparams = jax.tree.map(
-        lambda x: jnp.broadcast_to(x, (len(seeds),) + x.shape),
-        program.HParams.from_config(config.hparams),
-    )
+    if runs is None:
+        seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
+        hparams = jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (len(seeds),) + x.shape),
+            program.HParams.from_config(config.hparams),
+        )
+    else:
+        seeds, hparams = np.asarray(runs[0], np.int32), runs[1]
 
     writer = checkpoints = None
     if workdir is not None:
@@ -127,6 +138,8 @@ def train(
             if (chunk + 1) % config.checkpoint_every_chunks == 0 or chunk + 1 == num_chunks:
                 checkpoints.save(first_update + static.updates_per_chunk, args=_save_args(state))
         bar.update(static.updates_per_chunk)
+        if on_chunk is not None:
+            on_chunk(static.updates_per_chunk)
         latest_return = metrics["episode_return"][:, -1]
         if np.isfinite(latest_return).any():
             bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",

@@ -23,6 +23,7 @@ import json
 import pathlib
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -285,8 +286,14 @@ class PolicyResult:
 
 
 def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool = True,
-               overwrite: bool = False) -> PolicyResult:
-    """Runs a policy stage: all seeds vmapped in one program; evaluations between chunks."""
+               overwrite: bool = False, runs: tuple[np.ndarray, rlhf.HParams] | None = None,
+               on_chunk: Callable[[int], None] | None = None) -> PolicyResult:
+    """Runs a policy stage: all seeds vmapped in one program; evaluations between chunks.
+
+    ``runs = (seeds [R], HParams with leaves [R])`` replaces the config's seeds and hyperparameters
+    by R arbitrary runs of the same static config (a sweep's group); evaluation rows then carry
+    ``index``, the run's position. ``on_chunk(updates)`` is called after every compiled chunk.
+    """
     out = root / config.name
     spec = tok.language_spec(config)
     language = text.make_language(spec)
@@ -305,8 +312,11 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
 
     static = static_from_config(config)
     trainer = rlhf.Trainer(static)
-    seeds = jnp.arange(config.num_seeds, dtype=jnp.int32) + config.seed
-    hp = hparams_from_config(config, config.num_seeds)
+    if runs is None:
+        seeds = jnp.arange(config.num_seeds, dtype=jnp.int32) + config.seed
+        hp = hparams_from_config(config, config.num_seeds)
+    else:
+        seeds, hp = jnp.asarray(runs[0], jnp.int32), runs[1]
     init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))
     chunk = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))
     with_kl = bool(config.rl.eval_kl)
@@ -329,7 +339,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
         metrics, responses = jax.device_get(eval_c(state, keys))
         update = i * config.rl.updates_per_eval
         for r, seed in enumerate(np.asarray(seeds)):
-            row = {"update": update, "seed": int(seed),
+            row = {"update": update, "seed": int(seed), "index": r,
                    **tok.scalars({k: v[r] for k, v in metrics.items()}),
                    **tok.diversity(np.asarray(responses[r])),
                    "samples": [text.decode(responses[r][j], language) for j in range(3)]}
@@ -341,13 +351,15 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
         m = jax.device_get(m)
         run_seconds += time.perf_counter() - t
         train_chunks.append(m)
+        if on_chunk is not None:
+            on_chunk(config.rl.updates_per_eval)
 
     train_metrics = {k: np.concatenate([c[k] for c in train_chunks], axis=1)
                      for k in train_chunks[0]}
     final = [row for row in evals if row["update"] == config.rl.num_updates]
     # Offline DPO samples nothing while training (only in evaluations, which are not timed).
     tokens_sampled = 0 if static.method == "dpo" else (
-        config.rl.num_updates * static.batch_size * spec.response_len * config.num_seeds)
+        config.rl.num_updates * static.batch_size * spec.response_len * len(seeds))
     result = PolicyResult(train_metrics, evals, final, state.params, compile_seconds, run_seconds,
                           tokens_sampled)
     if write:

@@ -1,0 +1,75 @@
+"""Run a sweep (grid × seeds, grouped into vmapped programs), then write its report.
+
+    python -m experiments.sweep --sweep=configs/sweeps/ppo_table1.py --workdir=runs/ppo_table1 \
+        [--sweep.num_seeds=2] [--set=total_timesteps=102400] [--no_group] [--overwrite]
+
+Running the same command again resumes: finished runs are skipped. ``--set PATH=VALUE`` (repeatable)
+overrides a field of every run's config. ``--no_group`` runs every run alone (to time what grouping
+saves). Writes ``results.csv``, ``timing.json``, ``runs/*/`` and ``report.md`` with its plots (see
+`kltrust.sweep` and `experiments.report`) under ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pathlib
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from kltrust import sweep as sweeps
+
+_SWEEP = config_flags.DEFINE_config_file("sweep", None, "Sweep config (configs/sweeps/NAME.py).",
+                                         lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/SWEEP_NAME).")
+_SET = flags.DEFINE_multi_string("set", [], "PATH=VALUE applied to every run's config.")
+_GROUP = flags.DEFINE_bool("group", True, "Run groups of runs as one vmapped program each.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-run runs whose directory holds another config.")
+_REPORT = flags.DEFINE_bool("report", True, "Write report.md and plots after the sweep.")
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, object]:
+    """``["a.b=0.1", "c=(1, 2)"]`` → {"a.b": 0.1, "c": (1, 2)}; strings may go unquoted."""
+    out = {}
+    for item in items:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--set {item!r}: must be PATH=VALUE.")
+        try:
+            out[path] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[path] = text
+    return out
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    sweep = _SWEEP.value
+    if sweep is None:
+        raise app.UsageError("--sweep is required (e.g. configs/sweeps/demo.py).")
+    workdir = pathlib.Path(_WORKDIR.value or f"runs/{sweep.name}")
+    spec = json.loads(sweep.to_json_best_effort()).get("report")
+    if _REPORT.value and spec:
+        from experiments import report
+
+        report.validate_spec(spec)  # a typo in the report must not wait for the sweep to finish
+    result = sweeps.run_sweep(sweep, workdir, overrides=parse_sets(_SET.value),
+                              group_runs=_GROUP.value, overwrite=_OVERWRITE.value)
+    runs_now = sum(g["runs"] for g in result.groups)
+    print(f"{sweep.name}: {runs_now} runs in {len(result.groups)} programs, {result.skipped} "
+          f"already finished; wall {result.wall_seconds:.1f} s")
+    print(f"table: {workdir / 'results.csv'}  timing: {workdir / 'timing.json'}")
+    if _REPORT.value and spec:
+        from kltrust import report as tables
+
+        path = report.write_report(tables.load(workdir / "results.csv"), spec, workdir,
+                                   title=sweep.get("description", sweep.name))
+        print(pathlib.Path(path).read_text())
+        print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

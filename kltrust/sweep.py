@@ -1,0 +1,486 @@
+"""Sweeps: a grid over config fields × seeds, run as few compiled programs as the grid allows.
+
+A sweep config (``configs/sweeps/*.py``) lists *arms*. Each arm is a base preset, fixed settings
+(``set``) and a grid (``grid``: dotted config path → values, crossed with each other)::
+
+    sweep.arms = [dict(name="clip", base="configs/ppo.py:{task}_clip",
+                       grid={"hparams.clip_eps": (0.1, 0.2, 0.3)}), ...]
+
+`expand` turns a sweep into runs (arm × task × grid point × seed), each a full config of its family.
+`group` puts runs that differ only in their family's array subtree (``hparams`` for control,
+``rl.hparams`` for token RLHF) and seed into one group: one compiled program, vmapped over the
+group's runs. `run_sweep` executes the groups in order, skips runs already finished in the output
+directory, and assembles one long table (``results.csv``: one row per run × evaluation).
+
+Output directory::
+
+    sweep.json            the sweep config
+    runs/RUN_ID/          config.json, rows.json (written last: the run is finished), eval.jsonl
+                          (token runs: every evaluation with decoded samples)
+    results.csv           every finished run of this sweep, one row per evaluation
+    timing.json           per group: runs, compile and run seconds
+    pipelines/HASH/       token sweeps: data, reference and proxy, shared by every run needing them
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import io
+import itertools
+import json
+import math
+import pathlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kltrust.metrics import write_text_atomic
+
+SWEEP_KEYS = ("name", "description", "num_seeds", "seed", "tasks", "arms", "overrides",
+              "record_every", "group_runs", "report")
+ARM_KEYS = ("name", "base", "set", "grid")
+IDENTITY_COLUMNS = ("sweep", "arm", "task", "label", "run", "group", "seed")
+
+
+# ---------------------------------------------------------------- families
+
+
+class ControlFamily:
+    """PPO / TRPO on gymnax environments (`kltrust.train.loop`)."""
+
+    name = "control"
+    dynamic = "hparams"
+    ignored = ("seed", "num_seeds")
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        from kltrust import train as programs
+
+        programs.program(config).validate(config)
+
+    def units(self, config: ml_collections.ConfigDict) -> int:
+        return config.total_timesteps // (config.num_envs * config.num_steps)
+
+    def run_group(self, runs: Sequence[Run], root: pathlib.Path, record_every: int,
+                  advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        from kltrust import train as programs
+        from kltrust.train import loop
+
+        config = runs[0].config
+        program = programs.program(config)
+        seeds = np.array([r.seed for r in runs], np.int32)
+        hparams = _stack([program.HParams.from_config(r.config.hparams) for r in runs])
+        result = loop.train(config, None, progress=False, runs=(seeds, hparams),
+                            on_chunk=lambda n: advance(n * len(runs)))
+        num_updates = next(iter(result.metrics.values())).shape[1]
+        recorded = sorted(set(range(record_every, num_updates + 1, record_every)) | {num_updates})
+        rows = [[{"update": u, "env_steps": u * result.env_steps_per_update,
+                  **{k: _finite(v[i, u - 1]) for k, v in result.metrics.items()}}
+                 for u in recorded] for i in range(len(runs))]
+        return rows, {"compile_seconds": result.compile_seconds,
+                      "run_seconds": result.run_seconds}
+
+
+class TokenFamily:
+    """Token RLHF policy stages (`kltrust.train.pipeline`), best-of-n included.
+
+    The config's ``seed`` seeds what runs share (data, reference, proxy), so every run of a sweep
+    meets the same reference and proxy; the run's own seed seeds its policy stage.
+    """
+
+    name = "rlhf"
+    dynamic = "rl.hparams"
+    ignored = ("num_seeds", "name", "preset")
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        from kltrust.train import pipeline
+
+        if config.stage != "policy":
+            raise ValueError(f"config.stage = {config.stage!r}: a sweep runs policy stages only "
+                             "(their prerequisites run on demand).")
+        pipeline.validate(config)
+
+    def units(self, config: ml_collections.ConfigDict) -> int:
+        if config.rl.method == "best_of_n":
+            return len(config.rl.best_of_n)
+        return config.rl.num_updates
+
+    def run_group(self, runs: Sequence[Run], root: pathlib.Path, record_every: int,
+                  advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        del record_every  # token runs record every evaluation (rl.updates_per_eval)
+        from kltrust.train import pipeline
+
+        config = runs[0].config
+        prerequisites = pipeline._stage_json(config, "sft") + pipeline._stage_json(
+            config, "reward_model")
+        proot = root / "pipelines" / hashlib.sha256(prerequisites.encode()).hexdigest()[:12]
+        proot.mkdir(parents=True, exist_ok=True)
+        ref_params = pipeline.run_sft(config, proot)
+        rm_params = pipeline.run_reward_model(config, proot)
+        if config.rl.method == "best_of_n":
+            rows, seconds = [], 0.0
+            for run in runs:
+                one = copy.deepcopy(run.config)
+                one.seed, one.num_seeds = run.seed, 1
+                result = pipeline.run_policy(one, proot, ref_params, rm_params, write=False)
+                rows.append(result.evals)
+                seconds += result.run_seconds
+                advance(self.units(one))
+            return rows, {"compile_seconds": 0.0, "run_seconds": seconds}
+        seeds = np.array([r.seed for r in runs], np.int32)
+        hparams = _stack([jax.tree.map(lambda x: x[0], pipeline.hparams_from_config(r.config, 1))
+                          for r in runs])
+        result = pipeline.run_policy(config, proot, ref_params, rm_params, write=False,
+                                     runs=(seeds, hparams),
+                                     on_chunk=lambda n: advance(n * len(runs)))
+        rows = [[e for e in result.evals if e["index"] == i] for i in range(len(runs))]
+        return rows, {"compile_seconds": result.compile_seconds,
+                      "run_seconds": result.run_seconds}
+
+
+def family_of(config: ml_collections.ConfigDict) -> ControlFamily | TokenFamily:
+    """The family a base config belongs to: token RLHF configs have an ``rl`` part."""
+    return TokenFamily() if "rl" in config else ControlFamily()
+
+
+# ---------------------------------------------------------------- expansion and grouping
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of a sweep: a full config of its family, plus where it sits in the grid."""
+
+    arm: str
+    task: str
+    swept: dict[str, Any]  # dotted path -> value, the grid point
+    seed: int
+    config: ml_collections.ConfigDict
+    family: Any
+    run_id: str
+    label: str
+    group: int = -1
+
+    def static_key(self) -> str:
+        """Equal for runs that one compiled program can run side by side."""
+        config = self.config.to_dict()
+        node = config
+        *parents, leaf = self.family.dynamic.split(".")
+        for part in parents:
+            node = node[part]
+        node.pop(leaf)
+        for key in self.family.ignored:
+            config.pop(key, None)
+        return self.family.name + json.dumps(config, sort_keys=True, default=str)
+
+    def record(self) -> dict:
+        """What the run directory's config.json holds (compared on resume)."""
+        return {"arm": self.arm, "task": self.task, "seed": self.seed,
+                "swept": {k: _jsonable(v) for k, v in self.swept.items()},
+                "config": json.loads(self.config.to_json_best_effort(sort_keys=True))}
+
+
+def load_preset(spec: str) -> ml_collections.ConfigDict:
+    """``FILE.py:PRESET`` (or ``FILE.py`` for its default) → that config file's get_config."""
+    path, _, preset = spec.partition(":")
+    if not path.endswith(".py") or not pathlib.Path(path).is_file():
+        raise ValueError(f"base {spec!r}: must be FILE.py:PRESET with an existing config file.")
+    module_spec = importlib.util.spec_from_file_location(f"kltrust_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+
+
+def load_sweep(spec: str) -> ml_collections.ConfigDict:
+    """A sweep config from ``configs/sweeps/NAME.py[:SIZE]``."""
+    return load_preset(spec)
+
+
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any, where: str) -> None:
+    """Sets a dotted ``path`` that must already exist in ``config``, with a clear error if not."""
+    node = config
+    *parents, leaf = path.split(".")
+    for i, part in enumerate(parents):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ValueError(f"{where}: config has no field {'.'.join(parents[:i + 1])!r} "
+                             f"(setting {path!r}).")
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ValueError(f"{where}: config has no field {path!r}.")
+    if isinstance(value, list):
+        value = tuple(value)
+    try:
+        node[leaf] = value
+    except TypeError as error:
+        raise ValueError(f"{where}: {path} = {value!r} has the wrong type ({error}).") from None
+
+
+def validate_sweep(sweep: ml_collections.ConfigDict) -> None:
+    """Checks the sweep's own keys (the runs' configs are checked by `expand`)."""
+    unknown = sorted(set(sweep.keys()) - set(SWEEP_KEYS))
+    if unknown:
+        raise ValueError(f"sweep.{unknown[0]}: unknown key; allowed keys: {SWEEP_KEYS}.")
+    for key in ("name", "arms"):
+        if key not in sweep:
+            raise ValueError(f"sweep.{key}: required.")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", sweep.name):
+        raise ValueError(f"sweep.name = {sweep.name!r}: must be letters, digits, '_', '.', '-'.")
+    num_seeds = sweep.get("num_seeds", 1)
+    if not isinstance(num_seeds, int) or num_seeds < 1:
+        raise ValueError(f"sweep.num_seeds = {num_seeds!r}: must be an integer >= 1.")
+    record_every = sweep.get("record_every", 1)
+    if not isinstance(record_every, int) or record_every < 1:
+        raise ValueError(f"sweep.record_every = {record_every!r}: must be an integer >= 1.")
+    if not sweep.arms:
+        raise ValueError("sweep.arms: must list at least one arm.")
+    names = [arm.get("name") for arm in sweep.arms]
+    for i, arm in enumerate(sweep.arms):
+        where = f"sweep.arms[{i}]"
+        bad = sorted(set(arm) - set(ARM_KEYS))
+        if bad:
+            raise ValueError(f"{where}.{bad[0]}: unknown key; allowed keys: {ARM_KEYS}.")
+        if not arm.get("name") or not arm.get("base"):
+            raise ValueError(f"{where}: needs a 'name' and a 'base' (FILE.py:PRESET).")
+        if names.count(arm["name"]) > 1:
+            raise ValueError(f"{where}.name = {arm['name']!r}: arm names must be unique.")
+        if "{task}" in arm["base"] and not sweep.get("tasks"):
+            raise ValueError(f"{where}.base = {arm['base']!r} uses {{task}} but sweep.tasks is "
+                             "empty.")
+        for path, values in dict(arm.get("grid") or {}).items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+                raise ValueError(f"{where}.grid[{path!r}] = {values!r}: must be a non-empty "
+                                 "list of values.")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → {dotted path: leaf} (``sweep.overrides`` nests; ConfigDict keys hold no
+    dots)."""
+    if not hasattr(tree, "keys"):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key in tree.keys():
+        flat.update(_flatten(tree[key], f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in flat.items()}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return "-".join(_format(v) for v in value)
+    return str(value)
+
+
+def _short_names(paths: Sequence[str]) -> dict[str, str]:
+    """The last path component where that is unambiguous, else the whole path."""
+    lasts = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: (last if lasts.count(last) == 1 else p) for p, last in zip(paths, lasts)}
+
+
+def expand(sweep: ml_collections.ConfigDict, overrides: dict[str, Any] | None = None) -> list[Run]:
+    """Every run of ``sweep`` with its config built and validated (nothing is compiled).
+
+    ``overrides`` (dotted path → value) apply to every run after the sweep's own ``overrides``
+    and before each arm's ``set`` and grid.
+    """
+    validate_sweep(sweep)
+    common = _flatten(sweep.get("overrides") or {})
+    common.update(overrides or {})
+    seeds = range(sweep.get("seed", 0), sweep.get("seed", 0) + sweep.get("num_seeds", 1))
+    runs: list[Run] = []
+    for i, arm in enumerate(sweep.arms):
+        where = f"sweep.arms[{i}] ({arm['name']})"
+        tasks = tuple(sweep.tasks) if "{task}" in arm["base"] else ("",)
+        grid = dict(arm.get("grid") or {})
+        short = _short_names(list(grid))
+        for task in tasks:
+            base = load_preset(arm["base"].format(task=task))
+            family = family_of(base)
+            for path, value in common.items():
+                set_field(base, path, value, f"override {path}")
+            for path, value in dict(arm.get("set") or {}).items():
+                set_field(base, path, value, f"{where}.set")
+            for point in itertools.product(*grid.values()):
+                swept = dict(zip(grid, point))
+                config = copy.deepcopy(base)
+                for path, value in swept.items():
+                    set_field(config, path, value, f"{where}.grid")
+                if isinstance(family, TokenFamily):
+                    config.seed = sweep.get("seed", 0)  # the shared prerequisites' seed
+                    config.name = arm["name"]
+                config.num_seeds = 1
+                try:
+                    family.validate(config)
+                except ValueError as error:
+                    raise ValueError(f"{where}, grid point {swept}: {error}") from None
+                values = ", ".join(f"{short[p]}={_format(v)}" for p, v in swept.items())
+                label = f"{arm['name']} {values}".strip()
+                for seed in seeds:
+                    run_config = copy.deepcopy(config)
+                    if isinstance(family, ControlFamily):
+                        run_config.seed = seed
+                    parts = [task, arm["name"]] + [f"{short[p]}={_format(v)}"
+                                                   for p, v in swept.items()] + [f"seed{seed}"]
+                    run_id = re.sub(r"[^A-Za-z0-9._=-]+", "_", "__".join(p for p in parts if p))
+                    runs.append(Run(arm["name"], task, swept, seed, run_config, family, run_id,
+                                    label))
+    ids = [r.run_id for r in runs]
+    duplicated = next((i for i in ids if ids.count(i) > 1), None)
+    if duplicated:
+        raise ValueError(f"sweep: two runs would share the directory {duplicated!r}; give their "
+                         "arms different names or grid values.")
+    return runs
+
+
+def group(runs: Sequence[Run], group_runs: bool = True) -> list[list[Run]]:
+    """Runs with equal static parts, in order of first appearance; one group per run if
+    ``group_runs`` is off (to time a sweep run one by one). Sets each run's ``group``."""
+    groups: dict[str, list[Run]] = {}
+    for i, run in enumerate(runs):
+        key = run.static_key() if group_runs else str(i)
+        groups.setdefault(key, []).append(run)
+    for g, members in enumerate(groups.values()):
+        for run in members:
+            run.group = g
+    return list(groups.values())
+
+
+# ---------------------------------------------------------------- execution
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _finite(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _run_dir(root: pathlib.Path, run: Run) -> pathlib.Path:
+    return root / "runs" / run.run_id
+
+
+def is_finished(root: pathlib.Path, run: Run, overwrite: bool = False) -> bool:
+    """True if ``run`` finished under ``root`` with the same config; refuses a different config
+    in its directory unless ``overwrite``."""
+    directory = _run_dir(root, run)
+    recorded = directory / "config.json"
+    if not recorded.exists():
+        return False
+    if json.loads(recorded.read_text()) != json.loads(json.dumps(run.record())):
+        if overwrite:
+            return False
+        raise ValueError(f"{directory} holds a run of a different config; use another --workdir "
+                         "or pass --overwrite to replace it.")
+    return (directory / "rows.json").exists()
+
+
+def _write_run(root: pathlib.Path, run: Run, rows: list[dict]) -> None:
+    directory = _run_dir(root, run)
+    directory.mkdir(parents=True, exist_ok=True)
+    if any("samples" in row for row in rows):
+        write_text_atomic(directory / "eval.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    table_rows = [{k: v for k, v in row.items() if k not in ("samples", "index", "seed")}
+                  for row in rows]
+    write_text_atomic(directory / "rows.json", json.dumps(table_rows))  # last: marks it finished
+
+
+def _prepare_run(root: pathlib.Path, run: Run) -> None:
+    directory = _run_dir(root, run)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "rows.json").unlink(missing_ok=True)
+    (directory / "eval.jsonl").unlink(missing_ok=True)
+    write_text_atomic(directory / "config.json", json.dumps(run.record(), indent=1) + "\n")
+
+
+def table(root: pathlib.Path, sweep_name: str, runs: Sequence[Run]) -> list[dict]:
+    """The long results table of every finished run in ``runs`` (one row per evaluation)."""
+    rows = []
+    for run in runs:
+        path = _run_dir(root, run) / "rows.json"
+        if not path.exists():
+            continue
+        identity = {"sweep": sweep_name, "arm": run.arm, "task": run.task, "label": run.label,
+                    "run": run.run_id, "group": run.group, "seed": run.seed}
+        swept = {k: _format(v) if isinstance(v, (tuple, list)) else v
+                 for k, v in run.swept.items()}
+        rows += [{**identity, **swept, **row} for row in json.loads(path.read_text())]
+    return rows
+
+
+def to_csv(rows: Sequence[dict]) -> str:
+    """CSV with every key of every row (first-seen order); None and NaN as empty cells."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                         for k, v in row.items()})
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass
+class SweepResult:
+    rows: list[dict]  # the results table
+    groups: list[dict]  # per group run now: size, compile and run seconds
+    skipped: int  # runs found finished
+    wall_seconds: float
+
+
+def run_sweep(sweep: ml_collections.ConfigDict, root: str | pathlib.Path, *,
+              overrides: dict[str, Any] | None = None, group_runs: bool | None = None,
+              overwrite: bool = False, progress: bool = True) -> SweepResult:
+    """Expands, validates and groups ``sweep``, then runs every unfinished group under ``root``.
+
+    Finished runs (same config, ``rows.json`` present) are skipped, so an interrupted sweep resumes
+    by running the same command again; a run directory holding a different config is refused
+    unless ``overwrite``. Everything is checked before anything is compiled.
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    root = pathlib.Path(root)
+    runs = expand(sweep, overrides)
+    groups = group(runs, sweep.get("group_runs", True) if group_runs is None else group_runs)
+    todo = [[r for r in members if not is_finished(root, r, overwrite)] for members in groups]
+    skipped = len(runs) - sum(map(len, todo))
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / "sweep.json", sweep.to_json_best_effort(indent=1, sort_keys=True))
+    timing_path = root / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    total = sum(r.family.units(r.config) for members in todo for r in members)
+    bar = tqdm(total=total, unit="update", disable=not progress, desc=sweep.name)
+    done_now = []
+    for members in todo:
+        if not members:
+            continue
+        bar.set_postfix_str(f"group {members[0].group}: {members[0].label} ×{len(members)}")
+        for run in members:
+            _prepare_run(root, run)
+        rows, seconds = members[0].family.run_group(members, root, sweep.get("record_every", 1),
+                                                    bar.update)
+        for run, run_rows in zip(members, rows):
+            _write_run(root, run, run_rows)
+        entry = {"runs": len(members), "first": members[0].run_id, **seconds}
+        timing[str(members[0].group)] = entry
+        done_now.append(entry)
+        write_text_atomic(timing_path, json.dumps(timing, indent=1))
+        write_text_atomic(root / "results.csv", to_csv(table(root, sweep.name, runs)))
+    bar.close()
+    rows = table(root, sweep.name, runs)
+    write_text_atomic(root / "results.csv", to_csv(rows))
+    return SweepResult(rows, done_now, skipped, time.perf_counter() - start)

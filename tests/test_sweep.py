@@ -1,0 +1,165 @@
+"""Sweeps: grid expansion, grouping into vmapped programs, equality with one-by-one runs, resume."""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+import numpy as np
+import pandas as pd
+import pytest
+
+from kltrust import sweep as sweeps
+
+TINY_PPO = {"num_envs": 4, "num_steps": 32, "num_epochs": 2, "num_minibatches": 2,
+            "total_timesteps": 4 * 32 * 4, "updates_per_chunk": 2}
+TINY_TRPO = {"num_envs": 4, "num_steps": 32, "total_timesteps": 4 * 32 * 4,
+             "updates_per_chunk": 2, "vf_minibatches": 2, "vf_epochs": 1}
+
+
+def _sweep(**fields) -> ml_collections.ConfigDict:
+    sweep = ml_collections.ConfigDict()
+    sweep.name = "tiny"
+    sweep.num_seeds = 2
+    sweep.seed = 3
+    sweep.record_every = 1
+    sweep.arms = [
+        dict(name="fixed", base="configs/ppo.py:cartpole_kl_fixed", set=TINY_PPO,
+             grid={"hparams.beta": (0.1, 3.0)}),
+        dict(name="clip", base="configs/ppo.py:cartpole_clip", set=TINY_PPO,
+             grid={"hparams.clip_eps": (0.1, 0.3), "hparams.learning_rate": (1e-3,)}),
+        dict(name="trpo", base="configs/trpo.py:cartpole_trpo", set=TINY_TRPO),
+    ]
+    for key, value in fields.items():
+        sweep[key] = value
+    return sweep
+
+
+def test_grid_expands_arms_points_and_seeds():
+    runs = sweeps.expand(_sweep())
+    assert len(runs) == (2 + 2 + 1) * 2
+    assert [r.run_id for r in runs[:4]] == ["fixed__beta=0.1__seed3", "fixed__beta=0.1__seed4",
+                                            "fixed__beta=3__seed3", "fixed__beta=3__seed4"]
+    assert runs[2].config.hparams.beta == 3.0 and runs[2].config.seed == 3
+    assert runs[2].config.num_envs == 4 and runs[2].config.total_timesteps == 512  # `set`
+    clip = [r for r in runs if r.arm == "clip"]
+    assert {r.config.hparams.clip_eps for r in clip} == {0.1, 0.3}
+    assert all(r.config.hparams.learning_rate == 1e-3 for r in clip)
+    assert clip[0].label == "clip clip_eps=0.1, learning_rate=0.001"
+    assert runs[-1].label == "trpo" and runs[-1].swept == {}
+
+
+def test_tasks_and_overrides_reach_every_run():
+    sweep = _sweep(tasks=("cartpole", "acrobot"))
+    sweep.arms = [dict(name="clip", base="configs/ppo.py:{task}_clip", set=TINY_PPO)]
+    runs = sweeps.expand(sweep, overrides={"hparams.ent_coef": 0.0})
+    assert [(r.task, r.config.env_name) for r in runs[::2]] == [("cartpole", "CartPole-v1"),
+                                                               ("acrobot", "Acrobot-v1")]
+    assert all(r.config.hparams.ent_coef == 0.0 for r in runs)
+
+
+def test_runs_differing_only_in_hparams_and_seed_share_a_program():
+    runs = sweeps.expand(_sweep())
+    groups = sweeps.group(runs)
+    assert [[r.run_id for r in g] for g in groups] == [
+        [r.run_id for r in runs if r.arm == arm] for arm in ("fixed", "clip", "trpo")]
+    assert [r.group for r in runs] == [0] * 4 + [1] * 4 + [2] * 2
+    # A static field in the grid splits the arm: num_epochs changes the compiled program.
+    sweep = _sweep()
+    sweep.arms = [dict(name="e", base="configs/ppo.py:cartpole_clip", set=TINY_PPO,
+                       grid={"num_epochs": (1, 2), "hparams.clip_eps": (0.1, 0.2)})]
+    groups = sweeps.group(sweeps.expand(sweep))
+    assert [len(g) for g in groups] == [4, 4]
+    assert all({r.config.num_epochs for r in g} == {g[0].config.num_epochs} for g in groups)
+    assert len(sweeps.group(runs, group_runs=False)) == len(runs)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(bogus=1), r"sweep.bogus: unknown key"),
+    (dict(num_seeds=0), r"sweep.num_seeds = 0: must be an integer >= 1"),
+    (dict(arms=[dict(name="a", base="configs/ppo.py:cartpole_clip", grids={})]),
+     r"sweep.arms\[0\].grids: unknown key"),
+    (dict(arms=[dict(name="a", base="configs/ppo.py:cartpole_clip",
+                     grid={"hparams.clip_epz": (0.1,)})]),
+     r"config has no field 'hparams.clip_epz'"),
+    (dict(arms=[dict(name="a", base="configs/ppo.py:cartpole_clip",
+                     grid={"hparams.clip_eps": ()})]),
+     r"grid\['hparams.clip_eps'\] = \(\): must be a non-empty list"),
+    (dict(arms=[dict(name="a", base="configs/ppo.py:cartpole_clip", set=TINY_PPO,
+                     grid={"hparams.clip_eps": (0.2, -0.1)})]),
+     r"grid point \{'hparams.clip_eps': -0.1\}: config.hparams.clip_eps = -0.1: must be in"),
+    (dict(arms=[dict(name="a", base="configs/ppo.py:{task}_clip")]), r"sweep.tasks is empty"),
+    (dict(arms=[dict(name="a", base="configs/nope.py:x")]), r"base 'configs/nope.py:x'"),
+])
+def test_bad_sweeps_fail_before_anything_runs(change, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        sweeps.run_sweep(_sweep(**change), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+METRICS = ("episode_return", "kl_old", "policy_loss", "value_loss")
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    result = sweeps.run_sweep(_sweep(), root, progress=False)
+    return root, result
+
+
+def test_grouped_sweep_equals_the_same_runs_one_by_one(grouped, tmp_path):
+    root, result = grouped
+    assert [g["runs"] for g in result.groups] == [4, 4, 2]  # three programs for ten runs
+    one_arm = _sweep()
+    one_arm.arms = one_arm.arms[:1]  # the vmapped-hyperparameter group; compiles dominate
+    alone = sweeps.run_sweep(one_arm, tmp_path, group_runs=False, progress=False)
+    assert [g["runs"] for g in alone.groups] == [1] * 4
+    a, b = pd.DataFrame(result.rows), pd.DataFrame(alone.rows)
+    a = a[a["arm"] == "fixed"].reset_index(drop=True)
+    assert len(a) == len(b) == 4 * 4  # four runs × four updates
+    for name in METRICS:
+        np.testing.assert_allclose(a[name].to_numpy(float), b[name].to_numpy(float), rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
+    # The hyperparameters really differed inside one program.
+    fixed = a[(a["arm"] == "fixed") & (a["seed"] == 3) & (a["update"] == 4)]
+    assert fixed["kl_old"].nunique() == 2
+    np.testing.assert_allclose(sorted(fixed["beta"]), [0.1, 3.0], rtol=1e-6)
+
+
+def test_results_table_has_one_row_per_run_and_evaluation(grouped):
+    root, result = grouped
+    table = pd.read_csv(root / "results.csv")
+    assert len(table) == 40 and table["run"].nunique() == 10
+    assert {"sweep", "arm", "label", "group", "seed", "hparams.beta", "hparams.clip_eps",
+            "update", "env_steps", "episode_return", "kl_old"} <= set(table.columns)
+    assert table.loc[table.arm == "trpo", "hparams.beta"].isna().all()
+    np.testing.assert_array_equal(table["env_steps"], table["update"] * 128)
+    recorded = json.loads((root / "runs" / "fixed__beta=3__seed4" / "config.json").read_text())
+    assert recorded["seed"] == 4 and recorded["config"]["hparams"]["beta"] == 3.0
+
+
+def test_resume_skips_finished_runs_and_refuses_a_changed_config(grouped, tmp_path):
+    root, first = grouped
+    again = sweeps.run_sweep(_sweep(), root, progress=False)
+    assert again.skipped == 10 and again.groups == []
+    assert again.rows == first.rows
+    # An interrupted group: its runs have no rows.json, so they (and only they) run again.
+    (root / "runs" / "clip__clip_eps=0.3__learning_rate=0.001__seed4" / "rows.json").unlink()
+    resumed = sweeps.run_sweep(_sweep(), root, progress=False)
+    assert resumed.skipped == 9 and [g["runs"] for g in resumed.groups] == [1]
+    pd.testing.assert_frame_equal(pd.DataFrame(resumed.rows), pd.DataFrame(first.rows),
+                                  rtol=1e-5, atol=1e-7)
+    changed = _sweep()
+    changed.arms[2]["set"] = dict(TINY_TRPO, vf_epochs=2)
+    with pytest.raises(ValueError, match="holds a run of a different config"):
+        sweeps.run_sweep(changed, root, progress=False)
+    assert (root / "runs" / "trpo__seed3" / "rows.json").exists()  # nothing was lost
+
+
+def test_same_sweep_same_numbers(grouped, tmp_path):
+    _, first = grouped
+    sweep = _sweep()
+    sweep.arms = sweep.arms[1:2]
+    second = sweeps.run_sweep(sweep, tmp_path, progress=False)
+    clip = [{**row, "group": 0} for row in first.rows if row["arm"] == "clip"]
+    assert second.rows == clip
