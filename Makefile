@@ -17,7 +17,7 @@ endif
 comma := ,
 
 .PHONY: demo test test-fast kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
-  bench-tokens clean
+  bench-tokens ppo-table1 rlhf-frontier overoptimization sweep-timing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,31 @@ bandit-frontier: $(VENV)/.installed
 rlhf-tables: $(VENV)/.installed
 	$(BIN)/python -m experiments.rlhf_table --workdir=runs/rlhf --num_seeds=3 --overwrite
 
+# Paper-style reproductions (docs/sweeps.md): each is one sweep; its report.md and plots are copied
+# to docs/sweeps/NAME/. Re-running resumes: finished runs are skipped.
+SWEEP = $(BIN)/python -m experiments.sweep
+define copy_report
+	mkdir -p docs/sweeps/$(1) && cp runs/$(1)/report.md runs/$(1)/*.png docs/sweeps/$(1)/
+endef
+
+ppo-table1: $(VENV)/.installed
+	$(SWEEP) --sweep=configs/sweeps/ppo_table1.py --workdir=runs/ppo_table1_cpu
+	$(call copy_report,ppo_table1_cpu)
+
+rlhf-frontier: $(VENV)/.installed
+	$(SWEEP) --sweep=configs/sweeps/rlhf_frontier.py --workdir=runs/rlhf_frontier
+	$(call copy_report,rlhf_frontier)
+
+overoptimization: $(VENV)/.installed
+	$(SWEEP) --sweep=configs/sweeps/overoptimization.py --workdir=runs/overoptimization
+	$(call copy_report,overoptimization)
+
+# 4 β × 8 seeds on CartPole: one vmapped program, then the same 32 runs one by one.
+sweep-timing: $(VENV)/.installed
+	rm -rf runs/beta_seeds runs/beta_seeds_alone
+	$(SWEEP) --sweep=configs/sweeps/beta_seeds.py --workdir=runs/beta_seeds --noreport
+	$(SWEEP) --sweep=configs/sweeps/beta_seeds.py --workdir=runs/beta_seeds_alone --nogroup --noreport
+
 bench-tokens: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.token_throughput --batch=64,256 --repeats=5
 
@@ -68,7 +93,7 @@ bench-seeds: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3
 
 kl-table: $(VENV)/.installed
-	$(BIN)/python -m experiments.kl_table --workdir=runs/kl_table
+	$(BIN)/python -m experiments.kl_table --config=configs/sweeps/kl_estimators.py --workdir=runs/kl_table
 
 # Multi-device tests need XLA_FLAGS set before JAX starts, so they run in their own process first;
 # pytest's exit code 5 ("no tests selected") is not a failure there.

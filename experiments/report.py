@@ -12,7 +12,8 @@ report's path. ``report`` is a dict holding any of these sections, drawn in the 
     "frontier":    {"kl": "kl", "rewards": ["gold", "proxy"], "by": "label", "color_by": "arm",
                     "final_only": true, "sqrt_kl": false, "x": "update"}
     "overopt":     {"kl": "kl", "gold": "gold", "proxy": "proxy", "reference_gold": null,
-                    "reference_proxy": null, "by": ["arm"], "forms": {"best of n": "bon", "*": "rl"}}
+                    "reference_proxy": null, "reference_by": [], "by": ["arm"],
+                    "forms": {"best of n": "bon", "*": "rl"}}
     "final_table": {"by": "label", "metrics": ["gold", "proxy", "kl"], "x": "update"}
 
 ``curves`` draws one PNG per task when the table has more than one task. ``x`` (elsewhere) is the
@@ -47,7 +48,8 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "curves": ("x", "ys", "by", "band", "logy", "title"),
     "scores": ("score", "by", "task", "random", "x"),
     "frontier": ("kl", "rewards", "by", "color_by", "final_only", "sqrt_kl", "x"),
-    "overopt": ("kl", "gold", "proxy", "reference_gold", "reference_proxy", "by", "forms"),
+    "overopt": ("kl", "gold", "proxy", "reference_gold", "reference_proxy", "reference_by", "by",
+                "forms"),
     "final_table": ("by", "metrics", "x"),
 }
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -140,7 +142,9 @@ def _scores(df: pd.DataFrame, item: Mapping, out_dir: pathlib.Path) -> str:
     raw = report.seed_summary(rows.assign(**{task: rows[task].fillna("")}), [task, *by], [score])
     return (f"## Normalised scores\n\nFinal `{score}`, mean over seeds, normalised per task as "
             "(s − random) / (best − random): the best configuration scores 1, a random policy 0.\n\n"
-            f"{report.markdown(table)}\nRaw final `{score}` (mean ± sem over seeds):\n\n"
+            f"{report.markdown(table)}\nRandom-policy scores: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in item["random"].items())
+            + f".\n\nRaw final `{score}` (mean ± sem over seeds):\n\n"
             f"{report.markdown(_mean_pm(raw, [task, *by], [score]))}")
 
 
@@ -183,6 +187,11 @@ def _reference_value(df: pd.DataFrame, mask: pd.Series, col: str, given: float |
     return float(value)
 
 
+def _as_tuple(key) -> tuple:
+    """A pandas group key as a tuple (a single grouping column gives a scalar or a 1-tuple)."""
+    return key if isinstance(key, tuple) else (key,)
+
+
 def _overopt(df: pd.DataFrame, item: Mapping, out_dir: pathlib.Path) -> str:
     kl, gold, proxy = item.get("kl", "kl"), item.get("gold", "gold"), item.get("proxy", "proxy")
     by = report.as_list(item.get("by", ["arm"]))
@@ -196,11 +205,22 @@ def _overopt(df: pd.DataFrame, item: Mapping, out_dir: pathlib.Path) -> str:
     d_col = f"sqrt_{kl}"
     # Exact KLs carry float rounding: a reference policy can come out at −1e−9.
     data = df.assign(**{d_col: np.sqrt(df[kl].clip(lower=0))})
-    rewards = {gold: _reference_value(df, reference, gold, item.get("reference_gold"))}
-    if proxy:
-        rewards[proxy] = _reference_value(df, reference, proxy, item.get("reference_proxy"))
-    gains = {col: f"{col}_gain" for col in rewards}
-    data = data.assign(**{gains[col]: data[col] - ref for col, ref in rewards.items()})
+    # Each pipeline (e.g. each proxy data size) has its own reference and proxy, so the reference
+    # values are taken per group of ``reference_by`` columns.
+    reference_by = report.as_list(item.get("reference_by", []))
+    report.require_columns(df, reference_by)
+    givens = {gold: item.get("reference_gold"), **({proxy: item.get("reference_proxy")}
+                                                   if proxy else {})}
+    gains = {col: f"{col}_gain" for col in givens}
+    parts, refs = [], []
+    pieces = data.groupby(reference_by, dropna=False, sort=True) if reference_by else [((), data)]
+    for key, piece in pieces:
+        values = {col: _reference_value(piece, reference.loc[piece.index], col, given)
+                  for col, given in givens.items()}
+        parts.append(piece.assign(**{gains[c]: piece[c] - v for c, v in values.items()}))
+        where = ", ".join(f"{k}={v}" for k, v in zip(reference_by, tuple(_as_tuple(key))))
+        refs.append((where, values))
+    data = pd.concat(parts).loc[data.index]
 
     fits, rows = {}, []
     groups = data.groupby(by, dropna=False, sort=True) if by else [((), data)]
@@ -230,7 +250,9 @@ def _overopt(df: pd.DataFrame, item: Mapping, out_dir: pathlib.Path) -> str:
     table = pd.DataFrame(rows).reindex(columns=columns)
     report.overoptimization_plot(data, d_col, list(gains.values()), by, fits,
                                  out_dir / "overopt.png")
-    refs = ", ".join(f"{col} {ref:.4g}" for col, ref in rewards.items())
+    refs = "; ".join((f"{where}: " if where else "")
+                     + ", ".join(f"{col} {ref:.4g}" for col, ref in values.items())
+                     for where, values in refs)
     return (f"## Overoptimization (Gao et al. 2022)\n\nd = sqrt({kl}); rewards relative to the "
             f"reference ({refs}). Fits of {gold}: bon R = d(α − βd), rl R = d(α − β log d); "
             "the peak is the d maximising the fitted curve (inf: no peak).\n\n"

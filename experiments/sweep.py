@@ -44,9 +44,17 @@ def parse_sets(items: Sequence[str]) -> dict[str, object]:
     return out
 
 
+def random_scores(runs: Sequence[sweeps.Run], num_episodes: int = 100) -> dict[str, float]:
+    """Each task's random-policy score (the zero of normalised scores), measured in its env."""
+    from kltrust.train import common
+
+    env_names = {run.task: run.config.env_name for run in runs}
+    return {task: common.random_policy_score(env, num_episodes) for task, env in env_names.items()}
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # TFDS warns on every custom data configuration
     sweep = _SWEEP.value
     if sweep is None:
         raise app.UsageError("--sweep is required (e.g. configs/sweeps/demo.py).")
@@ -65,10 +73,13 @@ def main(argv: Sequence[str]) -> None:
     if _REPORT.value and spec:
         from kltrust import report as tables
 
+        if spec.get("scores", {}).get("random") == "measure":
+            spec["scores"]["random"] = random_scores(result.runs)
+
         path = report.write_report(tables.load(workdir / "results.csv"), spec, workdir,
                                    title=sweep.get("description", sweep.name))
         print(pathlib.Path(path).read_text())
-        print(f"report: {path}")
+        print(f"report: {path}  plots: {', '.join(str(p) for p in sorted(workdir.glob('*.png')))}")
 
 
 if __name__ == "__main__":

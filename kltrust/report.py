@@ -143,9 +143,11 @@ def learning_curves(df: pd.DataFrame, x: str, ys: str | Sequence[str], by: str |
     agg = agg.reset_index(drop=True)
     fig, axes = _figure(len(ys))
     for ax, y in zip(axes, ys):
-        for key, group in _groups(agg, by):
+        for i, (key, group) in enumerate(_groups(agg, by)):
             xs = group[x].to_numpy(float)
+            # Past ten lines the default colour cycle repeats; a line style tells them apart.
             (line,) = ax.plot(xs, group[f"{y}_mean"].to_numpy(float), lw=1.2,
+                              ls=_LINESTYLES[(i // 10) % len(_LINESTYLES)],
                               label=_group_label(by, key))
             lo, hi = _band(group, y, band)
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)

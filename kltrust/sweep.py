@@ -374,14 +374,15 @@ def _run_dir(root: pathlib.Path, run: Run) -> pathlib.Path:
 
 
 def is_finished(root: pathlib.Path, run: Run, overwrite: bool = False) -> bool:
-    """True if ``run`` finished under ``root`` with the same config; refuses a different config
-    in its directory unless ``overwrite``."""
+    """True if ``run`` finished under ``root`` with the same config. Finished results of a
+    different config in its directory are refused unless ``overwrite``; an unfinished run holds
+    nothing to lose and is simply run again."""
     directory = _run_dir(root, run)
     recorded = directory / "config.json"
     if not recorded.exists():
         return False
     if json.loads(recorded.read_text()) != json.loads(json.dumps(run.record())):
-        if overwrite:
+        if overwrite or not (directory / "rows.json").exists():
             return False
         raise ValueError(f"{directory} holds a run of a different config; use another --workdir "
                          "or pass --overwrite to replace it.")
@@ -435,6 +436,7 @@ def to_csv(rows: Sequence[dict]) -> str:
 
 @dataclasses.dataclass
 class SweepResult:
+    runs: list[Run]  # every run of the sweep, finished before or now
     rows: list[dict]  # the results table
     groups: list[dict]  # per group run now: size, compile and run seconds
     skipped: int  # runs found finished
@@ -483,4 +485,4 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | pathlib.Path, *,
     bar.close()
     rows = table(root, sweep.name, runs)
     write_text_atomic(root / "results.csv", to_csv(rows))
-    return SweepResult(rows, done_now, skipped, time.perf_counter() - start)
+    return SweepResult(runs, rows, done_now, skipped, time.perf_counter() - start)

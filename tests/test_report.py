@@ -339,6 +339,19 @@ def test_write_report_token(tmp_path):
     assert f"| best of n | 16 | 2 | {bon16.mean():.4g} ± {bon16.std(ddof=1) / math.sqrt(2):.2g} |" in text
 
 
+def test_overopt_reference_is_taken_per_pipeline(tmp_path):
+    # Two pipelines whose proxies differ by a constant: per-pipeline references must cancel it.
+    token = _token_df()
+    shifted = token.assign(proxy=token["proxy"] + 5.0, pairs=2)
+    both = pd.concat([token.assign(pairs=1), shifted], ignore_index=True)
+    spec = {"overopt": {"kl": "kl", "gold": "gold", "proxy": "proxy", "by": ["arm", "pairs"],
+                        "reference_by": ["pairs"], "forms": {"best of n": "bon", "*": "rl"}}}
+    text = report_cli.write_report(both, spec, tmp_path, "tok").read_text()
+    reference = token[(token["update"] == 0) | (token["n"] == 1)]["proxy"].mean()
+    assert f"pairs=1: gold 1.005, proxy {reference:.4g}" in text
+    assert f"pairs=2: gold 1.005, proxy {reference + 5:.4g}" in text
+
+
 def test_write_report_rejects_bad_specs(control, tmp_path):
     with pytest.raises(ValueError, match=r"unknown report section 'curve'.*'curves'"):
         report_cli.write_report(control, {"curve": {}}, tmp_path, "t")

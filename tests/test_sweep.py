@@ -154,6 +154,11 @@ def test_resume_skips_finished_runs_and_refuses_a_changed_config(grouped, tmp_pa
     with pytest.raises(ValueError, match="holds a run of a different config"):
         sweeps.run_sweep(changed, root, progress=False)
     assert (root / "runs" / "trpo__seed3" / "rows.json").exists()  # nothing was lost
+    # An unfinished run holds nothing to lose: under a changed config it simply runs again.
+    for seed in (3, 4):
+        (root / "runs" / f"trpo__seed{seed}" / "rows.json").unlink()
+    rerun = sweeps.run_sweep(changed, root, progress=False)
+    assert rerun.skipped == 8 and [g["runs"] for g in rerun.groups] == [2]
 
 
 def test_same_sweep_same_numbers(grouped, tmp_path):
@@ -163,3 +168,90 @@ def test_same_sweep_same_numbers(grouped, tmp_path):
     second = sweeps.run_sweep(sweep, tmp_path, progress=False)
     clip = [{**row, "group": 0} for row in first.rows if row["arm"] == "clip"]
     assert second.rows == clip
+
+
+# ---------------------------------------------------------------- token RLHF sweeps
+
+TINY_TOKENS = {
+    "task": dict(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6),
+    "data": dict(num_sft=512, num_prompts=64, num_eval_prompts=16, num_pairs=512,
+                 num_eval_pairs=128, seq_len=16),
+    "model": dict(num_layers=1, width=16, num_heads=2),
+    "reward_model": dict(num_layers=1, width=16, num_heads=2),
+    "sft": dict(steps=100, batch_size=32, eval_every=50, learning_rate=3e-3),
+    "rm": dict(steps=50, batch_size=32, eval_every=50, learning_rate=3e-3),
+    "rl": dict(num_updates=2, updates_per_eval=1, batch_prompts=2, group_size=4, minibatches=1),
+}
+
+
+def _token_sweep(betas=(0.0, 1.0), seed=0, num_seeds=2, bon=True) -> ml_collections.ConfigDict:
+    sweep = ml_collections.ConfigDict()
+    sweep.name = "tokens"
+    sweep.num_seeds = num_seeds
+    sweep.seed = seed
+    sweep.overrides = TINY_TOKENS
+    sweep.arms = [dict(name="GRPO", base="configs/rlhf.py:grpo",
+                       grid={"rl.hparams.beta": betas})]
+    if bon:
+        sweep.arms.append(dict(name="bon", base="configs/rlhf.py:best_of_n",
+                               set={"rl.best_of_n": (1, 4)}))
+    return sweep
+
+
+@pytest.mark.slow
+def test_token_sweep_shares_one_pipeline_and_equals_a_run_alone(tmp_path):
+    result = sweeps.run_sweep(_token_sweep(), tmp_path / "a", progress=False)
+    assert [g["runs"] for g in result.groups] == [4, 2]
+    assert len(list((tmp_path / "a" / "pipelines").iterdir())) == 1  # one reference, one proxy
+    table = pd.DataFrame(result.rows)
+    grpo = table[table["arm"] == "GRPO"]
+    assert sorted(grpo["update"].unique()) == [0, 1, 2] and len(grpo) == 4 * 3
+    assert np.allclose(grpo.loc[grpo["update"] == 0, "kl"], 0.0, atol=1e-5)  # starts at π_ref
+    bon = table[table["arm"] == "bon"]
+    assert sorted(bon["n"]) == [1, 1, 4, 4]
+    np.testing.assert_allclose(bon.loc[bon["n"] == 4, "kl"], np.log(4) - 3 / 4, rtol=1e-6)
+    evals = (tmp_path / "a" / "runs" / "GRPO__beta=1__seed1" / "eval.jsonl").read_text()
+    assert '"samples"' in evals
+    # The same run alone, in its own program (and its own, identical, pipeline).
+    alone = sweeps.run_sweep(_token_sweep(betas=(1.0,), seed=0, num_seeds=2, bon=False),
+                             tmp_path / "b", group_runs=False, progress=False)
+    b = pd.DataFrame(alone.rows)
+    a = grpo[grpo["hparams.beta" if "hparams.beta" in grpo else "rl.hparams.beta"] == 1.0]
+    for name in ("gold", "proxy", "kl", "entropy"):
+        np.testing.assert_allclose(a[name].to_numpy(float), b[name].to_numpy(float), rtol=1e-4,
+                                   atol=1e-5, err_msg=name)
+
+
+def test_random_policy_score_matches_the_closed_form_on_mountaincar():
+    from kltrust.train import common
+
+    # MountainCarContinuous pays 0.1·a² per step; uniform a in [-1, 1] has E[a²] = 1/3, so 999
+    # steps give −33.3 (a random policy never reaches the goal). Per episode the sum has standard
+    # deviation sqrt(999 · 0.01 · 4/45) = 0.94, so the mean of 100 episodes is within 0.5 (5σ).
+    score = common.random_policy_score("MountainCarContinuous-v0", num_episodes=100, seed=1)
+    assert abs(score - (-0.1 * 999 / 3)) < 0.5
+    # CartPole: random actions end an episode after about 22 steps (reward 1 per step).
+    assert 15 < common.random_policy_score("CartPole-v1", num_episodes=100) < 30
+
+
+@pytest.mark.parametrize("name", ["demo", "ppo_table1", "ppo_table1:full", "rlhf_frontier",
+                                  "overoptimization", "beta_seeds"])
+def test_every_sweep_config_expands_validates_and_has_a_valid_report(name):
+    from experiments import report
+
+    sweep = sweeps.load_sweep(f"configs/sweeps/{name.replace(':', '.py:')}"
+                              if ":" in name else f"configs/sweeps/{name}.py")
+    runs = sweeps.expand(sweep)  # every run's config is validated here, nothing is compiled
+    assert len({r.run_id for r in runs}) == len(runs)
+    groups = sweeps.group(runs)
+    assert len(groups) < len(runs)  # grouping saves programs in every one of them
+    report.validate_spec(json.loads(sweep.to_json_best_effort())["report"])
+
+
+def test_set_flags_parse_values_and_paths():
+    from experiments.sweep import parse_sets
+
+    assert parse_sets(["hparams.beta=0.5", "model.hidden=(32, 32)", "env_name=Acrobot-v1"]) == {
+        "hparams.beta": 0.5, "model.hidden": (32, 32), "env_name": "Acrobot-v1"}
+    with pytest.raises(ValueError, match="PATH=VALUE"):
+        parse_sets(["oops"])

@@ -27,6 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
     sweep.report = dict(
         curves=dict(x="env_steps", ys=["episode_return", "kl_old"], by=["label"], band="minmax",
                     logy=["kl_old"]),
-        final_table=dict(by="label", metrics=["episode_return", "kl_old"]),
     )
     return sweep

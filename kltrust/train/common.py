@@ -31,6 +31,35 @@ def model_and_env(env_name: str, hidden: tuple[int, ...], activation: str):
     return ActorCritic(action_dim, discrete, hidden, activation), env, env_params
 
 
+def random_policy_score(env_name: str, num_episodes: int = 100, seed: int = 0) -> float:
+    """Mean return of ``num_episodes`` episodes of uniformly random actions.
+
+    The zero of the PPO paper's normalised score. Each episode runs in its own environment for
+    the time limit; rewards after its first ``done`` are masked out (gymnax auto-resets).
+    """
+    env, env_params = gymnax.make(env_name)
+    space = env.action_space(env_params)
+
+    def episode(key: jax.Array) -> jax.Array:
+        key, reset_key = jax.random.split(key)
+        _, state = env.reset(reset_key, env_params)
+
+        def step(carry, step_key):
+            state, total, running = carry
+            action_key, env_key = jax.random.split(step_key)
+            _, state, reward, terminated, truncated, _ = env.step(
+                env_key, state, space.sample(action_key), env_params)
+            done = jnp.logical_or(terminated, truncated)
+            return (state, total + running * reward, running * (1.0 - done)), None
+
+        keys = jax.random.split(key, env_params.max_steps_in_episode)
+        (_, total, _), _ = jax.lax.scan(step, (state, 0.0, 1.0), keys)
+        return total
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_episodes)
+    return float(jnp.mean(jax.jit(jax.vmap(episode))(keys)))
+
+
 def hparams_from_config(cls: type, hparams: ml_collections.ConfigDict) -> Any:
     """Builds the flax dataclass ``cls`` from ``hparams``, every field a float32 array."""
     names = [f.name for f in dataclasses.fields(cls)]
