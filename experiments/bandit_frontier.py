@@ -15,8 +15,6 @@ Writes ``config.json``, ``summary.md``, ``summary.csv`` and ``frontier.png`` to 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import pathlib
 import time
@@ -30,7 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from kltrust.metrics import write_text_atomic
+from kltrust.metrics import rows_to_csv, write_text_atomic
 from kltrust.tasks import bandit as bandit_lib
 from kltrust.train import bandit as bandit_train
 
@@ -148,14 +146,6 @@ def to_markdown(rows: Sequence[dict], goal: Sequence[dict], num_seeds: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: Sequence[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def plot(config: ml_collections.ConfigDict, rows: Sequence[dict], results: dict, goal: Sequence[dict],
          path: pathlib.Path) -> None:
     import matplotlib
@@ -220,7 +210,7 @@ def main(argv: Sequence[str]) -> None:
     goal = targets(config)
     markdown = to_markdown(rows, goal, config.num_seeds)
     write_text_atomic(workdir / "summary.md", markdown)
-    write_text_atomic(workdir / "summary.csv", to_csv(rows))
+    write_text_atomic(workdir / "summary.csv", rows_to_csv(rows))
     plot(config, rows, results, goal, workdir / "frontier.png")
     print(markdown)
     print(f"{time.perf_counter() - start:.0f} s for {len(results)} compiled programs")

@@ -10,16 +10,14 @@ mean return of the last 100 episodes at the end of training (the PPO paper's mea
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags, logging
 
-from kltrust.metrics import write_text_atomic
+from kltrust.metrics import rows_to_csv, write_text_atomic
 from kltrust.train import loop
 from kltrust import train as programs
 
@@ -90,14 +88,6 @@ def to_markdown(rows: Sequence[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: Sequence[dict[str, object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_columns(rows), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def plot(results: dict[str, loop.RunResult], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -143,7 +133,7 @@ def main(argv: Sequence[str]) -> None:
         rows.append(summarise(preset, results[preset], _THRESHOLD.value))
     markdown = to_markdown(rows)
     write_text_atomic(workdir / "summary.md", markdown)
-    write_text_atomic(workdir / "summary.csv", to_csv(rows))
+    write_text_atomic(workdir / "summary.csv", rows_to_csv(rows))
     plot(results, workdir / "returns.png")
     print(markdown)
     print(f"summary: {workdir / 'summary.md'} (and .csv)   plot: {workdir / 'returns.png'}")

@@ -11,7 +11,6 @@ saves). Writes ``results.csv``, ``timing.json``, ``runs/*/`` and ``report.md`` w
 
 from __future__ import annotations
 
-import ast
 import json
 import pathlib
 from collections.abc import Sequence
@@ -28,20 +27,6 @@ _SET = flags.DEFINE_multi_string("set", [], "PATH=VALUE applied to every run's c
 _GROUP = flags.DEFINE_bool("group", True, "Run groups of runs as one vmapped program each.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-run runs whose directory holds another config.")
 _REPORT = flags.DEFINE_bool("report", True, "Write report.md and plots after the sweep.")
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, object]:
-    """``["a.b=0.1", "c=(1, 2)"]`` → {"a.b": 0.1, "c": (1, 2)}; strings may go unquoted."""
-    out = {}
-    for item in items:
-        path, sep, text = item.partition("=")
-        if not sep or not path:
-            raise ValueError(f"--set {item!r}: must be PATH=VALUE.")
-        try:
-            out[path] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[path] = text
-    return out
 
 
 def random_scores(runs: Sequence[sweeps.Run], num_episodes: int = 100) -> dict[str, float]:
@@ -64,7 +49,7 @@ def main(argv: Sequence[str]) -> None:
         from experiments import report
 
         report.validate_spec(spec)  # a typo in the report must not wait for the sweep to finish
-    result = sweeps.run_sweep(sweep, workdir, overrides=parse_sets(_SET.value),
+    result = sweeps.run_sweep(sweep, workdir, overrides=sweeps.parse_overrides(_SET.value),
                               group_runs=_GROUP.value, overwrite=_OVERWRITE.value)
     runs_now = sum(g["runs"] for g in result.groups)
     print(f"{sweep.name}: {runs_now} runs in {len(result.groups)} programs, {result.skipped} "

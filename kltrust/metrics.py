@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import os
 import pathlib
 import tempfile
+from collections.abc import Sequence
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -22,3 +26,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def rows_to_csv(rows: Sequence[dict]) -> str:
+    """CSV of dict rows: every key of every row as a column (first-seen order), so rows of
+    different kinds (PPO and TRPO, control and best-of-n) share one table; None and NaN are
+    written as empty cells."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                         for k, v in row.items()})
+    return buffer.getvalue()

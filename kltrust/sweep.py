@@ -24,12 +24,11 @@ Output directory::
 
 from __future__ import annotations
 
+import ast
 import copy
-import csv
 import dataclasses
 import hashlib
 import importlib.util
-import io
 import itertools
 import json
 import math
@@ -44,12 +43,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kltrust.metrics import write_text_atomic
+from kltrust.metrics import rows_to_csv, write_text_atomic
 
 SWEEP_KEYS = ("name", "description", "num_seeds", "seed", "tasks", "arms", "overrides",
               "record_every", "group_runs", "report")
 ARM_KEYS = ("name", "base", "set", "grid")
-IDENTITY_COLUMNS = ("sweep", "arm", "task", "label", "run", "group", "seed")
 
 
 # ---------------------------------------------------------------- families
@@ -120,7 +118,7 @@ class TokenFamily:
         from kltrust.train import pipeline
 
         config = runs[0].config
-        prerequisites = pipeline._stage_json(config, "sft") + pipeline._stage_json(
+        prerequisites = pipeline.stage_json(config, "sft") + pipeline.stage_json(
             config, "reward_model")
         proot = root / "pipelines" / hashlib.sha256(prerequisites.encode()).hexdigest()[:12]
         proot.mkdir(parents=True, exist_ok=True)
@@ -258,6 +256,21 @@ def validate_sweep(sweep: ml_collections.ConfigDict) -> None:
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
                 raise ValueError(f"{where}.grid[{path!r}] = {values!r}: must be a non-empty "
                                  "list of values.")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=0.1", "c=(1, 2)"]`` → {"a.b": 0.1, "c": (1, 2)} (``--set``); strings may go
+    unquoted."""
+    out = {}
+    for item in items:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--set {item!r}: must be PATH=VALUE.")
+        try:
+            out[path] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[path] = text
+    return out
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -422,18 +435,6 @@ def table(root: pathlib.Path, sweep_name: str, runs: Sequence[Run]) -> list[dict
     return rows
 
 
-def to_csv(rows: Sequence[dict]) -> str:
-    """CSV with every key of every row (first-seen order); None and NaN as empty cells."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-                         for k, v in row.items()})
-    return buffer.getvalue()
-
-
 @dataclasses.dataclass
 class SweepResult:
     runs: list[Run]  # every run of the sweep, finished before or now
@@ -481,8 +482,8 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | pathlib.Path, *,
         timing[str(members[0].group)] = entry
         done_now.append(entry)
         write_text_atomic(timing_path, json.dumps(timing, indent=1))
-        write_text_atomic(root / "results.csv", to_csv(table(root, sweep.name, runs)))
+        write_text_atomic(root / "results.csv", rows_to_csv(table(root, sweep.name, runs)))
     bar.close()
     rows = table(root, sweep.name, runs)
-    write_text_atomic(root / "results.csv", to_csv(rows))
+    write_text_atomic(root / "results.csv", rows_to_csv(rows))
     return SweepResult(runs, rows, done_now, skipped, time.perf_counter() - start)

@@ -249,8 +249,7 @@ def test_every_sweep_config_expands_validates_and_has_a_valid_report(name):
 
 
 def test_set_flags_parse_values_and_paths():
-    from experiments.sweep import parse_sets
-
+    parse_sets = sweeps.parse_overrides
     assert parse_sets(["hparams.beta=0.5", "model.hidden=(32, 32)", "env_name=Acrobot-v1"]) == {
         "hparams.beta": 0.5, "model.hidden": (32, 32), "env_name": "Acrobot-v1"}
     with pytest.raises(ValueError, match="PATH=VALUE"):

@@ -151,7 +151,8 @@ def preference_data(config, root):
 # ---------------------------------------------------------------- stages
 
 
-def _stage_json(config, stage: str) -> str:
+def stage_json(config, stage: str) -> str:
+    """The config parts a prerequisite stage depends on, as canonical JSON."""
     return json.dumps({k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
                        for k in STAGE_KEYS[stage]}, sort_keys=True, default=str)
 
@@ -172,9 +173,9 @@ def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
     out = root / "sft"
     policy = tok.Policy(tok.policy_config(config))
     if tok.is_done(out) and not overwrite:
-        _check_same(out, _stage_json(config, "sft"))
+        _check_same(out, stage_json(config, "sft"))
         return tok.load_params(out, policy.init(jax.random.PRNGKey(0)))
-    _prepare(out, _stage_json(config, "sft"), overwrite)
+    _prepare(out, stage_json(config, "sft"), overwrite)
     if config.data.source.startswith("tfds:"):
         return _run_sft_real_text(config, out)
     train, test = _synthetic(config, "sft", root, config.data.num_sft, 1024)
@@ -238,9 +239,9 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
     rm_config = tok.reward_model_config(config)
     train, test = preference_data(config, root)
     if tok.is_done(out) and not overwrite:
-        _check_same(out, _stage_json(config, "reward_model"))
+        _check_same(out, stage_json(config, "reward_model"))
         return tok.load_params(out, reward_model.init_params(rm_config, train, 0))
-    _prepare(out, _stage_json(config, "reward_model"), overwrite)
+    _prepare(out, stage_json(config, "reward_model"), overwrite)
     params, rows = reward_model.train(
         rm_config, train, steps=config.rm.steps, batch_size=config.rm.batch_size,
         learning_rate=config.rm.learning_rate, seed=config.seed,
