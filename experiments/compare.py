@@ -10,7 +10,6 @@ mean return of the last 100 episodes at the end of training (the PPO paper's mea
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from kltrust.metrics import rows_to_csv, write_text_atomic
+from kltrust.sweep import load_preset
 from kltrust.train import loop
 from kltrust import train as programs
 
@@ -31,13 +31,6 @@ _TOTAL = flags.DEFINE_integer("total_timesteps", None, "Override every preset's 
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Report the first step at which the score reaches this.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Output directory.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace run directories of different configs.")
-
-
-def _load_get_config(path: str):
-    spec = importlib.util.spec_from_file_location("kltrust_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config
 
 
 def summarise(preset: str, result: loop.RunResult, threshold: float | None) -> dict[str, object]:
@@ -120,7 +113,7 @@ def main(argv: Sequence[str]) -> None:
     configs = {}
     for entry in _PRESETS.value:  # build (and so validate) every config before running any
         config_file, _, preset = entry.rpartition(":")
-        config = _load_get_config(config_file or _CONFIG_FILE.value)(preset)
+        config = load_preset(f"{config_file or _CONFIG_FILE.value}:{preset}")
         config.num_seeds = _NUM_SEEDS.value
         if _TOTAL.value is not None:
             config.total_timesteps = _TOTAL.value

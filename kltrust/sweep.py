@@ -197,11 +197,6 @@ def load_preset(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(preset) if preset else module.get_config()
 
 
-def load_sweep(spec: str) -> ml_collections.ConfigDict:
-    """A sweep config from ``configs/sweeps/NAME.py[:SIZE]``."""
-    return load_preset(spec)
-
-
 def set_field(config: ml_collections.ConfigDict, path: str, value: Any, where: str) -> None:
     """Sets a dotted ``path`` that must already exist in ``config``, with a clear error if not."""
     node = config

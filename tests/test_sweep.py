@@ -239,7 +239,7 @@ def test_random_policy_score_matches_the_closed_form_on_mountaincar():
 def test_every_sweep_config_expands_validates_and_has_a_valid_report(name):
     from experiments import report
 
-    sweep = sweeps.load_sweep(f"configs/sweeps/{name.replace(':', '.py:')}"
+    sweep = sweeps.load_preset(f"configs/sweeps/{name.replace(':', '.py:')}"
                               if ":" in name else f"configs/sweeps/{name}.py")
     runs = sweeps.expand(sweep)  # every run's config is validated here, nothing is compiled
     assert len({r.run_id for r in runs}) == len(runs)
