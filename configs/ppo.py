@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     config.checkpoint_every_chunks = 1
     config.keep_checkpoints = 2
+    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
+    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
+    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
     return config
 
 

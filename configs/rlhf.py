@@ -100,6 +100,9 @@ def get_config(preset: str = "ppo") -> ml_collections.ConfigDict:
             learning_rate=1e-4, beta=0.1, kl_target=2.0, kl_horizon=10_000.0, clip_eps=0.2,
             gamma=1.0, gae_lambda=0.95, vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget=0.1,
             damping=0.1, label_smoothing=0.0))))
+    # Devices: runs (the seeds) × data (prompts, sequences, pairs) × fsdp (transformer weights and
+    # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
+    c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
     if preset == "sft_shakespeare":
         c.data.source = "tfds:tiny_shakespeare"
     if preset in METHOD_OVERRIDES:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import distributed
 from kltrust.train import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/rlhf.py:ppo", "Run config.",
@@ -24,6 +25,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the preset's own sta
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    distributed.initialize()
     logging.set_verbosity(logging.ERROR)  # TFDS warns about every custom data config
     config = _CONFIG.value
     result = pipeline.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)

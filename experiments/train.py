@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import distributed
 from kltrust.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/ppo.py:cartpole_clip", "Run config.",
@@ -24,6 +25,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a workdir that holds
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    distributed.initialize()
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
     result = loop.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
     steps = result.metrics["kl_old"].shape[1] * result.env_steps_per_update * len(result.seeds)

@@ -1,29 +1,125 @@
-"""Meshes and shardings. With one device every constraint here is a no-op.
+"""Meshes, shardings and the multi-host runtime. On one device every constraint here is a no-op.
 
-Training programs place the environment (or sequence) batch over the mesh's ``data`` axis and
-replicate parameters and optimiser state; XLA inserts the collectives (gradient all-reduce).
+Every training program runs on one ``Mesh`` with three named axes (`AXES`):
+
+    runs  the vmapped run axis of a sweep (seeds × hyperparameters): runs on different devices
+          never communicate, so this is the axis that scales a sweep out for free
+    data  the environment / sequence batch (data parallelism: XLA all-reduces the gradients)
+    fsdp  parameters and optimiser state split over devices (ZeRO-3 / FSDP); the batch is split
+          over it too, so an fsdp device holds a slice of the weights *and* of the batch
+
+Sizes come from ``config.mesh`` (`mesh_config`); one size may be -1, "every device left". Programs
+apply the layouts with `jax.lax.with_sharding_constraint` inside jit (`batch_constraint`,
+`param_constraint`); vmapping with ``spmd_axis_name=RUN_AXIS`` (`vmap_runs`) prefixes every such
+constraint with the run axis. XLA inserts the collectives. Nothing here is device-specific: the
+same program runs on 1 CPU, 8 forced CPU devices, a GPU box or a TPU pod slice.
+
+Multi-host: `initialize` starts `jax.distributed` (CPU processes talk over gloo); `to_host`
+gathers arrays that span processes; `is_primary` decides who writes files; `primary_first` lets
+process 0 build a shared file (a data set) before the others read it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+RUN_AXIS = "runs"
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+AXES = (RUN_AXIS, DATA_AXIS, FSDP_AXIS)
+# The batch is split over data *and* fsdp: fsdp devices each see their own slice of the batch.
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+
+ENV_COORDINATOR = "KLTRUST_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "KLTRUST_NUM_PROCESSES"
+ENV_PROCESS_ID = "KLTRUST_PROCESS_ID"
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all of them by default)."""
-    devices = jax.devices()
-    if num_devices is not None:
-        if not 1 <= num_devices <= len(devices):
-            raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}.")
-        devices = devices[:num_devices]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+# ---------------------------------------------------------------- meshes
+
+
+def mesh_config(runs: int = 1, data: int = -1, fsdp: int = 1) -> ml_collections.ConfigDict:
+    """The ``config.mesh`` block of a preset: the size of each axis, one of them may be -1."""
+    return ml_collections.ConfigDict(dict(runs=runs, data=data, fsdp=fsdp))
+
+
+def mesh_shape(sizes: dict[str, int], num_devices: int, key: str = "mesh") -> dict[str, int]:
+    """Resolves the -1 in ``sizes`` and checks the product against ``num_devices``.
+
+    Raises ValueError naming ``config.{key}.AXIS`` and the allowed values. The mesh may use fewer
+    devices than there are (the first ones), except across processes, where it must use them all.
+    """
+    unknown = sorted(set(sizes) - set(AXES))
+    if unknown:
+        raise ValueError(f"config.{key}.{unknown[0]}: unknown mesh axis; the axes are {AXES}.")
+    shape = {axis: sizes.get(axis, 1) for axis in AXES}
+    free = [a for a in AXES if shape[a] == -1]
+    for axis in AXES:
+        value = shape[axis]
+        if not (isinstance(value, (int, np.integer)) and (value >= 1 or value == -1)):
+            raise ValueError(f"config.{key}.{axis} = {value!r}: must be an integer >= 1, or -1 for "
+                             "every device left.")
+    if len(free) > 1:
+        raise ValueError(f"config.{key}.{free[1]} = -1: at most one mesh axis may be -1 "
+                         f"(config.{key}.{free[0]} is -1 too).")
+    fixed = int(np.prod([v for v in shape.values() if v != -1]))
+    if free:
+        if num_devices % fixed:
+            raise ValueError(
+                f"config.{key}.{free[0]} = -1: the other axes' product {fixed} must divide the "
+                f"number of devices ({num_devices}).")
+        shape[free[0]] = num_devices // fixed
+    total = int(np.prod(list(shape.values())))
+    if total > num_devices:
+        raise ValueError(
+            f"config.{key} = {shape}: needs {total} devices, only {num_devices} are available; "
+            f"choose sizes whose product is at most {num_devices}.")
+    if jax.process_count() > 1 and total != num_devices:
+        raise ValueError(
+            f"config.{key} = {shape}: uses {total} of {num_devices} devices; across "
+            f"{jax.process_count()} processes the mesh must use every device.")
+    return shape
+
+
+def make_mesh(num_devices: int | None = None, *, runs: int = 1, fsdp: int = 1) -> Mesh:
+    """A (runs, data, fsdp) mesh over the first ``num_devices`` devices (all by default); the data
+    axis takes whatever ``runs`` and ``fsdp`` leave."""
+    total = jax.device_count() if num_devices is None else num_devices
+    if not 1 <= total <= jax.device_count():
+        raise ValueError(f"num_devices must be in [1, {jax.device_count()}], got {num_devices}.")
+    if total % (runs * fsdp):
+        raise ValueError(f"runs × fsdp = {runs * fsdp} must divide num_devices = {total}.")
+    return _mesh({RUN_AXIS: runs, DATA_AXIS: total // (runs * fsdp), FSDP_AXIS: fsdp})
+
+
+def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh:
+    """The mesh of ``config.mesh`` (every device on ``data`` if the config has no mesh block)."""
+    sizes = config.mesh.to_dict() if "mesh" in config else {}
+    return _mesh(mesh_shape(sizes, jax.device_count()))
+
+
+def _mesh(shape: dict[str, int]) -> Mesh:
+    total = int(np.prod(list(shape.values())))
+    devices = jax.devices()[:total]
+    # Auto axes: layouts are constraints that XLA propagates (not sharding-in-types).
+    return jax.make_mesh(tuple(shape[a] for a in AXES), AXES, axis_types=(AxisType.Auto,) * 3,
+                         devices=devices)
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many pieces a batch is cut into: the data axis times the fsdp axis."""
+    return mesh.shape[DATA_AXIS] * mesh.shape[FSDP_AXIS]
+
+
+# ---------------------------------------------------------------- shardings
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -31,23 +127,190 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
-    """Splits axis ``batch_axis`` over ``data``; axes before it (e.g. a vmapped run axis) are whole."""
-    return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), DATA_AXIS))
+    """Splits axis ``batch_axis`` over data × fsdp; axes before it (e.g. a run axis) stay whole."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), BATCH_AXES))
+
+
+def runs_sharding(mesh: Mesh) -> NamedSharding:
+    """Splits a leading run axis over ``runs``."""
+    return NamedSharding(mesh, PartitionSpec(RUN_AXIS))
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
+    """Where FSDP splits one parameter: its largest axis divisible by ``fsdp_size``.
+
+    Vectors (biases, layer-norm scales) and arrays with no divisible axis stay replicated: they
+    are small, and splitting them would cost a collective for nothing.
+    """
+    if fsdp_size == 1 or len(shape) < 2:
+        return PartitionSpec()
+    divisible = [i for i, d in enumerate(shape) if d % fsdp_size == 0]
+    if not divisible:
+        return PartitionSpec()
+    axis = max(divisible, key=lambda i: shape[i])
+    return PartitionSpec(*[FSDP_AXIS if i == axis else None for i in range(len(shape))])
+
+
+def param_shardings(mesh: Mesh, tree: Any) -> Any:
+    """A `NamedSharding` per leaf of a parameter (or optimiser-state) tree: FSDP where the mesh
+    has an fsdp axis > 1, replicated otherwise."""
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), mesh.shape[FSDP_AXIS])),
+                        tree)
+
+
+def stacked_param_shardings(mesh: Mesh, tree: Any) -> Any:
+    """`param_shardings` for a tree whose leaves carry a leading run axis: that axis on ``runs``,
+    the rest as FSDP lays out one run's leaf. Pins a vmapped train state's layout (jit's
+    ``out_shardings``) so that every compiled chunk receives what it was compiled for."""
+    fsdp = mesh.shape[FSDP_AXIS]
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, PartitionSpec(RUN_AXIS, *fsdp_spec(np.shape(x)[1:], fsdp))),
+        tree)
 
 
 def batch_constraint(mesh: Mesh) -> Callable[[Any], Any]:
-    """Inside jit: keeps the leading (batch) axis of every non-scalar leaf split over ``data``.
+    """Inside jit: keeps the leading (batch) axis of every non-scalar leaf split over data × fsdp.
 
-    Under `jax.vmap` the vmapped axis is left unconstrained by JAX's batching rule, so the same
-    function serves single runs and vmapped sweeps.
+    Under `vmap_runs` the vmapped axis is put on ``runs``, so the same function serves single runs
+    and sweeps.
     """
 
     def constrain(tree: Any) -> Any:
         return jax.tree.map(
             lambda x: jax.lax.with_sharding_constraint(
-                x, batch_sharding(mesh) if x.ndim else replicated(mesh)
-            ),
-            tree,
-        )
+                x, batch_sharding(mesh) if x.ndim else replicated(mesh)),
+            tree)
 
     return constrain
+
+
+def param_constraint(mesh: Mesh) -> Callable[[Any], Any]:
+    """Inside jit: lays out a parameter or optimiser-state tree as `param_shardings` says."""
+
+    def constrain(tree: Any) -> Any:
+        return jax.tree.map(
+            lambda x: jax.lax.with_sharding_constraint(
+                x, NamedSharding(mesh, fsdp_spec(x.shape, mesh.shape[FSDP_AXIS]))),
+            tree)
+
+    return constrain
+
+
+def vmap_runs(fn: Callable, in_axes: Any = 0) -> Callable:
+    """`jax.vmap` over a run axis that every sharding constraint inside puts on ``runs``."""
+    return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=RUN_AXIS)
+
+
+def padded_run_index(num_runs: int, mesh: Mesh) -> np.ndarray:
+    """Indices that pad ``num_runs`` runs to a multiple of the run axis by repeating the last run
+    (the copies are computed and dropped; a sweep's group can then have any size)."""
+    multiple = mesh.shape[RUN_AXIS]
+    padded = -(-num_runs // multiple) * multiple
+    return np.minimum(np.arange(padded), num_runs - 1)
+
+
+# ---------------------------------------------------------------- placing and gathering
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """Puts host values (identical on every process) onto devices with ``shardings`` (one sharding
+    or a matching tree of them)."""
+    return jax.device_put(tree, shardings)
+
+
+def place_local_batch(local: Any, mesh: Mesh) -> Any:
+    """Builds the global batch from each process's own rows (its contiguous share, `local_rows`),
+    split over data × fsdp. With one process this is a `place`."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                        local)
+
+
+def local_rows(index: np.ndarray) -> np.ndarray:
+    """This process's contiguous share of a global batch's row indices."""
+    count = jax.process_count()
+    if len(index) % count:
+        raise ValueError(f"a batch of {len(index)} rows cannot be split over {count} processes.")
+    return np.asarray(index).reshape(count, -1)[jax.process_index()]
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of every leaf on every process, gathering leaves that span processes."""
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """Starts the multi-host runtime when asked to; returns whether it did.
+
+    Arguments left None are read from ``KLTRUST_COORDINATOR_ADDRESS``, ``KLTRUST_NUM_PROCESSES``
+    and ``KLTRUST_PROCESS_ID``. With a coordinator address this calls `jax.distributed.initialize`
+    with it; with ``coordinator_address="auto"`` JAX detects the cluster itself (TPU pod slices,
+    SLURM, Open MPI). With neither, nothing happens and the run is single-process. Must run before
+    anything touches a device. CPU processes exchange collectives over gloo.
+    """
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+    if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
+        num_processes = int(os.environ[ENV_NUM_PROCESSES])
+    if process_id is None and os.environ.get(ENV_PROCESS_ID):
+        process_id = int(os.environ[ENV_PROCESS_ID])
+    if coordinator_address:
+        _one_collective_order()
+    if not coordinator_address:
+        if num_processes not in (None, 1):
+            raise ValueError(f"num_processes = {num_processes} needs a coordinator address "
+                             f"(--coordinator_address or ${ENV_COORDINATOR}).")
+        return False
+    if coordinator_address == "auto":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize()
+        return True
+    if num_processes is None or num_processes < 1:
+        raise ValueError(f"num_processes = {num_processes}: must be an integer >= 1 with a "
+                         "coordinator address.")
+    if process_id is None or not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id = {process_id}: must be in [0, {num_processes - 1}].")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return True
+
+
+def _one_collective_order() -> None:
+    """CPU processes must start their collectives in one order (see kltrust/__init__.py)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+                                   ).strip()
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0; every process writes checkpoints,
+    which orbax coordinates itself)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def primary_first(name: str, fn: Callable[[], Any]) -> Any:
+    """Runs ``fn`` on process 0, waits, then on the others: for shared files such as a data set
+    that process 0 builds and the others then read."""
+    if jax.process_count() == 1:
+        return fn()
+    result = fn() if is_primary() else None
+    sync(name)
+    if not is_primary():
+        result = fn()
+    return result

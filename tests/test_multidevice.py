@@ -1,4 +1,7 @@
-"""PPO and TRPO updates on 1 vs 8 devices: same numbers, and the environment batch really is sharded.
+"""Every training program on 1 vs 8 devices: same numbers, and the arrays really are sharded.
+
+Control PPO and TRPO (environments over ``data``), token PPO, DPO and TRPO (sequences over
+``data``; weights over ``fsdp``), and a sweep's run axis over ``runs``.
 
 Needs 8 devices: `make test` runs this file in its own process with
 XLA_FLAGS=--xla_force_host_platform_device_count=8.
@@ -11,10 +14,13 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from configs import ppo as ppo_configs
+from configs import rlhf as rlhf_configs
 from configs import trpo as trpo_configs
 from kltrust import sharding
 from kltrust import train as programs
+from kltrust.train import loop, pipeline, reward_model
 from kltrust.train import ppo as ppo_train
+from kltrust.train import tokens as tok
 
 pytestmark = [
     pytest.mark.multidevice,
@@ -81,5 +87,124 @@ def test_one_and_eight_devices_agree(family, preset):
 def test_num_envs_must_divide_over_devices():
     config = ppo_configs.get_config("cartpole_clip")
     config.num_envs = 4
-    with pytest.raises(ValueError, match=r"config.num_envs = 4: must be divisible by the number of devices in the mesh \(8\)"):
+    with pytest.raises(ValueError, match=r"config.num_envs = 4: must be divisible by the mesh's batch shards, data × fsdp = 8"):
         ppo_train.make_trainer(config, sharding.make_mesh(8))
+
+
+# ---------------------------------------------------------------- token RLHF on 8 devices
+
+
+# Token TRPO's CG runs to convergence here (relative residual ~1e-4): an unconverged Krylov iterate
+# (10 iterations leave 0.1–0.3 on this Fisher) amplifies reduction-order round-off into ~1% changes
+# of the step, a property of truncated CG rather than of the sharding.
+CG_ITERS = 40
+
+
+def _token_config(preset, mesh):
+    config = rlhf_configs.get_config(preset)
+    config.num_seeds = 2
+    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
+    config.data.update(num_prompts=64, num_eval_prompts=16, num_pairs=64, num_eval_pairs=16)
+    for part in (config.model, config.reward_model):
+        # Width 16 and 8 heads: every weight matrix has an axis divisible by 8 (FSDP splits it).
+        part.update(num_layers=1, width=16, num_heads=8)
+    config.rl.update(num_updates=2, updates_per_eval=2, batch_prompts=8, minibatches=1)
+    if config.rl.method == "trpo":
+        config.rl.update(batch_prompts=2, group_size=4, cg_iters=CG_ITERS)
+    config.mesh.update(mesh)
+    return config
+
+
+@pytest.fixture(scope="module")
+def token_stages(tmp_path_factory):
+    """Untrained (random) reference and proxy: the 1-vs-8 comparison needs no trained models."""
+    config = _token_config("ppo", {})
+    pipeline.validate(config)
+    policy = tok.Policy(tok.policy_config(config))
+    ref_params = policy.init(jax.random.PRNGKey(1))
+    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
+    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+    return tmp_path_factory.mktemp("tokens"), ref_params, rm_params
+
+
+_TOKEN_RUNS = {}
+
+
+def _token_run(token_stages, preset, mesh):
+    """Memoised: the one-device reference of a preset is shared by its comparisons."""
+    key = (preset, tuple(sorted(mesh.items())))
+    if key not in _TOKEN_RUNS:
+        root, ref_params, rm_params = token_stages
+        config = _token_config(preset, mesh)
+        pipeline.validate(config)
+        _TOKEN_RUNS[key] = pipeline.run_policy(config, root, ref_params, rm_params, write=False)
+    return _TOKEN_RUNS[key]
+
+
+ONE_DEVICE = dict(runs=1, data=1, fsdp=1)
+
+
+@pytest.mark.parametrize("preset,mesh", [
+    ("ppo", dict(data=8)),  # token PPO: sequences split over 8 devices
+    ("ppo", dict(data=1, fsdp=8)),  # FSDP: weights and Adam state split over 8 devices
+    ("ppo", dict(runs=2, data=2, fsdp=2)),  # all three axes at once
+    ("dpo", dict(data=8)),  # offline DPO: preference pairs split over 8 devices
+    ("trpo", dict(data=8)),  # token TRPO: CG and line search on split sequences
+])
+def test_token_methods_agree_on_one_and_eight_devices(token_stages, preset, mesh):
+    one = _token_run(token_stages, preset, ONE_DEVICE)
+    many = _token_run(token_stages, preset, dict(ONE_DEVICE, **mesh))
+    # Sampling is the same token for token (threefry random bits do not depend on the layout);
+    # what differs is reduction order in the loss and its gradient.
+    rtol, atol = 2e-4, 2e-5
+    for name, values in one.train_metrics.items():
+        if "cg_" in name:
+            continue
+        np.testing.assert_allclose(many.train_metrics[name], values, rtol=rtol, atol=atol,
+                                   err_msg=name)
+    for a, b in zip(one.evals, many.evals):
+        assert a["samples"] == b["samples"]
+        for key in ("gold", "proxy", "kl"):
+            np.testing.assert_allclose(b[key], a[key], rtol=rtol, atol=atol, err_msg=key)
+    # Adam moves every weight by up to ~lr per step whatever its gradient's size, so a weight whose
+    # gradient is round-off (≈ 0) can move either way by a different reduction order: parameters
+    # agree to lr × Adam steps (1e-4 × 4) in absolute terms. The metrics above (loss, grad norm,
+    # KL, rewards) are what pin the sharded gradient down.
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one.params),
+                            jax.tree.leaves(many.params)):
+        np.testing.assert_allclose(b, a, rtol=rtol, atol=max(atol, 4e-4),
+                                   err_msg=jax.tree_util.keystr(path))
+
+    leaves = jax.tree.leaves(many.params)
+    assert all(len(leaf.sharding.device_set) == 8 for leaf in leaves)
+    fsdp = mesh.get("fsdp", 1)
+    split = [leaf for leaf in leaves if not leaf.sharding.is_fully_replicated]
+    if fsdp > 1 or mesh.get("runs", 1) > 1:
+        # Every weight matrix is split (runs and/or fsdp); only vectors may stay whole over fsdp.
+        matrices = [leaf for leaf in leaves if leaf.ndim >= 3]  # [run, ...] of a ≥ 2-D weight
+        assert matrices and all(not m.sharding.is_fully_replicated for m in matrices)
+    else:
+        assert not split  # data parallel: parameters replicated
+
+
+def test_fsdp_splits_each_weight_along_its_largest_divisible_axis():
+    mesh = sharding.make_mesh(8, fsdp=8)
+    assert sharding.fsdp_spec((16, 64), 8) == PartitionSpec(None, sharding.FSDP_AXIS)
+    assert sharding.fsdp_spec((64,), 8) == PartitionSpec()  # vectors stay whole
+    assert sharding.fsdp_spec((3, 5), 8) == PartitionSpec()  # nothing divisible
+    placed = sharding.place(np.ones((16, 64), np.float32),
+                            sharding.param_shardings(mesh, np.ones((16, 64))))
+    assert placed.sharding.shard_shape(placed.shape) == (16, 8)
+
+
+def test_sweep_run_axis_is_spread_over_devices():
+    """Three seeds on a runs=4 × data=2 mesh: padded to 4 runs, the copy dropped, same numbers."""
+    config = _config("ppo", "cartpole_clip_kl")
+    config.num_seeds = 3
+    alone = loop.train(config, mesh=sharding.make_mesh(1), progress=False)
+    spread = loop.train(config, mesh=sharding.make_mesh(8, runs=4), progress=False)
+    assert spread.metrics["kl_old"].shape == alone.metrics["kl_old"].shape == (3, 3)
+    for name, values in alone.metrics.items():
+        np.testing.assert_allclose(spread.metrics[name], values, rtol=2e-4, atol=1e-6, err_msg=name)
+    kernel = jax.tree.leaves(spread.state.params)[0]
+    assert kernel.shape[0] == 3

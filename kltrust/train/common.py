@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from kltrust import sharding
 from kltrust.models import ActorCritic
 
 ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
@@ -84,14 +85,18 @@ def check_range(hparams: ml_collections.ConfigDict, name: str, low: float, high:
         raise ValueError(f"config.hparams.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
 
 
-def validate_run_shape(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Checks the fields every control config has: env, batch shape, chunking, seeds, model."""
+def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int) -> None:
+    """Checks the fields every control config has: env, batch shape, chunking, seeds, model.
+
+    ``batch_shards`` is how many pieces the mesh cuts the environment batch into (data × fsdp).
+    """
     check(config.env_name in ENV_NAMES, "env_name", config.env_name, f"one of {ENV_NAMES}")
     for key in ("num_envs", "num_steps", "updates_per_chunk"):
         check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "an integer >= 1")
     batch = config.num_envs * config.num_steps
-    check(config.num_envs % num_devices == 0, "num_envs", config.num_envs,
-          f"divisible by the number of devices in the mesh ({num_devices})")
+    check(config.num_envs % batch_shards == 0, "num_envs", config.num_envs,
+          f"divisible by the mesh's batch shards, data × fsdp = {batch_shards} (or change "
+          "config.mesh)")
     check(config.total_timesteps >= batch, "total_timesteps", config.total_timesteps,
           f">= num_envs * num_steps = {batch}")
     num_updates = config.total_timesteps // batch
@@ -158,13 +163,14 @@ class ControlTrainer:
 def compile_run(trainer: ControlTrainer) -> tuple[Callable, Callable]:
     """Jitted (init, run_chunk) over a leading run axis (seeds × hyperparameters).
 
-    Inputs: seeds [R] int32 and HParams with leaves [R]. Inside, the runner's environment axis is
-    constrained to the mesh's data axis and everything else is replicated (`kltrust.sharding`).
+    Inputs: seeds [R] int32 and HParams with leaves [R], R a multiple of the mesh's run axis. The
+    run axis is split over ``runs``, the runner's environment axis over data × fsdp, and parameters
+    follow `sharding.param_constraint` (replicated unless fsdp > 1).
     Parameters are initialised eagerly first (`initial_params`), then passed into the jitted init.
     """
-    init_state = jax.jit(jax.vmap(trainer.init))
+    init_state = jax.jit(sharding.vmap_runs(trainer.init))
 
     def init(seeds: jax.Array, hparams: Any) -> Any:
         return init_state(seeds, hparams, trainer.initial_params(seeds))
 
-    return init, jax.jit(jax.vmap(trainer.run_chunk))
+    return init, jax.jit(sharding.vmap_runs(trainer.run_chunk))

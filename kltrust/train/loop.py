@@ -43,8 +43,8 @@ class RunResult:
 RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "learning_curve.png")
 
 
-def _prepare_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> None:
-    """Refuses a workdir that already holds a run unless ``overwrite``; then clears its outputs.
+def _check_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> None:
+    """Refuses a workdir that already holds a run unless ``overwrite``.
 
     Called only after the config has been validated, so a bad config never touches earlier results.
     Resuming an interrupted run is not implemented yet, so a workdir with results from the *same*
@@ -62,6 +62,10 @@ def _prepare_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -
                 f"workdir {workdir} already holds results of this config (resuming is not "
                 "supported yet); choose another --workdir or pass --overwrite to replace them."
             )
+
+
+def _prepare_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
+    """Creates the workdir and, with ``overwrite``, clears an earlier run's outputs."""
     workdir.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in RUN_OUTPUTS:
@@ -93,32 +97,44 @@ def train(
     by R arbitrary (seed, hyperparameter) runs of the same static config, still one program: this is
     how a sweep runs a group. ``on_chunk(updates)`` is called after every compiled chunk.
     """
+    mesh = mesh or sharding.mesh_from_config(config)
     program = programs.program(config)
     trainer = program.make_trainer(config, mesh)  # validates before anything is compiled
     static = trainer.static
     if runs is None:
         seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
         hparams = jax.tree.map(
-            lambda x: jnp.broadcast_to(x, (len(seeds),) + x.shape),
+            lambda x: np.broadcast_to(x, (len(seeds),) + x.shape),
             program.HParams.from_config(config.hparams),
         )
     else:
         seeds, hparams = np.asarray(runs[0], np.int32), runs[1]
+    # The run axis is split over the mesh's ``runs`` axis: pad it to a multiple (copies of the last
+    # run, dropped again below).
+    index = sharding.padded_run_index(len(seeds), mesh)
+    num_runs = len(seeds)
+    padded_seeds = seeds[index]
+    hparams = jax.tree.map(lambda x: np.asarray(x)[index], hparams)
 
+    # Every process checks the workdir before process 0 changes anything in it.
     writer = checkpoints = None
+    primary = sharding.is_primary()
     if workdir is not None:
         workdir = pathlib.Path(workdir)
         config_json = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-        _prepare_workdir(workdir, config_json, overwrite)
-        write_text_atomic(workdir / "config.json", config_json)
-        from tensorboardX import SummaryWriter
+        _check_workdir(workdir, config_json, overwrite)
+        if primary:
+            _prepare_workdir(workdir, overwrite)
+            write_text_atomic(workdir / "config.json", config_json)
+            from tensorboardX import SummaryWriter
 
-        writer = SummaryWriter(str(workdir / "tensorboard"))
+            writer = SummaryWriter(str(workdir / "tensorboard"))
+        sharding.sync("kltrust.loop.workdir")
         checkpoints = _checkpoint_manager(workdir, config.keep_checkpoints)
 
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
-    state = init(jnp.asarray(seeds), hparams)
+    state = init(jnp.asarray(padded_seeds), hparams)
     compiled_chunk = run_chunk.lower(state, hparams).compile()
     compile_seconds = time.perf_counter() - start
 
@@ -129,12 +145,13 @@ def train(
     start = time.perf_counter()
     for chunk in range(num_chunks):
         state, metrics = compiled_chunk(state, hparams)
-        metrics = jax.device_get(metrics)
+        metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
         for name, values in metrics.items():
             history.setdefault(name, []).append(np.asarray(values))
         first_update = chunk * static.updates_per_chunk
         if workdir is not None:
-            _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
+            if primary:
+                _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
             if (chunk + 1) % config.checkpoint_every_chunks == 0 or chunk + 1 == num_chunks:
                 checkpoints.save(first_update + static.updates_per_chunk, args=_save_args(state))
         bar.update(static.updates_per_chunk)
@@ -147,6 +164,8 @@ def train(
     jax.block_until_ready(state)
     run_seconds = time.perf_counter() - start
     bar.close()
+    if len(index) > num_runs:
+        state = jax.tree.map(lambda x: x[:num_runs], state)
 
     result = RunResult(
         state=state,
@@ -159,8 +178,9 @@ def train(
     if workdir is not None:
         checkpoints.wait_until_finished()
         checkpoints.close()
-        writer.close()
-        plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
+        if primary:
+            writer.close()
+            plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
     return result
 
 

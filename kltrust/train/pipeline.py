@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from kltrust import sharding
 from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks import text, text_data
 from kltrust.train import reward_model, rlhf, sft
@@ -67,13 +68,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
           "in [0, 0.5)")
     check(config.data.bt_temperature > 0, "data.bt_temperature", config.data.bt_temperature, "> 0")
+    mesh = sharding.mesh_shape(config.mesh.to_dict(), jax.device_count())
+    shards = mesh[sharding.DATA_AXIS] * mesh[sharding.FSDP_AXIS]
+    # Each process loads its own rows of a supervised batch, and each device holds an equal slice.
+    per_batch = int(np.lcm(shards, jax.process_count()))
     for part in ("sft", "rm"):
         for key in ("steps", "batch_size"):
             check(config[part][key] >= 1, f"{part}.{key}", config[part][key], ">= 1")
+        check(config[part].batch_size % per_batch == 0, f"{part}.batch_size",
+              config[part].batch_size, f"a multiple of {per_batch} (the mesh's data × fsdp = "
+              f"{shards}, and {jax.process_count()} process(es))")
         check(config[part].learning_rate > 0, f"{part}.learning_rate", config[part].learning_rate,
               "> 0")
     if config.stage != "policy":
         return
+    check(config.data.num_eval_prompts % shards == 0, "data.num_eval_prompts",
+          config.data.num_eval_prompts, f"a multiple of the mesh's data × fsdp = {shards}")
     rl = config.rl
     methods = rlhf.METHODS + ("best_of_n",)
     check(rl.method in methods, "rl.method", rl.method, f"one of {methods}")
@@ -104,6 +114,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         batch = rl.batch_prompts
     check(batch % rl.minibatches == 0, "rl.minibatches", rl.minibatches,
           f"a divisor of the batch ({batch} sequences or pairs)")
+    check((batch // rl.minibatches) % shards == 0, "rl.batch_prompts", rl.batch_prompts,
+          f"such that a minibatch ({batch // rl.minibatches} sequences or pairs) splits evenly "
+          f"over the mesh's data × fsdp = {shards}")
     check(rl.num_updates % rl.updates_per_eval == 0, "rl.updates_per_eval", rl.updates_per_eval,
           f"a divisor of rl.num_updates = {rl.num_updates}")
     hp = rl.hparams
@@ -138,8 +151,9 @@ def _synthetic(config, kind: str, root: pathlib.Path, num_train: int, num_test: 
     builder = {"prompts": text_data.SyntheticPrompts, "sft": text_data.SyntheticSFT,
                "preferences": text_data.SyntheticPreferences}[kind]
     data_dir = str(root / "tfds")
-    return tuple(text_data.load_arrays(builder, cfg, split=s, data_dir=data_dir)
-                 for s in ("train", "test"))
+    load = lambda: tuple(text_data.load_arrays(builder, cfg, split=s, data_dir=data_dir)  # noqa: E731
+                         for s in ("train", "test"))
+    return sharding.primary_first(f"kltrust.tfds.{kind}", load)
 
 
 def preference_data(config, root):
@@ -162,10 +176,13 @@ def _prepare(directory: pathlib.Path, config_json: str, overwrite: bool) -> None
     if existing.exists() and existing.read_text() != config_json and not overwrite:
         raise ValueError(f"{directory} holds a stage of a different config; choose another "
                          "--workdir or pass --overwrite to replace it.")
-    if overwrite and directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "stage_config.json").write_text(config_json)
+    sharding.sync(f"kltrust.prepare.{directory.name}.checked")
+    if sharding.is_primary():
+        if overwrite and directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "stage_config.json").write_text(config_json)
+    sharding.sync(f"kltrust.prepare.{directory.name}")
 
 
 def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
@@ -202,7 +219,8 @@ def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
     params, rows = sft.train(policy, train_tokens, train_mask, steps=config.sft.steps,
                              batch_size=config.sft.batch_size,
                              learning_rate=config.sft.learning_rate, seed=config.seed,
-                             eval_every=config.sft.eval_every, eval_fn=eval_fn)
+                             eval_every=config.sft.eval_every, eval_fn=eval_fn,
+                             mesh=sharding.mesh_from_config(config))
     tok.append_jsonl(out / "metrics.jsonl", rows)
     tok.save_params(out, params)
     return params
@@ -221,7 +239,8 @@ def _run_sft_real_text(config, out: pathlib.Path) -> Any:
     params, metrics = sft.train(policy, rows, loss_mask, steps=config.sft.steps,
                                 batch_size=config.sft.batch_size,
                                 learning_rate=config.sft.learning_rate, seed=config.seed,
-                                eval_every=config.sft.eval_every, eval_fn=lambda p: {})
+                                eval_every=config.sft.eval_every, eval_fn=lambda p: {},
+                                mesh=sharding.mesh_from_config(config))
     tok.append_jsonl(out / "metrics.jsonl", metrics)
     tok.save_params(out, params)
     return params
@@ -246,7 +265,8 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
         rm_config, train, steps=config.rm.steps, batch_size=config.rm.batch_size,
         learning_rate=config.rm.learning_rate, seed=config.seed,
         eval_every=config.rm.eval_every, weight_decay=config.rm.weight_decay,
-        eval_fn=lambda p: reward_model.accuracy(rm_config, p, test))
+        eval_fn=lambda p: reward_model.accuracy(rm_config, p, test),
+        mesh=sharding.mesh_from_config(config))
     tok.append_jsonl(out / "metrics.jsonl", rows)
     tok.save_params(out, params)
     return params
@@ -312,21 +332,39 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
         return _run_best_of_n(config, out, frozen, write)
 
     static = static_from_config(config)
-    trainer = rlhf.Trainer(static)
+    mesh = sharding.mesh_from_config(config)
+    trainer = rlhf.Trainer(static, mesh)
     if runs is None:
-        seeds = jnp.arange(config.num_seeds, dtype=jnp.int32) + config.seed
+        seeds = np.arange(config.num_seeds, dtype=np.int32) + config.seed
         hp = hparams_from_config(config, config.num_seeds)
     else:
-        seeds, hp = jnp.asarray(runs[0], jnp.int32), runs[1]
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))
-    chunk = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))
+        seeds, hp = np.asarray(runs[0], np.int32), runs[1]
+    # The run axis is split over the mesh's ``runs`` axis: pad it to a multiple (copies of the last
+    # run, computed and dropped).
+    index = sharding.padded_run_index(len(seeds), mesh)
+    num_runs = len(seeds)
+    hp = jax.tree.map(lambda x: np.asarray(x)[index], hp)
+    # The frozen models are laid out like the policy (FSDP or replicated), the prompts replicated.
+    frozen = frozen.replace(
+        ref_params=sharding.place(frozen.ref_params,
+                                  sharding.param_shardings(mesh, frozen.ref_params)),
+        rm_params=sharding.place(frozen.rm_params, sharding.param_shardings(mesh, frozen.rm_params)))
+    init = sharding.vmap_runs(trainer.init, in_axes=(0, 0, None))
+    # One layout for the state in and out of every chunk: runs × (FSDP or replicated) parameters.
+    # (The reference's weights enter unbatched, so propagation alone would not put them on runs.)
+    state_shardings = sharding.stacked_param_shardings(
+        mesh, jax.eval_shape(init, seeds[index], hp, frozen))
+    init = jax.jit(init, out_shardings=state_shardings)
+    chunk = jax.jit(sharding.vmap_runs(trainer.run_chunk, in_axes=(0, 0, None)),
+                    out_shardings=(state_shardings, None))
     with_kl = bool(config.rl.eval_kl)
-    evaluate = jax.jit(jax.vmap(lambda st, key: trainer.evaluate(st, frozen, key, with_kl),
-                                in_axes=(0, 0)))
+    evaluate = jax.jit(sharding.vmap_runs(
+        lambda st, key: trainer.evaluate(st, frozen, key, with_kl), in_axes=(0, 0)))
 
     t0 = time.perf_counter()
-    state = init(seeds, hp, frozen)
-    eval_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 7919))(seeds)
+    state = init(jnp.asarray(seeds[index]), hp, frozen)
+    eval_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 7919))(
+        jnp.asarray(seeds[index]))
     chunk_c = chunk.lower(state, hp, frozen).compile()
     eval_c = evaluate.lower(state, eval_keys).compile()
     compile_seconds = time.perf_counter() - t0
@@ -337,7 +375,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     run_seconds = 0.0
     for i in range(num_chunks + 1):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, i)
-        metrics, responses = jax.device_get(eval_c(state, keys))
+        metrics, responses = sharding.to_host(eval_c(state, keys))
         update = i * config.rl.updates_per_eval
         for r, seed in enumerate(np.asarray(seeds)):
             row = {"update": update, "seed": int(seed), "index": r,
@@ -349,7 +387,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
             break
         t = time.perf_counter()
         state, m = chunk_c(state, hp, frozen)
-        m = jax.device_get(m)
+        m = {k: v[:num_runs] for k, v in sharding.to_host(m).items()}
         run_seconds += time.perf_counter() - t
         train_chunks.append(m)
         if on_chunk is not None:
@@ -361,7 +399,10 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     # Offline DPO samples nothing while training (only in evaluations, which are not timed).
     tokens_sampled = 0 if static.method == "dpo" else (
         config.rl.num_updates * static.batch_size * spec.response_len * len(seeds))
-    result = PolicyResult(train_metrics, evals, final, state.params, compile_seconds, run_seconds,
+    params = state.params
+    if len(index) > num_runs:
+        params = jax.tree.map(lambda x: x[:num_runs], params)
+    result = PolicyResult(train_metrics, evals, final, params, compile_seconds, run_seconds,
                           tokens_sampled)
     if write:
         _write_policy(out, config, result, seeds)
@@ -369,16 +410,23 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
 
 
 def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"{out} already holds results; pass --overwrite to replace them "
-                             "(resuming a policy stage is not supported yet).")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    holds_results = out.exists() and any(out.iterdir())
+    if holds_results and not overwrite:
+        raise ValueError(f"{out} already holds results; pass --overwrite to replace them "
+                         "(resuming a policy stage is not supported yet).")
+    sharding.sync(f"kltrust.prepare.{out.name}.checked")
+    if sharding.is_primary():
+        if holds_results:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    sharding.sync(f"kltrust.prepare.{out.name}")
 
 
 def _write_policy(out: pathlib.Path, config, result: PolicyResult, seeds) -> None:
+    params = sharding.to_host(result.params)  # every process: gathering shards is collective
+    if not sharding.is_primary():
+        return
     rows = []
     num_updates = next(iter(result.train_metrics.values())).shape[1]
     for r, seed in enumerate(np.asarray(seeds)):
@@ -391,7 +439,7 @@ def _write_policy(out: pathlib.Path, config, result: PolicyResult, seeds) -> Non
         "final": result.final, "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds, "tokens_sampled": result.tokens_sampled}, indent=2))
     plot_gold_proxy_vs_kl(result.evals, out / "gold_proxy_vs_kl.png", config.name)
-    tok.save_params(out, result.params)
+    tok.save_params(out, params)  # last: the stage's completion marker
 
 
 def _run_best_of_n(config, out, frozen, write: bool) -> PolicyResult:

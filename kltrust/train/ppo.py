@@ -102,12 +102,12 @@ class TrainState:
     ref_params: Any  # frozen reference policy, None unless the variant penalises KL to it
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+def validate(config: ml_collections.ConfigDict, batch_shards: int = 1) -> None:
     """Rejects a bad config with one message naming the key, its value and the allowed range.
 
     Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
     """
-    common.validate_run_shape(config, num_devices)
+    common.validate_run_shape(config, batch_shards)
     for key in ("num_epochs", "num_minibatches"):
         common.check(isinstance(config[key], int) and config[key] >= 1, key, config[key],
                      "an integer >= 1")
@@ -166,7 +166,7 @@ class Trainer(common.ControlTrainer):
         _, env, env_params = self._model_and_env
         key = jax.random.PRNGKey(seed)
         key, _, key_env = jax.random.split(key, 3)
-        params = jax.lax.with_sharding_constraint(params, sharding.replicated(self.mesh))
+        params = sharding.param_constraint(self.mesh)(params)
         variant = self.static.variant
         kind = "fixed" if variant.kl_penalty == "none" else variant.kl_penalty
         controller_args = {
@@ -269,6 +269,8 @@ class Trainer(common.ControlTrainer):
         metrics["learning_rate"] = opt_state.hyperparams["learning_rate"]
         metrics["episode_return"] = episodes.mean_return()  # last 100 episodes
         metrics["episodes_completed"] = jnp.sum(traj.done)
+        # The layout the run started with (FSDP or replicated) is kept across updates and chunks.
+        params, opt_state = sharding.param_constraint(self.mesh)((params, opt_state))
         new_state = TrainState(
             params=params, opt_state=opt_state, controller=controller_state, runner=runner,
             episodes=episodes, key=key, update_step=state.update_step + 1, ref_params=state.ref_params,
@@ -278,8 +280,8 @@ class Trainer(common.ControlTrainer):
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Trainer:
     """Validates ``config`` (before any compilation) and builds its `Trainer`."""
-    mesh = mesh or sharding.make_mesh(1)
-    validate(config, num_devices=mesh.size)
+    mesh = mesh or sharding.mesh_from_config(config)
+    validate(config, batch_shards=sharding.batch_shards(mesh))
     return Trainer(Static.from_config(config), mesh)
 
 

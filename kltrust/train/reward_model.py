@@ -55,18 +55,13 @@ PAIR_KEYS = ("prompt", "chosen", "chosen_mask", "rejected", "rejected_mask")
 
 def train(config: TransformerConfig, pairs: dict, *, steps: int, batch_size: int,
           learning_rate: float, seed: int, eval_every: int = 0, eval_fn=None,
-          weight_decay: float = 0.0) -> tuple[Any, list[dict]]:
-    """AdamW on shuffled minibatches of pairs; ``eval_fn(params) -> dict`` every ``eval_every`` steps
-    and at the end. Returns (params, rows of metrics)."""
-    params = init_params(config, pairs, seed)
-    optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(lambda q: bradley_terry_loss(config, q, batch))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return tok.fit(step, params, opt_state, {k: pairs[k] for k in PAIR_KEYS}, steps=steps,
-                   batch_size=batch_size, seed=seed, eval_every=eval_every, eval_fn=eval_fn)
+          weight_decay: float = 0.0,
+          mesh: jax.sharding.Mesh | None = None) -> tuple[Any, list[dict]]:
+    """AdamW on shuffled minibatches of pairs, laid out on ``mesh`` as `tokens.fit` says;
+    ``eval_fn(params) -> dict`` every ``eval_every`` steps and at the end. Returns (params, rows of
+    metrics)."""
+    return tok.fit(lambda q, batch: bradley_terry_loss(config, q, batch),
+                   init_params(config, pairs, seed), optax.adamw(learning_rate,
+                                                                 weight_decay=weight_decay),
+                   {k: pairs[k] for k in PAIR_KEYS}, steps=steps, batch_size=batch_size,
+                   seed=seed, eval_every=eval_every, eval_fn=eval_fn, mesh=mesh)

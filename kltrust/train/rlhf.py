@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from kltrust import controllers, kl
+from kltrust import controllers, kl, sharding
 from kltrust import rollout as rollouts
 from kltrust.distributions import Categorical
 from kltrust.models.transformer import TransformerConfig
@@ -126,7 +126,19 @@ def init_controller(static: Static, hp: HParams) -> controllers.ControllerState:
 
 @dataclasses.dataclass(frozen=True)
 class Trainer:
+    """One method's pure functions. With a ``mesh``, sequences (prompts, rollouts, minibatches,
+    pairs) are split over data × fsdp and the policy's parameters and Adam state are laid out by
+    `sharding.param_constraint` (FSDP when the mesh's fsdp axis is > 1); without one, nothing is
+    constrained (one device)."""
+
     static: Static
+    mesh: jax.sharding.Mesh | None = None
+
+    def _batch(self, tree: Any) -> Any:
+        return tree if self.mesh is None else sharding.batch_constraint(self.mesh)(tree)
+
+    def _params(self, tree: Any) -> Any:
+        return tree if self.mesh is None else sharding.param_constraint(self.mesh)(tree)
 
     @property
     def policy(self) -> tok.Policy:
@@ -143,8 +155,9 @@ class Trainer:
 
     def init(self, seed: jax.Array, hp: HParams, frozen: tok.Frozen) -> TrainState:
         key, init_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = tok.with_pretrained(self.policy.init(init_key), frozen.ref_params)
-        opt_state = tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate)
+        params = self._params(tok.with_pretrained(self.policy.init(init_key), frozen.ref_params))
+        opt_state = self._params(
+            tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate))
         return TrainState(params, opt_state, init_controller(self.static, hp), key,
                           jnp.zeros((), jnp.int32))
 
@@ -179,7 +192,7 @@ class Trainer:
 
             def minibatch(carry, idx):
                 params, opt_state = carry
-                sub = jax.tree.map(lambda x: x[idx], batch)
+                sub = self._batch(jax.tree.map(lambda x: x[idx], batch))
                 (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, sub)
                 updates, opt_state = optimizer.update(grads, opt_state, params)
                 metrics["grad_norm"] = optax.tree.norm(grads)
@@ -194,7 +207,7 @@ class Trainer:
     def _sample_prompts(self, frozen: tok.Frozen, key: jax.Array) -> jax.Array:
         s = self.static
         idx = jax.random.randint(key, (s.batch_prompts,), 0, frozen.prompts.shape[0])
-        return jnp.repeat(frozen.prompts[idx], s.group_size, axis=0)
+        return self._batch(jnp.repeat(frozen.prompts[idx], s.group_size, axis=0))
 
     def _common_metrics(self, ro, proxy, frozen, beta) -> dict[str, jax.Array]:
         metrics = {
@@ -214,6 +227,7 @@ class Trainer:
         if observed_kl is not None:
             controller = _controller(self.static).update(
                 controller, observed_kl, jnp.asarray(self.static.batch_size, jnp.float32))
+        params, opt_state = self._params((params, opt_state))
         return TrainState(params, opt_state, controller, key, state.update_step + 1), metrics
 
     # ------------------------------------------------------------ one update per method
@@ -378,7 +392,7 @@ class Trainer:
         pairs = frozen.pairs
         key, k_idx = jax.random.split(state.key)
         idx = jax.random.randint(k_idx, (self.static.batch_prompts,), 0, pairs["prompt"].shape[0])
-        mb = jax.tree.map(lambda x: x[idx], pairs)
+        mb = self._batch(jax.tree.map(lambda x: x[idx], pairs))
         ref_c = self._ref_seq_logp(frozen, mb["prompt"], mb["chosen"], mb["chosen_mask"])
         ref_r = self._ref_seq_logp(frozen, mb["prompt"], mb["rejected"], mb["rejected_mask"])
 
@@ -401,6 +415,7 @@ class Trainer:
                             length=self.static.updates_per_eval)
 
     def evaluate(self, state: TrainState, frozen: tok.Frozen, key: jax.Array, with_kl: bool = True):
+        frozen = frozen.replace(eval_prompts=self._batch(frozen.eval_prompts))
         return tok.evaluate(self.policy, self.reference, self.static.reward_model, state.params,
                             frozen, key, with_kl=with_kl)
 

@@ -39,23 +39,17 @@ def corpus_arrays(prompt: np.ndarray, response: np.ndarray, mask: np.ndarray):
 
 def train(policy: tok.Policy, train_tokens: np.ndarray, train_mask: np.ndarray, *, steps: int,
           batch_size: int, learning_rate: float, seed: int, eval_every: int = 0,
-          eval_fn=None, max_grad_norm: float = 1.0) -> tuple[Any, list[dict]]:
-    """Adam on shuffled minibatches (a fresh permutation per epoch, from ``seed``).
+          eval_fn=None, max_grad_norm: float = 1.0,
+          mesh: jax.sharding.Mesh | None = None) -> tuple[Any, list[dict]]:
+    """Adam on shuffled minibatches (a fresh permutation per epoch, from ``seed``), laid out on
+    ``mesh`` as `tokens.fit` says.
 
     ``eval_fn(params) -> dict`` is called every ``eval_every`` steps and at the end. Returns
     (params, rows of metrics).
     """
-    params = policy.init(jax.random.PRNGKey(seed))
     optimizer = optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate))
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(
-            lambda p: next_token_loss(policy, p, batch["tokens"], batch["loss_mask"]))(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return tok.fit(step, params, opt_state, {"tokens": train_tokens, "loss_mask": train_mask},
-                   steps=steps, batch_size=batch_size, seed=seed, eval_every=eval_every,
-                   eval_fn=eval_fn)
+    return tok.fit(
+        lambda p, batch: next_token_loss(policy, p, batch["tokens"], batch["loss_mask"]),
+        policy.init(jax.random.PRNGKey(seed)), optimizer,
+        {"tokens": train_tokens, "loss_mask": train_mask}, steps=steps, batch_size=batch_size,
+        seed=seed, eval_every=eval_every, eval_fn=eval_fn, mesh=mesh)

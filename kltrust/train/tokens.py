@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kltrust import kl
+from kltrust import kl, sharding
 from kltrust import rollout as rollouts
 from kltrust.models.transformer import KVCache, SequenceScorer, TokenActorCritic, TransformerConfig
 from kltrust.tasks import text
@@ -177,10 +177,16 @@ def diversity(responses: np.ndarray) -> dict[str, float]:
 
 
 def save_params(directory: pathlib.Path, params: Any) -> None:
-    """Writes ``params.msgpack`` atomically (the stage's completion marker)."""
+    """Writes ``params.msgpack`` atomically (the stage's completion marker).
+
+    Every process must call it (parameters split over processes are gathered); process 0 writes.
+    """
+    params = sharding.to_host(params)
+    if not sharding.is_primary():
+        return
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (PARAMS_FILE + ".tmp")
-    tmp.write_bytes(flax.serialization.to_bytes(jax.device_get(params)))
+    tmp.write_bytes(flax.serialization.to_bytes(params))
     os.replace(tmp, directory / PARAMS_FILE)
 
 
@@ -196,6 +202,9 @@ def is_done(directory: pathlib.Path) -> bool:
 
 
 def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
+    """Appends rows as JSON lines (process 0 only: one copy of the metrics)."""
+    if not sharding.is_primary():
+        return
     with open(path, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -213,25 +222,45 @@ def scalars(tree: dict) -> dict[str, float]:
 # ---------------------------------------------------------------- supervised fitting
 
 
-def fit(step: Callable, params: Any, opt_state: Any, data: dict[str, np.ndarray], *, steps: int,
+def fit(loss_fn: Callable[[Any, dict], jax.Array], params: Any,
+        optimizer: optax.GradientTransformation, data: dict[str, np.ndarray], *, steps: int,
         batch_size: int, seed: int, eval_every: int = 0,
-        eval_fn: Callable[[Any], dict] | None = None) -> tuple[Any, list[dict]]:
-    """The host loop of the supervised stages (SFT, reward model).
+        eval_fn: Callable[[Any], dict] | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> tuple[Any, list[dict]]:
+    """The host loop of the supervised stages (SFT, reward model): ``optimizer`` on
+    ``loss_fn(params, batch)``.
 
-    ``step(params, opt_state, batch) -> (params, opt_state, loss)`` is called on minibatches of
-    ``data`` (rows of every array), each pass a fresh permutation drawn from ``seed``, so a run is
-    reproducible. ``eval_fn(params) -> dict`` runs every ``eval_every`` steps and after the last;
-    each evaluation gives one row with ``step`` and the mean ``train_loss`` since the previous one.
+    Minibatches are rows of ``data``, each pass a fresh permutation drawn from ``seed``, so a run is
+    reproducible. On a ``mesh`` each minibatch is split over data × fsdp (every process feeds only
+    its own rows) and parameters and optimiser state follow `sharding.param_shardings` (FSDP when
+    the fsdp axis is > 1). ``eval_fn(params) -> dict`` runs every ``eval_every`` steps and after the
+    last; each evaluation gives one row with ``step`` and the mean ``train_loss`` since the
+    previous one.
     """
+    mesh = mesh or sharding.make_mesh(1)
+    params = sharding.place(params, sharding.param_shardings(mesh, params))
+    opt_state = optimizer.init(params)
+    opt_state = sharding.place(opt_state, sharding.param_shardings(mesh, opt_state))
+    state_shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
+
+    def update(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    step = jax.jit(update, in_shardings=(*state_shardings, batch_sharding),
+                   out_shardings=(*state_shardings, sharding.replicated(mesh)))
     rng = np.random.default_rng(seed)
     n = len(next(iter(data.values())))
     order, cursor, rows, losses = rng.permutation(n), 0, [], []
     for i in range(1, steps + 1):
         if cursor + batch_size > n:
             order, cursor = rng.permutation(n), 0
-        idx = order[cursor:cursor + batch_size]
+        idx = sharding.local_rows(order[cursor:cursor + batch_size])
         cursor += batch_size
-        params, opt_state, loss = step(params, opt_state, {k: v[idx] for k, v in data.items()})
+        batch = sharding.place_local_batch({k: v[idx] for k, v in data.items()}, mesh)
+        params, opt_state, loss = step(params, opt_state, batch)
         losses.append(loss)
         if eval_fn is not None and (i == steps or (eval_every and i % eval_every == 0)):
             row = {"step": i, "train_loss": float(np.mean(jax.device_get(losses)))}

@@ -1,0 +1,62 @@
+"""One process of the multi-process tests (`tests/test_multiprocess.py`), also run alone as the
+single-process reference.
+
+    python tests/multiprocess_worker.py OUT_DIR NUM_PROCESSES PROCESS_ID PORT
+
+Trains PPO (environments split over the processes' devices, orbax checkpoints written by all of
+them) and then a small transformer by SFT with FSDP (weights split over the devices, each process
+feeding its own rows of every batch). Writes what this process ends with to
+OUT_DIR/final_PROCESS_ID.npz.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+
+
+def main(out: pathlib.Path, num_processes: int, process_id: int, port: int) -> None:
+    from kltrust import sharding
+
+    if num_processes > 1:
+        sharding.initialize(f"localhost:{port}", num_processes, process_id)
+    import jax
+
+    from configs import ppo as ppo_configs
+    from kltrust.models.transformer import TransformerConfig
+    from kltrust.train import loop, sft
+    from kltrust.train import tokens as tok
+
+    config = ppo_configs.get_config("cartpole_clip")
+    config.num_envs, config.num_steps, config.num_seeds = 4, 32, 2
+    config.num_epochs, config.num_minibatches = 2, 2
+    config.total_timesteps, config.updates_per_chunk = 4 * 32 * 4, 2
+    result = loop.train(config, out / "ppo", progress=False)
+    final = {f"ppo/{jax.tree_util.keystr(path)}": value for path, value in
+             jax.tree_util.tree_leaves_with_path(sharding.to_host(result.state.params))}
+    final["ppo/episode_return"] = result.metrics["episode_return"]
+
+    policy = tok.Policy(TransformerConfig(vocab_size=16, num_layers=1, width=16, num_heads=2,
+                                          max_len=8, critic="none"))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 16, size=(64, 8)).astype(np.int32)
+    mask = np.ones((64, 7), np.float32)
+    mesh = sharding.make_mesh(fsdp=jax.device_count())
+    params, rows = sft.train(policy, tokens, mask, steps=4, batch_size=8, learning_rate=1e-3,
+                             seed=0, eval_every=2, eval_fn=lambda p: {}, mesh=mesh)
+    embedding = jax.tree.leaves(params)[0]
+    final["sft/fsdp_split"] = np.asarray(
+        [not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params)]).any()
+    final["sft/embedding_devices"] = np.asarray(len(embedding.sharding.device_set))
+    final["sft/train_loss"] = np.asarray([r["train_loss"] for r in rows])
+    final.update({f"sft/{jax.tree_util.keystr(path)}": value for path, value in
+                  jax.tree_util.tree_leaves_with_path(sharding.to_host(params))})
+    tok.save_params(out / "sft", params)
+    np.savez(out / f"final_{process_id}.npz", **final)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    main(pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
