@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import distributed
+from kltrust import sharding
 from kltrust import sweep as sweeps
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "Sweep config (configs/sweeps/NAME.py).",
@@ -39,6 +41,7 @@ def random_scores(runs: Sequence[sweeps.Run], num_episodes: int = 100) -> dict[s
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    distributed.initialize()
     logging.set_verbosity(logging.ERROR)  # TFDS warns on every custom data configuration
     sweep = _SWEEP.value
     if sweep is None:
@@ -55,7 +58,7 @@ def main(argv: Sequence[str]) -> None:
     print(f"{sweep.name}: {runs_now} runs in {len(result.groups)} programs, {result.skipped} "
           f"already finished; wall {result.wall_seconds:.1f} s")
     print(f"table: {workdir / 'results.csv'}  timing: {workdir / 'timing.json'}")
-    if _REPORT.value and spec:
+    if _REPORT.value and spec and sharding.is_primary():
         from kltrust import report as tables
 
         if spec.get("scores", {}).get("random") == "measure":

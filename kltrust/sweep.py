@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from kltrust import sharding
 from kltrust.metrics import rows_to_csv, write_text_atomic
 
 SWEEP_KEYS = ("name", "description", "num_seeds", "seed", "tasks", "arms", "overrides",
@@ -456,29 +457,38 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | pathlib.Path, *,
     groups = group(runs, sweep.get("group_runs", True) if group_runs is None else group_runs)
     todo = [[r for r in members if not is_finished(root, r, overwrite)] for members in groups]
     skipped = len(runs) - sum(map(len, todo))
-    root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(root / "sweep.json", sweep.to_json_best_effort(indent=1, sort_keys=True))
+    # Across processes (a shared workdir, as orbax needs too) every process decides what to run
+    # from the same files, before process 0, the only writer, changes any of them.
+    sharding.sync("kltrust.sweep.todo")
+    primary = sharding.is_primary()
+    if primary:
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / "sweep.json", sweep.to_json_best_effort(indent=1, sort_keys=True))
     timing_path = root / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     total = sum(r.family.units(r.config) for members in todo for r in members)
-    bar = tqdm(total=total, unit="update", disable=not progress, desc=sweep.name)
+    bar = tqdm(total=total, unit="update", disable=not (progress and primary), desc=sweep.name)
     done_now = []
     for members in todo:
         if not members:
             continue
         bar.set_postfix_str(f"group {members[0].group}: {members[0].label} ×{len(members)}")
-        for run in members:
-            _prepare_run(root, run)
+        if primary:
+            for run in members:
+                _prepare_run(root, run)
         rows, seconds = members[0].family.run_group(members, root, sweep.get("record_every", 1),
                                                     bar.update)
-        for run, run_rows in zip(members, rows):
-            _write_run(root, run, run_rows)
         entry = {"runs": len(members), "first": members[0].run_id, **seconds}
-        timing[str(members[0].group)] = entry
         done_now.append(entry)
-        write_text_atomic(timing_path, json.dumps(timing, indent=1))
-        write_text_atomic(root / "results.csv", rows_to_csv(table(root, sweep.name, runs)))
+        if primary:
+            for run, run_rows in zip(members, rows):
+                _write_run(root, run, run_rows)
+            timing[str(members[0].group)] = entry
+            write_text_atomic(timing_path, json.dumps(timing, indent=1))
+            write_text_atomic(root / "results.csv", rows_to_csv(table(root, sweep.name, runs)))
     bar.close()
+    sharding.sync("kltrust.sweep.done")
     rows = table(root, sweep.name, runs)
-    write_text_atomic(root / "results.csv", rows_to_csv(rows))
+    if primary:
+        write_text_atomic(root / "results.csv", rows_to_csv(rows))
     return SweepResult(runs, rows, done_now, skipped, time.perf_counter() - start)
