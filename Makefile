@@ -17,7 +17,7 @@ endif
 comma := ,
 
 .PHONY: demo test test-fast kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
-  bench-tokens ppo-table1 ppo-table1-full rlhf-frontier overoptimization sweep-timing clean
+  bench-tokens bench-sharding ppo-table1 ppo-table1-full rlhf-frontier overoptimization sweep-timing clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,10 @@ sweep-timing: $(VENV)/.installed
 
 bench-tokens: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.token_throughput --batch=64,256 --repeats=5
+
+# The PPO and token-PPO update on 1 vs 8 (forced host) devices: a sanity figure (README).
+bench-sharding: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.sharding --repeats=3
 
 bench-seeds: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3

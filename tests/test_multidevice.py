@@ -208,3 +208,16 @@ def test_sweep_run_axis_is_spread_over_devices():
         np.testing.assert_allclose(spread.metrics[name], values, rtol=2e-4, atol=1e-6, err_msg=name)
     kernel = jax.tree.leaves(spread.state.params)[0]
     assert kernel.shape[0] == 3
+
+
+def test_token_batches_must_split_over_the_mesh():
+    config = _token_config("ppo", dict(data=8))
+    config.rl.update(batch_prompts=4)
+    with pytest.raises(ValueError, match=r"config.rl.batch_prompts = 4: must be such that a "
+                                         r"minibatch \(4 sequences or pairs\) splits evenly over "
+                                         r"the mesh's data × fsdp = 8"):
+        pipeline.validate(config)
+    config = _token_config("ppo", dict(data=2, fsdp=4))
+    config.sft.batch_size = 12
+    with pytest.raises(ValueError, match=r"config.sft.batch_size = 12: must be a multiple of 8"):
+        pipeline.validate(config)

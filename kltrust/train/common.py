@@ -85,11 +85,16 @@ def check_range(hparams: ml_collections.ConfigDict, name: str, low: float, high:
         raise ValueError(f"config.hparams.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
 
 
-def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int) -> None:
-    """Checks the fields every control config has: env, batch shape, chunking, seeds, model.
+def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
+    """Checks the fields every control config has: env, batch shape, chunking, seeds, model, mesh.
 
-    ``batch_shards`` is how many pieces the mesh cuts the environment batch into (data × fsdp).
+    ``batch_shards`` is how many pieces the mesh cuts the environment batch into (data × fsdp);
+    by default it comes from ``config.mesh`` on this process's devices (checked too).
     """
+    if batch_shards is None:
+        shape = sharding.mesh_shape(config.mesh.to_dict() if "mesh" in config else {},
+                                    jax.device_count())
+        batch_shards = shape[sharding.DATA_AXIS] * shape[sharding.FSDP_AXIS]
     check(config.env_name in ENV_NAMES, "env_name", config.env_name, f"one of {ENV_NAMES}")
     for key in ("num_envs", "num_steps", "updates_per_chunk"):
         check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "an integer >= 1")

@@ -102,7 +102,7 @@ class TrainState:
     ref_params: Any  # frozen reference policy, None unless the variant penalises KL to it
 
 
-def validate(config: ml_collections.ConfigDict, batch_shards: int = 1) -> None:
+def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
     """Rejects a bad config with one message naming the key, its value and the allowed range.
 
     Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
