@@ -21,6 +21,8 @@ everything else is static. Override anything with ``--config.key=value``.
 
 import ml_collections
 
+from kltrust.train import ppo as ppo_train
+
 TASKS = {
     # PureJaxRL's CartPole settings (4 envs × 128 steps, 4 epochs × 4 minibatches, lr 2.5e-4).
     "cartpole": dict(
@@ -62,37 +64,8 @@ PRESETS = tuple(f"{task}_{variant}" for task in TASKS for variant in VARIANTS)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.algorithm = "ppo"
-    config.env_name = "CartPole-v1"
-    config.seed = 0
-    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
-    config.num_envs = 4
-    config.num_steps = 128
-    config.num_epochs = 4
-    config.num_minibatches = 4
-    config.total_timesteps = 500_000
-    config.updates_per_chunk = 50  # updates per compiled call; metrics/checkpoints between calls
-    config.anneal_lr = True
-    config.early_stop = False  # stop the epoch loop once KL(π_old ‖ π_θ) > 1.5 · target_kl
-    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
-    config.variant = ml_collections.ConfigDict(
-        dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
-             normalize_advantages=True)
-    )
-    config.hparams = ml_collections.ConfigDict(
-        dict(
-            learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, kl_target=0.01, gamma=0.99,
-            gae_lambda=0.95, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015,
-            reward_scale=1.0, kl_horizon=10_000.0, kl_gain=1.0, pid_kp=10.0, pid_ki=1.0, pid_kd=0.0,
-        )
-    )
-    config.checkpoint_every_chunks = 1
-    config.keep_checkpoints = 2
-    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
-    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
-    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
-    return config
+    """The ppo defaults every preset starts from (`kltrust.train.ppo.defaults`)."""
+    return ppo_train.defaults()
 
 
 def get_config(preset: str = "cartpole_clip") -> ml_collections.ConfigDict:

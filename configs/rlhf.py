@@ -30,6 +30,8 @@ Everything under ``rl.hparams`` is an array in the compiled program; the rest is
 
 import ml_collections
 
+from kltrust.train import pipeline
+
 PRESETS = ("sft", "sft_shakespeare", "reward_model", "ppo", "ppo_nokl", "ppo_adaptive",
            "ppo_kl_loss", "grpo", "grpo_kl_reward", "rloo", "trpo", "dpo", "ipo", "dpo_online",
            "best_of_n")
@@ -64,45 +66,11 @@ METHOD_OVERRIDES = {
 def get_config(preset: str = "ppo") -> ml_collections.ConfigDict:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}.")
-    c = ml_collections.ConfigDict()
+    c = pipeline.defaults()
     c.preset = preset
     c.name = preset  # the policy stage's directory under the pipeline root
     c.stage = {"sft": "sft", "sft_shakespeare": "sft", "reward_model": "reward_model"}.get(
         preset, "policy")
-    c.seed = 0
-    c.num_seeds = 3
-    # The synthetic language (`kltrust.tasks.text.LanguageSpec`).
-    c.task = ml_collections.ConfigDict(dict(
-        num_words=20, successors=4, eos_prob=0.08, num_good=4, good_weight=0.35, prompt_len=4,
-        response_len=12, seed=0, good_scale=3.0, good_saturation=2.0, repeat_penalty=1.0,
-        ungrammatical_penalty=1.0))
-    # Data sets (TFDS builders of `kltrust.tasks.text_data`, written under WORKDIR/tfds).
-    c.data = ml_collections.ConfigDict(dict(
-        source="synthetic",  # or "tfds:tiny_shakespeare" (sft_shakespeare)
-        num_sft=8192, num_prompts=2048, num_eval_prompts=256, num_pairs=4096,
-        num_eval_pairs=1024, label_noise=0.0, bt_temperature=1.0, seq_len=64))
-    c.model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4, critic="shared"))
-    c.reward_model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4))
-    # SFT: held-out KL(true ‖ model) is lowest near 1000 steps and rises after (overfitting).
-    c.sft = ml_collections.ConfigDict(dict(steps=1000, batch_size=64, learning_rate=1e-3,
-                                           eval_every=250))
-    # The reward model overfits its 4096 pairs within a few hundred steps (held-out BT loss rises),
-    # so it is trained briefly: early stopping by the step count.
-    c.rm = ml_collections.ConfigDict(dict(steps=250, batch_size=64, learning_rate=5e-4,
-                                          weight_decay=0.0, eval_every=50))
-    c.rl = ml_collections.ConfigDict(dict(
-        method="ppo", kl_placement="reward", kl_estimator="k1", controller="fixed",
-        batch_prompts=64, group_size=1, epochs=2, minibatches=4, num_updates=200,
-        updates_per_eval=10, max_grad_norm=1.0, dpo_variant="sigmoid", cg_iters=10,
-        max_backtracks=10, token_average="sequence", eval_kl=True,
-        best_of_n=(1, 2, 4, 8, 16, 32, 64),
-        hparams=ml_collections.ConfigDict(dict(
-            learning_rate=1e-4, beta=0.1, kl_target=2.0, kl_horizon=10_000.0, clip_eps=0.2,
-            gamma=1.0, gae_lambda=0.95, vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget=0.1,
-            damping=0.1, label_smoothing=0.0))))
-    # Devices: runs (the seeds) × data (prompts, sequences, pairs) × fsdp (transformer weights and
-    # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
-    c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
     if preset == "sft_shakespeare":
         c.data.source = "tfds:tiny_shakespeare"
     if preset in METHOD_OVERRIDES:

@@ -15,6 +15,8 @@ everything else is static. Override anything with ``--config.key=value``.
 
 import ml_collections
 
+from kltrust.train import trpo as trpo_train
+
 TASKS = {
     # TRPO takes one policy step per batch, so it gets larger batches than PPO's 4 × 128: 2048 steps
     # per update (Spinning Up uses 4000, sb3-contrib 2048).
@@ -47,36 +49,8 @@ PRESETS = tuple(f"{task}_{variant}" for task in TASKS for variant in VARIANTS)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.algorithm = "trpo"
-    config.env_name = "CartPole-v1"
-    config.seed = 0
-    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
-    config.num_envs = 4
-    config.num_steps = 512
-    config.total_timesteps = 499_712
-    config.updates_per_chunk = 61  # updates per compiled call; metrics/checkpoints between calls
-    config.cg_iters = 10
-    config.max_backtracks = 10
-    config.fvp_subsample = 1  # Fisher-vector products on every k-th state of the batch
-    config.vf_epochs = 5
-    config.vf_minibatches = 8
-    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
-    config.variant = ml_collections.ConfigDict(
-        dict(line_search=True, kl_anchor="old", normalize_advantages=True)
-    )
-    config.hparams = ml_collections.ConfigDict(
-        dict(
-            delta=0.01, kl_budget=0.5, damping=0.1, backtrack_factor=0.8, cg_residual_tol=1e-10,
-            vf_learning_rate=1e-3, gamma=0.99, gae_lambda=0.97, reward_scale=1.0,
-        )
-    )
-    config.checkpoint_every_chunks = 1
-    config.keep_checkpoints = 2
-    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
-    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
-    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
-    return config
+    """The trpo defaults every preset starts from (`kltrust.train.trpo.defaults`)."""
+    return trpo_train.defaults()
 
 
 def get_config(preset: str = "cartpole_trpo") -> ml_collections.ConfigDict:

@@ -304,6 +304,13 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def primary_first(name: str, fn: Callable[[], Any]) -> Any:
     """Runs ``fn`` on process 0, waits, then on the others: for shared files such as a data set
     that process 0 builds and the others then read."""

@@ -276,9 +276,10 @@ def test_cli_writes_outputs_and_refuses_foreign_workdir(tmp_path):
                            text=True, timeout=300)
     assert other.returncode != 0 and "holds a run of a different config" in other.stderr
     assert (tmp_path / "metrics.jsonl").read_text() == before
-    # The same config again is refused as well (no silent appending), until resume exists.
+    # The same config again resumes; the run is finished, so nothing is run or rewritten.
     again = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
-    assert again.returncode != 0 and "already holds results of this config" in again.stderr
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed after update 4 of 4" in again.stdout
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 

@@ -157,7 +157,7 @@ def test_reference_is_never_run_without_a_kl(stages):
     ("rl.kl_placement", "budget", "rl.kl_placement = 'budget': must be one of"),
     ("rl.kl_estimator", "k4", "rl.kl_estimator = 'k4'"),
     ("rl.minibatches", 3, "rl.minibatches = 3: must be a divisor of the batch"),
-    ("rl.hparams.beta", -0.1, "config.hparams.beta = -0.1"),
+    ("rl.hparams.beta", -0.1, "config.rl.hparams.beta = -0.1"),
     ("rl.updates_per_eval", 3, "rl.updates_per_eval = 3"),
     ("data.label_noise", 0.5, "data.label_noise = 0.5"),
     ("model.critic", "none", "model.critic = 'none'"),

@@ -7,6 +7,7 @@ with the same words (``config.KEY = VALUE: must be ...``), before anything is co
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -73,16 +74,58 @@ def check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ValueError(f"config.{key} = {value!r}: must be {allowed}.")
 
 
+def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+               path: str = "") -> None:
+    """Refuses keys that ``reference`` (a program's defaults) does not have and values of another
+    type than the default's, naming the key: a typo in a config file must not be silently ignored.
+
+    Integers are accepted where a float is expected; under ``hparams`` an array or sequence of
+    numbers is accepted too (a sweep's values).
+    """
+    for key in config.keys():
+        name = f"{path}{key}"
+        if key not in reference:
+            close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"config.{name}: unknown key; {hint}the keys here are "
+                             f"{sorted(reference.keys())}.")
+        value, default = config[key], reference[key]
+        if isinstance(default, ml_collections.ConfigDict):
+            check(isinstance(value, ml_collections.ConfigDict), name, value,
+                  "a group of fields (a ConfigDict)")
+            check_keys(value, default, f"{name}.")
+        elif default is not None and not _same_kind(value, default, in_hparams="hparams" in path):
+            check(False, name, value, f"of type {type(default).__name__} (like its default "
+                  f"{default!r})")
+
+
+def _same_kind(value: Any, default: Any, in_hparams: bool) -> bool:
+    number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(  # noqa: E731
+        v, (bool, np.bool_))
+    if isinstance(default, bool):
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(default, int):
+        return number(value) and float(value).is_integer() and not isinstance(value, float)
+    if isinstance(default, float):
+        if in_hparams and isinstance(value, (tuple, list, np.ndarray, jax.Array)):
+            return all(number(v) for v in np.ravel(np.asarray(value)).tolist())
+        return number(value)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
 def check_range(hparams: ml_collections.ConfigDict, name: str, low: float, high: float = np.inf,
-                low_open: bool = False, high_open: bool = False) -> None:
-    """Checks ``hparams[name]`` (a scalar or a sweep's array) lies in the interval, else raises."""
+                low_open: bool = False, high_open: bool = False, prefix: str = "hparams") -> None:
+    """Checks ``hparams[name]`` (a scalar or a sweep's array) lies in the interval, else raises
+    naming ``config.{prefix}.{name}``."""
     v = np.asarray(hparams[name], np.float64)
     ok = (v > low if low_open else v >= low) & (v < high if high_open else v <= high)
     if not np.all(ok):
         bad = v[~ok].flat[0] if v.ndim else float(v)
         lo = "(" if low_open else "["
         hi = ")" if high_open or high == np.inf else "]"
-        raise ValueError(f"config.hparams.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
+        raise ValueError(f"config.{prefix}.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
 
 
 def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
@@ -112,6 +155,9 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
               f"a divisor of the number of updates, {num_updates} = total_timesteps // "
               f"(num_envs * num_steps); nearest divisors: {near}")
     check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
+    limit = config.guards.max_nonfinite_updates
+    check(isinstance(limit, int) and limit >= 1, "guards.max_nonfinite_updates", limit,
+          "an integer >= 1")
     check(config.model.activation in ("tanh", "relu"), "model.activation", config.model.activation,
           "'tanh' or 'relu'")
     check(len(config.model.hidden) >= 1 and all(h >= 1 for h in config.model.hidden),

@@ -1,5 +1,10 @@
 """The thin host loop: call the compiled chunk, write metrics, checkpoint, draw, repeat.
 
+Resuming: the same command on a workdir that holds an interrupted run of the same config restores
+the newest readable checkpoint (`kltrust.checkpoint`), drops the metric rows written after it and
+runs the remaining chunks: the run ends bit-identical (CPU) to one that was never stopped. SIGTERM
+makes the loop checkpoint after the current chunk and return with ``preempted`` set.
+
 Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one object per update and seed, with
 ``step`` = environment steps so far), TensorBoard events (seed means), orbax checkpoints of the full
 training state (params, optimiser and controller state, rng, step, environments) under
@@ -12,6 +17,8 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -23,7 +30,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from kltrust import sharding
+from kltrust import checkpoint as ckpt
+from kltrust import guards, sharding
 from kltrust.metrics import write_text_atomic
 from kltrust import train as programs
 
@@ -38,30 +46,28 @@ class RunResult:
     env_steps_per_update: int
     compile_seconds: float
     run_seconds: float
+    resumed_from: int = 0  # updates restored from a checkpoint (0: a fresh run)
+    preempted: bool = False  # stopped early by SIGTERM, after writing a checkpoint
 
 
 RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "learning_curve.png")
 
 
-def _check_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> None:
-    """Refuses a workdir that already holds a run unless ``overwrite``.
+def _check_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> bool:
+    """Whether to resume: True when ``workdir`` holds outputs of this very config (and not
+    ``overwrite``). A run of a different config is refused unless ``overwrite``.
 
     Called only after the config has been validated, so a bad config never touches earlier results.
-    Resuming an interrupted run is not implemented yet, so a workdir with results from the *same*
-    config is refused too rather than appended to.
     """
     existing = workdir / "config.json"
-    if existing.exists() and not overwrite:
-        if existing.read_text() != config_json:
-            raise ValueError(
-                f"workdir {workdir} holds a run of a different config; choose another --workdir or "
-                "pass --overwrite to replace it."
-            )
-        if any((workdir / name).exists() for name in RUN_OUTPUTS):
-            raise ValueError(
-                f"workdir {workdir} already holds results of this config (resuming is not "
-                "supported yet); choose another --workdir or pass --overwrite to replace them."
-            )
+    if not existing.exists() or overwrite:
+        return False
+    if existing.read_text() != config_json:
+        raise ValueError(
+            f"workdir {workdir} holds a run of a different config; choose another --workdir or "
+            "pass --overwrite to replace it."
+        )
+    return any((workdir / name).exists() for name in RUN_OUTPUTS)
 
 
 def _prepare_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
@@ -118,11 +124,12 @@ def train(
 
     # Every process checks the workdir before process 0 changes anything in it.
     writer = checkpoints = None
+    resume = False
     primary = sharding.is_primary()
     if workdir is not None:
         workdir = pathlib.Path(workdir)
         config_json = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-        _check_workdir(workdir, config_json, overwrite)
+        resume = _check_workdir(workdir, config_json, overwrite)
         if primary:
             _prepare_workdir(workdir, overwrite)
             write_text_atomic(workdir / "config.json", config_json)
@@ -130,7 +137,7 @@ def train(
 
             writer = SummaryWriter(str(workdir / "tensorboard"))
         sharding.sync("kltrust.loop.workdir")
-        checkpoints = _checkpoint_manager(workdir, config.keep_checkpoints)
+        checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
 
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
@@ -139,28 +146,32 @@ def train(
     compile_seconds = time.perf_counter() - start
 
     history: dict[str, list[np.ndarray]] = {}
+    done = 0  # updates already done (by an earlier, interrupted process)
+    if resume:
+        step, restored = checkpoints.restore_latest(state)
+        if step is not None:
+            state, done = restored, step
+        history = {k: [v] for k, v in _read_metrics(workdir / "metrics.jsonl", done).items()}
+        if primary:
+            _truncate_metrics(workdir / "metrics.jsonl", done)
+        sharding.sync("kltrust.loop.resumed")
     num_chunks = static.num_updates // static.updates_per_chunk
-    bar = tqdm(total=static.num_updates, unit="update", disable=not progress,
+    bar = tqdm(total=static.num_updates, initial=done, unit="update", disable=not progress,
                desc=f"{static.env_name} {config.get('algorithm', 'ppo')} {_describe(static.variant)}")
+    preempted = False
     start = time.perf_counter()
-    for chunk in range(num_chunks):
-        state, metrics = compiled_chunk(state, hparams)
-        metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
-        for name, values in metrics.items():
-            history.setdefault(name, []).append(np.asarray(values))
-        first_update = chunk * static.updates_per_chunk
-        if workdir is not None:
-            if primary:
-                _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
-            if (chunk + 1) % config.checkpoint_every_chunks == 0 or chunk + 1 == num_chunks:
-                checkpoints.save(first_update + static.updates_per_chunk, args=_save_args(state))
-        bar.update(static.updates_per_chunk)
-        if on_chunk is not None:
-            on_chunk(static.updates_per_chunk)
-        latest_return = metrics["episode_return"][:, -1]
-        if np.isfinite(latest_return).any():
-            bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
-                            kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
+    try:
+        with _StopOnSigterm(enabled=workdir is not None) as stop:
+            for chunk in range(done // static.updates_per_chunk, num_chunks):
+                state, metrics, preempted = _one_chunk(
+                    compiled_chunk, state, hparams, chunk, num_runs, seeds, static, config,
+                    workdir, writer, checkpoints, history, stop, bar, on_chunk)
+                if preempted:
+                    break
+    except BaseException:
+        if checkpoints is not None:
+            checkpoints.close()  # finish the checkpoints already started; they stay usable
+        raise
     jax.block_until_ready(state)
     run_seconds = time.perf_counter() - start
     bar.close()
@@ -174,14 +185,94 @@ def train(
         env_steps_per_update=static.batch_size,
         compile_seconds=compile_seconds,
         run_seconds=run_seconds,
+        resumed_from=done,
+        preempted=preempted,
     )
     if workdir is not None:
-        checkpoints.wait_until_finished()
         checkpoints.close()
         if primary:
             writer.close()
             plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
     return result
+
+
+def _one_chunk(compiled_chunk, state, hparams, chunk, num_runs, seeds, static, config, workdir,
+               writer, checkpoints, history, stop, bar, on_chunk):
+    """Runs chunk number ``chunk``; records its metrics, then checkpoints (metrics first, so a run
+    killed in between has rows past its last checkpoint, which resuming drops). Returns (state,
+    metrics, whether SIGTERM asked to stop)."""
+    state, metrics = compiled_chunk(state, hparams)
+    metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
+    for name, values in metrics.items():
+        history.setdefault(name, []).append(np.asarray(values))
+    first_update = chunk * static.updates_per_chunk
+    last = chunk + 1 == static.num_updates // static.updates_per_chunk
+    # Every process stops at the same chunk, whichever of them received the signal.
+    preempted = sharding.any_process(stop.requested) and not last
+    if workdir is not None and sharding.is_primary():
+        _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
+    guards.check_streak(metrics, config.guards.max_nonfinite_updates, first_update, seeds)
+    if workdir is not None:
+        if (chunk + 1) % config.checkpoint_every_chunks == 0 or last or preempted:
+            checkpoints.save(first_update + static.updates_per_chunk, state)
+    bar.update(static.updates_per_chunk)
+    if on_chunk is not None:
+        on_chunk(static.updates_per_chunk)
+    latest_return = metrics["episode_return"][:, -1]
+    if np.isfinite(latest_return).any():
+        bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
+                        kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
+    return state, metrics, preempted
+
+
+class _StopOnSigterm:
+    """While active (main thread only), SIGTERM does not kill the process: it asks the loop to
+    checkpoint after the chunk it is running and return (``RunResult.preempted``)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_StopOnSigterm":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _read_metrics(path: pathlib.Path, updates: int) -> dict[str, np.ndarray]:
+    """The per-update metrics of updates 1..``updates`` from ``metrics.jsonl``, as [runs, updates]
+    float32 arrays (the values were written from float32, so they come back exactly)."""
+    if updates == 0 or not path.exists():
+        return {}
+    rows: dict[int, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row["update"] <= updates:
+            rows.setdefault(row["update"], []).append(row)
+    names = [k for k in rows[1][0] if k not in ("step", "update", "seed")]
+    return {name: np.array([[np.nan if r[name] is None else r[name] for r in rows[u]]
+                            for u in range(1, updates + 1)], np.float32).T for name in names}
+
+
+def _truncate_metrics(path: pathlib.Path, updates: int) -> None:
+    """Drops rows past update ``updates`` (written after the last checkpoint), atomically."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if json.loads(line)["update"] <= updates]
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def num_updates(config: ml_collections.ConfigDict) -> int:
+    """The number of updates a control config runs."""
+    return config.total_timesteps // (config.num_envs * config.num_steps)
 
 
 def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -212,21 +303,6 @@ def _write_metrics(workdir, writer, metrics, seeds, first_update, batch_size) ->
     with open(workdir / "metrics.jsonl", "a") as f:
         f.write("\n".join(lines) + "\n")
     writer.flush()
-
-
-def _checkpoint_manager(workdir: pathlib.Path, keep: int):
-    import orbax.checkpoint as ocp
-
-    return ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-    )
-
-
-def _save_args(state: Any):
-    import orbax.checkpoint as ocp
-
-    return ocp.args.StandardSave(state)
 
 
 def plot_learning_curves(result: RunResult, path: pathlib.Path, title: str = "") -> None:

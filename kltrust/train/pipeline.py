@@ -32,12 +32,12 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from kltrust import sharding
+from kltrust import guards, sharding
 from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks import text, text_data
 from kltrust.train import reward_model, rlhf, sft
 from kltrust.train import tokens as tok
-from kltrust.train.common import check, check_range
+from kltrust.train.common import check, check_keys, check_range
 
 STAGE_KEYS = {  # the config parts each prerequisite stage depends on
     "sft": ("seed", "task", "data", "model", "sft"),
@@ -48,8 +48,57 @@ STAGE_KEYS = {  # the config parts each prerequisite stage depends on
 # ---------------------------------------------------------------- validation
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """Every field a token RLHF config has, with its default (the ``ppo`` stage). The presets
+    (configs/rlhf.py) start from these, and `validate` refuses a key that is not here or a value of
+    another type.
+    """
+    c = ml_collections.ConfigDict()
+    c.preset = "ppo"
+    c.name = "ppo"  # the policy stage's directory under the pipeline root
+    c.stage = "policy"  # or "sft", "reward_model"
+    c.seed = 0
+    c.num_seeds = 3
+    # The synthetic language (`kltrust.tasks.text.LanguageSpec`).
+    c.task = ml_collections.ConfigDict(dict(
+        num_words=20, successors=4, eos_prob=0.08, num_good=4, good_weight=0.35, prompt_len=4,
+        response_len=12, seed=0, good_scale=3.0, good_saturation=2.0, repeat_penalty=1.0,
+        ungrammatical_penalty=1.0))
+    # Data sets (TFDS builders of `kltrust.tasks.text_data`, written under WORKDIR/tfds).
+    c.data = ml_collections.ConfigDict(dict(
+        source="synthetic",  # or "tfds:tiny_shakespeare" (sft_shakespeare)
+        num_sft=8192, num_prompts=2048, num_eval_prompts=256, num_pairs=4096,
+        num_eval_pairs=1024, label_noise=0.0, bt_temperature=1.0, seq_len=64))
+    c.model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4, critic="shared"))
+    c.reward_model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4))
+    # SFT: held-out KL(true ‖ model) is lowest near 1000 steps and rises after (overfitting).
+    c.sft = ml_collections.ConfigDict(dict(steps=1000, batch_size=64, learning_rate=1e-3,
+                                           eval_every=250))
+    # The reward model overfits its 4096 pairs within a few hundred steps (held-out BT loss rises),
+    # so it is trained briefly: early stopping by the step count.
+    c.rm = ml_collections.ConfigDict(dict(steps=250, batch_size=64, learning_rate=5e-4,
+                                          weight_decay=0.0, eval_every=50))
+    c.rl = ml_collections.ConfigDict(dict(
+        method="ppo", kl_placement="reward", kl_estimator="k1", controller="fixed",
+        batch_prompts=64, group_size=1, epochs=2, minibatches=4, num_updates=200,
+        updates_per_eval=10, max_grad_norm=1.0, dpo_variant="sigmoid", cg_iters=10,
+        max_backtracks=10, token_average="sequence", eval_kl=True,
+        best_of_n=(1, 2, 4, 8, 16, 32, 64),
+        hparams=ml_collections.ConfigDict(dict(
+            learning_rate=1e-4, beta=0.1, kl_target=2.0, kl_horizon=10_000.0, clip_eps=0.2,
+            gamma=1.0, gae_lambda=0.95, vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget=0.1,
+            damping=0.1, label_smoothing=0.0))))
+    # Devices: runs (the seeds) × data (prompts, sequences, pairs) × fsdp (transformer weights and
+    # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
+    c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
+    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
+    c.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
+    return c
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Every check that can fail, before data generation or compilation."""
+    check_keys(config, defaults())
     try:
         tok.language_spec(config)
     except (TypeError, ValueError) as e:
@@ -63,6 +112,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.model.critic in ("shared", "separate"), "model.critic", config.model.critic,
           "'shared' or 'separate'")
     check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
+    limit = config.guards.max_nonfinite_updates
+    check(isinstance(limit, int) and limit >= 1, "guards.max_nonfinite_updates", limit,
+          "an integer >= 1")
     for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
         check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
@@ -120,7 +172,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(rl.num_updates % rl.updates_per_eval == 0, "rl.updates_per_eval", rl.updates_per_eval,
           f"a divisor of rl.num_updates = {rl.num_updates}")
     hp = rl.hparams
-    check_rl = lambda name, *a, **k: check_range(hp, name, *a, **k)  # noqa: E731
+    check_rl = lambda name, *a, **k: check_range(hp, name, *a, prefix="rl.hparams", **k)  # noqa: E731
     check_rl("learning_rate", 0.0, low_open=True)
     check_rl("beta", 0.0, low_open=rl.method in ("dpo", "dpo_online") or
              rl.controller != "fixed")
@@ -390,6 +442,8 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
         m = {k: v[:num_runs] for k, v in sharding.to_host(m).items()}
         run_seconds += time.perf_counter() - t
         train_chunks.append(m)
+        guards.check_streak(m, config.guards.max_nonfinite_updates,
+                            i * config.rl.updates_per_eval, seeds)
         if on_chunk is not None:
             on_chunk(config.rl.updates_per_eval)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from kltrust import controllers, rollout, sharding
+from kltrust import controllers, guards, rollout, sharding
 from kltrust.objectives import ppo
 from kltrust.train import common
 
@@ -100,6 +100,46 @@ class TrainState:
     key: jax.Array  # raw uint32 key data, so checkpoints hold plain arrays
     update_step: jax.Array
     ref_params: Any  # frozen reference policy, None unless the variant penalises KL to it
+    bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every field a ppo config has, with its default. The presets (configs/ppo.py) start from
+    these, and `validate` refuses a key that is not here or a value of another type.
+    """
+    config = ml_collections.ConfigDict()
+    config.algorithm = "ppo"
+    config.env_name = "CartPole-v1"
+    config.seed = 0
+    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
+    config.num_envs = 4
+    config.num_steps = 128
+    config.num_epochs = 4
+    config.num_minibatches = 4
+    config.total_timesteps = 500_000
+    config.updates_per_chunk = 50  # updates per compiled call; metrics/checkpoints between calls
+    config.anneal_lr = True
+    config.early_stop = False  # stop the epoch loop once KL(π_old ‖ π_θ) > 1.5 · target_kl
+    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
+    config.variant = ml_collections.ConfigDict(
+        dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
+             normalize_advantages=True)
+    )
+    config.hparams = ml_collections.ConfigDict(
+        dict(
+            learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, kl_target=0.01, gamma=0.99,
+            gae_lambda=0.95, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015,
+            reward_scale=1.0, kl_horizon=10_000.0, kl_gain=1.0, pid_kp=10.0, pid_ki=1.0, pid_kd=0.0,
+        )
+    )
+    config.checkpoint_every_chunks = 1
+    config.keep_checkpoints = 2
+    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
+    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
+    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
+    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
+    config.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
+    return config
 
 
 def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
@@ -107,6 +147,7 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
 
     Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
     """
+    common.check_keys(config, defaults())
     common.validate_run_shape(config, batch_shards)
     for key in ("num_epochs", "num_minibatches"):
         common.check(isinstance(config[key], int) and config[key] >= 1, key, config[key],
@@ -186,6 +227,7 @@ class Trainer(common.ControlTrainer):
             key=key,
             update_step=jnp.zeros((), jnp.int32),
             ref_params=params if variant.uses_reference else None,
+            bad_updates=jnp.zeros((), jnp.int32),
         )
 
     def update(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -267,13 +309,20 @@ class Trainer(common.ControlTrainer):
             )
         metrics["minibatches_applied"] = applied.sum()
         metrics["learning_rate"] = opt_state.hyperparams["learning_rate"]
-        metrics["episode_return"] = episodes.mean_return()  # last 100 episodes
+        # A non-finite update (a NaN reward, an overflow) is skipped: the learning state and the
+        # episode statistics stay as they were; the environments move on.
+        (params, opt_state, controller_state, episodes), bad_updates, metrics = (
+            guards.skip_nonfinite(
+                (state.params, state.opt_state, state.controller, state.episodes),
+                (params, opt_state, controller_state, episodes), metrics, state.bad_updates))
+        metrics["episode_return"] = episodes.mean_return()  # last 100 episodes (NaN before any)
         metrics["episodes_completed"] = jnp.sum(traj.done)
         # The layout the run started with (FSDP or replicated) is kept across updates and chunks.
         params, opt_state = sharding.param_constraint(self.mesh)((params, opt_state))
         new_state = TrainState(
             params=params, opt_state=opt_state, controller=controller_state, runner=runner,
             episodes=episodes, key=key, update_step=state.update_step + 1, ref_params=state.ref_params,
+            bad_updates=bad_updates,
         )
         return new_state, metrics
 

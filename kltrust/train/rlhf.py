@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from kltrust import controllers, kl, sharding
+from kltrust import controllers, guards, kl, sharding
 from kltrust import rollout as rollouts
 from kltrust.distributions import Categorical
 from kltrust.models.transformer import TransformerConfig
@@ -112,6 +112,7 @@ class TrainState:
     controller: controllers.ControllerState
     key: jax.Array
     update_step: jax.Array
+    bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
 
 
 def _controller(static: Static) -> controllers.Controller:
@@ -159,7 +160,7 @@ class Trainer:
         opt_state = self._params(
             tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate))
         return TrainState(params, opt_state, init_controller(self.static, hp), key,
-                          jnp.zeros((), jnp.int32))
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     # ------------------------------------------------------------ shared pieces
 
@@ -227,8 +228,14 @@ class Trainer:
         if observed_kl is not None:
             controller = _controller(self.static).update(
                 controller, observed_kl, jnp.asarray(self.static.batch_size, jnp.float32))
+        # A non-finite update (a NaN proxy score, an overflow) is skipped; CG's diagnostics may be
+        # NaN by design and are not watched.
+        (params, opt_state, controller), bad_updates, metrics = guards.skip_nonfinite(
+            (state.params, state.opt_state, state.controller), (params, opt_state, controller),
+            metrics, state.bad_updates, checked=tuple(k for k in metrics if "cg_" not in k))
         params, opt_state = self._params((params, opt_state))
-        return TrainState(params, opt_state, controller, key, state.update_step + 1), metrics
+        return TrainState(params, opt_state, controller, key, state.update_step + 1,
+                          bad_updates), metrics
 
     # ------------------------------------------------------------ one update per method
 

@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from jax.flatten_util import ravel_pytree
 
-from kltrust import rollout, sharding
+from kltrust import guards, rollout, sharding
 from kltrust.objectives import trpo
 from kltrust.train import common
 
@@ -102,6 +102,45 @@ class TrainState:
     key: jax.Array
     update_step: jax.Array
     ref_params: Any  # frozen reference policy, None unless kl_anchor = "reference"
+    bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every field a trpo config has, with its default. The presets (configs/trpo.py) start from
+    these, and `validate` refuses a key that is not here or a value of another type.
+    """
+    config = ml_collections.ConfigDict()
+    config.algorithm = "trpo"
+    config.env_name = "CartPole-v1"
+    config.seed = 0
+    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
+    config.num_envs = 4
+    config.num_steps = 512
+    config.total_timesteps = 499_712
+    config.updates_per_chunk = 61  # updates per compiled call; metrics/checkpoints between calls
+    config.cg_iters = 10
+    config.max_backtracks = 10
+    config.fvp_subsample = 1  # Fisher-vector products on every k-th state of the batch
+    config.vf_epochs = 5
+    config.vf_minibatches = 8
+    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
+    config.variant = ml_collections.ConfigDict(
+        dict(line_search=True, kl_anchor="old", normalize_advantages=True)
+    )
+    config.hparams = ml_collections.ConfigDict(
+        dict(
+            delta=0.01, kl_budget=0.5, damping=0.1, backtrack_factor=0.8, cg_residual_tol=1e-10,
+            vf_learning_rate=1e-3, gamma=0.99, gae_lambda=0.97, reward_scale=1.0,
+        )
+    )
+    config.checkpoint_every_chunks = 1
+    config.keep_checkpoints = 2
+    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
+    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
+    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
+    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
+    config.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
+    return config
 
 
 def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
@@ -109,6 +148,7 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
 
     Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
     """
+    common.check_keys(config, defaults())
     common.validate_run_shape(config, batch_shards)
     for key in ("cg_iters", "vf_epochs", "vf_minibatches", "fvp_subsample"):
         common.check(isinstance(config[key], int) and config[key] >= 1, key, config[key],
@@ -173,6 +213,7 @@ class Trainer(common.ControlTrainer):
             episodes=rollout.EpisodeStats.empty(),
             key=key,
             update_step=jnp.zeros((), jnp.int32),
+            bad_updates=jnp.zeros((), jnp.int32),
             ref_params=params if self.static.variant.uses_reference else None,
         )
 
@@ -211,15 +252,20 @@ class Trainer(common.ControlTrainer):
         )
         metrics["value_loss"] = value_loss
         metrics["entropy"] = policy_fn(new_flat_policy, batch.obs).entropy().mean()
+        # A non-finite update is skipped (the line search already rejects a NaN surrogate; the
+        # critic's Adam would not). CG's diagnostics may be NaN by design (0/0 on a zero gradient).
+        (new_params, vf_opt_state, episodes), bad_updates, metrics = guards.skip_nonfinite(
+            (state.params, state.vf_opt_state, state.episodes),
+            (merge_params(new_policy_params, critic_params), vf_opt_state, episodes), metrics,
+            state.bad_updates, checked=("grad_norm", "value_loss", "entropy", "kl_old"))
         metrics["episode_return"] = episodes.mean_return()  # last 100 episodes
         metrics["episodes_completed"] = jnp.sum(traj.done)
         # The layout the run started with (FSDP or replicated) is kept across updates and chunks.
-        new_params, vf_opt_state = sharding.param_constraint(self.mesh)(
-            (merge_params(new_policy_params, critic_params), vf_opt_state))
+        new_params, vf_opt_state = sharding.param_constraint(self.mesh)((new_params, vf_opt_state))
         new_state = TrainState(
             params=new_params, vf_opt_state=vf_opt_state,
             runner=runner, episodes=episodes, key=key, update_step=state.update_step + 1,
-            ref_params=state.ref_params,
+            ref_params=state.ref_params, bad_updates=bad_updates,
         )
         return new_state, metrics
 

@@ -1,0 +1,116 @@
+"""Non-finite updates are skipped and counted inside the compiled step; too many in a row stop the
+run with an error that names the update, the run and the metrics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import ppo as ppo_configs
+from configs import trpo as trpo_configs
+from kltrust import guards
+from kltrust import train as programs
+from kltrust.train import loop
+
+
+def _config(family):
+    if family == "ppo":
+        config = ppo_configs.get_config("cartpole_kl_adaptive")
+        config.num_minibatches = 2
+    else:
+        config = trpo_configs.get_config("cartpole_trpo")
+        config.vf_epochs, config.vf_minibatches = 1, 2
+    config.num_envs, config.num_steps = 4, 32
+    config.total_timesteps, config.updates_per_chunk = 4 * 32 * 6, 2
+    return config
+
+
+def _tree_equal(a, b) -> bool:
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a, b)))
+
+
+@pytest.mark.parametrize("family", ["ppo", "trpo"])
+def test_a_nan_reward_is_skipped_and_counted_then_training_goes_on(family):
+    """Chunks of 2 updates: clean, then NaN rewards (reward_scale = NaN), then clean again."""
+    config = _config(family)
+    program = programs.program(config)
+    trainer = program.make_trainer(config)
+    init, run_chunk = program.compile_run(trainer)
+    hparams = jax.tree.map(lambda x: x[None], program.HParams.from_config(config.hparams))
+    poisoned = hparams.replace(reward_scale=jnp.full((1,), jnp.nan))
+    state = init(jnp.zeros(1, jnp.int32), hparams)
+    chunk = jax.jit(run_chunk).lower(state, hparams).compile()
+
+    state, clean = chunk(state, hparams)
+    assert np.all(clean[guards.SKIPPED] == 0) and np.all(clean[guards.STREAK] == 0)
+    before = state
+    state, bad = chunk(state, poisoned)
+    np.testing.assert_array_equal(bad[guards.SKIPPED], [[1, 1]])
+    np.testing.assert_array_equal(bad[guards.STREAK], [[1, 2]])
+    # Nothing learned from the poisoned batches: parameters and optimiser state are bit-identical,
+    # and the episode statistics did not take a NaN return.
+    assert _tree_equal(state.params, before.params)
+    opt = "opt_state" if family == "ppo" else "vf_opt_state"
+    assert _tree_equal(getattr(state, opt), getattr(before, opt))
+    assert np.all(np.isfinite(np.asarray(bad["episode_return"])))
+    state, again = chunk(state, hparams)
+    np.testing.assert_array_equal(again[guards.STREAK], [[0, 0]])
+    assert not _tree_equal(state.params, before.params)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
+
+
+def test_too_many_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
+    config = _config("ppo")
+    config.guards.max_nonfinite_updates = 3
+    # A NaN in the config is refused up front (config.hparams.reward_scale must be > 0), so the
+    # poison enters as a run's hyperparameters, the way a sweep passes them.
+    program = programs.program(config)
+    hparams = jax.tree.map(lambda x: np.asarray(x)[None], program.HParams.from_config(config.hparams))
+    hparams = hparams.replace(reward_scale=np.full((1,), np.nan, np.float32))
+    with pytest.raises(guards.NonFiniteError,
+                       match=r"update 3 \(run 0, seed 0\): 3 updates in a row were not finite "
+                             r"\(guards.max_nonfinite_updates = 3\); non-finite metrics: .*"
+                             r"policy_loss.*value_loss"):
+        loop.train(config, tmp_path, progress=False, runs=(np.zeros(1, np.int32), hparams))
+    # The updates up to the failing chunk were recorded; nothing after it was checkpointed.
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2]
+
+
+def test_the_guard_limit_is_validated():
+    config = _config("ppo")
+    config.guards.max_nonfinite_updates = 0
+    with pytest.raises(ValueError, match=r"config.guards.max_nonfinite_updates = 0: must be an "
+                                         r"integer >= 1"):
+        loop.train(config, progress=False)
+
+
+def test_token_ppo_skips_a_poisoned_run_and_the_clean_one_in_the_same_program_learns(tmp_path):
+    """Two runs in one vmapped program; run 1's β is NaN, so its KL-shaped rewards are NaN."""
+    from configs import rlhf as rlhf_configs
+    from kltrust.train import pipeline, reward_model
+    from kltrust.train import tokens as tok
+
+    config = rlhf_configs.get_config("ppo")
+    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
+    config.data.update(num_prompts=64, num_eval_prompts=16)
+    for part in (config.model, config.reward_model):
+        part.update(num_layers=1, width=16, num_heads=2)
+    config.rl.update(num_updates=3, updates_per_eval=3, batch_prompts=8, minibatches=2)
+    pipeline.validate(config)
+    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
+    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
+    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+    hp = pipeline.hparams_from_config(config, 2)
+    hp = hp.replace(beta=jnp.array([0.1, jnp.nan]))
+    result = pipeline.run_policy(config, tmp_path, ref_params, rm_params, write=False,
+                                 runs=(np.zeros(2, np.int32), hp))
+    np.testing.assert_array_equal(result.train_metrics[guards.SKIPPED], [[0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(result.train_metrics[guards.STREAK], [[0, 0, 0], [1, 2, 3]])
+    # Both runs start from the reference's trunk; only the clean one moves away from it.
+    trunk = lambda p: p["params"]["trunk"]["token_embed"]["embedding"]  # noqa: E731
+    np.testing.assert_array_equal(trunk(result.params)[1], trunk(ref_params))
+    assert not np.array_equal(trunk(result.params)[0], trunk(ref_params))

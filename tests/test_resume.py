@@ -1,0 +1,130 @@
+"""Exact resume: a run killed part-way (SIGKILL) or stopped (SIGTERM) and restarted with the same
+command ends bit-identical to one that was never interrupted; unreadable checkpoints are set aside.
+
+Each run is a subprocess of `experiments.train` (the command a user runs): adaptive-KL PPO on
+CartPole, 40 updates in 20 chunks, so that the controller's β moves and must survive the restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+UPDATES = 40
+ARGS = ["--config=configs/ppo.py:cartpole_kl_adaptive", "--config.num_steps=32",
+        f"--config.total_timesteps={4 * 32 * UPDATES}", "--config.updates_per_chunk=2",
+        "--config.num_minibatches=2", "--config.keep_checkpoints=3"]
+
+
+def _command(workdir, *extra):
+    return [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", *ARGS, *extra]
+
+
+def _run(workdir, *extra):
+    result = subprocess.run(_command(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    return result
+
+
+def _steps(workdir) -> list[int]:
+    directory = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def _start_and_wait(workdir, ready, *extra) -> subprocess.Popen:
+    """Starts a run and returns once ``ready()`` holds (polled every 10 ms)."""
+    proc = subprocess.Popen(_command(workdir, *extra), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "the run never got going"
+        time.sleep(0.01)
+    return proc
+
+
+def _final_params(workdir) -> dict[str, np.ndarray]:
+    step = pathlib.Path(workdir) / "checkpoints" / str(UPDATES) / "default"
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            checkpointer.metadata(step).item_metadata)
+    state = checkpointer.restore(step, abstract)
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(state)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _run(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    betas = [json.loads(line)["beta"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(set(betas)) > 3  # the controller moves, so its state must survive a restart
+    return workdir
+
+
+def _assert_same_run(workdir, reference):
+    assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    mine, theirs = _final_params(workdir), _final_params(reference)
+    assert mine.keys() == theirs.keys()
+    for name in mine:  # params, Adam state, β controller, rng, environments: bit for bit
+        np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
+
+
+def test_sigkill_then_the_same_command_resumes_bit_identically(reference, tmp_path):
+    proc = _start_and_wait(tmp_path, lambda: len(_steps(tmp_path)) >= 1 and _steps(tmp_path)[-1] >= 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _steps(tmp_path)[-1] < UPDATES  # really killed part-way
+    resumed = _run(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed after update" in resumed.stdout
+    _assert_same_run(tmp_path, reference)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+    # Checkpoints only at the end, so the one found after SIGTERM is the one SIGTERM wrote.
+    only_final = "--config.checkpoint_every_chunks=1000"
+    metrics = tmp_path / "metrics.jsonl"
+    proc = _start_and_wait(tmp_path, lambda: metrics.exists() and len(metrics.read_text()) > 0,
+                           only_final)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped by SIGTERM" in stdout and "Traceback" not in stderr
+    (step,) = _steps(tmp_path)
+    assert 0 < step < UPDATES
+    assert len(metrics.read_text().splitlines()) == step  # one seed: a row per update
+    resumed = _run(tmp_path, only_final)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed after update {step} of {UPDATES}" in resumed.stdout
+    _assert_same_run(tmp_path, reference)
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_used(reference, tmp_path):
+    proc = _start_and_wait(tmp_path, lambda: len(_steps(tmp_path)) >= 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = _steps(tmp_path)
+    latest = steps[-1]
+    for path in (tmp_path / "checkpoints" / str(latest)).rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0" * path.stat().st_size)  # a disk error: every byte zeroed
+    resumed = _run(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"checkpoint {tmp_path / 'checkpoints' / str(latest)} is unreadable" in resumed.stderr
+    assert f"resumed after update {steps[-2]} of {UPDATES}" in resumed.stdout
+    assert (tmp_path / "unreadable_checkpoints" / str(latest)).is_dir()  # kept, not deleted
+    _assert_same_run(tmp_path, reference)
