@@ -23,6 +23,10 @@ class NonFiniteError(RuntimeError):
     """Too many updates in a row were not finite."""
 
 
+class KLGuardError(RuntimeError):
+    """The KL guard had to roll a run back more often than allowed."""
+
+
 def all_finite(tree: Any) -> jax.Array:
     """Whether every floating-point entry of ``tree`` is finite (a scalar bool)."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)

@@ -3,6 +3,8 @@ run with an error that names the update, the run and the metrics."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,3 +116,79 @@ def test_token_ppo_skips_a_poisoned_run_and_the_clean_one_in_the_same_program_le
     trunk = lambda p: p["params"]["trunk"]["token_embed"]["embedding"]  # noqa: E731
     np.testing.assert_array_equal(trunk(result.params)[1], trunk(ref_params))
     assert not np.array_equal(trunk(result.params)[0], trunk(ref_params))
+
+
+# ---------------------------------------------------------------- the KL guard (token RLHF)
+
+
+def _token_config(budget, **guard):
+    from configs import rlhf as rlhf_configs
+
+    config = rlhf_configs.get_config("ppo")
+    config.num_seeds = 1
+    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
+    config.data.update(num_prompts=64, num_eval_prompts=16)
+    for part in (config.model, config.reward_model):
+        part.update(num_layers=1, width=16, num_heads=2)
+    config.rl.update(num_updates=8, updates_per_eval=2, batch_prompts=8, minibatches=2)
+    config.rl.hparams.learning_rate = 3e-3
+    config.guards.update(kl_budget=budget, **guard)
+    return config
+
+
+@pytest.fixture(scope="module")
+def planted_bug(tmp_path_factory):
+    """A reward bug: the proxy's scores multiplied by 1000, so β = 0.1 cannot hold the policy."""
+    from kltrust.train import pipeline, reward_model
+    from kltrust.train import tokens as tok
+
+    config = _token_config(0.0)
+    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
+    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
+    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+    score = tok.score
+    patch = pytest.MonkeyPatch()
+    patch.setattr(tok, "score", lambda *a, **k: 1000.0 * score(*a, **k))
+    root = tmp_path_factory.mktemp("kl_guard")
+
+    def run(config, write=False):
+        pipeline.validate(config)
+        return pipeline.run_policy(config, root, ref_params, rm_params, write=write)
+
+    yield run, root
+    patch.undo()
+
+
+def test_a_planted_reward_bug_makes_the_kl_explode_without_the_guard(planted_bug):
+    run, _ = planted_bug
+    kls = [row["kl"] for row in run(_token_config(0.0)).evals]
+    assert kls[0] == pytest.approx(0.0, abs=1e-5) and max(kls) > 4.0, kls
+
+
+def test_the_kl_guard_rolls_back_and_raises_beta(planted_bug):
+    run, root = planted_bug
+    config = _token_config(3.0, kl_backoff=4.0, max_rollbacks=5)
+    with pytest.warns(RuntimeWarning, match="KL guard"):
+        result = run(config, write=True)
+    assert result.guard_events and all(e["reason"] == "budget" for e in result.guard_events)
+    assert all(e["kl"] > 3.0 for e in result.guard_events)
+    # Every evaluation that passed, and the final one, stays within the budget.
+    rolled = {e["evaluation"] for e in result.guard_events}
+    passing = [row["kl"] for row in result.evals if row["update"] // 2 not in rolled]
+    assert max(passing) <= 3.0 and result.final[0]["kl"] <= 3.0
+    # β went up 4× at each rollback (the fixed controller keeps it there); a rollback at the last
+    # of the 4 evaluations has no update after it to show in.
+    beta = result.train_metrics["beta"][0]
+    raised = len([e for e in result.guard_events if e["evaluation"] < 4])
+    assert raised >= 1
+    assert beta[0] == pytest.approx(0.1) and beta[-1] == pytest.approx(0.1 * 4.0 ** raised)
+    events = [json.loads(line) for line in (root / "ppo" / "events.jsonl").read_text().splitlines()]
+    assert events == result.guard_events
+
+
+def test_too_many_rollbacks_stop_the_stage(planted_bug):
+    run, _ = planted_bug
+    with pytest.warns(RuntimeWarning, match="KL guard"), pytest.raises(
+            guards.KLGuardError, match=r"evaluation \d \(run 0, seed 0\): the KL guard rolled back "
+                                       r"more than guards.max_rollbacks = 0 times"):
+        run(_token_config(1.0, max_rollbacks=0))

@@ -23,6 +23,7 @@ import json
 import pathlib
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +93,10 @@ def defaults() -> ml_collections.ConfigDict:
     # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
     c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
     # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
-    c.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
+    # The KL guard (off by default): see `_KLGuard`; budgets are sequence KLs in nats.
+    c.guards = ml_collections.ConfigDict(dict(
+        max_nonfinite_updates=10, kl_budget=0.0, kl_jump=0.0, kl_jump_from=0.5, kl_backoff=2.0,
+        max_rollbacks=3))
     return c
 
 
@@ -112,9 +116,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.model.critic in ("shared", "separate"), "model.critic", config.model.critic,
           "'shared' or 'separate'")
     check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
-    limit = config.guards.max_nonfinite_updates
-    check(isinstance(limit, int) and limit >= 1, "guards.max_nonfinite_updates", limit,
-          "an integer >= 1")
+    g = config.guards
+    check(isinstance(g.max_nonfinite_updates, int) and g.max_nonfinite_updates >= 1,
+          "guards.max_nonfinite_updates", g.max_nonfinite_updates, "an integer >= 1")
+    check(g.kl_budget >= 0, "guards.kl_budget", g.kl_budget, ">= 0 (0 turns the budget off)")
+    check(g.kl_jump == 0 or g.kl_jump > 1, "guards.kl_jump", g.kl_jump,
+          "0 (off) or > 1 (a factor)")
+    check(g.kl_jump_from > 0, "guards.kl_jump_from", g.kl_jump_from, "> 0")
+    check(g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff, "> 1")
+    check(isinstance(g.max_rollbacks, int) and g.max_rollbacks >= 0, "guards.max_rollbacks",
+          g.max_rollbacks, "an integer >= 0")
     for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
         check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
@@ -152,6 +163,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check(rl.kl_estimator in ("k2", "k3"), "rl.kl_estimator", rl.kl_estimator,
               "'k2' or 'k3' when the KL is in a GRPO/RLOO loss (k1 has zero expected gradient "
               "there; 'exact' is not a per-sample loss term)")
+    if g.kl_budget > 0 or g.kl_jump > 0:
+        check(rl.eval_kl, "rl.eval_kl", rl.eval_kl,
+              "True when the KL guard is on (guards.kl_budget or guards.kl_jump > 0): it watches "
+              "the evaluated KL")
     check(rl.controller in ("fixed", "adaptive", "proportional"), "rl.controller", rl.controller,
           "one of ('fixed', 'adaptive', 'proportional')")
     for key in ("batch_prompts", "group_size", "epochs", "minibatches", "num_updates",
@@ -356,6 +371,7 @@ class PolicyResult:
     compile_seconds: float
     run_seconds: float
     tokens_sampled: int
+    guard_events: list[dict] = dataclasses.field(default_factory=list)  # KL-guard rollbacks
 
 
 def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool = True,
@@ -425,16 +441,27 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     train_chunks: list[dict] = []
     num_chunks = config.rl.num_updates // config.rl.updates_per_eval
     run_seconds = 0.0
-    for i in range(num_chunks + 1):
+    kl_guard = _KLGuard(config, trainer, state, state_shardings, num_runs)
+
+    def evaluation(i: int, state) -> tuple[dict, list[dict]]:
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, i)
         metrics, responses = sharding.to_host(eval_c(state, keys))
-        update = i * config.rl.updates_per_eval
+        rows = []
         for r, seed in enumerate(np.asarray(seeds)):
-            row = {"update": update, "seed": int(seed), "index": r,
-                   **tok.scalars({k: v[r] for k, v in metrics.items()}),
-                   **tok.diversity(np.asarray(responses[r])),
-                   "samples": [text.decode(responses[r][j], language) for j in range(3)]}
-            evals.append(row)
+            rows.append({"update": i * config.rl.updates_per_eval, "seed": int(seed), "index": r,
+                         **tok.scalars({k: v[r] for k, v in metrics.items()}),
+                         **tok.diversity(np.asarray(responses[r])),
+                         "samples": [text.decode(responses[r][j], language) for j in range(3)]})
+        return metrics, rows
+
+    for i in range(num_chunks + 1):
+        metrics, rows = evaluation(i, state)
+        if i and kl_guard.active:
+            state, hp, rolled = kl_guard.check(state, hp, metrics["kl"], i, seeds)
+            if rolled and i == num_chunks:
+                # The run ends on its last passing state: report that one as the final evaluation.
+                metrics, rows = evaluation(i, state)
+        evals += rows
         if i == num_chunks:
             break
         t = time.perf_counter()
@@ -457,10 +484,71 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     if len(index) > num_runs:
         params = jax.tree.map(lambda x: x[:num_runs], params)
     result = PolicyResult(train_metrics, evals, final, params, compile_seconds, run_seconds,
-                          tokens_sampled)
+                          tokens_sampled, kl_guard.events)
     if write:
         _write_policy(out, config, result, seeds)
     return result
+
+
+class _KLGuard:
+    """The KL guard between evaluations (``config.guards``): a run whose exact KL to the reference
+    exceeds ``kl_budget``, or grows more than ``kl_jump``-fold over its last passing evaluation
+    (once that was at least ``kl_jump_from`` nats), or is not finite, goes back to the state of its
+    last passing evaluation with a stronger anchor (`rlhf.Trainer.back_off`, by ``kl_backoff``).
+    Each rollback is an event (logged, and written to ``events.jsonl``); more than
+    ``max_rollbacks`` for one run stop the stage. The last passing state is kept in memory: the
+    policy stage has no mid-run checkpoints on disk.
+    """
+
+    def __init__(self, config, trainer: rlhf.Trainer, state, state_shardings, num_runs: int):
+        g = config.guards
+        self.budget, self.jump, self.jump_from = g.kl_budget, g.kl_jump, g.kl_jump_from
+        self.backoff, self.max_rollbacks = g.kl_backoff, g.max_rollbacks
+        self.active = self.budget > 0 or self.jump > 0
+        self.num_runs, self.events = num_runs, []
+        if not self.active:
+            return
+        self.good, self.good_kl = state, np.zeros(len(jax.tree.leaves(state)[0]))
+        self.rollbacks = np.zeros_like(self.good_kl, dtype=int)
+        self._back_off = jax.jit(sharding.vmap_runs(trainer.back_off, in_axes=(0, 0, 0, 0, None)),
+                                 out_shardings=(state_shardings, None))
+        self._keep = jax.jit(
+            lambda keep, new, old: jax.tree.map(
+                lambda n, o: jnp.where(keep.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old),
+            out_shardings=state_shardings)
+
+    def check(self, state, hp, kl: np.ndarray, i: int, seeds: np.ndarray):
+        """(state, hp, whether any run was rolled back) after the evaluation of chunk ``i``."""
+        kl = np.asarray(kl, np.float64)
+        over = (self.budget > 0) & (kl > self.budget)
+        jumped = ((self.jump > 0) & (self.good_kl >= self.jump_from)
+                  & (kl > self.jump * self.good_kl))
+        bad = over | jumped | ~np.isfinite(kl)
+        if bad.any():
+            self.rollbacks += bad
+            for r in np.flatnonzero(bad[:self.num_runs]):
+                event = {"evaluation": i, "seed": int(seeds[r]), "index": int(r),
+                         "kl": float(kl[r]) if np.isfinite(kl[r]) else None,
+                         "last_passing_kl": float(self.good_kl[r]),
+                         "reason": "budget" if over[r] else ("jump" if jumped[r] else
+                                                             "non-finite"),
+                         "rollback": int(self.rollbacks[r])}
+                self.events.append(event)
+                warnings.warn(f"KL guard: {event}; rolled back to the last passing evaluation "
+                              f"and strengthened the anchor by {self.backoff}×.", RuntimeWarning,
+                              stacklevel=3)
+            worst = int(np.argmax(self.rollbacks[:self.num_runs]))
+            if self.rollbacks[worst] > self.max_rollbacks:
+                raise guards.KLGuardError(
+                    f"evaluation {i} (run {worst}, seed {int(seeds[worst])}): the KL guard rolled "
+                    f"back more than guards.max_rollbacks = {self.max_rollbacks} times; last KL "
+                    f"{kl[worst]:.4g} against guards.kl_budget = {self.budget}.")
+            state, hp = self._back_off(state, hp, self.good, jnp.asarray(bad),
+                                       jnp.float32(self.backoff))
+            hp = jax.tree.map(np.asarray, sharding.to_host(hp))  # host arrays, as chunks expect
+        self.good = self._keep(jnp.asarray(~bad), state, self.good)
+        self.good_kl = np.where(bad, self.good_kl, kl)
+        return state, hp, bool(bad.any())
 
 
 def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> None:
@@ -489,6 +577,8 @@ def _write_policy(out: pathlib.Path, config, result: PolicyResult, seeds) -> Non
                          **tok.scalars({k: v[r, u] for k, v in result.train_metrics.items()})})
     tok.append_jsonl(out / "metrics.jsonl", rows)
     tok.append_jsonl(out / "eval.jsonl", result.evals)
+    if result.guard_events:
+        tok.append_jsonl(out / "events.jsonl", result.guard_events)
     (out / "results.json").write_text(json.dumps({
         "final": result.final, "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds, "tokens_sampled": result.tokens_sampled}, indent=2))

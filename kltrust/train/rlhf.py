@@ -414,6 +414,39 @@ class Trainer:
         params = optax.apply_updates(state.params, updates)
         return self._finish(state, params, opt_state, key, metrics, None)
 
+    # ------------------------------------------------------------ the KL guard
+
+    def back_off(self, state: TrainState, hp: HParams, good: TrainState, rolled: jax.Array,
+                 factor: jax.Array) -> tuple[TrainState, HParams]:
+        """Where ``rolled`` (this run broke its KL guard): the learning state of ``good`` (the last
+        evaluation that passed), then a stronger anchor. β × ``factor`` where the method applies a
+        positive β (the controller's, or DPO's); TRPO's δ ÷ ``factor``; otherwise (no KL applied,
+        or β = 0) the learning rate ÷ ``factor``. The rng key and the update counter go on."""
+        s = self.static
+        keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(rolled, o, n), old, new)  # noqa: E731
+        params, opt_state, controller, bad = keep(
+            (good.params, good.opt_state, good.controller, good.bad_updates),
+            (state.params, state.opt_state, state.controller, state.bad_updates))
+        # The anchor only ever strengthens: β and the learning rate continue from their current
+        # values (earlier rollbacks included), not from the restored state's.
+        beta, lr = state.controller.beta, state.opt_state.hyperparams["learning_rate"]
+        shrink_lr = jnp.array(False)
+        if s.method in ("dpo", "dpo_online"):
+            hp = hp.replace(beta=jnp.where(rolled, hp.beta * factor, hp.beta))
+        elif s.method == "trpo":
+            hp = hp.replace(delta=jnp.where(rolled, hp.delta / factor, hp.delta))
+        elif s.uses_reference:
+            raise_beta = rolled & (beta > 0)
+            beta = jnp.where(raise_beta, beta * factor, beta)
+            shrink_lr = rolled & ~raise_beta
+        else:
+            shrink_lr = rolled
+        controller = controller.replace(beta=beta)
+        opt_state = tok.set_learning_rate(opt_state, jnp.where(shrink_lr, lr / factor, lr))
+        hp = hp.replace(learning_rate=jnp.where(shrink_lr, hp.learning_rate / factor,
+                                                hp.learning_rate))
+        return TrainState(params, opt_state, controller, state.key, state.update_step, bad), hp
+
     # ------------------------------------------------------------ chunks and evaluation
 
     def run_chunk(self, state: TrainState, hp: HParams, frozen: tok.Frozen):
