@@ -128,3 +128,57 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_used(re
     assert f"resumed after update {steps[-2]} of {UPDATES}" in resumed.stdout
     assert (tmp_path / "unreadable_checkpoints" / str(latest)).is_dir()  # kept, not deleted
     _assert_same_run(tmp_path, reference)
+
+
+# ---------------------------------------------------------------- the token policy stage
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_token_policy_stage_resumes_mid_run_bit_identically(tmp_path):
+    """A PPO stage (KL guard on, so its carried state is checkpointed too) dies after 2 of 4 chunks;
+    the same call resumes it and ends with the uninterrupted run's rows and parameters."""
+    from configs import rlhf as rlhf_configs
+    from kltrust.train import pipeline, reward_model
+    from kltrust.train import tokens as tok
+
+    config = rlhf_configs.get_config("ppo_adaptive")
+    config.num_seeds = 2
+    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
+    config.data.update(num_prompts=64, num_eval_prompts=16)
+    for part in (config.model, config.reward_model):
+        part.update(num_layers=1, width=16, num_heads=2)
+    config.rl.update(num_updates=8, updates_per_eval=2, batch_prompts=8, minibatches=2)
+    config.guards.kl_budget = 100.0
+    pipeline.validate(config)
+    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
+    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
+    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+
+    whole = pipeline.run_policy(config, tmp_path / "whole", ref_params, rm_params)
+    chunks = []
+
+    def crash_after_two(updates):
+        chunks.append(updates)
+        if len(chunks) == 2:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params,
+                            on_chunk=crash_after_two)
+    stage = tmp_path / "cut" / config.name
+    assert not tok.is_done(stage) and _steps(stage) == [2, 4]
+    resumed = pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params)
+
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        assert (stage / name).read_text() == (tmp_path / "whole" / config.name / name).read_text()
+    for name, values in whole.train_metrics.items():
+        np.testing.assert_array_equal(resumed.train_metrics[name], values, err_msg=name)
+    beta = whole.train_metrics["beta"]
+    assert len(np.unique(beta)) > 2  # the adaptive controller's β moved, and resumed exactly
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, whole.params)
+    # A finished stage is not run again without --overwrite.
+    with pytest.raises(ValueError, match="already holds results of this finished stage"):
+        pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params)

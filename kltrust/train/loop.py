@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from kltrust import checkpoint as ckpt
 from kltrust import guards, sharding
-from kltrust.metrics import write_text_atomic
+from kltrust.metrics import read_update_rows, truncate_update_rows, write_text_atomic
 from kltrust import train as programs
 
 
@@ -151,9 +151,9 @@ def train(
         step, restored = checkpoints.restore_latest(state)
         if step is not None:
             state, done = restored, step
-        history = {k: [v] for k, v in _read_metrics(workdir / "metrics.jsonl", done).items()}
+        history = {k: [v] for k, v in read_update_rows(workdir / "metrics.jsonl", done).items()}
         if primary:
-            _truncate_metrics(workdir / "metrics.jsonl", done)
+            truncate_update_rows(workdir / "metrics.jsonl", done)
         sharding.sync("kltrust.loop.resumed")
     num_chunks = static.num_updates // static.updates_per_chunk
     bar = tqdm(total=static.num_updates, initial=done, unit="update", disable=not progress,
@@ -245,29 +245,6 @@ class _StopOnSigterm:
     def __exit__(self, *exc) -> None:
         if self.enabled:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def _read_metrics(path: pathlib.Path, updates: int) -> dict[str, np.ndarray]:
-    """The per-update metrics of updates 1..``updates`` from ``metrics.jsonl``, as [runs, updates]
-    float32 arrays (the values were written from float32, so they come back exactly)."""
-    if updates == 0 or not path.exists():
-        return {}
-    rows: dict[int, list[dict]] = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if row["update"] <= updates:
-            rows.setdefault(row["update"], []).append(row)
-    names = [k for k in rows[1][0] if k not in ("step", "update", "seed")]
-    return {name: np.array([[np.nan if r[name] is None else r[name] for r in rows[u]]
-                            for u in range(1, updates + 1)], np.float32).T for name in names}
-
-
-def _truncate_metrics(path: pathlib.Path, updates: int) -> None:
-    """Drops rows past update ``updates`` (written after the last checkpoint), atomically."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if json.loads(line)["update"] <= updates]
-    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def num_updates(config: ml_collections.ConfigDict) -> int:

@@ -33,7 +33,9 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from kltrust import checkpoint as ckpt
 from kltrust import guards, sharding
+from kltrust.metrics import read_update_rows, truncate_update_rows
 from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks import text, text_data
 from kltrust.train import reward_model, rlhf, sft
@@ -394,8 +396,9 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
                  if k in reward_model.PAIR_KEYS}
     frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(prompts_train["prompt"]),
                         jnp.asarray(prompts_test["prompt"]), language, pairs)
+    resume = False
     if write:
-        _prepare_policy_dir(out, config, overwrite)
+        resume = _prepare_policy_dir(out, config, overwrite)
     if config.rl.method == "best_of_n":
         return _run_best_of_n(config, out, frozen, write)
 
@@ -454,25 +457,62 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
                          "samples": [text.decode(responses[r][j], language) for j in range(3)]})
         return metrics, rows
 
-    for i in range(num_chunks + 1):
-        metrics, rows = evaluation(i, state)
-        if i and kl_guard.active:
-            state, hp, rolled = kl_guard.check(state, hp, metrics["kl"], i, seeds)
-            if rolled and i == num_chunks:
-                # The run ends on its last passing state: report that one as the final evaluation.
-                metrics, rows = evaluation(i, state)
-        evals += rows
-        if i == num_chunks:
-            break
-        t = time.perf_counter()
-        state, m = chunk_c(state, hp, frozen)
-        m = {k: v[:num_runs] for k, v in sharding.to_host(m).items()}
-        run_seconds += time.perf_counter() - t
-        train_chunks.append(m)
-        guards.check_streak(m, config.guards.max_nonfinite_updates,
-                            i * config.rl.updates_per_eval, seeds)
-        if on_chunk is not None:
-            on_chunk(config.rl.updates_per_eval)
+    upe = config.rl.updates_per_eval
+    checkpoints, first = None, 0
+    if write:
+        # Mid-run resume: a checkpoint after every chunk holds everything the loop carries (state,
+        # hyperparameters the KL guard may have changed, the guard's last passing state), and the
+        # rows already written are kept up to it.
+        checkpoints = ckpt.Checkpoints(out, keep=2)
+        if resume:
+            step, restored = checkpoints.restore_latest(_carry(state, hp, kl_guard))
+            first = (step or 0) // upe
+            if step:
+                state, hp = _uncarry(restored, kl_guard)
+            evals = _read_rows(out / "eval.jsonl", lambda row: row["update"] < first * upe)
+            kl_guard.events = _read_rows(out / "events.jsonl",
+                                         lambda row: row["evaluation"] < first)
+            if first:
+                train_chunks.append(read_update_rows(out / "metrics.jsonl", first * upe))
+            if sharding.is_primary():
+                truncate_update_rows(out / "metrics.jsonl", first * upe)
+                truncate_update_rows(out / "eval.jsonl", first * upe - 1)
+                truncate_update_rows(out / "events.jsonl", first - 1, key="evaluation")
+            sharding.sync("kltrust.policy.resumed")
+    try:
+        for i in range(first, num_chunks + 1):
+            metrics, rows = evaluation(i, state)
+            if i and kl_guard.active:
+                events = len(kl_guard.events)
+                state, hp, rolled = kl_guard.check(state, hp, metrics["kl"], i, seeds)
+                if rolled and i == num_chunks:
+                    # The run ends on its last passing state: that is the final evaluation.
+                    metrics, rows = evaluation(i, state)
+                if write:
+                    tok.append_jsonl(out / "events.jsonl", kl_guard.events[events:])
+            evals += rows
+            if write:
+                tok.append_jsonl(out / "eval.jsonl", rows)
+            if i == num_chunks:
+                break
+            t = time.perf_counter()
+            state, m = chunk_c(state, hp, frozen)
+            m = {k: v[:num_runs] for k, v in sharding.to_host(m).items()}
+            run_seconds += time.perf_counter() - t
+            train_chunks.append(m)
+            if write:
+                tok.append_jsonl(out / "metrics.jsonl", [
+                    {"update": i * upe + u + 1, "seed": int(seed),
+                     **tok.scalars({k: v[r, u] for k, v in m.items()})}
+                    for u in range(upe) for r, seed in enumerate(np.asarray(seeds))])
+            guards.check_streak(m, config.guards.max_nonfinite_updates, i * upe, seeds)
+            if write:
+                checkpoints.save((i + 1) * upe, _carry(state, hp, kl_guard))
+            if on_chunk is not None:
+                on_chunk(upe)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()  # a failing run still finishes the checkpoints it started
 
     train_metrics = {k: np.concatenate([c[k] for c in train_chunks], axis=1)
                      for k in train_chunks[0]}
@@ -551,34 +591,60 @@ class _KLGuard:
         return state, hp, bool(bad.any())
 
 
-def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> None:
+def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> bool:
+    """Whether to resume: True when ``out`` holds an unfinished stage of this very config. A
+    finished stage, or one of a different config, is refused unless ``overwrite``."""
+    config_json = config.to_json_best_effort(indent=2, sort_keys=True)
     holds_results = out.exists() and any(out.iterdir())
+    same = (out / "config.json").exists() and (out / "config.json").read_text() == config_json
     if holds_results and not overwrite:
-        raise ValueError(f"{out} already holds results; pass --overwrite to replace them "
-                         "(resuming a policy stage is not supported yet).")
+        if not same:
+            raise ValueError(f"{out} holds a policy stage of a different config; pass --overwrite "
+                             "to replace it.")
+        if tok.is_done(out) or (out / "results.json").exists():
+            raise ValueError(f"{out} already holds results of this finished stage; pass "
+                             "--overwrite to run it again.")
+    # Best-of-n has no training state to resume: an unfinished one starts again.
+    resume = holds_results and same and not overwrite and config.rl.method != "best_of_n"
     sharding.sync(f"kltrust.prepare.{out.name}.checked")
-    if sharding.is_primary():
+    if sharding.is_primary() and not resume:
         if holds_results:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        (out / "config.json").write_text(config_json)
     sharding.sync(f"kltrust.prepare.{out.name}")
+    return resume
+
+
+def _carry(state, hp, kl_guard) -> dict:
+    """What a policy-stage checkpoint holds (all arrays, so orbax can write them)."""
+    carry = {"state": state, "hp": jax.tree.map(jnp.asarray, hp)}
+    if kl_guard.active:
+        carry["guard"] = {"good": kl_guard.good, "good_kl": jnp.asarray(kl_guard.good_kl),
+                          "rollbacks": jnp.asarray(kl_guard.rollbacks)}
+    return carry
+
+
+def _uncarry(carry: dict, kl_guard):
+    if kl_guard.active:
+        kl_guard.good = carry["guard"]["good"]
+        kl_guard.good_kl = np.asarray(carry["guard"]["good_kl"])
+        kl_guard.rollbacks = np.asarray(carry["guard"]["rollbacks"])
+    return carry["state"], jax.tree.map(np.asarray, carry["hp"])
+
+
+def _read_rows(path: pathlib.Path, keep: Callable[[dict], bool]) -> list[dict]:
+    if not path.exists():
+        return []
+    return [row for row in map(json.loads, path.read_text().splitlines()) if keep(row)]
 
 
 def _write_policy(out: pathlib.Path, config, result: PolicyResult, seeds) -> None:
+    """The stage's summary files (metrics.jsonl, eval.jsonl, events.jsonl were written as it went);
+    params.msgpack last, as the completion marker."""
     params = sharding.to_host(result.params)  # every process: gathering shards is collective
     if not sharding.is_primary():
         return
-    rows = []
-    num_updates = next(iter(result.train_metrics.values())).shape[1]
-    for r, seed in enumerate(np.asarray(seeds)):
-        for u in range(num_updates):
-            rows.append({"update": u + 1, "seed": int(seed),
-                         **tok.scalars({k: v[r, u] for k, v in result.train_metrics.items()})})
-    tok.append_jsonl(out / "metrics.jsonl", rows)
-    tok.append_jsonl(out / "eval.jsonl", result.evals)
-    if result.guard_events:
-        tok.append_jsonl(out / "events.jsonl", result.guard_events)
     (out / "results.json").write_text(json.dumps({
         "final": result.final, "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds, "tokens_sampled": result.tokens_sampled}, indent=2))
