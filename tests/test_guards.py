@@ -15,6 +15,7 @@ from configs import trpo as trpo_configs
 from kltrust import guards
 from kltrust import train as programs
 from kltrust.train import loop
+from token_helpers import random_models, tiny_token_config
 
 
 def _config(family):
@@ -92,20 +93,11 @@ def test_the_guard_limit_is_validated():
 
 def test_token_ppo_skips_a_poisoned_run_and_the_clean_one_in_the_same_program_learns(tmp_path):
     """Two runs in one vmapped program; run 1's β is NaN, so its KL-shaped rewards are NaN."""
-    from configs import rlhf as rlhf_configs
-    from kltrust.train import pipeline, reward_model
-    from kltrust.train import tokens as tok
+    from kltrust.train import pipeline
 
-    config = rlhf_configs.get_config("ppo")
-    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
-    config.data.update(num_prompts=64, num_eval_prompts=16)
-    for part in (config.model, config.reward_model):
-        part.update(num_layers=1, width=16, num_heads=2)
-    config.rl.update(num_updates=3, updates_per_eval=3, batch_prompts=8, minibatches=2)
+    config = tiny_token_config(num_updates=3, updates_per_eval=3)
     pipeline.validate(config)
-    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
-    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
-    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+    ref_params, rm_params = random_models(config)
     hp = pipeline.hparams_from_config(config, 2)
     hp = hp.replace(beta=jnp.array([0.1, jnp.nan]))
     result = pipeline.run_policy(config, tmp_path, ref_params, rm_params, write=False,
@@ -122,15 +114,7 @@ def test_token_ppo_skips_a_poisoned_run_and_the_clean_one_in_the_same_program_le
 
 
 def _token_config(budget, **guard):
-    from configs import rlhf as rlhf_configs
-
-    config = rlhf_configs.get_config("ppo")
-    config.num_seeds = 1
-    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
-    config.data.update(num_prompts=64, num_eval_prompts=16)
-    for part in (config.model, config.reward_model):
-        part.update(num_layers=1, width=16, num_heads=2)
-    config.rl.update(num_updates=8, updates_per_eval=2, batch_prompts=8, minibatches=2)
+    config = tiny_token_config(num_updates=8, updates_per_eval=2)
     config.rl.hparams.learning_rate = 3e-3
     config.guards.update(kl_budget=budget, **guard)
     return config
@@ -139,13 +123,10 @@ def _token_config(budget, **guard):
 @pytest.fixture(scope="module")
 def planted_bug(tmp_path_factory):
     """A reward bug: the proxy's scores multiplied by 1000, so β = 0.1 cannot hold the policy."""
-    from kltrust.train import pipeline, reward_model
+    from kltrust.train import pipeline
     from kltrust.train import tokens as tok
 
-    config = _token_config(0.0)
-    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
-    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
-    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+    ref_params, rm_params = random_models(_token_config(0.0))
     score = tok.score
     patch = pytest.MonkeyPatch()
     patch.setattr(tok, "score", lambda *a, **k: 1000.0 * score(*a, **k))

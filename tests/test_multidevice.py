@@ -14,13 +14,12 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from configs import ppo as ppo_configs
-from configs import rlhf as rlhf_configs
 from configs import trpo as trpo_configs
 from kltrust import sharding
 from kltrust import train as programs
-from kltrust.train import loop, pipeline, reward_model
+from kltrust.train import loop, pipeline
 from kltrust.train import ppo as ppo_train
-from kltrust.train import tokens as tok
+from token_helpers import random_models, tiny_token_config
 
 pytestmark = [
     pytest.mark.multidevice,
@@ -101,14 +100,10 @@ CG_ITERS = 40
 
 
 def _token_config(preset, mesh):
-    config = rlhf_configs.get_config(preset)
-    config.num_seeds = 2
-    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
-    config.data.update(num_prompts=64, num_eval_prompts=16, num_pairs=64, num_eval_pairs=16)
-    for part in (config.model, config.reward_model):
-        # Width 16 and 8 heads: every weight matrix has an axis divisible by 8 (FSDP splits it).
-        part.update(num_layers=1, width=16, num_heads=8)
-    config.rl.update(num_updates=2, updates_per_eval=2, batch_prompts=8, minibatches=1)
+    # Width 16 and 8 heads: every weight matrix has an axis divisible by 8 (FSDP splits it).
+    config = tiny_token_config(preset, num_seeds=2, num_heads=8, num_updates=2,
+                               updates_per_eval=2, minibatches=1)
+    config.data.update(num_pairs=64, num_eval_pairs=16)
     if config.rl.method == "trpo":
         config.rl.update(batch_prompts=2, group_size=4, cg_iters=CG_ITERS)
     config.mesh.update(mesh)
@@ -120,11 +115,7 @@ def token_stages(tmp_path_factory):
     """Untrained (random) reference and proxy: the 1-vs-8 comparison needs no trained models."""
     config = _token_config("ppo", {})
     pipeline.validate(config)
-    policy = tok.Policy(tok.policy_config(config))
-    ref_params = policy.init(jax.random.PRNGKey(1))
-    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
-    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
-    return tmp_path_factory.mktemp("tokens"), ref_params, rm_params
+    return (tmp_path_factory.mktemp("tokens"), *random_models(config))
 
 
 _TOKEN_RUNS = {}

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from token_helpers import random_models, tiny_token_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 UPDATES = 40
@@ -140,22 +141,13 @@ class _Crash(Exception):
 def test_a_token_policy_stage_resumes_mid_run_bit_identically(tmp_path):
     """A PPO stage (KL guard on, so its carried state is checkpointed too) dies after 2 of 4 chunks;
     the same call resumes it and ends with the uninterrupted run's rows and parameters."""
-    from configs import rlhf as rlhf_configs
-    from kltrust.train import pipeline, reward_model
+    from kltrust.train import pipeline
     from kltrust.train import tokens as tok
 
-    config = rlhf_configs.get_config("ppo_adaptive")
-    config.num_seeds = 2
-    config.task.update(num_words=10, successors=3, num_good=2, prompt_len=3, response_len=6)
-    config.data.update(num_prompts=64, num_eval_prompts=16)
-    for part in (config.model, config.reward_model):
-        part.update(num_layers=1, width=16, num_heads=2)
-    config.rl.update(num_updates=8, updates_per_eval=2, batch_prompts=8, minibatches=2)
+    config = tiny_token_config("ppo_adaptive", num_seeds=2, num_updates=8, updates_per_eval=2)
     config.guards.kl_budget = 100.0
     pipeline.validate(config)
-    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
-    pairs = {"prompt": np.zeros((1, 3), np.int32), "chosen": np.zeros((1, 6), np.int32)}
-    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+    ref_params, rm_params = random_models(config)
 
     whole = pipeline.run_policy(config, tmp_path / "whole", ref_params, rm_params)
     chunks = []

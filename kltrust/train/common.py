@@ -62,6 +62,31 @@ def random_policy_score(env_name: str, num_episodes: int = 100, seed: int = 0) -
     return float(jnp.mean(jax.jit(jax.vmap(episode))(keys)))
 
 
+def control_defaults(algorithm: str, **fields: Any) -> ml_collections.ConfigDict:
+    """The fields every control program's config has (run shape, model, checkpoints, mesh,
+    guards), with ``fields`` overriding or adding; `ppo.defaults` and `trpo.defaults` build on it."""
+    config = ml_collections.ConfigDict()
+    config.algorithm = algorithm
+    config.env_name = "CartPole-v1"
+    config.seed = 0
+    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
+    config.num_envs = 4
+    config.num_steps = 128
+    config.total_timesteps = 500_000
+    config.updates_per_chunk = 50  # updates per compiled call; metrics/checkpoints between calls
+    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
+    config.checkpoint_every_chunks = 1
+    config.keep_checkpoints = 2
+    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
+    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
+    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
+    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
+    config.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
+    for key, value in fields.items():
+        config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return config
+
+
 def hparams_from_config(cls: type, hparams: ml_collections.ConfigDict) -> Any:
     """Builds the flax dataclass ``cls`` from ``hparams``, every field a float32 array."""
     names = [f.name for f in dataclasses.fields(cls)]

@@ -50,7 +50,7 @@ class RunResult:
     preempted: bool = False  # stopped early by SIGTERM, after writing a checkpoint
 
 
-RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "learning_curve.png")
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "learning_curve.png", ckpt.UNREADABLE)
 
 
 def _check_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> bool:

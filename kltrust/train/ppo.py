@@ -107,39 +107,20 @@ def defaults() -> ml_collections.ConfigDict:
     """Every field a ppo config has, with its default. The presets (configs/ppo.py) start from
     these, and `validate` refuses a key that is not here or a value of another type.
     """
-    config = ml_collections.ConfigDict()
-    config.algorithm = "ppo"
-    config.env_name = "CartPole-v1"
-    config.seed = 0
-    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
-    config.num_envs = 4
-    config.num_steps = 128
-    config.num_epochs = 4
-    config.num_minibatches = 4
-    config.total_timesteps = 500_000
-    config.updates_per_chunk = 50  # updates per compiled call; metrics/checkpoints between calls
-    config.anneal_lr = True
-    config.early_stop = False  # stop the epoch loop once KL(π_old ‖ π_θ) > 1.5 · target_kl
-    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
-    config.variant = ml_collections.ConfigDict(
-        dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
-             normalize_advantages=True)
-    )
-    config.hparams = ml_collections.ConfigDict(
-        dict(
+    return common.control_defaults(
+        "ppo",
+        num_epochs=4,
+        num_minibatches=4,
+        anneal_lr=True,
+        early_stop=False,  # stop the epoch loop once KL(π_old ‖ π_θ) > 1.5 · target_kl
+        variant=dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
+                     normalize_advantages=True),
+        hparams=dict(
             learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, kl_target=0.01, gamma=0.99,
             gae_lambda=0.95, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015,
             reward_scale=1.0, kl_horizon=10_000.0, kl_gain=1.0, pid_kp=10.0, pid_ki=1.0, pid_kd=0.0,
-        )
+        ),
     )
-    config.checkpoint_every_chunks = 1
-    config.keep_checkpoints = 2
-    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
-    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
-    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
-    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
-    config.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
-    return config
 
 
 def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:

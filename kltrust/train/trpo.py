@@ -109,38 +109,22 @@ def defaults() -> ml_collections.ConfigDict:
     """Every field a trpo config has, with its default. The presets (configs/trpo.py) start from
     these, and `validate` refuses a key that is not here or a value of another type.
     """
-    config = ml_collections.ConfigDict()
-    config.algorithm = "trpo"
-    config.env_name = "CartPole-v1"
-    config.seed = 0
-    config.num_seeds = 1  # seeds seed, seed+1, … run vmapped in one program
-    config.num_envs = 4
-    config.num_steps = 512
-    config.total_timesteps = 499_712
-    config.updates_per_chunk = 61  # updates per compiled call; metrics/checkpoints between calls
-    config.cg_iters = 10
-    config.max_backtracks = 10
-    config.fvp_subsample = 1  # Fisher-vector products on every k-th state of the batch
-    config.vf_epochs = 5
-    config.vf_minibatches = 8
-    config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
-    config.variant = ml_collections.ConfigDict(
-        dict(line_search=True, kl_anchor="old", normalize_advantages=True)
-    )
-    config.hparams = ml_collections.ConfigDict(
-        dict(
+    return common.control_defaults(
+        "trpo",
+        num_steps=512,
+        total_timesteps=499_712,
+        updates_per_chunk=61,
+        cg_iters=10,
+        max_backtracks=10,
+        fvp_subsample=1,  # Fisher-vector products on every k-th state of the batch
+        vf_epochs=5,
+        vf_minibatches=8,
+        variant=dict(line_search=True, kl_anchor="old", normalize_advantages=True),
+        hparams=dict(
             delta=0.01, kl_budget=0.5, damping=0.1, backtrack_factor=0.8, cg_residual_tol=1e-10,
             vf_learning_rate=1e-3, gamma=0.99, gae_lambda=0.97, reward_scale=1.0,
-        )
+        ),
     )
-    config.checkpoint_every_chunks = 1
-    config.keep_checkpoints = 2
-    # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
-    # kltrust.sharding explains the axes; --config.mesh.runs=8 spreads 8 seeds over 8 devices.
-    config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
-    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
-    config.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
-    return config
 
 
 def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
