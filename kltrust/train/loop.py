@@ -163,9 +163,30 @@ def train(
     try:
         with _StopOnSigterm(enabled=workdir is not None) as stop:
             for chunk in range(done // static.updates_per_chunk, num_chunks):
-                state, metrics, preempted = _one_chunk(
-                    compiled_chunk, state, hparams, chunk, num_runs, seeds, static, config,
-                    workdir, writer, checkpoints, history, stop, bar, on_chunk)
+                state, metrics = compiled_chunk(state, hparams)
+                metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
+                for name, values in metrics.items():
+                    history.setdefault(name, []).append(np.asarray(values))
+                first_update = chunk * static.updates_per_chunk
+                last = chunk + 1 == num_chunks
+                # Every process stops at the same chunk, whichever of them got the signal.
+                preempted = sharding.any_process(stop.requested) and not last
+                # Metrics before the checkpoint: a run killed in between has rows past its last
+                # checkpoint, which resuming drops.
+                if workdir is not None and primary:
+                    _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
+                guards.check_streak(metrics, config.guards.max_nonfinite_updates, first_update,
+                                    seeds)
+                if workdir is not None and (
+                        (chunk + 1) % config.checkpoint_every_chunks == 0 or last or preempted):
+                    checkpoints.save(first_update + static.updates_per_chunk, state)
+                bar.update(static.updates_per_chunk)
+                if on_chunk is not None:
+                    on_chunk(static.updates_per_chunk)
+                latest_return = metrics["episode_return"][:, -1]
+                if np.isfinite(latest_return).any():
+                    bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
+                                    kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
                 if preempted:
                     break
     except BaseException:
@@ -194,35 +215,6 @@ def train(
             writer.close()
             plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
     return result
-
-
-def _one_chunk(compiled_chunk, state, hparams, chunk, num_runs, seeds, static, config, workdir,
-               writer, checkpoints, history, stop, bar, on_chunk):
-    """Runs chunk number ``chunk``; records its metrics, then checkpoints (metrics first, so a run
-    killed in between has rows past its last checkpoint, which resuming drops). Returns (state,
-    metrics, whether SIGTERM asked to stop)."""
-    state, metrics = compiled_chunk(state, hparams)
-    metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
-    for name, values in metrics.items():
-        history.setdefault(name, []).append(np.asarray(values))
-    first_update = chunk * static.updates_per_chunk
-    last = chunk + 1 == static.num_updates // static.updates_per_chunk
-    # Every process stops at the same chunk, whichever of them received the signal.
-    preempted = sharding.any_process(stop.requested) and not last
-    if workdir is not None and sharding.is_primary():
-        _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
-    guards.check_streak(metrics, config.guards.max_nonfinite_updates, first_update, seeds)
-    if workdir is not None:
-        if (chunk + 1) % config.checkpoint_every_chunks == 0 or last or preempted:
-            checkpoints.save(first_update + static.updates_per_chunk, state)
-    bar.update(static.updates_per_chunk)
-    if on_chunk is not None:
-        on_chunk(static.updates_per_chunk)
-    latest_return = metrics["episode_return"][:, -1]
-    if np.isfinite(latest_return).any():
-        bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
-                        kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
-    return state, metrics, preempted
 
 
 class _StopOnSigterm:
