@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import distributed
-from kltrust.train import loop
+from kltrust.train import common, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/ppo.py:cartpole_clip", "Run config.",
                                           lock_config=True)
@@ -37,7 +37,7 @@ def main(argv: Sequence[str]) -> None:
     result = loop.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
     updates = result.metrics["kl_old"].shape[1]
     if result.resumed_from:
-        print(f"resumed after update {result.resumed_from} of {loop.num_updates(_CONFIG.value)}")
+        print(f"resumed after update {result.resumed_from} of {common.num_updates(_CONFIG.value)}")
     if result.preempted:
         print(f"stopped by SIGTERM after update {updates}; a checkpoint was written. Run the same "
               "command to resume.")

@@ -131,11 +131,6 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), BATCH_AXES))
 
 
-def runs_sharding(mesh: Mesh) -> NamedSharding:
-    """Splits a leading run axis over ``runs``."""
-    return NamedSharding(mesh, PartitionSpec(RUN_AXIS))
-
-
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> PartitionSpec:
     """Where FSDP splits one parameter: its largest axis divisible by ``fsdp_size``.
 

@@ -67,7 +67,9 @@ class ControlFamily:
         programs.program(config).validate(config)
 
     def units(self, config: ml_collections.ConfigDict) -> int:
-        return config.total_timesteps // (config.num_envs * config.num_steps)
+        from kltrust.train import common
+
+        return common.num_updates(config)
 
     def run_group(self, runs: Sequence[Run], root: pathlib.Path, record_every: int,
                   advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:

@@ -153,6 +153,11 @@ def check_range(hparams: ml_collections.ConfigDict, name: str, low: float, high:
         raise ValueError(f"config.{prefix}.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
 
 
+def num_updates(config: ml_collections.ConfigDict) -> int:
+    """How many updates a control config runs: total_timesteps // (num_envs * num_steps)."""
+    return config.total_timesteps // (config.num_envs * config.num_steps)
+
+
 def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
     """Checks the fields every control config has: env, batch shape, chunking, seeds, model, mesh.
 
@@ -172,12 +177,12 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
           "config.mesh)")
     check(config.total_timesteps >= batch, "total_timesteps", config.total_timesteps,
           f">= num_envs * num_steps = {batch}")
-    num_updates = config.total_timesteps // batch
-    if num_updates % config.updates_per_chunk:
-        divisors = [d for d in range(1, num_updates + 1) if num_updates % d == 0]
+    updates = num_updates(config)
+    if updates % config.updates_per_chunk:
+        divisors = [d for d in range(1, updates + 1) if updates % d == 0]
         near = sorted(sorted(divisors, key=lambda d: abs(d - config.updates_per_chunk))[:3])
         check(False, "updates_per_chunk", config.updates_per_chunk,
-              f"a divisor of the number of updates, {num_updates} = total_timesteps // "
+              f"a divisor of the number of updates, {updates} = total_timesteps // "
               f"(num_envs * num_steps); nearest divisors: {near}")
     check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
     limit = config.guards.max_nonfinite_updates

@@ -239,11 +239,6 @@ class _StopOnSigterm:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def num_updates(config: ml_collections.ConfigDict) -> int:
-    """The number of updates a control config runs."""
-    return config.total_timesteps // (config.num_envs * config.num_steps)
-
-
 def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
     """Mean over non-NaN entries; NaN (without numpy's warning) where every seed is NaN, e.g. the
     episode return before any episode has finished."""

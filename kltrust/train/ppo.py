@@ -76,7 +76,7 @@ class Static:
             num_steps=config.num_steps,
             num_epochs=config.num_epochs,
             num_minibatches=config.num_minibatches,
-            num_updates=config.total_timesteps // (config.num_envs * config.num_steps),
+            num_updates=common.num_updates(config),
             updates_per_chunk=config.updates_per_chunk,
             hidden=tuple(config.model.hidden),
             activation=config.model.activation,
