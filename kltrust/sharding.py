@@ -230,7 +230,14 @@ def local_rows(index: np.ndarray) -> np.ndarray:
 
 
 def to_host(tree: Any) -> Any:
-    """NumPy copies of every leaf on every process, gathering leaves that span processes."""
+    """NumPy copies of every leaf on every process, gathering leaves that span processes.
+
+    Waits for ``tree`` first: a gather is a program of its own, and one launched while the program
+    computing ``tree`` still runs can reach the processes' collectives in different orders (seen:
+    process 1 in the gather's all-gather, process 0 still in the training chunk's all-reduce, both
+    waiting for ever).
+    """
+    tree = jax.block_until_ready(tree)
 
     def one(x: Any) -> np.ndarray:
         if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
