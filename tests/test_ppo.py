@@ -209,6 +209,23 @@ def test_vmapped_hyperparameters_equal_separate_runs():
     assert not np.allclose(together["kl_old"][0], together["kl_old"][1])  # β mattered
 
 
+def test_ratio_extremes_are_one_without_a_step_and_escape_the_clip_range_with_large_steps():
+    """ratio_max / ratio_min are π_new/π_old on the batch after the update: exactly 1 when the
+    parameters cannot move (learning rate 0, past the config check), and outside 1 ± ε for a large
+    learning rate even with clipping on (the clip stops gradients, not the ratio)."""
+    config = _tiny("cartpole_clip")
+    trainer = ppo_train.make_trainer(config)
+    init, run_chunk = ppo_train.compile_run(trainer)
+    base = ppo_train.HParams.from_config(config.hparams)
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x]), base).replace(
+        learning_rate=jnp.array([0.0, 0.05]))
+    _, metrics = run_chunk(init(jnp.zeros(2, jnp.int32), stacked), stacked)
+    np.testing.assert_allclose(metrics["ratio_max"][0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(metrics["ratio_min"][0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(metrics["kl_old"][0], 0.0, atol=1e-6)
+    assert np.max(metrics["ratio_max"][1]) > 1.2 or np.min(metrics["ratio_min"][1]) < 0.8
+
+
 @pytest.mark.parametrize("preset", ["cartpole_kl_adaptive", "cartpole_kl_ref", "pendulum_clip_kl"])
 def test_variants_run_and_report_their_kl(preset):
     result = _train(preset)

@@ -234,6 +234,10 @@ def test_short_run_improves_return_and_keeps_every_accepted_update_within_delta(
     assert accepted.mean() > 0.5
     assert np.all(m["kl_old"][accepted] <= m["delta"][accepted])
     assert np.all(m["kl_old"][~accepted] == 0)
+    # The ratio π_new/π_old on the batch: 1 where the step was rejected, spread where it was taken.
+    np.testing.assert_allclose(m["ratio_max"][~accepted], 1.0, atol=1e-5)
+    np.testing.assert_allclose(m["ratio_min"][~accepted], 1.0, atol=1e-5)
+    assert np.all(m["ratio_max"][accepted] > 1.0) and np.all(m["ratio_min"][accepted] < 1.0)
     assert np.all(m["cg_residual"] >= 0) and np.all(np.isfinite(m["cg_residual"]))
     # Random CartPole play scores ~20; 40 updates of 512 steps with δ = 0.01 must clearly learn.
     early, late = np.nanmean(m["episode_return"][:, 2]), np.nanmean(m["episode_return"][:, -1])
@@ -267,6 +271,8 @@ def test_delta_is_an_array_so_a_sweep_vmaps_over_it():
     assert np.all((metrics["kl_old"] <= deltas[:, None]) | ~accepted)
     # A 20× larger trust region lets the policy move further on the very same first batch.
     assert metrics["step_norm"][1, 0] > 2 * metrics["step_norm"][0, 0]
+    spread = metrics["ratio_max"][:, 0] - metrics["ratio_min"][:, 0]
+    assert spread[1] > 2 * spread[0]
 
 
 def test_npg_takes_the_scaled_step_whatever_its_kl():

@@ -278,6 +278,10 @@ class Trainer(common.ControlTrainer):
         # The constrained KLs, measured exactly on the whole batch after the update.
         new_policy, _ = self.apply_fn(params, batch.obs)
         metrics["kl_old"] = batch.policy.kl(new_policy).mean()
+        # The extremes of π_θ/π_old over the batch: clipping stops the gradient at 1 ± ε but does not
+        # bound the ratio (or the KL) the update ends at.
+        ratio = jnp.exp(new_policy.log_prob(batch.action) - batch.log_prob)
+        metrics["ratio_max"], metrics["ratio_min"] = ratio.max(), ratio.min()
         if variant.uses_reference:
             metrics["kl_ref"] = new_policy.kl(batch.reference).mean()
         # The coefficient actually applied in this update's loss (0 when nothing is penalised).

@@ -235,7 +235,10 @@ class Trainer(common.ControlTrainer):
             new_policy_params, critic_params, state.vf_opt_state, batch.obs, target, key_vf, hp
         )
         metrics["value_loss"] = value_loss
-        metrics["entropy"] = policy_fn(new_flat_policy, batch.obs).entropy().mean()
+        new_policy = policy_fn(new_flat_policy, batch.obs)
+        metrics["entropy"] = new_policy.entropy().mean()
+        ratio = jnp.exp(new_policy.log_prob(batch.action) - batch.log_prob)  # as PPO reports it
+        metrics["ratio_max"], metrics["ratio_min"] = ratio.max(), ratio.min()
         # A non-finite update is skipped (the line search already rejects a NaN surrogate; the
         # critic's Adam would not). CG's diagnostics may be NaN by design (0/0 on a zero gradient).
         (new_params, vf_opt_state, episodes), bad_updates, metrics = guards.skip_nonfinite(
