@@ -16,7 +16,7 @@ endif
 
 comma := ,
 
-.PHONY: demo test test-fast kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
+.PHONY: demo test test-fast notebooks kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
   bench-tokens bench-sharding ppo-table1 ppo-table1-full rlhf-frontier overoptimization sweep-timing clean
 
 $(BIN)/python:
@@ -101,6 +101,10 @@ bench-sharding: $(VENV)/.installed
 bench-seeds: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3
 
+# The five notebooks executed headless on their full settings; copies with outputs in runs/notebooks/.
+notebooks: $(VENV)/.installed-dev
+	$(BIN)/python -m experiments.notebooks --out=runs/notebooks
+
 kl-table: $(VENV)/.installed
 	$(BIN)/python -m experiments.kl_table --config=configs/sweeps/kl_estimators.py --workdir=runs/kl_table
 
@@ -109,7 +113,7 @@ kl-table: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	XLA_FLAGS=$(MULTIDEVICE_FLAGS) $(BIN)/python -m pytest -q -m multidevice; \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
-	$(BIN)/python -m pytest -m "not multidevice"
+	$(BIN)/python -m pytest -m "not multidevice" --durations=20
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not multidevice and not slow"
