@@ -101,6 +101,16 @@ bench-sharding: $(VENV)/.installed
 bench-seeds: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3
 
+# kltrust vs Stable-Baselines3 / sb3-contrib / PyTorch on one machine (benchmarks/README.md); writes
+# benchmarks/results.md. About 20 minutes on 2 idle CPU cores; BENCH_FLAGS=--quick for a smoke run.
+.PHONY: bench
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.peers $(BENCH_FLAGS)
+
 # The five notebooks executed headless on their full settings; copies with outputs in runs/notebooks/.
 notebooks: $(VENV)/.installed-dev
 	$(BIN)/python -m experiments.notebooks --out=runs/notebooks

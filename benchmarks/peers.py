@@ -1,0 +1,495 @@
+"""kltrust against what users would pick instead, in one run on one machine: a Markdown table.
+
+    python -m benchmarks.peers [--quick] [--reps=3] [--out=benchmarks/results.md]   (make bench)
+
+Rows (each a separate process, so its peak memory is its own; see benchmarks/README.md):
+
+* control: CartPole-v1 env steps/s for a fixed budget and the wall time to a mean return of 475,
+  kltrust PPO (cartpole_clip) and TRPO (cartpole_trpo) vs Stable-Baselines3 PPO and sb3-contrib
+  TRPO with matched hyperparameters (`benchmarks.control_peers`); kltrust with N vmapped seeds.
+* DPO: one training step of a decoder of the dpo preset's size and of a larger one, kltrust vs a
+  PyTorch implementation of the same model (`benchmarks.dpo_peers`), its FLOP/s against the
+  measured matmul peak (`benchmarks.matmul_peak`).
+* compile time of the default presets (`benchmarks.compile_times`).
+
+Repetitions are interleaved: rep 1 of every row (kltrust, then its peer), then rep 2, and so on, so
+a machine that gets slower over the run hurts both sides alike. Cells are "median (min–max)" over
+reps; ratios are kltrust ÷ peer of the medians (> 1: kltrust faster), with the range of the
+per-rep ratios. Peak memory is the child's ``ru_maxrss`` from ``os.wait4``. Raw JSON per row and
+each row's log go to ``--json_dir``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags
+
+from benchmarks import bench_util
+
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run (about 2 minutes on 2 idle cores): 1 rep, "
+                           "tiny budgets, a low threshold, the default DPO size only.")
+_REPS = flags.DEFINE_integer("reps", 3, "Repetitions of every row (interleaved).")
+_PARTS = flags.DEFINE_list("parts", ["peak", "control", "seeds", "dpo", "compile"],
+                           "Which parts to run.")
+_STEPS = flags.DEFINE_integer("steps", 100_000, "Control throughput: env steps per run.")
+_THRESHOLD = flags.DEFINE_float("threshold", 475.0, "Control: return to reach.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Control: give up on the threshold after this "
+                                  "many env steps (default: the presets' 500k).")
+_SEEDS = flags.DEFINE_list("seeds", ["1", "8", "32"], "kltrust PPO vmapped-seed counts.")
+_DPO_SIZES = flags.DEFINE_list("dpo_sizes", ["default", "large"], "DPO model sizes to run.")
+_DPO_REPEATS = flags.DEFINE_integer("dpo_repeats", 20, "Timed steps (kltrust: chunks) per DPO row.")
+_LARGE = flags.DEFINE_string(
+    "large", "layers=4,width=256,heads=4,vocab=1024,prompt_len=16,response_len=112,pairs=16",
+    "The larger DPO size (dpo_peers flags).")
+_LARGE_REPEATS = flags.DEFINE_integer("large_repeats", 5, "Timed steps per large DPO row.")
+_EIGEN = flags.DEFINE_bool("eigen_variant", True, "Also run kltrust's DPO rows with XLA's default "
+                           "multi-threaded Eigen (KLTRUST_EIGEN_THREADS=1).")
+_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False,
+                                   "Also run the PyTorch DPO rows under torch.compile.")
+_COMPILE_PRESETS = flags.DEFINE_list("compile_presets", None, "benchmarks.compile_times --presets "
+                                     "(default: its default list; 'all' for every preset).")
+_CACHE = flags.DEFINE_bool("cache_variant", True, "Also time the presets' compilation with JAX's "
+                           "persistent compilation cache (written by one run, read by the next).")
+_PEAK_N = flags.DEFINE_integer("peak_n", 2048, "Matmul size of the peak measurement.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results.md", "Markdown output.")
+_JSON_DIR = flags.DEFINE_string("json_dir", None, "Raw rows and logs (default runs/bench/DATE).")
+_RENDER = flags.DEFINE_string("render_from", None, "Run nothing: rebuild the table from the "
+                              "rows.jsonl of an earlier run's --json_dir.")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class Runner:
+    """Starts rows as child processes and keeps their JSON results."""
+
+    def __init__(self, json_dir: pathlib.Path, threads: int | None):
+        self.json_dir = json_dir
+        self.threads = threads
+        self.results: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+        self.count = 0
+
+    def run(self, label: str, module: str, args: Sequence[str], env: dict[str, str] | None = None,
+            **tags: Any) -> dict[str, Any] | None:
+        self.count += 1
+        stem = f"{self.count:03d}_{label}"
+        out = self.json_dir / f"{stem}.json"
+        cmd = [sys.executable, "-m", module, *args, f"--json_out={out}"]
+        if self.threads:
+            cmd.append(f"--threads={self.threads}")
+        child_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        shown = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+        print(f"[{time.strftime('%H:%M:%S')}] {label}: {shown} {shlex.join(cmd[1:])}", flush=True)
+        start = time.perf_counter()
+        with open(self.json_dir / f"{stem}.log", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0 or not out.exists():
+            tail = (self.json_dir / f"{stem}.log").read_text().splitlines()[-15:]
+            message = f"{label} failed (exit {proc.returncode}); log {self.json_dir}/{stem}.log"
+            print(message + "\n    " + "\n    ".join(tail), flush=True)
+            self.failures.append(message)
+            return None
+        row = json.loads(out.read_text())
+        row.update(tags, label=label, peak_rss_mb=usage.ru_maxrss / 1024, process_wall_s=wall)
+        self.results.append(row)
+        with open(self.json_dir / "rows.jsonl", "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        return row
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _cell(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def _ratio(a_rows: Sequence[dict], b_rows: Sequence[dict], key: str, b_key: str | None = None,
+           invert: bool = False) -> str:
+    """median(a) ÷ median(b) of ``key`` (``invert``: b ÷ a), and the range of the per-rep ratios
+    (rows paired by their ``rep``; a rep missing or None on either side is left out of the range)."""
+    b_key = b_key or key
+    a = {r.get("rep"): r.get(key) for r in a_rows}
+    b = {r.get("rep"): r.get(b_key) for r in b_rows}
+    a_vals = [v for v in a.values() if v is not None]
+    b_vals = [v for v in b.values() if v is not None]
+    if not a_vals or not b_vals:
+        return "–"
+    if invert:
+        a, b, a_vals, b_vals = b, a, b_vals, a_vals
+    ratio = statistics.median(a_vals) / statistics.median(b_vals)
+    pairs = [a[r] / b[r] for r in a if r in b and a[r] is not None and b[r] is not None]
+    if len(pairs) > 1:
+        return f"**{ratio:.2f}×** ({min(pairs):.2f}–{max(pairs):.2f})"
+    return f"**{ratio:.2f}×**"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows]
+
+
+def _select(results, **match) -> list[dict[str, Any]]:
+    return [r for r in results if all(r.get(k) == v for k, v in match.items())]
+
+
+def _values(rows, key) -> list[float]:
+    return [r.get(key) for r in rows]
+
+
+IMPL_NAMES = {("ppo", "kltrust"): "kltrust PPO (cartpole_clip)", ("ppo", "sb3"): "SB3 PPO",
+              ("trpo", "kltrust"): "kltrust TRPO (cartpole_trpo)",
+              ("trpo", "sb3"): "sb3-contrib TRPO"}
+
+
+def control_section(results, slower: list[str]) -> list[str]:
+    lines = []
+    rows = []
+    for algo in ("ppo", "trpo"):
+        k = _select(results, bench="control_throughput", impl="kltrust", algo=algo, seeds=1)
+        s = _select(results, bench="control_throughput", impl="sb3", algo=algo)
+        for impl, rs in (("kltrust", k), ("sb3", s)):
+            if not rs:
+                continue
+            run, total = _values(rs, "steps_per_s_run"), _values(rs, "steps_per_s_total")
+            rows.append([IMPL_NAMES[algo, impl], f"{rs[0]['env_steps']:,}", _cell(run),
+                         _cell(total), _cell(_values(rs, "compile_s"), "{:.1f}"),
+                         _cell(_values(rs, "peak_rss_mb")),
+                         _ratio(k, s, "steps_per_s_run") if impl == "kltrust" and s else "",
+                         _ratio(k, s, "steps_per_s_total") if impl == "kltrust" and s else ""])
+        if k and s:
+            for key, what in (("steps_per_s_run", "throughput (run)"),
+                              ("steps_per_s_total", "throughput (incl. compile)")):
+                if statistics.median(_values(k, key)) < statistics.median(_values(s, key)):
+                    slower.append(f"{algo.upper()} {what}")
+    if rows:
+        lines += ["### Throughput: a fixed budget of environment steps, 1 seed", ""]
+        lines += _table(["implementation", "env steps", "env steps/s (run)",
+                         "env steps/s (incl. compile / setup)", "compile / setup s",
+                         "peak RSS MiB", "kltrust ÷ peer (run)", "kltrust ÷ peer (incl.)"], rows)
+        lines += [""]
+
+    rows = []
+    for algo in ("ppo", "trpo"):
+        k = _select(results, bench="control_threshold", impl="kltrust", algo=algo)
+        s = _select(results, bench="control_threshold", impl="sb3", algo=algo)
+        for impl, rs in (("kltrust", k), ("sb3", s)):
+            if not rs:
+                continue
+            hit = [r for r in rs if r.get("reached")]
+            rows.append([
+                IMPL_NAMES[algo, impl], f"{len(hit)}/{len(rs)}",
+                _cell(_values(hit, "steps_to_threshold")),
+                _cell(_values(hit, "time_to_threshold_run_s"), "{:.1f}"),
+                _cell(_values(hit, "time_to_threshold_total_s"), "{:.1f}"),
+                f"{rs[0]['resolution_steps']:,}", _cell(_values(rs, "peak_rss_mb")),
+                _ratio(k, s, "time_to_threshold_total_s", invert=True)
+                if impl == "kltrust" and s else ""])
+        if k and s:
+            kt = [r["time_to_threshold_total_s"] for r in k if r.get("reached")]
+            st = [r["time_to_threshold_total_s"] for r in s if r.get("reached")]
+            if kt and st and statistics.median(kt) > statistics.median(st):
+                slower.append(f"{algo.upper()} time to threshold")
+    if rows:
+        thr = _select(results, bench="control_threshold")[0]["threshold"]
+        lines += [f"### Time to a mean return of {thr:g} (last 100 episodes), one seed per rep "
+                  "(rep i uses seed i on both sides)", ""]
+        lines += _table(["implementation", "reached", "env steps to reach",
+                         "wall s (excl. compile / setup)", "wall s (incl.)", "resolution (steps)",
+                         "peak RSS MiB", "peer ÷ kltrust wall (incl.)"], rows)
+        lines += ["", "Medians over the reps that reached it. kltrust's time is the end of the "
+                  "compiled chunk in which the return first reached it (an upper bound at the "
+                  "stated resolution); SB3 stops at the vector step. The steps show sample "
+                  "efficiency: they differ by seed and implementation detail, not by speed.", ""]
+    return lines
+
+
+def seeds_section(results) -> list[str]:
+    k = _select(results, bench="control_throughput", impl="kltrust", algo="ppo")
+    s = _select(results, bench="control_throughput", impl="sb3", algo="ppo")
+    if not k:
+        return []
+    rows = []
+    for n in sorted({r["seeds"] for r in k}):
+        rs = [{**r, "per_seed": r["steps_per_s_run"] / n} for r in k if r["seeds"] == n]
+        total = _values(rs, "steps_per_s_run")
+        rows.append([str(n), f"{rs[0]['env_steps'] // n:,}", _cell(total),
+                     _cell(_values(rs, "per_seed")), _cell(_values(rs, "compile_s"), "{:.1f}"),
+                     _cell(_values(rs, "peak_rss_mb")),
+                     _ratio(rs, s, "per_seed", "steps_per_s_run"),
+                     _ratio(rs, s, "steps_per_s_run")])
+    return ["### kltrust PPO with N seeds vmapped in one program", ""] + _table(
+        ["seeds", "env steps per seed", "env steps/s (all seeds)", "env steps/s per seed",
+         "compile s", "peak RSS MiB", "per seed ÷ SB3 PPO", "all seeds ÷ SB3 PPO"], rows) + [
+        "", "SB3 runs one seed per process; N seeds cost it N runs (or N processes sharing the "
+        "same cores).", ""]
+
+
+def peak_of(results) -> tuple[float | None, list[str]]:
+    rows, best = [], None
+    names = {"jax": "XLA, default threading", "jax_kltrust":
+             "XLA as kltrust sets it (--xla_cpu_multi_thread_eigen=false)", "torch": "torch.matmul"}
+    for impl in ("jax", "jax_kltrust", "torch"):
+        rs = _select(results, bench="matmul_peak", impl=impl)
+        if rs:
+            values = [v / 1e9 for v in _values(rs, "flops_per_s")]
+            rows.append([names[impl], _cell(values, "{:.1f}")])
+            best = max(best or 0.0, statistics.median(values))
+    if not rows:
+        return None, []
+    n = _select(results, bench="matmul_peak")[0]["n"]
+    return best * 1e9, [f"### Measured float32 matmul peak ({n}×{n} · {n}×{n})", ""] + _table(
+        ["library", "GFLOP/s"], rows) + ["", f"Peak used below: the best median, {best:.1f} GFLOP/s.",
+                                         ""]
+
+
+def dpo_section(results, peak: float | None, slower: list[str]) -> list[str]:
+    lines = []
+    for size in ("default", "large"):
+        by_impl = {impl: _select(results, bench="dpo_step", size=size, variant=impl)
+                   for impl in ("kltrust", "kltrust_eigen", "torch", "torch_compile")}
+        if not any(by_impl.values()):
+            continue
+        torch_tps = _values(by_impl["torch"], "tokens_per_s")
+        names = {"kltrust": "kltrust (JAX, as shipped)",
+                 "kltrust_eigen": "kltrust, KLTRUST_EIGEN_THREADS=1",
+                 "torch": "PyTorch eager", "torch_compile": "PyTorch torch.compile"}
+        rows = []
+        for impl, rs in by_impl.items():
+            if not rs:
+                continue
+            tps = _values(rs, "tokens_per_s")
+            achieved = [r["analytic_flops"] / r["step_s"] / 1e9 for r in rs]
+            util = [a * 1e9 / peak * 100 for a in achieved] if peak else None
+            rows.append([names[impl], f"{rs[0]['params']:,}",
+                         _cell([v * 1e3 for v in _values(rs, "step_s")], "{:.1f}"), _cell(tps),
+                         _cell(achieved, "{:.2f}"), _cell(util, "{:.1f}") if util else "–",
+                         _cell(_values(rs, "compile_s"), "{:.1f}"),
+                         _cell(_values(rs, "peak_rss_mb")),
+                         _ratio(rs, by_impl["torch"], "tokens_per_s")
+                         if torch_tps and impl != "torch" else ""])
+            if impl.startswith("kltrust") and torch_tps and (
+                    statistics.median(tps) < statistics.median(torch_tps)):
+                slower.append(f"DPO {size} ({names[impl]})")
+        r0 = next(r for rs in by_impl.values() for r in rs)
+        shape = (f"{r0['layers']} layers × {r0['width']} wide, {r0['heads']} heads, vocab "
+                 f"{r0['vocab']}, {r0['pairs']} pairs × 2 sequences of {r0['seq_len']} tokens")
+        xla = [r.get("xla_flops") for r in by_impl["kltrust"] if r.get("xla_flops")]
+        lines += [f"### DPO training step, {size} size: {shape}", ""]
+        lines += _table(["implementation", "parameters", "ms per step", "tokens/s",
+                         "GFLOP/s achieved", "% of matmul peak", "compile s", "peak RSS MiB",
+                         "tokens/s ÷ PyTorch eager"], rows)
+        flops = r0["analytic_flops"]
+        note = f"FLOPs per step: {flops / 1e9:.2f} G analytic"
+        if xla:
+            note += f", {xla[0] / 1e9:.2f} G by XLA's cost analysis of the kltrust update"
+        lines += ["", note + " (the analytic count is used for both sides).", ""]
+    return lines
+
+
+def compile_section(results) -> list[str]:
+    variants = {v: _select(results, bench="compile_times", variant=v)
+                for v in ("plain", "cache_cold", "cache_warm")}
+    if not variants["plain"]:
+        return []
+    names = {"plain": "compile s (as shipped)", "cache_cold": "with a persistent cache: 1st run",
+             "cache_warm": "2nd run (cache read)"}
+    per_preset: dict[str, dict[str, float]] = {}
+    info: dict[str, dict] = {}
+    for variant, rs in variants.items():
+        for r in rs:
+            for p in r["presets"]:
+                per_preset.setdefault(p["preset"], {})[variant] = p["compile_s"]
+                info[p["preset"]] = p
+    shown = [v for v in variants if variants[v]]
+    def split(p: dict) -> str:
+        if "init_s" not in p:
+            return "–"
+        return f"{p['init_s']:.1f} / {p['trace_lower_s']:.1f} / {p['xla_compile_s']:.1f}"
+
+    plain = {p["preset"]: p for r in variants["plain"] for p in r["presets"]}
+    rows = [[name] + [f"{per_preset[name][v]:.1f}" if v in per_preset[name] else "–"
+                      for v in shown] + [split(plain.get(name, {})), str(info[name]["seeds"]),
+                                         str(info[name]["updates_per_chunk"])]
+            for name in per_preset]
+    short = {"plain": "as shipped", "cache_cold": "cache written", "cache_warm": "cache read"}
+    rss = ", ".join(f"{short[v]} {variants[v][0]['peak_rss_mb']:,.0f}" for v in shown)
+    return ["### Compile time of the default presets (init + chunk, as the training loops report "
+            "it)", ""] + _table(["preset"] + [names[v] for v in shown] + [
+                "as shipped: init / trace+lower / XLA s", "seeds vmapped", "updates per chunk"],
+                rows) + [
+        "", f"One process compiles them all, one after the other; its peak RSS (MiB): {rss}. The "
+        "persistent cache is JAX's (JAX_COMPILATION_CACHE_DIR, with "
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0), which kltrust does not turn on.",
+        ""]
+
+
+def render(runner: Runner, started: datetime.datetime, wall: float, argv: Sequence[str],
+           machine: dict, end_load) -> str:
+    results = runner.results
+    versions = next((r["versions"] for r in results if "versions" in r), bench_util.versions())
+    threads = next((r["threads"] for r in results), machine["cores_allowed"])
+    slower: list[str] = []
+    peak, peak_lines = peak_of(results)
+    body = control_section(results, slower) + seeds_section(results) + peak_lines + dpo_section(
+        results, peak, slower) + compile_section(results)
+    vers = ", ".join(f"{k} {v}" for k, v in versions.items())
+    head = [
+        "## kltrust vs peers: benchmark results", "",
+        f"- date: {started.isoformat(timespec='seconds')}; total wall time {wall / 60:.1f} min",
+        f"- machine: {machine['cpu']}, {machine['cores_online']} cores online, "
+        f"{machine['cores_allowed']} usable, {machine['mem_gib']:.0f} GiB; host {machine['host']}",
+        f"- thread budget: {threads} cores for every row (CPU affinity; torch.set_num_threads"
+        f"({threads}); XLA sizes its pool from the affinity)",
+        f"- load average before / after: {', '.join(f'{x:.2f}' for x in machine['load_avg'])} / "
+        f"{', '.join(f'{x:.2f}' for x in end_load)}",
+        f"- versions: {vers}",
+        f"- command: `python -m benchmarks.peers {' '.join(argv[1:])}`".rstrip(),
+        f"- reps: {max((r.get('rep', 0) for r in results), default=0) + 1}, interleaved "
+        "(kltrust, peer, kltrust, peer, …); cells are median (min–max); ratios > 1 favour kltrust",
+        ""]
+    tail = []
+    if slower:
+        tail += ["Rows where kltrust is slower than its peer: " + "; ".join(slower) + " "
+                 "(see benchmarks/README.md, 'Where kltrust is slower').", ""]
+    if runner.failures:
+        tail += ["Failed rows: " + "; ".join(runner.failures), ""]
+    return "\n".join(head + body + tail)
+
+
+def _large_args() -> list[str]:
+    return [f"--{kv.strip()}" for kv in _LARGE.value.split(",") if kv.strip()]
+
+
+def render_from(json_dir: pathlib.Path) -> None:
+    runner = Runner(json_dir, None)
+    runner.results = [json.loads(line) for line in (json_dir / "rows.jsonl").read_text().splitlines()]
+    meta = json.loads((json_dir / "run.json").read_text())
+    markdown = render(runner, datetime.datetime.fromisoformat(meta["started"]), meta["wall_s"],
+                      meta["argv"], meta["machine"], meta["end_load"])
+    print(markdown)
+
+
+def main(argv: Sequence[str]) -> None:
+    if _RENDER.value:
+        render_from(pathlib.Path(_RENDER.value))
+        return
+    quick = _QUICK.value
+    reps = 1 if quick else _REPS.value
+    steps = 4096 if quick else _STEPS.value
+    threshold = 60.0 if quick else _THRESHOLD.value
+    max_steps = 16_384 if quick else _MAX_STEPS.value
+    seeds = ["4"] if quick else _SEEDS.value
+    sizes = ["default"] if quick else _DPO_SIZES.value
+    dpo_repeats = 3 if quick else _DPO_REPEATS.value
+    compile_presets = (["ppo:cartpole_clip"] if quick else _COMPILE_PRESETS.value)
+    started = datetime.datetime.now().astimezone()
+    stamp = started.strftime("%Y%m%d_%H%M%S")
+    json_dir = pathlib.Path(_JSON_DIR.value or ROOT / "runs" / "bench" / stamp)
+    json_dir.mkdir(parents=True, exist_ok=True)
+    machine = bench_util.machine()
+    runner = Runner(json_dir, bench_util.THREADS.value)
+    parts = set(_PARTS.value)
+    t0 = time.perf_counter()
+
+    for rep in range(reps):
+        if "peak" in parts:
+            for impl in ("jax", "jax_kltrust", "torch"):
+                runner.run(f"peak_{impl}_r{rep}", "benchmarks.matmul_peak",
+                           [f"--impl={impl}", f"--n={1024 if quick else _PEAK_N.value}",
+                            f"--repeats={3 if quick else 10}"], rep=rep)
+        if "control" in parts:
+            for algo in ("ppo", "trpo"):
+                for impl in ("kltrust", "sb3"):
+                    runner.run(f"tput_{algo}_{impl}_r{rep}", "benchmarks.control_peers",
+                               [f"--impl={impl}", f"--algo={algo}", "--mode=throughput",
+                                f"--steps={steps}", f"--seed={rep}"], rep=rep)
+            for algo in ("ppo", "trpo") if not quick else ("ppo",):
+                for impl in ("kltrust", "sb3"):
+                    args = [f"--impl={impl}", f"--algo={algo}", "--mode=threshold",
+                            f"--threshold={threshold}", f"--seed={rep}"]
+                    if max_steps:
+                        args.append(f"--max_steps={max_steps}")
+                    runner.run(f"thr_{algo}_{impl}_r{rep}", "benchmarks.control_peers", args,
+                               rep=rep)
+        if "seeds" in parts:
+            for n in seeds:
+                if n == "1" and "control" in parts:
+                    continue  # the throughput row above is the 1-seed row
+                runner.run(f"seeds{n}_r{rep}", "benchmarks.control_peers",
+                           ["--impl=kltrust", "--algo=ppo", "--mode=throughput",
+                            f"--steps={steps}", f"--seeds={n}", f"--seed={rep}"], rep=rep)
+        if "dpo" in parts:
+            for size in sizes:
+                base = _large_args() if size == "large" else []
+                repeats = _LARGE_REPEATS.value if size == "large" else dpo_repeats
+                # kltrust runs DPO in compiled chunks of updates_per_eval = 10 updates (the
+                # default size times those); at the large size a step takes long enough that
+                # one update per call costs nothing measurable, and keeps the row short.
+                chunk = 10 if size == "default" else 1
+                variants = [("kltrust", ["--impl=kltrust", f"--chunk={chunk}",
+                                         f"--repeats={repeats}"], None)]
+                if _EIGEN.value and not quick:
+                    variants.append(("kltrust_eigen", variants[0][1],
+                                     {"KLTRUST_EIGEN_THREADS": "1"}))
+                variants.append(("torch", ["--impl=torch", f"--repeats={repeats}"], None))
+                if _TORCH_COMPILE.value:
+                    variants.append(("torch_compile", ["--impl=torch", "--torch_compile",
+                                                       f"--repeats={repeats}"], None))
+                for variant, args, env in variants:
+                    runner.run(f"dpo_{size}_{variant}_r{rep}", "benchmarks.dpo_peers",
+                               base + args, env=env, rep=rep, size=size, variant=variant)
+    if "compile" in parts:
+        args = [f"--presets={','.join(compile_presets)}"] if compile_presets else []
+        runner.run("compile_times", "benchmarks.compile_times", args, rep=0, variant="plain")
+        if _CACHE.value:
+            # JAX's persistent compilation cache (off in kltrust), every program cached (JAX's
+            # default skips those compiled in under 1 s: the eager init's many small ones): a
+            # first run writes it, a second run of the same programs reads it.
+            env = {"JAX_COMPILATION_CACHE_DIR": str(json_dir / "jax_cache"),
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+            for variant in ("cache_cold", "cache_warm"):
+                runner.run(f"compile_times_{variant}", "benchmarks.compile_times", args, env=env,
+                           rep=0, variant=variant)
+
+    wall = time.perf_counter() - t0
+    del argv  # absl has taken the flags out; the command is shown as typed (sys.argv)
+    end_load = os.getloadavg()
+    (json_dir / "run.json").write_text(json.dumps(
+        {"started": started.isoformat(), "wall_s": wall, "argv": sys.argv, "machine": machine,
+         "end_load": end_load}))
+    markdown = render(runner, started, wall, sys.argv, machine, end_load)
+    (json_dir / "results.md").write_text(markdown + "\n")
+    out = pathlib.Path(_OUT.value)
+    if not out.is_absolute():
+        out = ROOT / out
+    out.write_text(markdown + "\n")
+    print("\n" + markdown)
+    print(f"written: {out} (raw rows and logs: {json_dir})")
+    if runner.failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
