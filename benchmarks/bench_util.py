@@ -46,7 +46,7 @@ def apply_threads(torch_module: Any = None) -> int:
     return count
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+def call_times(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (``fn`` must block)."""
     for _ in range(warmup):
         fn()

@@ -136,7 +136,7 @@ def run_kltrust(row: dict[str, Any]) -> None:
         holder["state"], metrics = chunk(holder["state"], hp, frozen)
         jax.block_until_ready((holder["state"], metrics))
 
-    times = bench_util.median_time(call, _REPEATS.value, _WARMUP.value)
+    times = bench_util.call_times(call, _REPEATS.value, _WARMUP.value)
     row.update(params=count, compile_s=compile_s, step_times_s=[t / _CHUNK.value for t in times],
                xla_flops=float(cost.get("flops", float("nan"))),
                xla_bytes_accessed=float(cost.get("bytes accessed", float("nan"))),
@@ -242,7 +242,7 @@ def run_torch(row: dict[str, Any]) -> None:
 
     step()  # the first step (and torch.compile's compilation) counted as "compile"
     compile_s = time.perf_counter() - start
-    times = bench_util.median_time(step, _REPEATS.value, max(_WARMUP.value - 1, 0))
+    times = bench_util.call_times(step, _REPEATS.value, max(_WARMUP.value - 1, 0))
     row.update(params=count, compile_s=compile_s, step_times_s=times,
                torch_compile=_TORCH_COMPILE.value, torch_threads=torch.get_num_threads())
 

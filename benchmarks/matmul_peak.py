@@ -32,7 +32,7 @@ def main(argv: Sequence[str]) -> None:
 
         threads = bench_util.apply_threads(torch)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        times = bench_util.median_time(lambda: torch.matmul(ta, tb), _REPEATS.value, 2)
+        times = bench_util.call_times(lambda: torch.matmul(ta, tb), _REPEATS.value, 2)
     else:
         if _IMPL.value == "jax_kltrust":
             import kltrust  # noqa: F401  (sets kltrust's XLA flags before JAX starts)
@@ -41,7 +41,7 @@ def main(argv: Sequence[str]) -> None:
 
         ja, jb = jax.device_put(a), jax.device_put(b)
         dot = jax.jit(lambda x, y: x @ y)
-        times = bench_util.median_time(lambda: dot(ja, jb).block_until_ready(), _REPEATS.value, 2)
+        times = bench_util.call_times(lambda: dot(ja, jb).block_until_ready(), _REPEATS.value, 2)
     median = float(np.median(times))
     bench_util.emit({"bench": "matmul_peak", "impl": _IMPL.value, "threads": threads, "n": _N.value,
                      "seconds": median, "flops_per_s": 2 * _N.value**3 / median,

@@ -12,7 +12,6 @@ Median of ``repeats`` timed calls after one warm-up call (compile excluded).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import jax
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import bench_util
 from configs import rlhf as rlhf_configs
 from kltrust import rollout
 from kltrust.models.transformer import SequenceScorer
@@ -32,13 +32,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement.")
 
 
 def _median_seconds(fn, *args) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(_REPEATS.value):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    """Median seconds of ``--repeats`` blocking calls ``fn(*args)`` after one warm-up (compile)."""
+    return float(np.median(bench_util.call_times(lambda: jax.block_until_ready(fn(*args)),
+                                                 _REPEATS.value)))
 
 
 def main(argv: Sequence[str]) -> None:
