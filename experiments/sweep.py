@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import distributed
-from kltrust import sharding
+from kltrust import processes
 from kltrust import sweep as sweeps
 
 _SWEEP = config_flags.DEFINE_config_file("sweep", None, "Sweep config (configs/sweeps/NAME.py).",
@@ -58,7 +58,7 @@ def main(argv: Sequence[str]) -> None:
     print(f"{sweep.name}: {runs_now} runs in {len(result.groups)} programs, {result.skipped} "
           f"already finished; wall {result.wall_seconds:.1f} s")
     print(f"table: {workdir / 'results.csv'}  timing: {workdir / 'timing.json'}")
-    if _REPORT.value and spec and sharding.is_primary():
+    if _REPORT.value and spec and processes.is_primary():
         from kltrust import report as tables
 
         if spec.get("scores", {}).get("random") == "measure":

@@ -15,7 +15,7 @@ if _os.environ.get("KLTRUST_EIGEN_THREADS") != "1" and "xla_cpu_multi_thread_eig
 # With several CPU devices (forced host devices or CPU processes), XLA's concurrency-optimised CPU
 # scheduler can start independent collectives in a different order on different devices, and the
 # devices then wait for each other forever (seen with TRPO on 8 forced devices: 6 devices in one
-# all-reduce, 2 in another). The default scheduler keeps one order. `kltrust.sharding.initialize`
+# all-reduce, 2 in another). The default scheduler keeps one order. `kltrust.processes.initialize`
 # sets the same flag for multi-process runs.
 if ("xla_force_host_platform_device_count" in _os.environ.get("XLA_FLAGS", "")
         and "xla_cpu_enable_concurrency_optimized_scheduler" not in _os.environ["XLA_FLAGS"]):

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from kltrust import sharding
+from kltrust import processes
 
 UNREADABLE = "unreadable_checkpoints"
 
@@ -58,15 +58,19 @@ class Checkpoints:
         the same program, e.g. a fresh one); (None, None) when there is none.
 
         Unreadable steps are reported with a warning and moved aside, newest first, until one
-        restores.
+        restores. Across processes the steps listed and each step's readability are agreed on:
+        a step unreadable on any process is set aside by all of them.
         """
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-        for step in reversed(self.steps()):
+        for step in reversed(processes.agree("checkpoint.steps", self.steps())):
+            error = None
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-            except Exception as error:  # noqa: BLE001  (any failure to read means: use an older one)
-                self._set_aside(step, error)
+            except Exception as caught:  # noqa: BLE001  (any failure to read: use an older one)
+                error = caught
+            if processes.any_process(error is not None):
+                self._set_aside(step, error or RuntimeError("unreadable on another process"))
                 continue
             return step, state
         return None, None
@@ -80,11 +84,11 @@ class Checkpoints:
         warnings.warn(f"checkpoint {self.directory / str(step)} is unreadable "
                       f"({type(error).__name__}: {str(error)[:200]}); moved to {target}, "
                       "trying the one before it.", RuntimeWarning, stacklevel=3)
-        sharding.sync(f"kltrust.checkpoint.unreadable.{step}")
-        if sharding.is_primary():
+        processes.sync(f"checkpoint.unreadable.{step}")
+        if processes.is_primary():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(target))
-        sharding.sync(f"kltrust.checkpoint.moved.{step}")
+        processes.sync(f"checkpoint.moved.{step}")
         # The manager caches its list of steps: reopen it on what is left.
         self._manager.close()
         self._manager = self._open(self._keep)

@@ -14,14 +14,12 @@ apply the layouts with `jax.lax.with_sharding_constraint` inside jit (`batch_con
 constraint with the run axis. XLA inserts the collectives. Nothing here is device-specific: the
 same program runs on 1 CPU, 8 forced CPU devices, a GPU box or a TPU pod slice.
 
-Multi-host: `initialize` starts `jax.distributed` (CPU processes talk over gloo); `to_host`
-gathers arrays that span processes; `is_primary` decides who writes files; `primary_first` lets
-process 0 build a shared file (a data set) before the others read it.
+Multi-host: `to_host` gathers arrays that span processes. Starting the runtime, who writes, and
+the decisions several processes must share live in `kltrust.processes`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -37,10 +35,6 @@ FSDP_AXIS = "fsdp"
 AXES = (RUN_AXIS, DATA_AXIS, FSDP_AXIS)
 # The batch is split over data *and* fsdp: fsdp devices each see their own slice of the batch.
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
-
-ENV_COORDINATOR = "KLTRUST_COORDINATOR_ADDRESS"
-ENV_NUM_PROCESSES = "KLTRUST_NUM_PROCESSES"
-ENV_PROCESS_ID = "KLTRUST_PROCESS_ID"
 
 
 # ---------------------------------------------------------------- meshes
@@ -245,81 +239,3 @@ def to_host(tree: Any) -> Any:
         return np.asarray(jax.device_get(x))
 
     return jax.tree.map(one, tree)
-
-
-# ---------------------------------------------------------------- processes
-
-
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
-    """Starts the multi-host runtime when asked to; returns whether it did.
-
-    Arguments left None are read from ``KLTRUST_COORDINATOR_ADDRESS``, ``KLTRUST_NUM_PROCESSES``
-    and ``KLTRUST_PROCESS_ID``. With a coordinator address this calls `jax.distributed.initialize`
-    with it; with ``coordinator_address="auto"`` JAX detects the cluster itself (TPU pod slices,
-    SLURM, Open MPI). With neither, nothing happens and the run is single-process. Must run before
-    anything touches a device. CPU processes exchange collectives over gloo.
-    """
-    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
-    if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
-        num_processes = int(os.environ[ENV_NUM_PROCESSES])
-    if process_id is None and os.environ.get(ENV_PROCESS_ID):
-        process_id = int(os.environ[ENV_PROCESS_ID])
-    if coordinator_address:
-        _one_collective_order()
-    if not coordinator_address:
-        if num_processes not in (None, 1):
-            raise ValueError(f"num_processes = {num_processes} needs a coordinator address "
-                             f"(--coordinator_address or ${ENV_COORDINATOR}).")
-        return False
-    if coordinator_address == "auto":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize()
-        return True
-    if num_processes is None or num_processes < 1:
-        raise ValueError(f"num_processes = {num_processes}: must be an integer >= 1 with a "
-                         "coordinator address.")
-    if process_id is None or not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id = {process_id}: must be in [0, {num_processes - 1}].")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    return True
-
-
-def _one_collective_order() -> None:
-    """CPU processes must start their collectives in one order (see kltrust/__init__.py)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
-                                   ).strip()
-
-
-def is_primary() -> bool:
-    """Whether this process writes the run's files (process 0; every process writes checkpoints,
-    which orbax coordinates itself)."""
-    return jax.process_index() == 0
-
-
-def sync(name: str) -> None:
-    """A barrier across processes (nothing with one process)."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
-
-
-def any_process(flag: bool) -> bool:
-    """Whether ``flag`` holds on any process (a collective: every process must call it)."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def primary_first(name: str, fn: Callable[[], Any]) -> Any:
-    """Runs ``fn`` on process 0, waits, then on the others: for shared files such as a data set
-    that process 0 builds and the others then read."""
-    if jax.process_count() == 1:
-        return fn()
-    result = fn() if is_primary() else None
-    sync(name)
-    if not is_primary():
-        result = fn()
-    return result

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kltrust import sharding
+from kltrust import processes
 from kltrust.metrics import rows_to_csv, write_text_atomic
 
 SWEEP_KEYS = ("name", "description", "num_seeds", "seed", "tasks", "arms", "overrides",
@@ -457,12 +457,16 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | pathlib.Path, *,
     root = pathlib.Path(root)
     runs = expand(sweep, overrides)
     groups = group(runs, sweep.get("group_runs", True) if group_runs is None else group_runs)
-    todo = [[r for r in members if not is_finished(root, r, overwrite)] for members in groups]
-    skipped = len(runs) - sum(map(len, todo))
     # Across processes (a shared workdir, as orbax needs too) every process decides what to run
-    # from the same files, before process 0, the only writer, changes any of them.
-    sharding.sync("kltrust.sweep.todo")
-    primary = sharding.is_primary()
+    # from the files it sees and the processes agree on it, before process 0, the only writer,
+    # changes any of them.
+    unfinished = processes.claim(
+        "sweep.todo",
+        lambda: [[r.run_id for r in members if not is_finished(root, r, overwrite)]
+                 for members in groups], root)
+    todo = [[r for r in members if r.run_id in ids] for members, ids in zip(groups, unfinished)]
+    skipped = len(runs) - sum(map(len, todo))
+    primary = processes.is_primary()
     if primary:
         root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(root / "sweep.json", sweep.to_json_best_effort(indent=1, sort_keys=True))
@@ -489,7 +493,7 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | pathlib.Path, *,
             write_text_atomic(timing_path, json.dumps(timing, indent=1))
             write_text_atomic(root / "results.csv", rows_to_csv(table(root, sweep.name, runs)))
     bar.close()
-    sharding.sync("kltrust.sweep.done")
+    processes.sync("sweep.done")
     rows = table(root, sweep.name, runs)
     if primary:
         write_text_atomic(root / "results.csv", rows_to_csv(rows))

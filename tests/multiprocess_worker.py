@@ -1,12 +1,19 @@
 """One process of the multi-process tests (`tests/test_multiprocess.py`), also run alone as the
 single-process reference.
 
-    python tests/multiprocess_worker.py OUT_DIR NUM_PROCESSES PROCESS_ID PORT
+    python tests/multiprocess_worker.py OUT_DIR NUM_PROCESSES PROCESS_ID PORT [MODE]
 
-Trains PPO (environments split over the processes' devices, orbax checkpoints written by all of
-them) and then a small transformer by SFT with FSDP (weights split over the devices, each process
-feeding its own rows of every batch). Writes what this process ends with to
-OUT_DIR/final_PROCESS_ID.npz.
+MODE ``train`` (the default) trains PPO (environments split over the processes' devices, orbax
+checkpoints written by all of them) and then a small transformer by SFT with FSDP (weights split
+over the devices, each process feeding its own rows of every batch), and writes what this process
+ends with to OUT_DIR/final_PROCESS_ID.npz. The other modes make process 1 misbehave:
+
+    stale     process 1 sees a workdir holding a run of the same config (a stale copy), process 0
+              an empty one: the processes must stop at their first decision, not hang
+    dead      process 1 exits abruptly before training
+    hang      process 1 sleeps instead of training
+    sigterm   process 1 sleeps; process 0 blocks in a cross-process collective with SIGTERM handling
+              on (the test sends the SIGTERM)
 """
 
 from __future__ import annotations
@@ -17,23 +24,65 @@ import sys
 import numpy as np
 
 
-def main(out: pathlib.Path, num_processes: int, process_id: int, port: int) -> None:
-    from kltrust import sharding
-
-    if num_processes > 1:
-        sharding.initialize(f"localhost:{port}", num_processes, process_id)
-    import jax
-
+def _tiny_ppo():
     from configs import ppo as ppo_configs
-    from kltrust.models.transformer import TransformerConfig
-    from kltrust.train import loop, sft
-    from kltrust.train import tokens as tok
 
     config = ppo_configs.get_config("cartpole_clip")
     config.num_envs, config.num_steps, config.num_seeds = 4, 32, 2
     config.num_epochs, config.num_minibatches = 2, 2
     config.total_timesteps, config.updates_per_chunk = 4 * 32 * 4, 2
-    result = loop.train(config, out / "ppo", progress=False)
+    return config
+
+
+def misbehave(out: pathlib.Path, process_id: int, mode: str) -> None:
+    """The failure modes: process 0 runs normally as far as it can, process 1 misbehaves."""
+    import os
+    import time
+
+    from kltrust import processes
+    from kltrust.train import loop
+
+    config = _tiny_ppo()
+    if mode == "stale":
+        workdir = out / f"view_{process_id}"
+        if process_id == 1:
+            workdir.mkdir(parents=True)
+            (workdir / "config.json").write_text(
+                config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+            (workdir / "metrics.jsonl").write_text("")
+        loop.train(config, workdir, progress=False)
+    elif process_id == 1 and mode == "dead":
+        os._exit(3)
+    elif process_id == 1:
+        print("process 1 sleeping", flush=True)
+        time.sleep(3600)
+    elif mode == "sigterm":
+        from jax.experimental import multihost_utils
+
+        with processes.StopOnSigterm(enabled=True, grace_s=3):
+            print("process 0 in a collective", flush=True)
+            multihost_utils.process_allgather(np.ones(3))
+    else:
+        loop.train(config, out / "ppo", progress=False)
+    print(f"process {process_id} returned", flush=True)
+
+
+def main(out: pathlib.Path, num_processes: int, process_id: int, port: int,
+         mode: str = "train") -> None:
+    from kltrust import processes
+
+    if num_processes > 1:
+        processes.initialize(f"localhost:{port}", num_processes, process_id)
+    if mode != "train":
+        return misbehave(out, process_id, mode)
+    import jax
+
+    from kltrust import sharding
+    from kltrust.models.transformer import TransformerConfig
+    from kltrust.train import loop, sft
+    from kltrust.train import tokens as tok
+
+    result = loop.train(_tiny_ppo(), out / "ppo", progress=False)
     final = {f"ppo/{jax.tree_util.keystr(path)}": value for path, value in
              jax.tree_util.tree_leaves_with_path(sharding.to_host(result.state.params))}
     final["ppo/episode_return"] = result.metrics["episode_return"]
@@ -59,4 +108,5 @@ def main(out: pathlib.Path, num_processes: int, process_id: int, port: int) -> N
 
 if __name__ == "__main__":
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    main(pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    main(pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
+         *sys.argv[5:])

@@ -4,20 +4,27 @@
 gradients all-reduced across processes, orbax checkpoints written by both) and a small
 transformer by SFT with FSDP (weights split across the processes, each feeding its own rows).
 The same worker alone with two forced devices is the reference.
+
+Then the ways a peer goes wrong (a stale view of the workdir, a dead peer, a hung peer, SIGTERM while
+blocked in a collective): each must end every process with a clear error within a bound set by the
+peer timeout, never hang. Children that outlive their deadline are stack-dumped and killed
+(`tests/subprocs.py`).
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
+import signal
 import socket
-import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from subprocs import Children, child_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "multiprocess_worker.py"
@@ -30,28 +37,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(xla_flags: str = "") -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+# The peer timeout of the failure-mode tests: every bound below is a small multiple of it.
+PEER_TIMEOUT = 20
+
+
+def _env(xla_flags: str = "", peer_timeout: float | None = None) -> dict[str, str]:
+    extra = {"PYTHONPATH": str(ROOT)}
     if xla_flags:
-        env["XLA_FLAGS"] = xla_flags
-    return env
+        extra["XLA_FLAGS"] = xla_flags
+    if peer_timeout is not None:
+        extra["KLTRUST_PEER_TIMEOUT"] = str(peer_timeout)
+    return child_env(extra, drop=("XLA_FLAGS", "KLTRUST_PEER_TIMEOUT"))
+
+
+def _two(out: pathlib.Path, mode: str = "train", timeout: float = TIMEOUT,
+         peer_timeout: float | None = None, during=None):
+    """Runs the worker as two processes; ``during(children, procs)`` runs while they do."""
+    port = str(_free_port())
+    with Children() as children:
+        procs = [children.start([sys.executable, str(WORKER), str(out), "2", str(i), port, mode],
+                                env=_env(peer_timeout=peer_timeout)) for i in range(2)]
+        if during is not None:
+            during(children, procs)
+        return children.wait(timeout)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     multi, single = tmp_path_factory.mktemp("two_processes"), tmp_path_factory.mktemp("one")
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(multi), "2", str(i), port],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
-    logs = [p.communicate(timeout=TIMEOUT)[0].decode() for p in procs]
-    for i, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
-    reference = subprocess.run(
-        [sys.executable, str(WORKER), str(single), "1", "0", "0"], capture_output=True,
-        env=_env("--xla_force_host_platform_device_count=2"), timeout=TIMEOUT)
-    assert reference.returncode == 0, reference.stdout.decode()[-2000:] + reference.stderr.decode()[-4000:]
+    for i, result in enumerate(_two(multi)):
+        assert result.returncode == 0, f"process {i} failed:\n{result.stderr[-4000:]}"
+    with Children() as children:
+        children.start([sys.executable, str(WORKER), str(single), "1", "0", "0"],
+                       env=_env("--xla_force_host_platform_device_count=2"))
+        reference = children.wait(TIMEOUT)[0]
+    assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-4000:]
     return multi, single
 
 
@@ -89,3 +109,62 @@ def test_process_zero_writes_files_and_both_write_the_checkpoint(runs):
     for layer in ("Dense_0", "Dense_2"):
         np.testing.assert_array_equal(np.asarray(state["params"]["params"]["actor"][layer]["kernel"]),
                                       final[f"ppo/['params']['actor']['{layer}']['kernel']"])
+
+
+# ---------------------------------------------------------------- failure modes
+# Bounds: start-up and imports take up to ~30 s on a loaded 2-core machine; a failure is then
+# detected within one peer timeout (a barrier or an exchange, or the coordination service's
+# heartbeat for a dead peer), and shutting down waits at most one more (JAX's shutdown barrier).
+BOUND = 60 + 3 * PEER_TIMEOUT
+
+
+def test_a_stale_view_of_the_workdir_stops_both_processes_with_a_clear_error(tmp_path):
+    results = _two(tmp_path, "stale", timeout=BOUND, peer_timeout=PEER_TIMEOUT)
+    for i, result in enumerate(results):
+        assert result.returncode != 0, f"process {i} should have failed:\n{result.stdout}"
+        assert "PeerDisagreement: the processes disagree at 'loop.workdir'" in result.stderr, (
+            result.stderr[-3000:])
+        assert "process 0 sees False; process 1 sees True" in result.stderr
+    # Nothing was written: the decision came before any write.
+    assert not (tmp_path / "view_0").exists()
+    assert sorted(p.name for p in (tmp_path / "view_1").iterdir()) == ["config.json",
+                                                                       "metrics.jsonl"]
+
+
+def test_a_dead_peer_ends_the_run_within_the_peer_timeout(tmp_path):
+    results = _two(tmp_path, "dead", timeout=BOUND, peer_timeout=PEER_TIMEOUT)
+    assert results[1].returncode == 3
+    assert results[0].returncode != 0
+    assert ("stopped sending heartbeats" in results[0].stderr
+            or "PeerError" in results[0].stderr), results[0].stderr[-3000:]
+
+
+def test_a_hung_peer_ends_the_run_within_the_peer_timeout(tmp_path):
+    results = _two(tmp_path, "hang", timeout=BOUND, peer_timeout=PEER_TIMEOUT)
+    assert results[0].returncode != 0
+    assert (f"PeerError: process 0: not every one of the 2 processes reached 'loop.workdir' "
+            f"within {PEER_TIMEOUT} s") in results[0].stderr, results[0].stderr[-3000:]
+    assert results[1].returncode != 0  # the sleeper is ended too: its coordinator is gone
+
+
+def test_sigterm_ends_a_process_blocked_in_a_collective(tmp_path):
+    sent = {}
+
+    def signal_when_blocked(children, procs):
+        deadline = time.monotonic() + 120
+        while "in a collective" not in children.output(procs[0])[0]:
+            assert time.monotonic() < deadline and procs[0].poll() is None, children.output(
+                procs[0])
+            time.sleep(0.2)
+        time.sleep(1)
+        sent["at"] = time.monotonic()
+        procs[0].send_signal(signal.SIGTERM)
+        procs[0].wait(timeout=30)  # grace_s = 3 in the worker
+        sent["took"] = time.monotonic() - sent["at"]
+
+    results = _two(tmp_path, "sigterm", timeout=BOUND, peer_timeout=PEER_TIMEOUT,
+                   during=signal_when_blocked)
+    assert results[0].returncode == 143, results[0].stderr[-3000:]
+    assert "SIGTERM not handled within 3 s" in results[0].stderr
+    assert "multiprocess_worker.py" in results[0].stderr  # the Python stack was dumped
+    assert sent["took"] < 3 + 10  # the grace period, plus scheduling slack on a loaded machine

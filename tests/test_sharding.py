@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from configs import ppo as ppo_configs
-from kltrust import sharding
+from kltrust import processes, sharding
 from kltrust.train import loop
 
 
@@ -57,18 +57,18 @@ def test_padded_run_index_repeats_the_last_run():
 
 
 def test_initialize_without_a_coordinator_is_single_process(monkeypatch):
-    for name in (sharding.ENV_COORDINATOR, sharding.ENV_NUM_PROCESSES, sharding.ENV_PROCESS_ID):
+    for name in (processes.ENV_COORDINATOR, processes.ENV_NUM_PROCESSES, processes.ENV_PROCESS_ID):
         monkeypatch.delenv(name, raising=False)
-    assert sharding.initialize() is False
+    assert processes.initialize() is False
     with pytest.raises(ValueError, match=r"num_processes = 2 needs a coordinator address"):
-        sharding.initialize(num_processes=2)
+        processes.initialize(num_processes=2)
     with pytest.raises(ValueError, match=r"process_id = 2: must be in \[0, 1\]"):
-        sharding.initialize("localhost:1", 2, 2)
-    monkeypatch.setenv(sharding.ENV_COORDINATOR, "localhost:1")
-    monkeypatch.setenv(sharding.ENV_NUM_PROCESSES, "2")
-    monkeypatch.setenv(sharding.ENV_PROCESS_ID, "5")
+        processes.initialize("localhost:1", 2, 2)
+    monkeypatch.setenv(processes.ENV_COORDINATOR, "localhost:1")
+    monkeypatch.setenv(processes.ENV_NUM_PROCESSES, "2")
+    monkeypatch.setenv(processes.ENV_PROCESS_ID, "5")
     with pytest.raises(ValueError, match=r"process_id = 5: must be in \[0, 1\]"):
-        sharding.initialize()
+        processes.initialize()
 
 
 def test_a_sweep_with_a_bad_mesh_fails_before_writing(tmp_path):
@@ -79,3 +79,20 @@ def test_a_sweep_with_a_bad_mesh_fails_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"sweep.arms\[0\] .*config.mesh = .*needs 8 devices"):
         sweeps.run_sweep(sweep, tmp_path / "out", overrides=overrides, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_peer_timeout_must_be_finite(monkeypatch):
+    for name in (processes.ENV_COORDINATOR, processes.ENV_NUM_PROCESSES, processes.ENV_PROCESS_ID):
+        monkeypatch.delenv(name, raising=False)
+    for bad in (float("inf"), float("nan"), 0.5):
+        with pytest.raises(ValueError, match=r"peer_timeout = .*: must be a finite number of "
+                                             r"seconds >= 1"):
+            processes.initialize("localhost:1", 2, 0, timeout_s=bad)
+
+
+def test_single_process_agreement_is_the_local_answer():
+    assert processes.claim("x", lambda: [1, "a"]) == [1, "a"]
+    assert processes.agree("y", {"k": 2}) == {"k": 2}
+    assert processes.any_process(True) and not processes.any_process(False)
+    with pytest.raises(KeyError):  # the process's own error, unchanged
+        processes.claim("z", lambda: {}["missing"])

@@ -17,8 +17,6 @@ import dataclasses
 import json
 import pathlib
 import shutil
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -31,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kltrust import checkpoint as ckpt
-from kltrust import guards, sharding
+from kltrust import guards, processes, sharding
 from kltrust.metrics import read_update_rows, truncate_update_rows, write_text_atomic
 from kltrust import train as programs
 
@@ -122,21 +120,23 @@ def train(
     padded_seeds = seeds[index]
     hparams = jax.tree.map(lambda x: np.asarray(x)[index], hparams)
 
-    # Every process checks the workdir before process 0 changes anything in it.
+    # Every process reads the workdir and the processes agree on what they saw (a claim) before
+    # process 0 changes anything in it; only then does process 0 write.
     writer = checkpoints = None
     resume = False
-    primary = sharding.is_primary()
+    primary = processes.is_primary()
     if workdir is not None:
         workdir = pathlib.Path(workdir)
         config_json = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-        resume = _check_workdir(workdir, config_json, overwrite)
+        resume = processes.claim("loop.workdir",
+                                 lambda: _check_workdir(workdir, config_json, overwrite), workdir)
         if primary:
             _prepare_workdir(workdir, overwrite)
             write_text_atomic(workdir / "config.json", config_json)
             from tensorboardX import SummaryWriter
 
             writer = SummaryWriter(str(workdir / "tensorboard"))
-        sharding.sync("kltrust.loop.workdir")
+        processes.sync("loop.workdir.written")
         checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
 
     init, run_chunk = program.compile_run(trainer)
@@ -151,17 +151,19 @@ def train(
         step, restored = checkpoints.restore_latest(state)
         if step is not None:
             state, done = restored, step
+        processes.agree("loop.resume_step", done)
         history = {k: [v] for k, v in read_update_rows(workdir / "metrics.jsonl", done).items()}
+        processes.sync("loop.rows_read")  # every process has read the rows before they are cut
         if primary:
             truncate_update_rows(workdir / "metrics.jsonl", done)
-        sharding.sync("kltrust.loop.resumed")
+        processes.sync("loop.resumed")
     num_chunks = static.num_updates // static.updates_per_chunk
     bar = tqdm(total=static.num_updates, initial=done, unit="update", disable=not progress,
                desc=f"{static.env_name} {config.get('algorithm', 'ppo')} {_describe(static.variant)}")
     preempted = False
     start = time.perf_counter()
     try:
-        with _StopOnSigterm(enabled=workdir is not None) as stop:
+        with processes.StopOnSigterm(enabled=workdir is not None) as stop:
             for chunk in range(done // static.updates_per_chunk, num_chunks):
                 state, metrics = compiled_chunk(state, hparams)
                 metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
@@ -170,7 +172,7 @@ def train(
                 first_update = chunk * static.updates_per_chunk
                 last = chunk + 1 == num_chunks
                 # Every process stops at the same chunk, whichever of them got the signal.
-                preempted = sharding.any_process(stop.requested) and not last
+                preempted = processes.any_process(stop.requested) and not last
                 # Metrics before the checkpoint: a run killed in between has rows past its last
                 # checkpoint, which resuming drops.
                 if workdir is not None and primary:
@@ -215,28 +217,6 @@ def train(
             writer.close()
             plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
     return result
-
-
-class _StopOnSigterm:
-    """While active (main thread only), SIGTERM does not kill the process: it asks the loop to
-    checkpoint after the chunk it is running and return (``RunResult.preempted``)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> "_StopOnSigterm":
-        if self.enabled:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from kltrust import checkpoint as ckpt
-from kltrust import guards, sharding
+from kltrust import guards, processes, sharding
 from kltrust.metrics import read_update_rows, truncate_update_rows
 from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks import text, text_data
@@ -222,7 +222,7 @@ def _synthetic(config, kind: str, root: pathlib.Path, num_train: int, num_test: 
     data_dir = str(root / "tfds")
     load = lambda: tuple(text_data.load_arrays(builder, cfg, split=s, data_dir=data_dir)  # noqa: E731
                          for s in ("train", "test"))
-    return sharding.primary_first(f"kltrust.tfds.{kind}", load)
+    return processes.primary_first(f"tfds.{kind}", load)
 
 
 def preference_data(config, root):
@@ -241,25 +241,42 @@ def stage_json(config, stage: str) -> str:
 
 
 def _prepare(directory: pathlib.Path, config_json: str, overwrite: bool) -> None:
-    existing = directory / "stage_config.json"
-    if existing.exists() and existing.read_text() != config_json and not overwrite:
-        raise ValueError(f"{directory} holds a stage of a different config; choose another "
-                         "--workdir or pass --overwrite to replace it.")
-    sharding.sync(f"kltrust.prepare.{directory.name}.checked")
-    if sharding.is_primary():
+    """Refuses a stage directory of another config (unless ``overwrite``), then process 0 records
+    this one; every process has checked before anything is written."""
+
+    def check() -> None:
+        existing = directory / "stage_config.json"
+        if existing.exists() and existing.read_text() != config_json and not overwrite:
+            raise ValueError(f"{directory} holds a stage of a different config; choose another "
+                             "--workdir or pass --overwrite to replace it.")
+
+    processes.claim(f"prepare.{directory.name}", check, directory)
+    if processes.is_primary():
         if overwrite and directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "stage_config.json").write_text(config_json)
-    sharding.sync(f"kltrust.prepare.{directory.name}")
+    processes.sync(f"prepare.{directory.name}.written")
+
+
+def _reuse(directory: pathlib.Path, stage: str, config, overwrite: bool) -> bool:
+    """Whether a finished prerequisite stage is reused (every process agrees); a finished one of
+    another config is refused."""
+
+    def decide() -> bool:
+        if overwrite or not tok.is_done(directory):
+            return False
+        _check_same(directory, stage_json(config, stage))
+        return True
+
+    return processes.claim(f"{stage}.done", decide, directory)
 
 
 def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
     """Trains the reference (or loads it when done). Returns its params."""
     out = root / "sft"
     policy = tok.Policy(tok.policy_config(config))
-    if tok.is_done(out) and not overwrite:
-        _check_same(out, stage_json(config, "sft"))
+    if _reuse(out, "sft", config, overwrite):
         return tok.load_params(out, policy.init(jax.random.PRNGKey(0)))
     _prepare(out, stage_json(config, "sft"), overwrite)
     if config.data.source.startswith("tfds:"):
@@ -326,8 +343,7 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
     out = root / "reward_model"
     rm_config = tok.reward_model_config(config)
     train, test = preference_data(config, root)
-    if tok.is_done(out) and not overwrite:
-        _check_same(out, stage_json(config, "reward_model"))
+    if _reuse(out, "reward_model", config, overwrite):
         return tok.load_params(out, reward_model.init_params(rm_config, train, 0))
     _prepare(out, stage_json(config, "reward_model"), overwrite)
     params, rows = reward_model.train(
@@ -472,13 +488,15 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
             evals = _read_rows(out / "eval.jsonl", lambda row: row["update"] < first * upe)
             kl_guard.events = _read_rows(out / "events.jsonl",
                                          lambda row: row["evaluation"] < first)
+            processes.agree("policy.resume_step", step)
             if first:
                 train_chunks.append(read_update_rows(out / "metrics.jsonl", first * upe))
-            if sharding.is_primary():
+            processes.sync("policy.rows_read")  # every process has read before rows are cut
+            if processes.is_primary():
                 truncate_update_rows(out / "metrics.jsonl", first * upe)
                 truncate_update_rows(out / "eval.jsonl", first * upe - 1)
                 truncate_update_rows(out / "events.jsonl", first - 1, key="evaluation")
-            sharding.sync("kltrust.policy.resumed")
+            processes.sync("policy.resumed")
     try:
         for i in range(first, num_chunks + 1):
             metrics, rows = evaluation(i, state)
@@ -595,24 +613,28 @@ def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> bool:
     """Whether to resume: True when ``out`` holds an unfinished stage of this very config. A
     finished stage, or one of a different config, is refused unless ``overwrite``."""
     config_json = config.to_json_best_effort(indent=2, sort_keys=True)
-    holds_results = out.exists() and any(out.iterdir())
-    same = (out / "config.json").exists() and (out / "config.json").read_text() == config_json
-    if holds_results and not overwrite:
-        if not same:
-            raise ValueError(f"{out} holds a policy stage of a different config; pass --overwrite "
-                             "to replace it.")
-        if tok.is_done(out) or (out / "results.json").exists():
-            raise ValueError(f"{out} already holds results of this finished stage; pass "
-                             "--overwrite to run it again.")
-    # Best-of-n has no training state to resume: an unfinished one starts again.
-    resume = holds_results and same and not overwrite and config.rl.method != "best_of_n"
-    sharding.sync(f"kltrust.prepare.{out.name}.checked")
-    if sharding.is_primary() and not resume:
+
+    def decide() -> tuple[bool, bool]:
+        holds_results = out.exists() and any(out.iterdir())
+        same = (out / "config.json").exists() and (out / "config.json").read_text() == config_json
+        if holds_results and not overwrite:
+            if not same:
+                raise ValueError(f"{out} holds a policy stage of a different config; pass "
+                                 "--overwrite to replace it.")
+            if tok.is_done(out) or (out / "results.json").exists():
+                raise ValueError(f"{out} already holds results of this finished stage; pass "
+                                 "--overwrite to run it again.")
+        # Best-of-n has no training state to resume: an unfinished one starts again.
+        return holds_results, holds_results and same and not overwrite and (
+            config.rl.method != "best_of_n")
+
+    holds_results, resume = processes.claim(f"prepare.{out.name}", decide, out)
+    if processes.is_primary() and not resume:
         if holds_results:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(config_json)
-    sharding.sync(f"kltrust.prepare.{out.name}")
+    processes.sync(f"prepare.{out.name}.written")
     return resume
 
 
@@ -643,7 +665,7 @@ def _write_policy(out: pathlib.Path, config, result: PolicyResult, seeds) -> Non
     """The stage's summary files (metrics.jsonl, eval.jsonl, events.jsonl were written as it went);
     params.msgpack last, as the completion marker."""
     params = sharding.to_host(result.params)  # every process: gathering shards is collective
-    if not sharding.is_primary():
+    if not processes.is_primary():
         return
     (out / "results.json").write_text(json.dumps({
         "final": result.final, "compile_seconds": result.compile_seconds,

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from kltrust import kl, sharding
+from kltrust import kl, processes, sharding
 from kltrust import rollout as rollouts
 from kltrust.models.transformer import KVCache, SequenceScorer, TokenActorCritic, TransformerConfig
 from kltrust.tasks import text
@@ -182,7 +182,7 @@ def save_params(directory: pathlib.Path, params: Any) -> None:
     Every process must call it (parameters split over processes are gathered); process 0 writes.
     """
     params = sharding.to_host(params)
-    if not sharding.is_primary():
+    if not processes.is_primary():
         return
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / (PARAMS_FILE + ".tmp")
@@ -203,7 +203,7 @@ def is_done(directory: pathlib.Path) -> bool:
 
 def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
     """Appends rows as JSON lines (process 0 only: one copy of the metrics)."""
-    if not sharding.is_primary():
+    if not processes.is_primary():
         return
     with open(path, "a") as f:
         for row in rows:
