@@ -186,11 +186,22 @@ def test_same_seed_same_numbers():
 
 def test_vmapped_seeds_equal_separate_runs():
     both = _train(num_seeds=2, seed=3)
+    # Independence, exactly: seed 4 is the second run of the pair (3, 4) and the first of (4, 5),
+    # in the same compiled program; runs never interact, so every update is the same bit for bit.
+    shifted = _train(num_seeds=2, seed=4)
+    for name in both.metrics:
+        np.testing.assert_array_equal(shifted.metrics[name][0], both.metrics[name][1],
+                                      err_msg=name)
+    # Alone, a seed runs an unbatched program that may sum in another order. RL amplifies that
+    # round-off chaotically over updates (a trajectory-level tolerance holds on one CPU and fails on
+    # another), so only the first update, from the same initial state, is compared: its losses are
+    # float32 sums over at most 4 × 32 = 128 samples, whose round-off is bounded by 128 ulps
+    # (≈ 7.6e-6) relative in any order, hence rtol 1e-5.
     for i, seed in enumerate((3, 4)):
         alone = _train(num_seeds=1, seed=seed)
         for name in ("episode_return", "kl_old", "policy_loss", "value_loss"):
-            np.testing.assert_allclose(both.metrics[name][i], alone.metrics[name][0], rtol=1e-5,
-                                       atol=1e-7, err_msg=name)
+            np.testing.assert_allclose(both.metrics[name][i, :1], alone.metrics[name][0, :1],
+                                       rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_vmapped_hyperparameters_equal_separate_runs():
