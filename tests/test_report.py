@@ -4,13 +4,13 @@ and the report writer end to end."""
 import json
 import math
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import subprocs
 from experiments import report as report_cli
 from kltrust import overoptimization as oo
 from kltrust import report
@@ -367,8 +367,8 @@ def test_cli(control, tmp_path):
     spec = {"final_table": {"by": ["task", "label"], "metrics": ["episode_return"]}}
     (tmp_path / "sweep.json").write_text(json.dumps({"report": spec}))
     root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-m", "experiments.report", f"--sweep_dir={tmp_path}"],
-                            cwd=root, capture_output=True, text=True, timeout=120)
+    result = subprocs.run([sys.executable, "-m", "experiments.report", f"--sweep_dir={tmp_path}"],
+                            cwd=root, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "report.md")
     assert "# Sweep s" in (tmp_path / "report.md").read_text()

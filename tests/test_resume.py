@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import subprocs
 from token_helpers import random_models, tiny_token_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,9 +34,7 @@ def _command(workdir, *extra):
 
 
 def _run(workdir, *extra):
-    result = subprocess.run(_command(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
-    return result
+    return subprocs.run(_command(workdir, *extra), cwd=ROOT, timeout=600)
 
 
 def _steps(workdir) -> list[int]:
@@ -43,13 +42,12 @@ def _steps(workdir) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
-def _start_and_wait(workdir, ready, *extra) -> subprocess.Popen:
+def _start_and_wait(children, workdir, ready, *extra) -> subprocess.Popen:
     """Starts a run and returns once ``ready()`` holds (polled every 10 ms)."""
-    proc = subprocess.Popen(_command(workdir, *extra), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = children.start(_command(workdir, *extra), cwd=ROOT)
     deadline = time.time() + 300
     while not ready():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert proc.poll() is None, children.output(proc)[1][-3000:]
         assert time.time() < deadline, "the run never got going"
         time.sleep(0.01)
     return proc
@@ -84,8 +82,9 @@ def _assert_same_run(workdir, reference):
         np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
 
 
-def test_sigkill_then_the_same_command_resumes_bit_identically(reference, tmp_path):
-    proc = _start_and_wait(tmp_path, lambda: len(_steps(tmp_path)) >= 1 and _steps(tmp_path)[-1] >= 4)
+def test_sigkill_then_the_same_command_resumes_bit_identically(reference, tmp_path, children):
+    proc = _start_and_wait(children, tmp_path,
+                           lambda: len(_steps(tmp_path)) >= 1 and _steps(tmp_path)[-1] >= 4)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _steps(tmp_path)[-1] < UPDATES  # really killed part-way
@@ -95,15 +94,17 @@ def test_sigkill_then_the_same_command_resumes_bit_identically(reference, tmp_pa
     _assert_same_run(tmp_path, reference)
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(reference, tmp_path, children):
     # Checkpoints only at the end, so the one found after SIGTERM is the one SIGTERM wrote.
     only_final = "--config.checkpoint_every_chunks=1000"
     metrics = tmp_path / "metrics.jsonl"
-    proc = _start_and_wait(tmp_path, lambda: metrics.exists() and len(metrics.read_text()) > 0,
+    proc = _start_and_wait(children, tmp_path,
+                           lambda: metrics.exists() and len(metrics.read_text()) > 0,
                            only_final)
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr[-3000:]
+    stopped = children.wait(300)[0]
+    stdout, stderr = stopped.stdout, stopped.stderr
+    assert stopped.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM" in stdout and "Traceback" not in stderr
     (step,) = _steps(tmp_path)
     assert 0 < step < UPDATES
@@ -114,8 +115,9 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     _assert_same_run(tmp_path, reference)
 
 
-def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_used(reference, tmp_path):
-    proc = _start_and_wait(tmp_path, lambda: len(_steps(tmp_path)) >= 2)
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_used(reference, tmp_path,
+                                                                            children):
+    proc = _start_and_wait(children, tmp_path, lambda: len(_steps(tmp_path)) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = _steps(tmp_path)
