@@ -26,7 +26,11 @@ class Categorical:
 
     def entropy(self) -> jax.Array:
         logp = jax.nn.log_softmax(self.logits)
-        return -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1)
+        present = logp > -jnp.inf
+        # Double `where`: at a masked (−inf) entry exp(logp)·logp is 0·(−inf) = NaN, and masking only the
+        # product still sends that NaN into the gradient, so logp is made finite there first.
+        safe_logp = jnp.where(present, logp, 0.0)
+        return -jnp.sum(jnp.where(present, jnp.exp(safe_logp) * safe_logp, 0.0), axis=-1)
 
     def kl(self, other: Categorical) -> jax.Array:
         """Exact KL(self ‖ other)."""

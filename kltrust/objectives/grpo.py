@@ -163,6 +163,11 @@ def group_advantages(
         scale_by_std = baseline == "grpo"
     rewards = rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32))
     groups = rewards.reshape(-1, group_size)
+    # Advantages depend on the rewards only through their differences, so each group is first shifted
+    # by its first reward: a group of equal rewards then has exactly zero deviations and std (a float32
+    # mean of equal rewards is not always that reward, and (r − mean)/(std + eps) of two round-offs
+    # was ±1, not 0), and a large common offset no longer costs precision relative to the spread.
+    groups = groups - groups[:, :1]
     mean = jnp.mean(groups, axis=1, keepdims=True)
     if baseline == "grpo":
         advantages = groups - mean
@@ -170,7 +175,9 @@ def group_advantages(
         # r_i − (Σ_j r_j − r_i)/(G − 1) = G/(G − 1)·(r_i − mean).
         advantages = (group_size / (group_size - 1)) * (groups - mean)
     if scale_by_std:
-        advantages = advantages / (jnp.std(groups, axis=1, keepdims=True) + eps)  # population std
+        scale = jnp.std(groups, axis=1, keepdims=True) + eps  # population std
+        # eps = 0 with equal rewards: 0/0; the deviations are exactly 0 there, so divide by 1 instead.
+        advantages = advantages / jnp.where(scale > 0, scale, 1.0)
     return advantages.reshape(-1)
 
 
