@@ -29,6 +29,8 @@ an array in the compiled program; everything else is static.
 
 import ml_collections
 
+from kltrust.errors import unknown_preset
+
 PRESETS = ("default", "mlp", "quick")
 
 
@@ -55,7 +57,7 @@ RUN_SPECS = {
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     """The config of ``preset``; see the module docstring."""
     if preset not in PRESETS:
-        raise ValueError(f"Unknown bandit preset {preset!r}; known presets: {', '.join(PRESETS)}.")
+        raise unknown_preset("bandit", preset, PRESETS)
     config = ml_collections.ConfigDict()
     config.algorithm = "bandit"
     config.seed = 0  # training seeds seed, seed+1, … (vmapped); the bandit has its own seed

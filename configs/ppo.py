@@ -21,6 +21,7 @@ everything else is static. Override anything with ``--config.key=value``.
 
 import ml_collections
 
+from kltrust.errors import unknown_preset
 from kltrust.train import ppo as ppo_train
 
 TASKS = {
@@ -72,7 +73,7 @@ def get_config(preset: str = "cartpole_clip") -> ml_collections.ConfigDict:
     """The config of ``preset`` (TASK_VARIANT); see the module docstring."""
     task, _, variant = preset.partition("_")
     if task not in TASKS or variant not in VARIANTS:
-        raise ValueError(f"Unknown PPO preset {preset!r}; known presets: {', '.join(PRESETS)}.")
+        raise unknown_preset("PPO", preset, PRESETS)
     config = base_config()
     task_fields = dict(TASKS[task])
     config.hparams.update(task_fields.pop("hparams"))

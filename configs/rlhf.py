@@ -30,6 +30,7 @@ Everything under ``rl.hparams`` is an array in the compiled program; the rest is
 
 import ml_collections
 
+from kltrust.errors import unknown_preset
 from kltrust.train import pipeline
 
 PRESETS = ("sft", "sft_shakespeare", "reward_model", "ppo", "ppo_nokl", "ppo_adaptive",
@@ -65,7 +66,7 @@ METHOD_OVERRIDES = {
 
 def get_config(preset: str = "ppo") -> ml_collections.ConfigDict:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}.")
+        raise unknown_preset("token RLHF", preset, PRESETS)
     c = pipeline.defaults()
     c.preset = preset
     c.name = preset  # the policy stage's directory under the pipeline root

@@ -10,7 +10,9 @@ KL(π_θ‖π_ref) and the gap to the exact frontier at the policy's own KL. The
 recomputed in float64 from the final logits (training metrics are float32, whose rounding makes
 KLs below ~1e-7 meaningless and sometimes negative).
 
-Writes ``config.json``, ``summary.md``, ``summary.csv`` and ``frontier.png`` to the workdir.
+Writes ``config.json``, ``summary.md``, ``summary.csv`` and ``frontier.png`` to the workdir. A bad
+flag or config, or a used workdir without ``--overwrite``, prints one line and exits with status 2
+before anything is compiled or written (`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 from tqdm import tqdm
 
+from experiments import cli
+from kltrust.errors import ConfigError
 from kltrust.metrics import rows_to_csv, write_text_atomic
 from kltrust.tasks import bandit as bandit_lib
 from kltrust.train import bandit as bandit_train
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bandit.py", "Bandit config.",
-                                          lock_config=True)
+_CONFIG = cli.config_file_flag("config", "configs/bandit.py", "Bandit config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the outputs of an existing workdir.")
 
@@ -43,10 +45,11 @@ HEADERS = ("KL(π_θ‖π*_β)", "E[r]", "KL(π_θ‖π_ref)", "frontier gap")
 
 
 def prepare_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
-    """Refuses a non-empty workdir unless ``overwrite``, which removes this experiment's outputs."""
+    """Refuses a non-empty workdir unless ``overwrite`` (a `ConfigError`), which removes this
+    experiment's outputs."""
     if workdir.exists() and any(workdir.iterdir()):
         if not overwrite:
-            raise ValueError(f"workdir {workdir} is not empty; choose another --workdir or pass "
+            raise ConfigError(f"workdir {workdir} is not empty; choose another --workdir or pass "
                              "--overwrite to replace its results.")
         for name in OUTPUTS:
             (workdir / name).unlink(missing_ok=True)
@@ -218,4 +221,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,6 +6,8 @@
 Each preset gets its own run directory under ``workdir`` (the outputs of `experiments.train`), and
 the comparison writes ``summary.md``, ``summary.csv`` and ``returns.png`` there. ``score`` is the
 mean return of the last 100 episodes at the end of training (the PPO paper's measure), per seed.
+Every preset's config is built and checked first: a bad flag or config prints one line and exits
+with status 2 before anything is compiled or written (`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from experiments import cli
 from kltrust.metrics import rows_to_csv, write_text_atomic
 from kltrust.sweep import load_preset
 from kltrust.train import loop
@@ -26,8 +29,9 @@ _PRESETS = flags.DEFINE_list(
     "presets", ["cartpole_none", "cartpole_clip", "cartpole_kl_adaptive"],
     "Presets to compare: names in --config_file, or FILE:PRESET to mix families (e.g. "
     "configs/trpo.py:cartpole_trpo).")
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 3, "Seeds per preset (vmapped).")
-_TOTAL = flags.DEFINE_integer("total_timesteps", None, "Override every preset's total_timesteps.")
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 3, "Seeds per preset (vmapped).", lower_bound=1)
+_TOTAL = flags.DEFINE_integer("total_timesteps", None, "Override every preset's total_timesteps.",
+                              lower_bound=1)
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Report the first step at which the score reaches this.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Output directory.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace run directories of different configs.")
@@ -113,11 +117,19 @@ def main(argv: Sequence[str]) -> None:
     configs = {}
     for entry in _PRESETS.value:  # build (and so validate) every config before running any
         config_file, _, preset = entry.rpartition(":")
-        config = load_preset(f"{config_file or _CONFIG_FILE.value}:{preset}")
+        spec = f"{config_file or _CONFIG_FILE.value}:{preset}"
+        if preset in configs:
+            raise cli.ConfigError(f"--presets = {','.join(_PRESETS.value)!r}: names {preset!r} "
+                                  "twice; each preset's run goes to WORKDIR/PRESET.")
+        try:
+            config = load_preset(spec)
+        except ValueError as error:  # a missing file or preset: one line, exit status 2
+            raise cli.ConfigError(f"--presets: {entry!r}: {error}") from None
         config.num_seeds = _NUM_SEEDS.value
         if _TOTAL.value is not None:
             config.total_timesteps = _TOTAL.value
-        programs.program(config).validate(config)
+        with cli.config_errors():  # a bad config (or mesh): one line, exit status 2
+            programs.program(config).validate(config)
         configs[preset] = config
     workdir = pathlib.Path(_WORKDIR.value)
     results, rows = {}, []
@@ -134,4 +146,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

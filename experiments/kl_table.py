@@ -5,7 +5,8 @@
 Prints a table and writes ``kl_table.csv``, ``kl_table.md``, ``kl_table.png`` and ``config.json`` to
 the workdir. For each pair (p, p_ref) it draws ``n_samples`` points from p and reports, per
 estimator, bias/true KL and stdev/true KL of a single-sample estimate (the numbers of Schulman's
-published table).
+published table). A bad flag or config prints one line and exits with status 2 before anything is
+compiled or written (`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 from tqdm import tqdm
 
+from experiments import cli
 from kltrust import kl
+from kltrust.errors import check, is_finite, is_int
 from kltrust.metrics import write_text_atomic
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/kl_table.py", "Estimator-table config.", lock_config=True
-)
+_CONFIG = cli.config_file_flag("config", "configs/kl_table.py", "Estimator-table config.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/kl_table", "Directory for the table and plot.")
 
 
@@ -81,23 +81,20 @@ def categorical_stats(
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Rejects bad values before anything is compiled or written."""
-    if config.n_samples < 2:
-        raise ValueError(f"n_samples must be >= 2, got {config.n_samples}.")
-    if config.num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {config.num_classes}.")
+    """Rejects bad values before anything is compiled or written: a `kltrust.errors.ConfigError`
+    naming the key, the value and what is allowed."""
+    check(is_int(config.seed, 0), "seed", config.seed, "an integer >= 0")
+    check(is_int(config.n_samples, 2), "n_samples", config.n_samples, "an integer >= 2")
+    check(is_int(config.num_classes, 2), "num_classes", config.num_classes, "an integer >= 2")
     for i, pair in enumerate(config.gaussian_pairs):
-        if len(pair) != 4:
-            raise ValueError(
-                f"gaussian_pairs[{i}] must be (mean, std, mean_ref, std_ref), got {pair!r}."
-            )
-        if pair[1] <= 0 or pair[3] <= 0:
-            raise ValueError(f"gaussian_pairs[{i}]: std and std_ref must be > 0, got {pair!r}.")
-        if tuple(pair[:2]) == tuple(pair[2:]):
-            raise ValueError(f"gaussian_pairs[{i}]: p equals p_ref (KL = 0), got {pair!r}.")
+        key = f"gaussian_pairs[{i}]"
+        check(isinstance(pair, (tuple, list)) and len(pair) == 4 and all(map(is_finite, pair)),
+              key, pair, "(mean, std, mean_ref, std_ref), four finite numbers")
+        check(pair[1] > 0 and pair[3] > 0, key, pair, "a pair whose std and std_ref are > 0")
+        check(tuple(pair[:2]) != tuple(pair[2:]), key, pair,
+              "a pair with p != p_ref (at KL = 0 there is no relative bias)")
     for i, scale in enumerate(config.categorical_scales):
-        if scale <= 0:
-            raise ValueError(f"categorical_scales[{i}] must be > 0, got {scale}.")
+        check(is_finite(scale) and scale > 0, f"categorical_scales[{i}]", scale, "finite and > 0")
 
 
 def compute_rows(config: ml_collections.ConfigDict, progress: bool = True) -> list[Row]:
@@ -206,4 +203,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

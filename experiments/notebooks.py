@@ -6,7 +6,7 @@ Each notebook runs in a fresh kernel with its working directory in notebooks/. `
 KLTRUST_NOTEBOOK_SMALL=1 (tiny settings, what `make test` runs); without it the notebooks use the
 settings their text discusses. Executed copies (with outputs and figures) go to ``--out``; the
 notebooks in git stay without outputs. Runs the notebooks write (the RLHF pipeline's stages) go to
-``--out``/work.
+``--out``/work. A bad flag prints one line and exits with status 2 (`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 
 import nbformat
 from nbclient import NotebookClient
+
+from experiments import cli
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -42,12 +44,16 @@ def execute(path: str | os.PathLike, *, small: bool, workdir: str | os.PathLike,
 def main(argv) -> None:
     del argv
     out = pathlib.Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
     paths = sorted(NOTEBOOKS.glob("*.ipynb"))
     if _ONLY.value:
+        numbers = sorted(p.name.split("_")[0] for p in paths)
+        unknown = [n for n in _ONLY.value if n not in numbers]
+        if unknown:
+            raise cli.ConfigError(f"--only = {','.join(_ONLY.value)!r}: {unknown[0]!r} is not the "
+                                  f"number of a notebook in {NOTEBOOKS}; the numbers are "
+                                  f"{', '.join(numbers)}.")
         paths = [p for p in paths if p.name.split("_")[0] in _ONLY.value]
-        if not paths:
-            raise app.UsageError(f"--only={','.join(_ONLY.value)} matches no notebook in {NOTEBOOKS}")
+    out.mkdir(parents=True, exist_ok=True)
     for path in paths:
         start = time.perf_counter()
         notebook = execute(path, small=_SMALL.value, workdir=out / "work")
@@ -57,9 +63,9 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     # Flags only when run as a program: tests import `execute` beside other modules' flags.
-    from absl import app, flags
+    from absl import flags
 
     _SMALL = flags.DEFINE_bool("small", False, "Tiny settings (KLTRUST_NOTEBOOK_SMALL=1).")
     _OUT = flags.DEFINE_string("out", "runs/notebooks", "Directory for the executed copies.")
     _ONLY = flags.DEFINE_list("only", [], "Notebook numbers to run, e.g. 01,04 (default: all).")
-    app.run(main)
+    cli.run(main)

@@ -22,6 +22,9 @@ row, and ``frontier`` and ``final_table`` then group by ``n`` as well, one point
 ``final_only`` false, ``frontier`` draws one point per evaluation (``by`` plus ``x``). In ``overopt``, a null reference reward
 is the mean over the reference rows: update == 0, n == 1 or |KL| ≤ 1e-8; ``forms`` maps an arm to
 'bon' or 'rl', with "*" the default (arms are looked up only when "arm" is one of ``by``).
+
+The whole spec, and every column it names, is checked before anything is written: a bad flag, spec or
+column prints one line and exits with status 2 (`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from kltrust import overoptimization, report
+from kltrust.errors import ConfigError, did_you_mean, is_finite
 from kltrust.metrics import write_text_atomic
 
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Sweep directory holding results.csv and "
@@ -60,21 +65,80 @@ REFERENCE_KL_TOL = 1e-8
 
 
 def validate_spec(spec: Mapping[str, object]) -> None:
-    """Raises ValueError naming any unknown section or key, or a missing required key."""
+    """Raises `ConfigError` (a ValueError) naming any unknown section or key (with a
+    did-you-mean), a missing required key, or a value of a fixed set (``band``, ``forms``,
+    ``random``, the flags) that is not allowed."""
     if not isinstance(spec, Mapping):
-        raise ValueError(f"report spec must be a dict, got {type(spec).__name__}")
+        raise ConfigError(f"report spec must be a dict, got {type(spec).__name__}")
     for section, item in spec.items():
         if section not in SECTION_KEYS:
-            raise ValueError(f"unknown report section {section!r}; allowed: {sorted(SECTION_KEYS)}")
+            raise ConfigError(f"unknown report section {section!r}; "
+                              f"{did_you_mean(section, SECTION_KEYS)}allowed: {sorted(SECTION_KEYS)}")
         if not isinstance(item, Mapping):
-            raise ValueError(f"report[{section!r}] must be a dict, got {type(item).__name__}")
+            raise ConfigError(f"report[{section!r}] must be a dict, got {type(item).__name__}")
         for key in item:
             if key not in SECTION_KEYS[section]:
-                raise ValueError(f"unknown key {key!r} in report[{section!r}]; allowed: "
-                                 f"{list(SECTION_KEYS[section])}")
+                raise ConfigError(f"unknown key {key!r} in report[{section!r}]; "
+                                  f"{did_you_mean(key, SECTION_KEYS[section])}allowed: "
+                                  f"{list(SECTION_KEYS[section])}")
         for key in REQUIRED_KEYS.get(section, ()):
             if key not in item:
-                raise ValueError(f"report[{section!r}] needs the key {key!r}")
+                raise ConfigError(f"report[{section!r}] needs the key {key!r}")
+        _validate_values(section, item)
+
+
+def _validate_values(section: str, item: Mapping) -> None:
+    def refuse(key: str, allowed: str) -> None:
+        raise ConfigError(f"report[{section!r}][{key!r}] = {item[key]!r}: must be {allowed}")
+
+    if "band" in item and item["band"] not in report.BANDS:
+        refuse("band", f"one of {report.BANDS}")
+    for key in ("final_only", "sqrt_kl"):
+        if key in item and not isinstance(item[key], bool):
+            refuse(key, "true or false")
+    if "logy" in item and not set(report.as_list(item["logy"])) <= set(report.as_list(item["ys"])):
+        refuse("logy", f"a subset of ys = {report.as_list(item['ys'])}")
+    if "forms" in item:
+        forms = item["forms"]
+        if not isinstance(forms, Mapping) or any(f not in overoptimization.FORMS
+                                                 for f in forms.values()):
+            refuse("forms", f"a dict of arm (or '*') -> one of {overoptimization.FORMS}")
+    if "random" in item:
+        random = item["random"]
+        if not (random == "measure" or (isinstance(random, Mapping)
+                                        and all(map(is_finite, random.values())))):
+            refuse("random", "a dict of task -> finite random-policy score, or 'measure' (the "
+                   "sweep program measures it)")
+    for key in ("reference_gold", "reference_proxy"):
+        if item.get(key) is not None and not is_finite(item[key]):
+            refuse(key, "a finite number or null (the mean over the reference rows)")
+
+
+def _columns(section: str, item: Mapping) -> list[str]:
+    """The columns of the results table that ``section`` needs (as its code reads them)."""
+    get = lambda key, default: report.as_list(item.get(key, default))  # noqa: E731
+    if section == "curves":
+        return [*get("x", "update"), *get("ys", ()), *get("by", ["label"])]
+    if section == "scores":
+        return [*get("score", "episode_return"), *get("task", "task"), *get("by", "label")]
+    if section == "frontier":
+        return [*get("kl", "kl"), *get("rewards", ["gold", "proxy"]), *get("by", "label"),
+                *get("color_by", "arm")]
+    if section == "overopt":
+        return [*get("kl", "kl"), *get("gold", "gold"), *get("proxy", "proxy"),
+                *get("by", ["arm"]), *get("reference_by", [])]
+    return [*get("by", "label"), *get("metrics", ())]
+
+
+def check_columns(df: pd.DataFrame, spec: Mapping[str, Mapping]) -> None:
+    """Raises `ConfigError` naming the first column a section of ``spec`` needs that ``df`` lacks
+    (with a did-you-mean), so that a typo fails before any plot is written."""
+    for section, item in spec.items():
+        for col in _columns(section, item):
+            if col and col not in df.columns:  # an empty name (e.g. proxy "") means none
+                raise ConfigError(f"report[{section!r}]: column {col!r} is not in the results "
+                                  f"table; {did_you_mean(col, df.columns)}columns: "
+                                  f"{list(df.columns)}")
 
 
 def _final(df: pd.DataFrame, x: str) -> pd.DataFrame:
@@ -277,8 +341,10 @@ _SECTIONS: dict[str, Callable[[pd.DataFrame, Mapping, pathlib.Path], str]] = {
 def write_report(df: pd.DataFrame, spec: Mapping[str, Mapping], out_dir: pathlib.Path,
                  title: str) -> pathlib.Path:
     """Writes one section per ``spec`` entry (tables in ``report.md``, plots as PNGs beside it) to
-    ``out_dir`` and returns the path of ``report.md``. The whole spec is checked before any output."""
+    ``out_dir`` and returns the path of ``report.md``. The whole spec, and every column it needs,
+    is checked before any output."""
     validate_spec(spec)
+    check_columns(df, spec)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [_SECTIONS[name](df, item, out_dir) for name, item in spec.items()]
@@ -290,9 +356,18 @@ def write_report(df: pd.DataFrame, spec: Mapping[str, Mapping], out_dir: pathlib
 def main(argv: Sequence[str]) -> None:
     del argv
     sweep_dir = pathlib.Path(_SWEEP_DIR.value)
-    config = json.loads((sweep_dir / "sweep.json").read_text())
+    for name in ("sweep.json", "results.csv"):
+        if not (sweep_dir / name).is_file():
+            raise ConfigError(f"--sweep_dir = {str(sweep_dir)!r}: has no {name} (it must be the "
+                              "--workdir of an experiments.sweep run).")
+    try:
+        config = json.loads((sweep_dir / "sweep.json").read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--sweep_dir = {str(sweep_dir)!r}: sweep.json is not JSON ({error}).")
     if not config.get("report"):
-        raise ValueError(f"{sweep_dir / 'sweep.json'} has no 'report' entry: nothing to report")
+        raise ConfigError(f"--sweep_dir = {str(sweep_dir)!r}: sweep.json has no 'report' entry: "
+                          "nothing to report.")
+    validate_spec(config["report"])
     df = report.load(sweep_dir / "results.csv")
     names = df["sweep"].dropna().unique() if "sweep" in df.columns else []
     title = config.get("name") or (names[0] if len(names) == 1 else sweep_dir.name)
@@ -301,4 +376,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

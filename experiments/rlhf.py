@@ -4,30 +4,31 @@
         [--config.num_seeds=1 --config.rl.hparams.beta=0.1 ...] [--overwrite]
 
 Stages already finished under the root (sft/, reward_model/) are reused; ``--overwrite`` replaces
-only the preset's own stage directory.
+only the preset's own stage directory. A bad flag or config prints one line and exits with status 2
+before any stage runs (`experiments.cli`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from experiments import distributed
+from experiments import cli, distributed
 from kltrust.train import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/rlhf.py:ppo", "Run config.",
-                                          lock_config=True)
+_CONFIG = cli.config_file_flag("config", "configs/rlhf.py:ppo", "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline root directory.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the preset's own stage directory.")
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    distributed.initialize()
-    logging.set_verbosity(logging.ERROR)  # TFDS warns about every custom data config
     config = _CONFIG.value
+    with cli.config_errors():  # bad multi-host flags: one line, exit status 2
+        distributed.initialize()
+    pipeline.validate(config)  # a ConfigError: one line, exit status 2
+    logging.set_verbosity(logging.ERROR)  # TFDS warns about every custom data config
     result = pipeline.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
     out = f"{_WORKDIR.value}/{ {'sft': 'sft', 'reward_model': 'reward_model'}.get(config.stage, config.name)}"
     if isinstance(result, pipeline.PolicyResult):
@@ -43,4 +44,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

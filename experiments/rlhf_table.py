@@ -5,7 +5,8 @@
 Writes ``WORKDIR/rlhf_table.md`` (final gold, proxy, exact KL, diversity per method, mean ± std over
 seeds; best-of-n per n) and ``WORKDIR/gold_vs_kl.png`` (gold and proxy against the exact KL along
 training for PPO without a KL penalty and PPO with β > 0, with best-of-n and every method's final
-point), and prints both paths.
+point), and prints both paths. Every preset's config is built and checked first: a bad flag or
+config prints one line and exits with status 2 before any stage runs (`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from configs import rlhf as rlhf_configs
+from experiments import cli
 from kltrust.train import pipeline
 
 DEFAULT_PRESETS = ("ppo_nokl", "ppo", "ppo_adaptive", "ppo_kl_loss", "grpo", "grpo_kl_reward",
                    "rloo", "trpo", "dpo", "ipo", "dpo_online", "best_of_n")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline root.", required=True)
 _PRESETS = flags.DEFINE_list("presets", list(DEFAULT_PRESETS), "Presets of configs/rlhf.py.")
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 3, "Seeds per method (vmapped).")
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 3, "Seeds per method (vmapped).", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Re-run methods whose stage exists.")
 
 COLUMNS = ("gold", "proxy", "kl", "distinct_2", "grammatical")
@@ -89,10 +91,19 @@ def main(argv: Sequence[str]) -> None:
     del argv
     logging.set_verbosity(logging.ERROR)
     root = pathlib.Path(_WORKDIR.value)
+    configs = {}
+    for preset in _PRESETS.value:  # build and check every config before running any
+        if preset in configs:
+            raise cli.ConfigError(f"--presets = {','.join(_PRESETS.value)!r}: names {preset!r} "
+                                  "twice.")
+        try:
+            configs[preset] = rlhf_configs.get_config(preset)
+        except cli.ConfigError as error:
+            raise cli.ConfigError(f"--presets: {error}") from None
+        configs[preset].num_seeds = _NUM_SEEDS.value
+        pipeline.validate(configs[preset])
     results = {}
-    for preset in _PRESETS.value:
-        config = rlhf_configs.get_config(preset)
-        config.num_seeds = _NUM_SEEDS.value
+    for preset, config in configs.items():
         print(f"== {preset}", flush=True)
         results[preset] = pipeline.run(config, root, overwrite=_OVERWRITE.value)
 
@@ -127,4 +138,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,7 +6,8 @@
 Writes config.json, metrics.jsonl, TensorBoard events, orbax checkpoints and learning_curve.png to
 the workdir and prints where they went. The same command on an interrupted run's workdir resumes it
 from its last checkpoint (bit-identical on CPU to an uninterrupted run); SIGTERM checkpoints after
-the current chunk and exits with status 143.
+the current chunk and exits with status 143. A bad flag or config prints one line and exits with
+status 2 before anything is compiled or written (`experiments.cli`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from experiments import distributed
+from experiments import cli, distributed
+from kltrust import train as programs
 from kltrust.train import common, loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/ppo.py:cartpole_clip", "Run config.",
-                                          lock_config=True)
+_CONFIG = cli.config_file_flag("config", "configs/ppo.py:cartpole_clip", "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 # A run stopped by SIGTERM exits with 128 + 15, as if killed by it, after writing its checkpoint:
 # a script that chains runs must not mistake it for a finished one.
@@ -32,7 +32,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a workdir that holds
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    distributed.initialize()
+    with cli.config_errors():  # bad multi-host flags or mesh: one line, exit status 2
+        distributed.initialize()
+        programs.program(_CONFIG.value).validate(_CONFIG.value)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
     result = loop.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
     updates = result.metrics["kl_old"].shape[1]
@@ -53,4 +55,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 
 import jax
 
+from kltrust.errors import ConfigError
+
 ENV_COORDINATOR = "KLTRUST_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "KLTRUST_NUM_PROCESSES"
 ENV_PROCESS_ID = "KLTRUST_PROCESS_ID"
@@ -216,7 +218,8 @@ def claim(name: str, decide: Callable[[], T], where: str = "") -> T:
         raise local_error
     for i, other in enumerate(outcomes):
         if "error" in other:
-            raise ValueError(f"{other['error']} (seen by process {i})")
+            kind = ConfigError if other["type"] == "ConfigError" else ValueError
+            raise kind(f"{other['error']} (seen by process {i})")
     if any(o != outcomes[0] for o in outcomes):
         views = "; ".join(f"process {i} sees {o['value']!r}" for i, o in enumerate(outcomes))
         raise PeerDisagreement(

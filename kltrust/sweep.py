@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from kltrust import processes
+from kltrust.errors import ConfigError
 from kltrust.metrics import rows_to_csv, write_text_atomic
 
 SWEEP_KEYS = ("name", "description", "num_seeds", "seed", "tasks", "arms", "overrides",
@@ -395,7 +396,7 @@ def is_finished(root: pathlib.Path, run: Run, overwrite: bool = False) -> bool:
     if json.loads(recorded.read_text()) != json.loads(json.dumps(run.record())):
         if overwrite or not (directory / "rows.json").exists():
             return False
-        raise ValueError(f"{directory} holds a run of a different config; use another --workdir "
+        raise ConfigError(f"{directory} holds a run of a different config; use another --workdir "
                          "or pass --overwrite to replace it.")
     return (directory / "rows.json").exists()
 

@@ -2,7 +2,6 @@
 distribution, and every training method against the optimum it should reach."""
 
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import subprocs
 from configs import bandit as bandit_configs
 from kltrust.tasks import bandit as bandit_lib
 from kltrust.train import bandit as bandit_train
@@ -276,8 +276,8 @@ def test_cli_rejects_a_bad_value_before_compiling_and_a_used_workdir(tmp_path):
     root = pathlib.Path(__file__).resolve().parents[1]
     base = [sys.executable, "-m", "experiments.bandit_frontier", "--config=configs/bandit.py:quick"]
     fresh = tmp_path / "fresh"
-    result = subprocess.run(base + [f"--workdir={fresh}", "--config.hparams.learning_rate=-1"],
-                            cwd=root, capture_output=True, text=True, timeout=120)
+    result = subprocs.run(base + [f"--workdir={fresh}", "--config.hparams.learning_rate=-1"],
+                            cwd=root, timeout=120)
     assert result.returncode != 0
     assert "config.hparams.learning_rate = -1.0: must be finite and > 0." in result.stderr
     assert not fresh.exists()  # nothing was written
@@ -285,8 +285,7 @@ def test_cli_rejects_a_bad_value_before_compiling_and_a_used_workdir(tmp_path):
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("earlier results\n")
-    result = subprocess.run(base + [f"--workdir={used}"], cwd=root, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocs.run(base + [f"--workdir={used}"], cwd=root, timeout=120)
     assert result.returncode != 0
     assert "is not empty; choose another --workdir or pass --overwrite" in result.stderr
     assert sorted(p.name for p in used.iterdir()) == ["notes.txt"]

@@ -1,15 +1,29 @@
 """Every bad config is refused before anything is compiled or written, with one message naming the
 key, the value and what is allowed (control PPO and TRPO through `loop.train`, token RLHF through
-`pipeline.run`)."""
+`pipeline.run`, the bandit through `bandit.validate`, sweeps through `sweep.expand`): a
+`kltrust.errors.ConfigError`, which the CLIs print as one line (tests/test_cli_errors.py).
+
+Non-finite numbers are refused wherever a finite one is meant; string options are checked against
+their allowed set up front, whichever method reads them."""
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
+from configs import bandit as bandit_configs
 from configs import ppo as ppo_configs
 from configs import rlhf as rlhf_configs
 from configs import trpo as trpo_configs
+from kltrust import sweep as sweeps
+from kltrust.errors import ConfigError
+from kltrust.train import bandit as bandit_train
 from kltrust.train import loop, pipeline
+from kltrust.train import ppo as ppo_train
+
+INF, NAN = float("inf"), float("nan")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CONTROL_ERRORS = [
     # unknown keys (a typo must not be silently ignored) and wrong types
@@ -31,6 +45,40 @@ CONTROL_ERRORS = [
     ("ppo", "mesh.data", 2, r"config.mesh = .*: needs 2 devices, only 1 are available"),
     ("trpo", "hparams.delta", 0.0, r"config.hparams.delta = 0.0: must be in \(0.0, inf\)"),
     ("trpo", "hparams.dleta", 0.01, r"config.hparams.dleta: unknown key; did you mean 'delta'\?"),
+    # non-finite numbers, wherever a finite one is meant (nan fails every range; inf every range
+    # but the few keys that allow it)
+    ("ppo", "hparams.learning_rate", INF,
+     r"config.hparams.learning_rate = inf: must be in \(0.0, inf\)"),
+    ("ppo", "hparams.learning_rate", NAN, r"config.hparams.learning_rate = nan: must be in \(0.0"),
+    ("ppo", "hparams.learning_rate", (1e-3, INF),
+     r"config.hparams.learning_rate = inf: must be in"),
+    ("ppo", "hparams.gamma", NAN, r"config.hparams.gamma = nan: must be in \[0.0, 1.0\]"),
+    ("ppo", "hparams.clip_eps", INF, r"config.hparams.clip_eps = inf: must be in \(0.0, inf\)"),
+    ("ppo", "hparams.ent_coef", -INF, r"config.hparams.ent_coef = -inf: must be in \[0.0, inf\)"),
+    ("ppo_fixed", "hparams.beta", INF, r"config.hparams.beta = inf: must be in \[0.0, inf\)"),
+    ("ppo_adaptive", "hparams.kl_target", NAN, r"config.hparams.kl_target = nan: must be in"),
+    ("ppo_proportional", "hparams.kl_horizon", INF, r"config.hparams.kl_horizon = inf: must be in"),
+    ("trpo", "hparams.delta", INF, r"config.hparams.delta = inf: must be in \(0.0, inf\)"),
+    ("trpo", "hparams.backtrack_factor", NAN, r"config.hparams.backtrack_factor = nan: must be in "
+                                              r"\(0.0, 1.0\)"),
+    ("trpo", "hparams.vf_learning_rate", INF, r"config.hparams.vf_learning_rate = inf"),
+    # ... also in fields the variant does not read (a later variant would)
+    ("ppo", "hparams.pid_kp", INF, r"config.hparams.pid_kp = inf: must be a finite number\.$"),
+    ("ppo", "hparams.target_kl", NAN, r"config.hparams.target_kl = nan: must be a finite number"),
+    ("trpo", "hparams.kl_budget", NAN, r"config.hparams.kl_budget = nan: must be a finite number"),
+    # string options, against their allowed set (with a did-you-mean)
+    ("ppo", "env_name", "CartPole-v0", r"config.env_name = 'CartPole-v0': must be one of \(.*\); "
+                                       r"did you mean 'CartPole-v1'\?"),
+    ("ppo", "algorithm", "ppo2", r"config.algorithm = 'ppo2': must be one of \('ppo', 'trpo'\); "
+                                 r"did you mean 'ppo'\?"),
+    ("ppo", "model.activation", "gelu", r"config.model.activation = 'gelu': must be one of "
+                                        r"\('tanh', 'relu'\)"),
+    ("ppo", "variant.kl_penalty", "adaptve", r"config.variant.kl_penalty must be one of"),
+    ("trpo", "variant.kl_anchor", "ref", r"config.variant.kl_anchor must be one of"),
+    # integers the loop divides or counts by
+    ("ppo", "checkpoint_every_chunks", 0,
+     r"config.checkpoint_every_chunks = 0: must be an integer >= 1"),
+    ("ppo", "keep_checkpoints", 0, r"config.keep_checkpoints = 0: must be an integer >= 1"),
 ]
 
 
@@ -68,9 +116,22 @@ class _nothing:
 def test_control_config_errors(family, path, value, message, tmp_path):
     config = _control(family)
     _set(config, path, value)
-    with pytest.raises(ValueError, match=message):
+    # The mesh is read before the config is checked; its error is a plain ValueError there (the
+    # CLIs check the config, mesh included, first and report it like the rest).
+    error = ValueError if path.startswith("mesh.") else ConfigError
+    with pytest.raises(error, match=message):
         loop.train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_inf_is_refused_unless_the_key_allows_it():
+    config = _control("ppo")
+    config.hparams.max_grad_norm = INF  # no clipping: the one control key that allows inf
+    ppo_train.validate(config)
+    config.hparams.max_grad_norm = NAN
+    with pytest.raises(ConfigError, match=r"config.hparams.max_grad_norm = nan: must be in "
+                                          r"\(0.0, inf\]"):
+        ppo_train.validate(config)
 
 
 TOKEN_ERRORS = [
@@ -86,6 +147,49 @@ TOKEN_ERRORS = [
     ("ppo", "sft.batch_size", 0, r"config.sft.batch_size = 0: must be >= 1"),
     ("ppo", "mesh.fsdp", 4, r"config.mesh.data = -1: the other axes' product 4 must divide "
                             r"the number of devices \(1\)"),
+    # non-finite numbers
+    ("ppo", "rl.hparams.learning_rate", INF, r"config.rl.hparams.learning_rate = inf: must be in "
+                                             r"\(0.0, inf\)"),
+    ("ppo", "rl.hparams.beta", NAN, r"config.rl.hparams.beta = nan: must be in \[0.0, inf\)"),
+    ("trpo", "rl.hparams.kl_budget", INF, r"config.rl.hparams.kl_budget = inf: must be in"),
+    ("dpo", "rl.hparams.label_smoothing", NAN, r"config.rl.hparams.label_smoothing = nan"),
+    ("ppo", "rl.max_grad_norm", NAN, r"config.rl.max_grad_norm = nan: must be in \(0.0, inf\]"),
+    ("ppo", "sft.learning_rate", INF, r"config.sft.learning_rate = inf: must be finite and > 0"),
+    ("ppo", "rm.learning_rate", NAN, r"config.rm.learning_rate = nan: must be finite and > 0"),
+    ("ppo", "rm.weight_decay", -1.0, r"config.rm.weight_decay = -1.0: must be in \[0.0, inf\)"),
+    ("ppo", "guards.kl_budget", INF, r"config.guards.kl_budget = inf: must be finite and >= 0"),
+    ("ppo", "guards.kl_jump", INF, r"config.guards.kl_jump = inf: must be 0 \(off\) or a finite"),
+    ("ppo", "guards.kl_backoff", NAN, r"config.guards.kl_backoff = nan: must be finite and > 1"),
+    ("ppo", "data.bt_temperature", INF, r"config.data.bt_temperature = inf: must be finite"),
+    ("ppo", "data.label_noise", NAN, r"config.data.label_noise = nan: must be in \[0, 0.5\)"),
+    ("ppo", "task.eos_prob", NAN, r"config.task.eos_prob = nan: must be a number in \[0, 1\)"),
+    ("ppo", "task.good_scale", INF, r"config.task.good_scale = inf: must be a finite number >= 0"),
+    # string options: each checked up front, whichever method reads it
+    ("dpo", "rl.dpo_variant", "foo", r"config.rl.dpo_variant = 'foo': must be one of "
+                                     r"\('sigmoid', 'ipo', 'robust', 'hinge'\)\.$"),
+    ("ppo", "rl.dpo_variant", "ipo2", r"config.rl.dpo_variant = 'ipo2': must be one of .*; "
+                                      r"did you mean 'ipo'\?"),
+    ("grpo", "rl.token_average", "tokens", r"config.rl.token_average = 'tokens': must be one of "
+                                           r"\('sequence', 'token'\); did you mean 'token'\?"),
+    ("ppo", "rl.method", "dpo_offline", r"config.rl.method = 'dpo_offline': must be one of"),
+    ("ppo", "rl.kl_estimator", "k4", r"config.rl.kl_estimator = 'k4': must be one of "
+                                     r"\('exact', 'k1', 'k2', 'k3'\)"),
+    ("ppo", "rl.controller", "adaptiv", r"config.rl.controller = 'adaptiv': must be one of .*; "
+                                        r"did you mean 'adaptive'\?"),
+    ("ppo", "model.critic", "shraed", r"config.model.critic = 'shraed': .*did you mean 'shared'"),
+    ("ppo", "stage", "polciy", r"config.stage = 'polciy': must be one of \('policy', 'sft', "
+                               r"'reward_model'\); did you mean 'policy'\?"),
+    ("ppo", "name", "sft", r"config.name = 'sft': must be a directory name under the pipeline root "
+                           r"other than"),
+    ("ppo", "data.source", "tfds:tiny_shakespeare",
+     r"config.data.source = 'tfds:tiny_shakespeare': must be 'synthetic', or 'tfds:NAME'"),
+    ("sft", "data.source", "shakespeare", r"config.data.source = 'shakespeare': must be"),
+    # integers read only by some methods or stages
+    ("ppo", "seed", -1, r"config.seed = -1: must be an integer in \[0, 2\*\*31\)"),
+    ("ppo", "rl.cg_iters", 0, r"config.rl.cg_iters = 0: must be an integer >= 1"),
+    ("ppo", "rl.max_backtracks", 0, r"config.rl.max_backtracks = 0: must be an integer >= 1"),
+    ("ppo", "sft.eval_every", -1, r"config.sft.eval_every = -1: must be an integer >= 0"),
+    ("ppo", "data.seq_len", 1, r"config.data.seq_len = 1: must be an integer >= 2"),
 ]
 
 
@@ -93,6 +197,55 @@ TOKEN_ERRORS = [
 def test_token_config_errors(preset, path, value, message, tmp_path):
     config = rlhf_configs.get_config(preset)
     _set(config, path, value)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         pipeline.run(config, tmp_path / "root")
     assert not (tmp_path / "root").exists()
+
+
+def test_every_token_preset_is_valid():
+    for preset in rlhf_configs.PRESETS:
+        pipeline.validate(rlhf_configs.get_config(preset))
+
+
+BANDIT_ERRORS = [
+    ("num_step", 100, r"config.num_step: unknown key; did you mean 'num_steps'\?"),
+    ("hparams.learnig_rate", 0.1, r"config.hparams.learnig_rate: unknown key; did you mean "
+                                  r"'learning_rate'\?"),
+    ("run_specs.dpo.los", "ipo", r"config.run_specs.dpo.los: unknown key; did you mean 'loss'\?"),
+    ("betas", (0.1, INF), r"config.betas = \(0.1, inf\): must be a non-empty tuple of finite"),
+    ("hparams.learning_rate", NAN, r"config.hparams.learning_rate = nan: must be finite and > 0"),
+    ("hparams.clip_eps", INF, r"config.hparams.clip_eps = inf: must be finite and > 0"),
+    ("bandit.reward_scale", INF, r"config.bandit.reward_scale = inf: must be finite and >= 0"),
+    ("lr_schedule", "cosin", r"config.lr_schedule = 'cosin': must be one of .*; did you mean "
+                             r"'cosine'\?"),
+    ("run_specs.ipo.loss", "ipoo", r"config.run_specs.ipo.loss = 'ipoo': .*did you mean 'ipo'\?"),
+    ("run_specs.dpo.preferences", "sample", r"config.run_specs.dpo.preferences = 'sample'"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", BANDIT_ERRORS)
+def test_bandit_config_errors(path, value, message):
+    config = bandit_configs.get_config("quick")
+    _set(config, path, value)
+    with pytest.raises(ConfigError, match=message):
+        bandit_train.validate(config)
+
+
+@pytest.mark.parametrize("module,preset,message", [
+    (ppo_configs, "cartpole_clp", r"Unknown PPO preset 'cartpole_clp'; known presets: .*; did you "
+                                  r"mean 'cartpole_clip'\?"),
+    (trpo_configs, "cartpole_trp", r"Unknown TRPO preset .*did you mean 'cartpole_trpo'\?"),
+    (rlhf_configs, "dpoo", r"Unknown token RLHF preset 'dpoo'; .*did you mean 'dpo'\?"),
+    (bandit_configs, "qick", r"Unknown bandit preset 'qick'; .*did you mean 'quick'\?"),
+])
+def test_unknown_presets_suggest_the_nearest(module, preset, message):
+    with pytest.raises(ConfigError, match=message):
+        module.get_config(preset)
+
+
+def test_sweep_overrides_refuse_non_finite_values(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the sweep's arms name their presets relative to the repository
+    sweep = sweeps.load_preset("configs/sweeps/demo.py")
+    with pytest.raises(ValueError, match=r"sweep.arms\[0\] \(PPO clip\), grid point \{\}: "
+                                         r"config.hparams.learning_rate = inf: must be in"):
+        sweeps.expand(sweep, {"hparams.learning_rate": INF})

@@ -3,7 +3,6 @@
 import functools
 import json
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import subprocs
 from configs import ppo as ppo_configs
 from kltrust.distributions import Categorical
 from kltrust.objectives import ppo
@@ -280,7 +280,7 @@ def test_cli_writes_outputs_and_refuses_foreign_workdir(tmp_path):
     args = [sys.executable, "-m", "experiments.train", "--config=configs/ppo.py:cartpole_kl_adaptive",
             f"--workdir={tmp_path}", "--config.num_steps=32", "--config.total_timesteps=512",
             "--config.updates_per_chunk=2", "--config.num_minibatches=2"]
-    result = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    result = subprocs.run(args, cwd=root, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [128, 256, 384, 512]
@@ -300,12 +300,11 @@ def test_cli_writes_outputs_and_refuses_foreign_workdir(tmp_path):
 
     # A different config in the same workdir is refused before anything is overwritten.
     before = (tmp_path / "metrics.jsonl").read_text()
-    other = subprocess.run(args + ["--config.hparams.kl_target=0.02"], cwd=root, capture_output=True,
-                           text=True, timeout=300)
+    other = subprocs.run(args + ["--config.hparams.kl_target=0.02"], cwd=root, timeout=300)
     assert other.returncode != 0 and "holds a run of a different config" in other.stderr
     assert (tmp_path / "metrics.jsonl").read_text() == before
     # The same config again resumes; the run is finished, so nothing is run or rewritten.
-    again = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    again = subprocs.run(args, cwd=root, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed after update 4 of 4" in again.stdout
     assert (tmp_path / "metrics.jsonl").read_text() == before

@@ -9,12 +9,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from kltrust.errors import check_choice
+
 ALGORITHMS = ("ppo", "trpo")
 
 
 def program(config) -> ModuleType:
     """The training-program module for ``config.algorithm``; a clear error for anything else."""
     algorithm = config.get("algorithm", "ppo")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"config.algorithm = {algorithm!r}: must be one of {ALGORITHMS}.")
+    check_choice(algorithm, ALGORITHMS, "algorithm")  # a ConfigError
     return importlib.import_module(f"kltrust.train.{algorithm}")

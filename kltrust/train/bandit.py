@@ -57,6 +57,7 @@ from jax.flatten_util import ravel_pytree
 
 from kltrust import kl
 from kltrust.distributions import Categorical
+from kltrust.errors import ConfigError, check, check_choice, unknown_key
 from kltrust.objectives import dpo, ppo, trpo
 from kltrust.tasks import bandit as bandit_lib
 from kltrust.tasks.bandit import Bandit, PolicySpec, Preferences
@@ -457,9 +458,35 @@ def make_sweep(setup: Setup) -> Callable[[jax.Array, Bandit, HParams], Run]:
 # ---------------------------------------------------------------- config -> setup
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"config.{key} = {value!r}: must be {allowed}.")
+_check = check  # config.KEY = VALUE: must be ALLOWED (a ConfigError)
+
+# Every key of a bandit config (configs/bandit.py), by group ("" is the top level), and of each
+# entry of ``run_specs``: anything else is a typo, refused with a did-you-mean.
+CONFIG_KEYS = {
+    "": ("algorithm", "seed", "num_seeds", "bandit", "policy", "num_steps", "steps_per_eval",
+         "lr_schedule", "batch_size", "group_size", "ppo_epochs", "offline_batch_size", "betas",
+         "num_pairs", "runs", "run_specs", "hparams"),
+    "bandit": ("seed", "num_contexts", "num_actions", "reward_scale", "ref_scale", "context_scale"),
+    "policy": ("kind", "hidden", "activation"),
+    "hparams": ("learning_rate", "kl_budget", "delta", "damping", "clip_eps"),
+}
+RUN_SPEC_KEYS = ("method", "loss", "preferences", "label_noise", "label_smoothing")
+
+
+def _check_keys(config: ml_collections.ConfigDict) -> None:
+    groups = {"": config, **{g: config.get(g) for g in CONFIG_KEYS if g}}
+    groups |= {f"run_specs.{name}": spec for name, spec in (config.get("run_specs") or {}).items()}
+    for group, node in groups.items():
+        allowed = CONFIG_KEYS.get(group, RUN_SPEC_KEYS)
+        prefix = f"{group}." if group else ""
+        _check(hasattr(node, "keys"), group, node, "a group of fields (a ConfigDict)")
+        for key in node.keys():
+            if key not in allowed:
+                raise unknown_key(f"{prefix}{key}", allowed)
+        missing = [key for key in allowed if key not in node]
+        if missing:
+            raise ConfigError(f"config.{prefix}{missing[0]}: missing; the keys here are "
+                              f"{sorted(allowed)}.")
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -467,7 +494,10 @@ def _is_int(value: Any, low: int) -> bool:
 
 
 def _all_in(values: Any, low: float, high: float, high_open: bool = False, low_open: bool = False) -> bool:
-    arr = np.asarray(values, np.float64)
+    try:
+        arr = np.asarray(values, np.float64)
+    except (TypeError, ValueError):  # not numbers at all
+        return False
     ok = np.isfinite(arr) & ((arr > low) if low_open else (arr >= low))
     ok &= (arr < high) if high_open else (arr <= high)
     return arr.size > 0 and bool(np.all(ok))
@@ -478,6 +508,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     Runs on the host before anything is traced or compiled.
     """
+    _check_keys(config)
     b = config.bandit
     _check(_is_int(b.num_contexts, 1), "bandit.num_contexts", b.num_contexts, "an integer >= 1")
     _check(_is_int(b.num_actions, 2), "bandit.num_actions", b.num_actions, "an integer >= 2")
@@ -485,9 +516,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(_all_in(b[name], 0.0, np.inf, high_open=True), f"bandit.{name}", b[name], "finite and >= 0")
     _check(_is_int(b.seed, 0), "bandit.seed", b.seed, "an integer >= 0")
     p = config.policy
-    _check(p.kind in bandit_lib.POLICY_KINDS, "policy.kind", p.kind, f"one of {bandit_lib.POLICY_KINDS}")
-    _check(p.activation in bandit_lib.ACTIVATIONS, "policy.activation", p.activation,
-           f"one of {bandit_lib.ACTIVATIONS}")
+    check_choice(p.kind, bandit_lib.POLICY_KINDS, "policy.kind")
+    check_choice(p.activation, bandit_lib.ACTIVATIONS, "policy.activation")
     _check(len(p.hidden) >= 1 and all(_is_int(h, 1) for h in p.hidden), "policy.hidden", p.hidden,
            "a non-empty tuple of integers >= 1")
     _check(_is_int(config.seed, 0), "seed", config.seed, "an integer >= 0")
@@ -495,7 +525,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(_is_int(config.num_steps, 1), "num_steps", config.num_steps, "an integer >= 1")
     _check(_is_int(config.steps_per_eval, 1) and config.num_steps % config.steps_per_eval == 0,
            "steps_per_eval", config.steps_per_eval, f"an integer >= 1 dividing num_steps = {config.num_steps}")
-    _check(config.lr_schedule in LR_SCHEDULES, "lr_schedule", config.lr_schedule, f"one of {LR_SCHEDULES}")
+    check_choice(config.lr_schedule, LR_SCHEDULES, "lr_schedule")
     _check(_is_int(config.batch_size, 1), "batch_size", config.batch_size, "an integer >= 1")
     _check(_is_int(config.offline_batch_size, 0), "offline_batch_size", config.offline_batch_size,
            "an integer >= 0 (0 = every pair each step)")
@@ -518,11 +548,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(name in config.run_specs, "runs", config.runs,
                f"names of config.run_specs ({', '.join(config.run_specs)}); {name!r} is not one")
         spec, key = config.run_specs[name], f"run_specs.{name}"
-        methods = tuple(METHODS)
-        _check(spec.method in methods, f"{key}.method", spec.method, f"one of {methods}")
-        _check(spec.loss in dpo.VARIANTS, f"{key}.loss", spec.loss, f"one of {dpo.VARIANTS}")
-        _check(spec.preferences in PREFERENCE_MODES, f"{key}.preferences", spec.preferences,
-               f"one of {PREFERENCE_MODES}")
+        check_choice(spec.method, tuple(METHODS), f"{key}.method")
+        check_choice(spec.loss, dpo.VARIANTS, f"{key}.loss")
+        check_choice(spec.preferences, PREFERENCE_MODES, f"{key}.preferences")
         _check(_all_in(spec.label_noise, 0.0, 0.5, high_open=True), f"{key}.label_noise",
                spec.label_noise, "in [0, 0.5)")
         robust = spec.loss == "robust"

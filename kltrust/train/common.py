@@ -1,14 +1,16 @@
 """What every control training program shares: environments, the actor-critic, config checks.
 
 Kept here so that PPO and TRPO build the same model on the same environment and reject bad configs
-with the same words (``config.KEY = VALUE: must be ...``), before anything is compiled.
+with the same words (``config.KEY = VALUE: must be ...``, a `ConfigError`), before anything is
+compiled. The message format and the error type live in `kltrust.errors`.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import difflib
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from kltrust import sharding
+from kltrust.errors import ConfigError, check, check_choice, did_you_mean, is_int, unknown_key
 from kltrust.models import ActorCritic
 
 ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
@@ -93,10 +96,17 @@ def hparams_from_config(cls: type, hparams: ml_collections.ConfigDict) -> Any:
     return cls(**{n: jnp.asarray(hparams[n], jnp.float32) for n in names})
 
 
-def check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    """Raises the one error message format of kltrust configs."""
-    if not ok:
-        raise ValueError(f"config.{key} = {value!r}: must be {allowed}.")
+def variant_error(error: Exception) -> ConfigError:
+    """A program's ``Variant`` refusing a field (``variant.NAME must be one of (...), got 'X'.``)
+    as a `ConfigError` naming ``config.variant.NAME``, with a did-you-mean for a near miss."""
+    message = f"config.{' '.join(str(error).split())}"
+    match = re.search(r"must be one of (\(.*\)), got ('[^']*')\.$", message)
+    if match:
+        choices, value = ast.literal_eval(match[1]), ast.literal_eval(match[2])
+        hint = did_you_mean(value, choices).strip()
+        if hint:
+            message = f"{message[:-1]}; {hint}"
+    return ConfigError(message)
 
 
 def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
@@ -110,10 +120,7 @@ def check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Conf
     for key in config.keys():
         name = f"{path}{key}"
         if key not in reference:
-            close = difflib.get_close_matches(key, list(reference.keys()), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"config.{name}: unknown key; {hint}the keys here are "
-                             f"{sorted(reference.keys())}.")
+            raise unknown_key(name, reference.keys())
         value, default = config[key], reference[key]
         if isinstance(default, ml_collections.ConfigDict):
             check(isinstance(value, ml_collections.ConfigDict), name, value,
@@ -141,16 +148,43 @@ def _same_kind(value: Any, default: Any, in_hparams: bool) -> bool:
 
 
 def check_range(hparams: ml_collections.ConfigDict, name: str, low: float, high: float = np.inf,
-                low_open: bool = False, high_open: bool = False, prefix: str = "hparams") -> None:
+                low_open: bool = False, high_open: bool = False, prefix: str = "hparams",
+                allow_inf: bool = False) -> None:
     """Checks ``hparams[name]`` (a scalar or a sweep's array) lies in the interval, else raises
-    naming ``config.{prefix}.{name}``."""
-    v = np.asarray(hparams[name], np.float64)
-    ok = (v > low if low_open else v >= low) & (v < high if high_open else v <= high)
-    if not np.all(ok):
-        bad = v[~ok].flat[0] if v.ndim else float(v)
+    a `ConfigError` naming ``config.{prefix}.{name}``.
+
+    Every value must be a finite number: nan and ±inf are refused (an unbounded interval is open at
+    inf), unless ``allow_inf``, which lets +inf through where ``high`` is inf (the interval then
+    prints as ``[low, inf]``).
+    """
+    try:
+        v = np.asarray(hparams[name], np.float64)
+    except (TypeError, ValueError):
+        check(False, f"{prefix}.{name}", hparams[name], "a number")
+    top_open = high_open or (high == np.inf and not allow_inf)
+    ok = (v > low if low_open else v >= low) & (v < high if top_open else v <= high)
+    if not np.all(ok):  # nan fails every comparison
+        bad = float(v[~ok].flat[0] if v.ndim else v)  # a sweep's array: its first bad value
         lo = "(" if low_open else "["
-        hi = ")" if high_open or high == np.inf else "]"
-        raise ValueError(f"config.{prefix}.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
+        hi = ")" if top_open else "]"
+        raise ConfigError(f"config.{prefix}.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
+
+
+def check_finite(hparams: ml_collections.ConfigDict, prefix: str = "hparams",
+                 allow_inf: tuple[str, ...] = ()) -> None:
+    """Refuses nan and ±inf in every field of ``hparams`` (scalars or a sweep's arrays), also in
+    those the config's variant does not read (``allow_inf`` names fields where +inf is meant);
+    call after the range checks, whose messages say more."""
+    for name in hparams.keys():
+        try:
+            v = np.asarray(hparams[name], np.float64)
+        except (TypeError, ValueError):
+            check(False, f"{prefix}.{name}", hparams[name], "a number")
+        ok = np.isfinite(v) | ((v == np.inf) if name in allow_inf else False)
+        if not np.all(ok):
+            bad = float(v[~ok].flat[0] if v.ndim else v)
+            allowed = "a finite number or inf" if name in allow_inf else "a finite number"
+            raise ConfigError(f"config.{prefix}.{name} = {bad!r}: must be {allowed}.")
 
 
 def num_updates(config: ml_collections.ConfigDict) -> int:
@@ -165,12 +199,11 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
     by default it comes from ``config.mesh`` on this process's devices (checked too).
     """
     if batch_shards is None:
-        shape = sharding.mesh_shape(config.mesh.to_dict() if "mesh" in config else {},
-                                    jax.device_count())
-        batch_shards = shape[sharding.DATA_AXIS] * shape[sharding.FSDP_AXIS]
-    check(config.env_name in ENV_NAMES, "env_name", config.env_name, f"one of {ENV_NAMES}")
-    for key in ("num_envs", "num_steps", "updates_per_chunk"):
-        check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "an integer >= 1")
+        batch_shards = mesh_batch_shards(config)
+    check_choice(config.env_name, ENV_NAMES, "env_name")
+    for key in ("num_envs", "num_steps", "updates_per_chunk", "checkpoint_every_chunks",
+                "keep_checkpoints"):
+        check(is_int(config[key], 1), key, config[key], "an integer >= 1")
     batch = config.num_envs * config.num_steps
     check(config.num_envs % batch_shards == 0, "num_envs", config.num_envs,
           f"divisible by the mesh's batch shards, data × fsdp = {batch_shards} (or change "
@@ -188,10 +221,20 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
     limit = config.guards.max_nonfinite_updates
     check(isinstance(limit, int) and limit >= 1, "guards.max_nonfinite_updates", limit,
           "an integer >= 1")
-    check(config.model.activation in ("tanh", "relu"), "model.activation", config.model.activation,
-          "'tanh' or 'relu'")
-    check(len(config.model.hidden) >= 1 and all(h >= 1 for h in config.model.hidden),
-          "model.hidden", config.model.hidden, "a non-empty tuple of widths >= 1")
+    check_choice(config.model.activation, ("tanh", "relu"), "model.activation")
+    check(len(config.model.hidden) >= 1 and all(is_int(h, 1) for h in config.model.hidden),
+          "model.hidden", config.model.hidden, "a non-empty tuple of integer widths >= 1")
+
+
+def mesh_batch_shards(config: ml_collections.ConfigDict) -> int:
+    """How many pieces ``config.mesh`` cuts a batch into on this process's devices (data × fsdp);
+    a bad mesh is a `ConfigError` naming ``config.mesh``."""
+    try:
+        shape = sharding.mesh_shape(config.mesh.to_dict() if "mesh" in config else {},
+                                    jax.device_count())
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return shape[sharding.DATA_AXIS] * shape[sharding.FSDP_AXIS]
 
 
 def initial_params(model: Any, env: Any, env_params: Any, seeds: jax.Array) -> Any:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from kltrust import checkpoint as ckpt
 from kltrust import guards, processes, sharding
+from kltrust.errors import ConfigError
 from kltrust.metrics import read_update_rows, truncate_update_rows, write_text_atomic
 from kltrust import train as programs
 
@@ -61,7 +62,7 @@ def _check_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> 
     if not existing.exists() or overwrite:
         return False
     if existing.read_text() != config_json:
-        raise ValueError(
+        raise ConfigError(
             f"workdir {workdir} holds a run of a different config; choose another --workdir or "
             "pass --overwrite to replace it."
         )

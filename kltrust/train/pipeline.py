@@ -35,12 +35,14 @@ import tensorflow_datasets as tfds
 
 from kltrust import checkpoint as ckpt
 from kltrust import guards, processes, sharding
+from kltrust.errors import ConfigError, from_field_error, is_finite, is_int
 from kltrust.metrics import read_update_rows, truncate_update_rows
 from kltrust.models.transformer import TransformerConfig
+from kltrust.objectives import dpo, grpo
 from kltrust.tasks import text, text_data
 from kltrust.train import reward_model, rlhf, sft
 from kltrust.train import tokens as tok
-from kltrust.train.common import check, check_keys, check_range
+from kltrust.train.common import check, check_choice, check_finite, check_keys, check_range
 
 STAGE_KEYS = {  # the config parts each prerequisite stage depends on
     "sft": ("seed", "task", "data", "model", "sft"),
@@ -102,38 +104,62 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+STAGES = ("policy", "sft", "reward_model")
+# Directories of the pipeline root that a policy stage's ``config.name`` must not take.
+RESERVED_NAMES = ("sft", "reward_model", "tfds", "pipelines", ".", "..")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Every check that can fail, before data generation or compilation."""
+    """Every check that can fail, before data generation or compilation: a bad key or value is a
+    `ConfigError` naming it (``config.KEY = VALUE: must be ...``)."""
     check_keys(config, defaults())
+    check_choice(config.stage, STAGES, "stage")
+    if config.stage == "policy":
+        check(bool(config.name) and "/" not in config.name and config.name not in RESERVED_NAMES,
+              "name", config.name, f"a directory name under the pipeline root other than "
+              f"{RESERVED_NAMES} (it is the policy stage's directory)")
+    check(is_int(config.seed, 0) and config.seed < 2**31, "seed", config.seed,
+          "an integer in [0, 2**31)")
+    check(is_int(config.num_seeds, 1), "num_seeds", config.num_seeds, "an integer >= 1")
     try:
         tok.language_spec(config)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"config.task: {e}") from None
+        raise from_field_error(e, "task") from None
+    source = config.data.source
+    check(source == "synthetic" or (config.stage == "sft" and source.startswith("tfds:")
+                                    and len(source) > len("tfds:")),
+          "data.source", source, "'synthetic', or 'tfds:NAME' (a prepared TFDS text data set, e.g. "
+          "'tfds:tiny_shakespeare') when config.stage is 'sft'")
+    check(is_int(config.data.seq_len, 2), "data.seq_len", config.data.seq_len, "an integer >= 2")
     for part in ("model", "reward_model"):
         for key in ("num_layers", "width", "num_heads"):
             value = config[part][key]
-            check(isinstance(value, int) and value >= 1, f"{part}.{key}", value, "an integer >= 1")
+            check(is_int(value, 1), f"{part}.{key}", value, "an integer >= 1")
         check(config[part].width % config[part].num_heads == 0, f"{part}.width", config[part].width,
               f"divisible by {part}.num_heads = {config[part].num_heads}")
-    check(config.model.critic in ("shared", "separate"), "model.critic", config.model.critic,
-          "'shared' or 'separate'")
-    check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
+    check_choice(config.model.critic, ("shared", "separate"), "model.critic")
     g = config.guards
-    check(isinstance(g.max_nonfinite_updates, int) and g.max_nonfinite_updates >= 1,
-          "guards.max_nonfinite_updates", g.max_nonfinite_updates, "an integer >= 1")
-    check(g.kl_budget >= 0, "guards.kl_budget", g.kl_budget, ">= 0 (0 turns the budget off)")
-    check(g.kl_jump == 0 or g.kl_jump > 1, "guards.kl_jump", g.kl_jump,
-          "0 (off) or > 1 (a factor)")
-    check(g.kl_jump_from > 0, "guards.kl_jump_from", g.kl_jump_from, "> 0")
-    check(g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff, "> 1")
-    check(isinstance(g.max_rollbacks, int) and g.max_rollbacks >= 0, "guards.max_rollbacks",
-          g.max_rollbacks, "an integer >= 0")
+    check(is_int(g.max_nonfinite_updates, 1), "guards.max_nonfinite_updates",
+          g.max_nonfinite_updates, "an integer >= 1")
+    check(is_finite(g.kl_budget) and g.kl_budget >= 0, "guards.kl_budget", g.kl_budget,
+          "finite and >= 0 (0 turns the budget off)")
+    check(g.kl_jump == 0 or (is_finite(g.kl_jump) and g.kl_jump > 1), "guards.kl_jump", g.kl_jump,
+          "0 (off) or a finite number > 1 (a factor)")
+    check(is_finite(g.kl_jump_from) and g.kl_jump_from > 0, "guards.kl_jump_from", g.kl_jump_from,
+          "finite and > 0")
+    check(is_finite(g.kl_backoff) and g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff,
+          "finite and > 1")
+    check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
     for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
         check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
           "in [0, 0.5)")
-    check(config.data.bt_temperature > 0, "data.bt_temperature", config.data.bt_temperature, "> 0")
-    mesh = sharding.mesh_shape(config.mesh.to_dict(), jax.device_count())
+    check(is_finite(config.data.bt_temperature) and config.data.bt_temperature > 0,
+          "data.bt_temperature", config.data.bt_temperature, "finite and > 0")
+    try:
+        mesh = sharding.mesh_shape(config.mesh.to_dict(), jax.device_count())
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     shards = mesh[sharding.DATA_AXIS] * mesh[sharding.FSDP_AXIS]
     # Each process loads its own rows of a supervised batch, and each device holds an equal slice.
     per_batch = int(np.lcm(shards, jax.process_count()))
@@ -143,24 +169,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check(config[part].batch_size % per_batch == 0, f"{part}.batch_size",
               config[part].batch_size, f"a multiple of {per_batch} (the mesh's data × fsdp = "
               f"{shards}, and {jax.process_count()} process(es))")
-        check(config[part].learning_rate > 0, f"{part}.learning_rate", config[part].learning_rate,
-              "> 0")
+        check(is_finite(config[part].learning_rate) and config[part].learning_rate > 0,
+              f"{part}.learning_rate", config[part].learning_rate, "finite and > 0")
+        check(is_int(config[part].eval_every, 0), f"{part}.eval_every", config[part].eval_every,
+              "an integer >= 0 (0: evaluate at the end only)")
+    check_range(config.rm, "weight_decay", 0.0, prefix="rm")
     if config.stage != "policy":
         return
     check(config.data.num_eval_prompts % shards == 0, "data.num_eval_prompts",
           config.data.num_eval_prompts, f"a multiple of the mesh's data × fsdp = {shards}")
     rl = config.rl
-    methods = rlhf.METHODS + ("best_of_n",)
-    check(rl.method in methods, "rl.method", rl.method, f"one of {methods}")
+    check_choice(rl.method, rlhf.METHODS + ("best_of_n",), "rl.method")
     if rl.method == "best_of_n":
-        check(len(rl.best_of_n) >= 1 and all(n >= 1 for n in rl.best_of_n), "rl.best_of_n",
+        check(len(rl.best_of_n) >= 1 and all(is_int(n, 1) for n in rl.best_of_n), "rl.best_of_n",
               rl.best_of_n, "a non-empty tuple of integers >= 1")
         return
-    allowed = rlhf.PLACEMENTS[rl.method]
-    check(rl.kl_placement in allowed, "rl.kl_placement", rl.kl_placement,
-          f"one of {allowed} for method {rl.method!r}")
-    check(rl.kl_estimator in rlhf.KL_ESTIMATORS, "rl.kl_estimator", rl.kl_estimator,
-          f"one of {rlhf.KL_ESTIMATORS}")
+    check_choice(rl.kl_placement, rlhf.PLACEMENTS[rl.method], "rl.kl_placement",
+                 f"for method {rl.method!r}")
+    check_choice(rl.kl_estimator, rlhf.KL_ESTIMATORS, "rl.kl_estimator")
     if rl.method in ("grpo", "rloo") and rl.kl_placement == "loss":
         check(rl.kl_estimator in ("k2", "k3"), "rl.kl_estimator", rl.kl_estimator,
               "'k2' or 'k3' when the KL is in a GRPO/RLOO loss (k1 has zero expected gradient "
@@ -169,11 +195,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check(rl.eval_kl, "rl.eval_kl", rl.eval_kl,
               "True when the KL guard is on (guards.kl_budget or guards.kl_jump > 0): it watches "
               "the evaluated KL")
-    check(rl.controller in ("fixed", "adaptive", "proportional"), "rl.controller", rl.controller,
-          "one of ('fixed', 'adaptive', 'proportional')")
+    check_choice(rl.controller, ("fixed", "adaptive", "proportional"), "rl.controller")
+    # Strings only some methods read are checked for every method: a typo must not wait for the
+    # preset that reads it.
+    check_choice(rl.dpo_variant, dpo.VARIANTS, "rl.dpo_variant")
+    check_choice(rl.token_average, grpo.TOKEN_AVERAGES, "rl.token_average")
     for key in ("batch_prompts", "group_size", "epochs", "minibatches", "num_updates",
-                "updates_per_eval"):
-        check(isinstance(rl[key], int) and rl[key] >= 1, f"rl.{key}", rl[key], "an integer >= 1")
+                "updates_per_eval", "cg_iters", "max_backtracks"):
+        check(is_int(rl[key], 1), f"rl.{key}", rl[key], "an integer >= 1")
+    check_range(rl, "max_grad_norm", 0.0, low_open=True, prefix="rl", allow_inf=True)  # inf: none
     if rl.method in ("grpo", "rloo", "trpo"):
         check(rl.group_size >= 2, "rl.group_size", rl.group_size, ">= 2 for group baselines")
     if rl.method == "dpo_online":
@@ -204,6 +234,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_rl("kl_budget", 0.0, low_open=True)
     check_rl("damping", 0.0)
     check_rl("label_smoothing", 0.0, 0.5, high_open=True)
+    check_finite(hp, prefix="rl.hparams")
     if rl.kl_placement == "none":
         check(rl.controller == "fixed", "rl.controller", rl.controller,
               "'fixed' when rl.kl_placement is 'none' (there is no KL to control)")
@@ -247,7 +278,7 @@ def _prepare(directory: pathlib.Path, config_json: str, overwrite: bool) -> None
     def check() -> None:
         existing = directory / "stage_config.json"
         if existing.exists() and existing.read_text() != config_json and not overwrite:
-            raise ValueError(f"{directory} holds a stage of a different config; choose another "
+            raise ConfigError(f"{directory} holds a stage of a different config; choose another "
                              "--workdir or pass --overwrite to replace it.")
 
     processes.claim(f"prepare.{directory.name}", check, directory)
@@ -335,7 +366,7 @@ def _run_sft_real_text(config, out: pathlib.Path) -> Any:
 def _check_same(directory: pathlib.Path, config_json: str) -> None:
     existing = directory / "stage_config.json"
     if existing.exists() and existing.read_text() != config_json:
-        raise ValueError(f"{directory} was trained with a different config (task, data or model); "
+        raise ConfigError(f"{directory} was trained with a different config (task, data or model); "
                          "use another --workdir for this one.")
 
 
@@ -619,10 +650,10 @@ def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> bool:
         same = (out / "config.json").exists() and (out / "config.json").read_text() == config_json
         if holds_results and not overwrite:
             if not same:
-                raise ValueError(f"{out} holds a policy stage of a different config; pass "
+                raise ConfigError(f"{out} holds a policy stage of a different config; pass "
                                  "--overwrite to replace it.")
             if tok.is_done(out) or (out / "results.json").exists():
-                raise ValueError(f"{out} already holds results of this finished stage; pass "
+                raise ConfigError(f"{out} already holds results of this finished stage; pass "
                                  "--overwrite to run it again.")
         # Best-of-n has no training state to resume: an unfinished one starts again.
         return holds_results, holds_results and same and not overwrite and (

@@ -139,7 +139,7 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
     try:
         variant = ppo.Variant(**config.variant.to_dict())
     except (TypeError, ValueError) as error:
-        raise ValueError(f"config.{error}") from None
+        raise common.variant_error(error) from None
 
     check_range = functools.partial(common.check_range, config.hparams)
     check_range("learning_rate", 0.0, low_open=True)
@@ -147,7 +147,7 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
     check_range("gae_lambda", 0.0, 1.0)
     check_range("vf_coef", 0.0)
     check_range("ent_coef", 0.0)
-    check_range("max_grad_norm", 0.0, low_open=True)
+    check_range("max_grad_norm", 0.0, low_open=True, allow_inf=True)  # inf: no clipping
     check_range("reward_scale", 0.0, low_open=True)
     if variant.clip:
         check_range("clip_eps", 0.0, low_open=True)
@@ -166,6 +166,7 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
             check_range(gain, 0.0)
     if config.early_stop:
         check_range("target_kl", 0.0, low_open=True)
+    common.check_finite(config.hparams, allow_inf=("max_grad_norm",))  # the unread ones too
 
 
 def _make_optimizer(learning_rate: jax.Array, max_grad_norm: jax.Array) -> optax.GradientTransformation:

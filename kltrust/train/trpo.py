@@ -147,7 +147,7 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
     try:
         variant = trpo.Variant(**config.variant.to_dict())
     except (TypeError, ValueError) as error:
-        raise ValueError(f"config.{error}") from None
+        raise common.variant_error(error) from None
 
     check_range = functools.partial(common.check_range, config.hparams)
     check_range("delta", 0.0, low_open=True)
@@ -160,6 +160,7 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
     check_range("reward_scale", 0.0, low_open=True)
     if variant.uses_reference:
         check_range("kl_budget", 0.0, low_open=True)
+    common.check_finite(config.hparams)  # the unread ones too
 
 
 def split_params(params: Any) -> tuple[Any, Any]:
