@@ -80,18 +80,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         timeout_s = float(os.environ[ENV_TIMEOUT])
     timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     if not (isinstance(timeout_s, (int, float)) and 1 <= timeout_s < float("inf")):
-        raise ValueError(f"peer_timeout = {timeout_s!r}: must be a finite number of seconds >= 1.")
+        raise ConfigError(f"peer_timeout = {timeout_s!r}: must be a finite number of seconds >= 1.")
     if not coordinator_address:
         if num_processes not in (None, 1):
-            raise ValueError(f"num_processes = {num_processes} needs a coordinator address "
+            raise ConfigError(f"num_processes = {num_processes} needs a coordinator address "
                              f"(--coordinator_address or ${ENV_COORDINATOR}).")
         return False
     if coordinator_address != "auto":
         if num_processes is None or num_processes < 1:
-            raise ValueError(f"num_processes = {num_processes}: must be an integer >= 1 with a "
+            raise ConfigError(f"num_processes = {num_processes}: must be an integer >= 1 with a "
                              "coordinator address.")
         if process_id is None or not 0 <= process_id < num_processes:
-            raise ValueError(f"process_id = {process_id}: must be in [0, {num_processes - 1}].")
+            raise ConfigError(f"process_id = {process_id}: must be in [0, {num_processes - 1}].")
     _one_collective_order()
     seconds = int(max(1, round(timeout_s)))
     timeouts = dict(initialization_timeout=seconds, heartbeat_timeout_seconds=seconds,

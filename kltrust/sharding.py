@@ -29,6 +29,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from kltrust.errors import ConfigError
+
 RUN_AXIS = "runs"
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
@@ -48,36 +50,36 @@ def mesh_config(runs: int = 1, data: int = -1, fsdp: int = 1) -> ml_collections.
 def mesh_shape(sizes: dict[str, int], num_devices: int, key: str = "mesh") -> dict[str, int]:
     """Resolves the -1 in ``sizes`` and checks the product against ``num_devices``.
 
-    Raises ValueError naming ``config.{key}.AXIS`` and the allowed values. The mesh may use fewer
+    Raises `ConfigError` naming ``config.{key}.AXIS`` and the allowed values. The mesh may use fewer
     devices than there are (the first ones), except across processes, where it must use them all.
     """
     unknown = sorted(set(sizes) - set(AXES))
     if unknown:
-        raise ValueError(f"config.{key}.{unknown[0]}: unknown mesh axis; the axes are {AXES}.")
+        raise ConfigError(f"config.{key}.{unknown[0]}: unknown mesh axis; the axes are {AXES}.")
     shape = {axis: sizes.get(axis, 1) for axis in AXES}
     free = [a for a in AXES if shape[a] == -1]
     for axis in AXES:
         value = shape[axis]
         if not (isinstance(value, (int, np.integer)) and (value >= 1 or value == -1)):
-            raise ValueError(f"config.{key}.{axis} = {value!r}: must be an integer >= 1, or -1 for "
+            raise ConfigError(f"config.{key}.{axis} = {value!r}: must be an integer >= 1, or -1 for "
                              "every device left.")
     if len(free) > 1:
-        raise ValueError(f"config.{key}.{free[1]} = -1: at most one mesh axis may be -1 "
+        raise ConfigError(f"config.{key}.{free[1]} = -1: at most one mesh axis may be -1 "
                          f"(config.{key}.{free[0]} is -1 too).")
     fixed = int(np.prod([v for v in shape.values() if v != -1]))
     if free:
         if num_devices % fixed:
-            raise ValueError(
+            raise ConfigError(
                 f"config.{key}.{free[0]} = -1: the other axes' product {fixed} must divide the "
                 f"number of devices ({num_devices}).")
         shape[free[0]] = num_devices // fixed
     total = int(np.prod(list(shape.values())))
     if total > num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"config.{key} = {shape}: needs {total} devices, only {num_devices} are available; "
             f"choose sizes whose product is at most {num_devices}.")
     if jax.process_count() > 1 and total != num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"config.{key} = {shape}: uses {total} of {num_devices} devices; across "
             f"{jax.process_count()} processes the mesh must use every device.")
     return shape

@@ -229,11 +229,8 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
 def mesh_batch_shards(config: ml_collections.ConfigDict) -> int:
     """How many pieces ``config.mesh`` cuts a batch into on this process's devices (data × fsdp);
     a bad mesh is a `ConfigError` naming ``config.mesh``."""
-    try:
-        shape = sharding.mesh_shape(config.mesh.to_dict() if "mesh" in config else {},
-                                    jax.device_count())
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    shape = sharding.mesh_shape(config.mesh.to_dict() if "mesh" in config else {},
+                                jax.device_count())
     return shape[sharding.DATA_AXIS] * shape[sharding.FSDP_AXIS]
 
 

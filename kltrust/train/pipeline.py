@@ -73,7 +73,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic",  # or "tfds:tiny_shakespeare" (sft_shakespeare)
         num_sft=8192, num_prompts=2048, num_eval_prompts=256, num_pairs=4096,
-        num_eval_pairs=1024, label_noise=0.0, bt_temperature=1.0, seq_len=64))
+        num_eval_pairs=1024, label_noise=0.0, bt_temperature=1.0, seq_len=64,
+        tfds_dir=""))  # where a prepared TFDS set lives ("": TFDS's default); source 'tfds:...' only
     c.model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4, critic="shared"))
     c.reward_model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4))
     # SFT: held-out KL(true ‖ model) is lowest near 1000 steps and rises after (overfitting).
@@ -156,10 +157,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "in [0, 0.5)")
     check(is_finite(config.data.bt_temperature) and config.data.bt_temperature > 0,
           "data.bt_temperature", config.data.bt_temperature, "finite and > 0")
-    try:
-        mesh = sharding.mesh_shape(config.mesh.to_dict(), jax.device_count())
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    mesh = sharding.mesh_shape(config.mesh.to_dict(), jax.device_count())  # or a ConfigError
     shards = mesh[sharding.DATA_AXIS] * mesh[sharding.FSDP_AXIS]
     # Each process loads its own rows of a supervised batch, and each device holds an equal slice.
     per_batch = int(np.lcm(shards, jax.process_count()))
