@@ -169,7 +169,9 @@ def gaussian(
     Per dimension, with d = log σ − log σ_ref:
         KL = log(σ_ref/σ) + (σ² + (μ − μ_ref)²)/(2σ_ref²) − ½ = ½(e^{2d} − 1 − 2d) + ½((μ − μ_ref)/σ_ref)²,
     the second form evaluated like k3 (e^x − 1 − x, with x = 2d), so identical distributions give
-    exactly 0 and nearby ones keep full relative precision.
+    exactly 0 and nearby ones keep full relative precision, wherever 1/σ_ref fits the dtype
+    (|log σ_ref| < 88.7 in float32). At identical distributions the Hessian in (μ, log σ) of either
+    argument is the Fisher information, diag(1/σ², 2) per dimension.
 
     Args:
       mean, log_std: parameters of p, shape [..., D] (``log_std`` may be broadcast to ``mean``'s
@@ -184,13 +186,11 @@ def gaussian(
     )
     d = log_std - log_std_ref
     scale_term = 0.5 * _expm1_minus_identity(2.0 * d)
-    # Where μ = μ_ref the mean term is 0 whatever σ_ref; e^{−log σ_ref} overflows for log σ_ref < −88.7
-    # and 0·inf would make identical distributions NaN, so both factors are made finite there first
-    # (a double `where`, which also keeps the gradient at 0 there).
-    diff = mean - mean_ref
-    moved = diff != 0
-    scaled = jnp.where(moved, diff, 0.0) * jnp.exp(-jnp.where(moved, log_std_ref, 0.0))
-    mean_term = 0.5 * jnp.square(scaled)
+    # No `where` on μ = μ_ref here: the mean term's curvature there, 1/σ_ref², is the Fisher
+    # information that TRPO's Fisher-vector product differentiates at exactly that point, and a
+    # masked branch would make it 0. (A NaN at identical distributions needs σ_ref < e^{−88.7}, where
+    # 1/σ_ref overflows float32.)
+    mean_term = 0.5 * jnp.square((mean - mean_ref) * jnp.exp(-log_std_ref))
     return jnp.sum(scale_term + mean_term, axis=-1)
 
 

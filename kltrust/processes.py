@@ -15,6 +15,10 @@ each other for ever. The rules this module enforces:
   point. A dead peer stops heart-beating; JAX's coordination service then ends every process
   within the same timeout ("Terminating process because the JAX distributed service detected
   fatal errors ... tasks stopped sending heartbeats").
+* **A hung peer is found even from inside a collective.** The host loops mark each step with
+  `progress`; a watchdog thread ends a process that has made no progress for the peer timeout
+  while a peer has sat at an earlier step for a further timeout (that peer hangs outside any
+  collective, and this one waits for it inside one), with a clear message and every stack.
 * **SIGTERM ends a process in bounded time**, even one blocked in a collective (`StopOnSigterm`).
 
 With one process every function here is a cheap no-op, so single-process code calls them freely.
@@ -29,6 +33,7 @@ import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -238,6 +243,61 @@ def primary_first(name: str, fn: Callable[[], T]) -> T:
     if not is_primary():
         result = fn()
     return result
+
+
+# ---------------------------------------------------------------- progress watchdog
+
+_progress = {"count": 0, "where": "", "at": 0.0, "watching": False}
+EXIT_PEER_HUNG = 70  # the exit status of a process the progress watchdog ends
+
+
+def progress(where: str) -> None:
+    """Marks that this process reached the next step of a host loop (``where`` names it).
+
+    Every process passes the same steps in the same order, so step counts compare across processes.
+    With several processes the first call starts `_watch_progress`. With one, nothing happens.
+    """
+    if jax.process_count() == 1:
+        return
+    _progress.update(count=_progress["count"] + 1, where=where, at=time.monotonic())
+    _client().key_value_set(f"kltrust/progress/{jax.process_index()}",
+                            json.dumps([_progress["count"], where]), allow_overwrite=True)
+    if not _progress["watching"]:
+        _progress["watching"] = True
+        threading.Thread(target=_watch_progress, daemon=True, name="kltrust-progress").start()
+
+
+def _watch_progress() -> None:
+    """Ends this process when it has been stuck for the peer timeout and a peer has sat at an
+    earlier step for a further timeout. Peers are read only once this process is stuck, so a
+    healthy run costs no reads."""
+    client, me = _client(), jax.process_index()
+    peers = [i for i in range(jax.process_count()) if i != me]
+    suspects: dict[int, tuple[int, float]] = {}
+    while True:
+        time.sleep(max(0.5, min(5.0, timeout_s() / 10)))
+        now = time.monotonic()
+        mine, where = _progress["count"], _progress["where"]
+        if now - _progress["at"] < timeout_s():
+            suspects.clear()
+            continue
+        for peer in peers:
+            try:
+                count, peer_where = json.loads(client.key_value_try_get(f"kltrust/progress/{peer}"))
+            except Exception:  # noqa: BLE001  (not posted yet: the peer is before its first step)
+                count, peer_where = 0, "its start"
+            if count >= mine:
+                suspects.pop(peer, None)
+            elif suspects.get(peer, (None,))[0] != count:
+                suspects[peer] = (count, now)
+            elif now - suspects[peer][1] >= timeout_s():
+                print(f"kltrust: process {me} has waited {now - _progress['at']:.0f} s at "
+                      f"'{where}' (step {mine}) for process {peer}, which has not moved from "
+                      f"'{peer_where}' (step {count}) in over {timeout_s():g} s: it is hung. "
+                      f"Stacks follow; exiting with status {EXIT_PEER_HUNG}.", file=sys.stderr,
+                      flush=True)
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                os._exit(EXIT_PEER_HUNG)
 
 
 # ---------------------------------------------------------------- SIGTERM

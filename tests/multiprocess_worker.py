@@ -12,6 +12,8 @@ ends with to OUT_DIR/final_PROCESS_ID.npz. The other modes make process 1 misbeh
               an empty one: the processes must stop at their first decision, not hang
     dead      process 1 exits abruptly before training
     hang      process 1 sleeps instead of training
+    stall     process 1 sleeps after the first training chunk, while process 0 waits for it inside
+              the second chunk's collectives
     sigterm   process 1 sleeps; process 0 blocks in a cross-process collective with SIGTERM handling
               on (the test sends the SIGTERM)
 """
@@ -53,6 +55,14 @@ def misbehave(out: pathlib.Path, process_id: int, mode: str) -> None:
         loop.train(config, workdir, progress=False)
     elif process_id == 1 and mode == "dead":
         os._exit(3)
+    elif mode == "stall":
+        def stall(updates):
+            if process_id == 1:
+                print("process 1 stalling after a chunk", flush=True)
+                time.sleep(3600)
+
+        config.total_timesteps = 4 * 32 * 6  # three chunks: the stall is mid-run
+        loop.train(config, out / "ppo", progress=False, on_chunk=stall)
     elif process_id == 1:
         print("process 1 sleeping", flush=True)
         time.sleep(3600)

@@ -333,3 +333,23 @@ def test_unknown_estimator_is_named():
 def test_mismatched_shapes_raise_naming_arguments(call):
     with pytest.raises(ValueError, match=r"must have identical shapes, got \w+ \(.*\), \w+ \("):
         call()
+
+
+def test_gaussian_hessian_at_coincidence_is_the_fisher_information():
+    """TRPO's Fisher-vector product is the Hessian of the KL at p = p_ref, which must be the Fisher
+    information of N(μ, σ²) in (μ, log σ): diag(1/σ², 2) per dimension, for either argument. (A
+    `where` masking μ = μ_ref once zeroed the 1/σ² block and TRPO's steps went wrong.) Float32
+    second derivatives of a closed form: rtol 1e-5."""
+    mean = jnp.array([0.3, -1.2, 2.0])
+    log_std = jnp.array([-0.5, 0.0, 0.7])
+    params = jnp.concatenate([mean, log_std])
+
+    def kl_first(p):  # KL(p_θ ‖ p_ref) around θ = ref
+        return kl.gaussian(p[:3], p[3:], mean, log_std)
+
+    def kl_second(p):  # KL(p_ref ‖ p_θ)
+        return kl.gaussian(mean, log_std, p[:3], p[3:])
+
+    fisher = np.diag(np.concatenate([np.exp(-2 * np.asarray(log_std, np.float64)), [2.0] * 3]))
+    for fn in (kl_first, kl_second):
+        np.testing.assert_allclose(jax.hessian(fn)(params), fisher, rtol=1e-5, atol=1e-6)

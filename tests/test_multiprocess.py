@@ -147,6 +147,19 @@ def test_a_hung_peer_ends_the_run_within_the_peer_timeout(tmp_path):
     assert results[1].returncode != 0  # the sleeper is ended too: its coordinator is gone
 
 
+def test_a_peer_hung_mid_run_is_found_from_inside_a_collective(tmp_path):
+    """Process 1 stops between chunks; process 0 is then blocked in the next chunk's all-reduce,
+    where no barrier can time out. The progress watchdog ends it: stuck for one peer timeout,
+    then process 1 seen at an earlier step for another."""
+    results = _two(tmp_path, "stall", timeout=BOUND + PEER_TIMEOUT, peer_timeout=PEER_TIMEOUT)
+    from kltrust.processes import EXIT_PEER_HUNG
+
+    assert results[0].returncode == EXIT_PEER_HUNG, results[0].stderr[-3000:]
+    assert "for process 1, which has not moved from 'loop.chunk'" in results[0].stderr
+    assert "it is hung" in results[0].stderr and "Stacks follow" in results[0].stderr
+    assert results[1].returncode != 0  # the sleeper is ended too: its coordinator is gone
+
+
 def test_sigterm_ends_a_process_blocked_in_a_collective(tmp_path):
     sent = {}
 

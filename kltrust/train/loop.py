@@ -166,6 +166,7 @@ def train(
     try:
         with processes.StopOnSigterm(enabled=workdir is not None) as stop:
             for chunk in range(done // static.updates_per_chunk, num_chunks):
+                processes.progress("loop.chunk")
                 state, metrics = compiled_chunk(state, hparams)
                 metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
                 for name, values in metrics.items():

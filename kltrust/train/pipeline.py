@@ -543,6 +543,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
             if i == num_chunks:
                 break
             t = time.perf_counter()
+            processes.progress("policy.chunk")
             state, m = chunk_c(state, hp, frozen)
             m = {k: v[:num_runs] for k, v in sharding.to_host(m).items()}
             run_seconds += time.perf_counter() - t

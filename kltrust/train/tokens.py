@@ -255,6 +255,7 @@ def fit(loss_fn: Callable[[Any, dict], jax.Array], params: Any,
     n = len(next(iter(data.values())))
     order, cursor, rows, losses = rng.permutation(n), 0, [], []
     for i in range(1, steps + 1):
+        processes.progress("fit.step")
         if cursor + batch_size > n:
             order, cursor = rng.permutation(n), 0
         idx = sharding.local_rows(order[cursor:cursor + batch_size])
