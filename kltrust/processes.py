@@ -187,11 +187,7 @@ def exchange(name: str, value: str) -> list[str]:
 def agree(name: str, value: Any) -> Any:
     """Checks that every process holds the same JSON-able ``value`` and returns it; raises
     `PeerDisagreement` (on every process) naming each process's value otherwise."""
-    values = [json.loads(v) for v in exchange(name, json.dumps(value, sort_keys=True))]
-    if any(v != values[0] for v in values):
-        views = "; ".join(f"process {i}: {v!r}" for i, v in enumerate(values))
-        raise PeerDisagreement(f"the processes disagree at '{name}' ({views}).")
-    return value
+    return claim(name, lambda: value)
 
 
 def any_process(flag: bool) -> bool:
@@ -204,7 +200,8 @@ def claim(name: str, decide: Callable[[], T], where: str = "") -> T:
 
     Each process runs ``decide()`` (reading files, say) and the outcomes are exchanged: the same
     value everywhere is returned; an exception on any process is raised on every process (the
-    original where it happened, a `ValueError` with its message elsewhere); different values raise
+    original where it happened; elsewhere a `ConfigError` if it was one, else a `ValueError`, with
+    its message); different values raise
     `PeerDisagreement` on every process. Callers then let process 0 write and `sync`.
     ``where`` (a directory) goes into the disagreement message.
     """
