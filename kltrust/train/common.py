@@ -157,17 +157,27 @@ def check_range(hparams: ml_collections.ConfigDict, name: str, low: float, high:
     inf), unless ``allow_inf``, which lets +inf through where ``high`` is inf (the interval then
     prints as ``[low, inf]``).
     """
-    try:
-        v = np.asarray(hparams[name], np.float64)
-    except (TypeError, ValueError):
-        check(False, f"{prefix}.{name}", hparams[name], "a number")
+    v = _numbers(hparams, name, prefix)
     top_open = high_open or (high == np.inf and not allow_inf)
     ok = (v > low if low_open else v >= low) & (v < high if top_open else v <= high)
     if not np.all(ok):  # nan fails every comparison
-        bad = float(v[~ok].flat[0] if v.ndim else v)  # a sweep's array: its first bad value
+        bad = _first_bad(v, ok)
         lo = "(" if low_open else "["
         hi = ")" if top_open else "]"
         raise ConfigError(f"config.{prefix}.{name} = {bad!r}: must be in {lo}{low}, {high}{hi}.")
+
+
+def _numbers(hparams: ml_collections.ConfigDict, name: str, prefix: str) -> np.ndarray:
+    """``hparams[name]`` as float64 (a scalar or a sweep's array); a `ConfigError` if not numbers."""
+    try:
+        return np.asarray(hparams[name], np.float64)
+    except (TypeError, ValueError):
+        check(False, f"{prefix}.{name}", hparams[name], "a number")
+
+
+def _first_bad(v: np.ndarray, ok: np.ndarray) -> float:
+    """The first value failing ``ok`` (a sweep's array names its first bad entry)."""
+    return float(v[~ok].flat[0] if v.ndim else v)
 
 
 def check_finite(hparams: ml_collections.ConfigDict, prefix: str = "hparams",
@@ -176,13 +186,10 @@ def check_finite(hparams: ml_collections.ConfigDict, prefix: str = "hparams",
     those the config's variant does not read (``allow_inf`` names fields where +inf is meant);
     call after the range checks, whose messages say more."""
     for name in hparams.keys():
-        try:
-            v = np.asarray(hparams[name], np.float64)
-        except (TypeError, ValueError):
-            check(False, f"{prefix}.{name}", hparams[name], "a number")
+        v = _numbers(hparams, name, prefix)
         ok = np.isfinite(v) | ((v == np.inf) if name in allow_inf else False)
         if not np.all(ok):
-            bad = float(v[~ok].flat[0] if v.ndim else v)
+            bad = _first_bad(v, ok)
             allowed = "a finite number or inf" if name in allow_inf else "a finite number"
             raise ConfigError(f"config.{prefix}.{name} = {bad!r}: must be {allowed}.")
 

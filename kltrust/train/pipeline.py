@@ -42,7 +42,8 @@ from kltrust.objectives import dpo, grpo
 from kltrust.tasks import text, text_data
 from kltrust.train import reward_model, rlhf, sft
 from kltrust.train import tokens as tok
-from kltrust.train.common import check, check_choice, check_finite, check_keys, check_range
+from kltrust.train.common import (check, check_choice, check_finite, check_keys, check_range,
+                                  mesh_batch_shards)
 
 STAGE_KEYS = {  # the config parts each prerequisite stage depends on
     "sft": ("seed", "task", "data", "model", "sft"),
@@ -157,8 +158,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "in [0, 0.5)")
     check(is_finite(config.data.bt_temperature) and config.data.bt_temperature > 0,
           "data.bt_temperature", config.data.bt_temperature, "finite and > 0")
-    mesh = sharding.mesh_shape(config.mesh.to_dict(), jax.device_count())  # or a ConfigError
-    shards = mesh[sharding.DATA_AXIS] * mesh[sharding.FSDP_AXIS]
+    shards = mesh_batch_shards(config)  # or a ConfigError naming config.mesh
     # Each process loads its own rows of a supervised batch, and each device holds an equal slice.
     per_batch = int(np.lcm(shards, jax.process_count()))
     for part in ("sft", "rm"):
