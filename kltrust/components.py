@@ -15,15 +15,15 @@ Everything a program needs about the knobs is derived from that one declaration 
 and one line of documentation. A `Registry` finds the components of a package by importing its
 modules on first use, so adding a component is adding a file.
 
-A *slot* is where a program's config chooses one component of a registry: a group holding ``kind``
-(the name chosen) and one sub-group of knobs per registered component, e.g.
+A program's config keeps the knobs of a registry's components in one group with a sub-group per
+registered component (`group_defaults`), e.g.
 
-    config.rl.controller.kind = "proportional"
-    config.rl.controller.proportional.kl_target = 2.0
+    config.variant.kl_penalty = "proportional"                 # the choice: static
+    config.hparams.controller.proportional.kl_target = 2.0     # its knobs: arrays, sweepable
 
-Every component's group is present (derived from the registry), so ``--config.rl.controller.pid.kp=1``
-works whatever the preset chose; only the chosen component's knobs are validated strictly and
-travel into the compiled program.
+Every component's group is present (derived from the registry), so ``--config.hparams.controller.
+pid.kp=1`` works whatever the preset chose; only the chosen component's knobs are range-checked
+and travel into the compiled program.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from kltrust.errors import ConfigError, check, check_choice, unknown_key
 
 T = TypeVar("T")
 
-__all__ = ["Knob", "Registry", "config_defaults", "create", "from_config", "hparams", "knob",
-           "knobs", "slot_defaults", "slot_entry", "slot_hparams", "validate"]
+__all__ = ["Knob", "Registry", "chosen_hparams", "config_defaults", "create", "from_config",
+           "group_defaults", "hparams", "knob", "knobs", "validate", "validate_groups"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,41 +222,39 @@ class Registry(Generic[T]):
         return self._entries[name]
 
 
-# ---------------------------------------------------------------- slots: choose one component
+# ---------------------------------------------------------------- knob groups of a registry
 
 
-def slot_defaults(registry: Registry, kind: str, **extra: Any) -> ml_collections.ConfigDict:
-    """A slot's config group: ``kind`` plus every registered component's knob group (and any
-    ``extra`` fields the program keeps beside them, e.g. the initial β of a controller)."""
-    registry.get(kind)  # a program's default must exist
-    group = ml_collections.ConfigDict({"kind": kind, **extra})
-    for name, entry in registry.items():
-        group[name] = config_defaults(entry.hparams)
-    return group
+def group_defaults(registry: Registry) -> ml_collections.ConfigDict:
+    """One knob group per registered component, ``{name: {knob: default}}``: where a program's
+    config keeps the knobs of a registry's components (e.g. ``hparams.controller``), so that
+    ``--config.hparams.controller.pid.kp=1`` works whatever the preset chose."""
+    return ml_collections.ConfigDict({name: config_defaults(entry.hparams)
+                                      for name, entry in registry.items()})
 
 
-def slot_entry(registry: Registry, node: Any, prefix: str, extra: tuple[str, ...] = ()) -> Any:
-    """Validates a slot group (``kind`` a registered name, every component group's keys known,
-    the chosen component's values in range) and returns the chosen entry. ``extra``: the fields
-    the program keeps beside the component groups (checked by the program)."""
-    allowed = ("kind", *extra, *registry.names())
-    for key in node.keys():
-        if key not in allowed:
-            raise unknown_key(f"{prefix}.{key}", allowed)
-    entry = registry.get(node.kind, f"{prefix}.kind")
-    for name, other in registry.items():
-        if name == node.kind:
-            validate(other.hparams, node[name], f"{prefix}.{name}")
-        elif name in node:  # only the keys: an unused component's values are not read
+def validate_groups(registry: Registry, node: Any, prefix: str, chosen: str | None) -> None:
+    """Checks a `group_defaults` group: every key a registered component and every knob name
+    known (a typo never waits for the preset that reads it); the values of ``chosen`` (the
+    component the program runs, None for none) in range. The values of the others are not read."""
+    check(isinstance(node, (ml_collections.ConfigDict, Mapping)), prefix, node,
+          "a group of fields (a ConfigDict)")
+    for name in node.keys():
+        entry = registry.get(name) if name in registry else None
+        if entry is None:
+            raise unknown_key(f"{prefix}.{name}", registry.names())
+        if name == chosen:
+            validate(entry.hparams, node[name], f"{prefix}.{name}")
+        else:
             for key in node[name].keys():
-                if key not in knobs(other.hparams):
-                    raise unknown_key(f"{prefix}.{name}.{key}", knobs(other.hparams))
-    return entry
+                if key not in knobs(entry.hparams):
+                    raise unknown_key(f"{prefix}.{name}.{key}", knobs(entry.hparams))
 
 
-def slot_hparams(registry: Registry, node: Any) -> Any:
-    """The chosen component's knobs (a validated slot group) as its `hparams` instance."""
-    entry = registry.get(node.kind)
-    return from_config(entry.hparams, node[node.kind] if node.kind in node else
-                       config_defaults(entry.hparams))
-
+def chosen_hparams(registry: Registry, node: Any, chosen: str) -> Any:
+    """The knobs of component ``chosen`` from a (validated) `group_defaults` group; its defaults
+    where the group has none for it."""
+    entry = registry.get(chosen)
+    if node is None or chosen not in node:
+        return create(entry.hparams)
+    return from_config(entry.hparams, node[chosen])

@@ -68,20 +68,22 @@ def test_a_default_outside_its_range_is_refused_at_declaration():
         components.knob(0.0, "x", low=0, low_open=True)
 
 
-def test_registry_and_slot():
+def test_registry_and_knob_groups():
     registry = components.Registry("widget")
     registry.register("plain", _Entry)
     registry.register("other", _Entry)
     assert registry.names() == ("plain", "other")
     with pytest.raises(ConfigError, match="config.s.kind = 'plian'.*did you mean 'plain'"):
         registry.get("plian", "s.kind")
-    group = components.slot_defaults(registry, "plain", beta=1.0)
-    assert set(group.keys()) == {"kind", "beta", "plain", "other"}
+    group = components.group_defaults(registry)
+    assert set(group.keys()) == {"plain", "other"}
     group.plain.rate = 0.3
-    assert components.slot_entry(registry, group, "s", extra=("beta",)) is _Entry
-    np.testing.assert_allclose(components.slot_hparams(registry, group).rate, 0.3)
+    components.validate_groups(registry, group, "g", "plain")
+    np.testing.assert_allclose(components.chosen_hparams(registry, group, "plain").rate, 0.3)
     group.other.rate = -5.0  # the unchosen component's values are not read
-    components.slot_entry(registry, group, "s", extra=("beta",))
+    components.validate_groups(registry, group, "g", "plain")
+    with pytest.raises(ConfigError, match=r"config.g.other.rate = -5.0: must be in \(0, inf\)"):
+        components.validate_groups(registry, group, "g", "other")
     group.other.rat = 1.0  # but its keys are checked: a typo never waits for the preset
-    with pytest.raises(ConfigError, match="config.s.other.rat: unknown key"):
-        components.slot_entry(registry, group, "s", extra=("beta",))
+    with pytest.raises(ConfigError, match="config.g.other.rat: unknown key"):
+        components.validate_groups(registry, group, "g", "plain")
