@@ -174,7 +174,7 @@ def describe(cls: type) -> str:
 
 class Registry(Generic[T]):
     """Named components of one kind. ``package``: a package whose modules are imported on first
-    lookup, so a component registers itself by being a file there.
+    lookup, so a component registers itself by being a file there (or a module, imported then).
 
     ``registry.register(name, entry)`` adds one; ``@registry.register(name)`` registers the
     decorated object. ``get(name, key)`` raises a `ConfigError` naming config ``key`` with a
@@ -199,7 +199,8 @@ class Registry(Generic[T]):
             return
         self._discovered = True
         package = importlib.import_module(self._package)
-        for module in pkgutil.iter_modules(package.__path__):
+        # A plain module registers its components by being imported; a package, by its modules.
+        for module in pkgutil.iter_modules(getattr(package, "__path__", ())):
             if not module.name.startswith("_"):
                 importlib.import_module(f"{self._package}.{module.name}")
 

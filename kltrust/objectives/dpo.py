@@ -40,6 +40,9 @@ For "sigmoid", "ipo" and "hinge", ε is the same label-smoothing mixture ℓ_ε(
 the expected loss when each label is flipped with probability ε; "robust" instead *corrects* for
 flips. ε = 0 gives each paper's loss exactly.
 
+Each variant registers itself as a preference loss (`kltrust.objectives.preference`), with ε as its
+knob; programs reach it through that registry.
+
 ``beta`` and ``label_smoothing`` may be traced arrays (they are swept by ``vmap``): nothing branches
 on their values. Their ranges (β > 0; 0 ≤ ε ≤ ½, or < ½ for "robust") are checked only when they are
 Python numbers; validate swept arrays on the host before tracing.
@@ -61,12 +64,14 @@ Metrics (all scalars, weighted like the loss) make the implicit KL visible:
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from kltrust.objectives.reduce import weighted_mean
+from kltrust import components
+from kltrust.objectives import preference
 
 VARIANTS: tuple[str, ...] = ("sigmoid", "ipo", "robust", "hinge")
 
@@ -130,6 +135,37 @@ def per_pair_loss(
     )
 
 
+@components.hparams
+class HParams:
+    """The knobs of the DPO family's sigmoid, IPO and hinge losses."""
+
+    label_smoothing: jax.Array = components.knob(
+        0.0, "ε: each label taken as flipped with probability ε (cDPO)", low=0.0, high=0.5)
+
+
+@components.hparams
+class RobustHParams:
+    """rDPO's knob: its ε divides by 1 − 2ε."""
+
+    label_smoothing: jax.Array = components.knob(
+        0.0, "ε: the known label-flip rate the loss corrects for", low=0.0, high=0.5,
+        high_open=True)
+
+
+def _register(variant: str, hparams: type, doc: str) -> None:
+    def per_pair(h: jax.Array, beta: jax.Array, hp: Any) -> jax.Array:
+        return per_pair_loss(h, beta, variant, hp.label_smoothing)
+
+    per_pair.__doc__ = doc
+    preference.register(variant, hparams=hparams)(per_pair)
+
+
+_register("sigmoid", HParams, "DPO (cDPO with label smoothing), Rafailov et al. 2023")
+_register("ipo", HParams, "IPO, Azar et al. 2023 (beta is their tau)")
+_register("robust", RobustHParams, "robust DPO, Chowdhury et al. 2024")
+_register("hinge", HParams, "SLiC-HF hinge, Zhao et al. 2023")
+
+
 def loss(
     policy_chosen_logps: jax.Array,
     policy_rejected_logps: jax.Array,
@@ -140,7 +176,8 @@ def loss(
     label_smoothing: jax.Array | float = 0.0,
     weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The mean preference loss of a batch of pairs, and its metrics.
+    """The mean preference loss of a batch of pairs, and its metrics (`preference.loss` with the
+    DPO family's knob ε).
 
     Args:
       policy_chosen_logps, policy_rejected_logps: log π_θ(y|x) of the chosen and rejected response of
@@ -162,39 +199,6 @@ def loss(
         range, or arrays of different shapes.
     """
     _check_python_scalars(variant, beta, label_smoothing)
-    arrays = dict(
-        policy_chosen_logps=policy_chosen_logps,
-        policy_rejected_logps=policy_rejected_logps,
-        ref_chosen_logps=ref_chosen_logps,
-        ref_rejected_logps=ref_rejected_logps,
-    )
-    if weights is not None:
-        arrays["weights"] = weights
-    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
-        raise ValueError(f"kltrust.objectives.dpo.loss: arguments must have identical shapes, got {listed}.")
-
-    chosen = policy_chosen_logps - jax.lax.stop_gradient(ref_chosen_logps)
-    rejected = policy_rejected_logps - jax.lax.stop_gradient(ref_rejected_logps)
-    h = chosen - rejected
-    losses = per_pair_loss(h, beta, variant, label_smoothing)
-
-    w = None if weights is None else jax.lax.stop_gradient(weights).astype(losses.dtype)
-    mean = lambda v: weighted_mean(v, w)  # noqa: E731
-
-    beta = jnp.asarray(beta, losses.dtype)
-    metrics = {
-        "loss": mean(losses),
-        "rewards_chosen": beta * mean(chosen),
-        "rewards_rejected": beta * mean(rejected),
-        "reward_accuracy": mean((chosen > rejected).astype(losses.dtype)),
-        "reward_margin": beta * mean(h),
-        "logratio_chosen": mean(chosen),
-        "logratio_rejected": mean(rejected),
-        "logratio_mean": 0.5 * (mean(chosen) + mean(rejected)),
-        "logps_chosen": mean(policy_chosen_logps),
-        "logps_rejected": mean(policy_rejected_logps),
-    }
-    metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
-    return mean(losses), metrics
+    hp = preference.LOSSES.get(variant).hparams(label_smoothing=label_smoothing)
+    return preference.loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                           ref_rejected_logps, beta, variant, hp, weights)
