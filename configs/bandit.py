@@ -2,8 +2,8 @@
 
 Run: python -m experiments.bandit_frontier --config=configs/bandit.py --workdir=runs/bandit_frontier
 
-Every run of ``runs`` trains one method (``run_specs[name].method``, a key of
-``kltrust.train.bandit.METHODS``) for every β of ``betas`` and ``num_seeds`` seeds in one compiled
+Every run of ``runs`` trains one method (``run_specs[name].method``, a name in
+``kltrust.train.bandit.METHODS``, with ``run_specs[name].preference_loss`` where it uses one) for every β of ``betas`` and ``num_seeds`` seeds in one compiled
 program; offline DPO runs with sampled preferences repeat for each size in ``num_pairs``. Runs:
 
     pg_exact        gradient ascent on the exact E[r] − β·KL(π‖π_ref)
@@ -16,6 +16,8 @@ program; offline DPO runs with sampled preferences repeat for each size in ``num
     dpo_online      pairs from the current policy every step
     dpo_noisy       DPO on exact pairs whose labels are flipped with probability 0.2
     rdpo_noisy      robust DPO (ε = 0.2) on the same noisy pairs
+    simpo_exact     SimPO (reference-free, margin γ) on exact pairs; brought by its own module,
+                    kltrust/objectives/simpo.py, as is every run a registered preference loss declares
 
 Presets:
     default   4 contexts × 6 actions, tabular policy (contains every π*_β)
@@ -23,65 +25,53 @@ Presets:
               general cannot represent π*_β
     quick     few steps, for smoke tests
 
-Everything under ``hparams`` and in ``run_specs`` except ``method``, ``loss`` and ``preferences`` is
-an array in the compiled program; everything else is static.
+Everything under ``hparams``, each run spec's ``label_noise`` and its preference loss's knobs
+(``run_specs.NAME.preference.LOSS.*``) are arrays in the compiled program; everything else is static.
+The schema and the checks are `kltrust.train.bandit_config`.
 """
 
 import ml_collections
 
 from kltrust.errors import unknown_preset
+from kltrust.objectives import preference
+from kltrust.train import bandit_config
 
 PRESETS = ("default", "mlp", "quick")
 
-
-def _run(method, loss="sigmoid", preferences="sampled", label_noise=0.0, label_smoothing=0.0):
-    return dict(method=method, loss=loss, preferences=preferences, label_noise=label_noise,
-                label_smoothing=label_smoothing)
-
+_run = bandit_config.run_spec
 
 RUN_SPECS = {
-    "pg_exact": _run("pg_exact"),
-    "pg_reinforce": _run("pg_reinforce"),
-    "ppo": _run("ppo"),
-    "trpo": _run("trpo"),
-    "dpo_exact": _run("dpo", "sigmoid", "exact"),
-    "ipo_exact": _run("dpo", "ipo", "exact"),
-    "dpo": _run("dpo", "sigmoid", "sampled"),
-    "ipo": _run("dpo", "ipo", "sampled"),
-    "dpo_online": _run("dpo_online", "sigmoid"),
-    "dpo_noisy": _run("dpo", "sigmoid", "exact", label_noise=0.2),
-    "rdpo_noisy": _run("dpo", "robust", "exact", label_noise=0.2, label_smoothing=0.2),
+    "pg_exact": dict(method="pg_exact"),
+    "pg_reinforce": dict(method="pg_reinforce"),
+    "ppo": dict(method="ppo"),
+    "trpo": dict(method="trpo"),
+    "dpo_exact": dict(method="dpo", preference_loss="sigmoid", preferences="exact"),
+    "ipo_exact": dict(method="dpo", preference_loss="ipo", preferences="exact"),
+    "dpo": dict(method="dpo", preference_loss="sigmoid", preferences="sampled"),
+    "ipo": dict(method="dpo", preference_loss="ipo", preferences="sampled"),
+    "dpo_online": dict(method="dpo_online", preference_loss="sigmoid"),
+    "dpo_noisy": dict(method="dpo", preference_loss="sigmoid", preferences="exact",
+                      label_noise=0.2),
+    "rdpo_noisy": dict(method="dpo", preference_loss="robust", preferences="exact",
+                       label_noise=0.2, robust=dict(label_smoothing=0.2)),
 }
+# Runs a registered preference loss brings with it (e.g. SimPO's ``simpo_exact``).
+for _name, _loss in preference.LOSSES.items():
+    for _run_name, _fields in _loss.bandit_runs.items():
+        RUN_SPECS.setdefault(_run_name, dict(_fields, preference_loss=_name))
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     """The config of ``preset``; see the module docstring."""
     if preset not in PRESETS:
         raise unknown_preset("bandit", preset, PRESETS)
-    config = ml_collections.ConfigDict()
-    config.algorithm = "bandit"
-    config.seed = 0  # training seeds seed, seed+1, … (vmapped); the bandit has its own seed
-    config.num_seeds = 2
-    config.bandit = ml_collections.ConfigDict(
-        dict(seed=0, num_contexts=4, num_actions=6, reward_scale=1.0, ref_scale=1.0, context_scale=0.5)
-    )
-    config.policy = ml_collections.ConfigDict(dict(kind="tabular", hidden=(8,), activation="tanh"))
-    config.num_steps = 2000
-    config.steps_per_eval = 50
-    config.lr_schedule = "cosine"
-    config.batch_size = 64  # pairs per step (online DPO); contexts per step (REINFORCE)
-    config.group_size = 4  # actions per context (REINFORCE, PPO)
-    config.ppo_epochs = 4  # Adam steps per sampled batch (PPO)
-    config.offline_batch_size = 0  # pairs per step for offline DPO; 0 = all of them (full batch)
-    config.betas = (0.1, 0.3, 1.0)
-    config.num_pairs = (64, 1024, 16384)
+    config = bandit_config.defaults()
     config.runs = tuple(RUN_SPECS)
-    config.run_specs = ml_collections.ConfigDict(RUN_SPECS)
-    # kl_budget (TRPO) is relative to KL(π*_β‖π_ref); δ and damping are TRPO's per-step trust region
-    # and CG damping (smaller than the control default 0.1: a tabular policy's Fisher is small);
-    # clip_eps is PPO's.
-    config.hparams = ml_collections.ConfigDict(
-        dict(learning_rate=0.1, kl_budget=1.0, delta=0.01, damping=0.001, clip_eps=0.2))
+    config.run_specs = ml_collections.ConfigDict(
+        {name: _run(**fields) for name, fields in RUN_SPECS.items()})
+    # kl_budget_ratio (TRPO) is relative to KL(π*_β‖π_ref); δ and damping are TRPO's per-step
+    # trust region and CG damping (smaller than the control default 0.1: a tabular policy's Fisher
+    # is small); clip_eps is PPO's. These are the defaults of bandit.Knobs.
     if preset == "mlp":
         config.policy.kind = "mlp"
         config.policy.hidden = (32, 2)

@@ -61,16 +61,18 @@ def jobs(config: ml_collections.ConfigDict) -> list[tuple[str, int | None]]:
     out = []
     for run in config.runs:
         spec = config.run_specs[run]
-        sampled_offline = spec.method == "dpo" and spec.preferences == "sampled"
+        offline = bandit_train.METHODS.get(spec.method).offline_pairs
+        sampled_offline = offline and spec.preferences == "sampled"
         out += [(run, int(n)) for n in config.num_pairs] if sampled_offline else [(run, None)]
     return out
 
 
 def pairs_label(config: ml_collections.ConfigDict, run: str, num_pairs: int | None) -> str:
     spec = config.run_specs[run]
-    if spec.method == "dpo":
+    method = bandit_train.METHODS.get(spec.method)
+    if method.offline_pairs:
         return "exact" if spec.preferences == "exact" else str(num_pairs)
-    if spec.method == "dpo_online":
+    if method.preference_loss:  # pairs drawn online, batch_size per step
         return f"{config.batch_size}/step"
     return "—"
 

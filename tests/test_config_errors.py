@@ -211,14 +211,18 @@ BANDIT_ERRORS = [
     ("num_step", 100, r"config.num_step: unknown key; did you mean 'num_steps'\?"),
     ("hparams.learnig_rate", 0.1, r"config.hparams.learnig_rate: unknown key; did you mean "
                                   r"'learning_rate'\?"),
-    ("run_specs.dpo.los", "ipo", r"config.run_specs.dpo.los: unknown key; did you mean 'loss'\?"),
+    ("run_specs.dpo.preference_los", "ipo", r"config.run_specs.dpo.preference_los: unknown key; "
+                                            r"did you mean 'preference_loss'\?"),
+    ("run_specs.dpo.preference.simpo.gama", 1.0, r"config.run_specs.dpo.preference.simpo.gama: "
+                                                 r"unknown key; did you mean 'gamma'\?"),
     ("betas", (0.1, INF), r"config.betas = \(0.1, inf\): must be a non-empty tuple of finite"),
-    ("hparams.learning_rate", NAN, r"config.hparams.learning_rate = nan: must be finite and > 0"),
-    ("hparams.clip_eps", INF, r"config.hparams.clip_eps = inf: must be finite and > 0"),
+    ("hparams.learning_rate", NAN, r"config.hparams.learning_rate = nan: must be in \(0, inf\)"),
+    ("hparams.clip_eps", INF, r"config.hparams.clip_eps = inf: must be in \(0, inf\)"),
     ("bandit.reward_scale", INF, r"config.bandit.reward_scale = inf: must be finite and >= 0"),
     ("lr_schedule", "cosin", r"config.lr_schedule = 'cosin': must be one of .*; did you mean "
                              r"'cosine'\?"),
-    ("run_specs.ipo.loss", "ipoo", r"config.run_specs.ipo.loss = 'ipoo': .*did you mean 'ipo'\?"),
+    ("run_specs.ipo.preference_loss", "ipoo",
+     r"config.run_specs.ipo.preference_loss = 'ipoo': .*did you mean 'ipo'\?"),
     ("run_specs.dpo.preferences", "sample", r"config.run_specs.dpo.preferences = 'sample'"),
 ]
 
