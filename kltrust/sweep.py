@@ -7,8 +7,9 @@ A sweep config (``configs/sweeps/*.py``) lists *arms*. Each arm is a base preset
                        grid={"hparams.clip_eps": (0.1, 0.2, 0.3)}), ...]
 
 `expand` turns a sweep into runs (arm × task × grid point × seed), each a full config of its family.
-`group` puts runs that differ only in their family's array subtree (``hparams`` for control,
-``rl.hparams`` for token RLHF) and seed into one group: one compiled program, vmapped over the
+Families (control, token RLHF, bandit: `kltrust.families`) say how a config of theirs is checked
+and run. `group` puts runs that differ only in their family's array subtree (``hparams`` for control
+and the bandit, ``rl.hparams`` for token RLHF) and seed into one group: one compiled program, vmapped over the
 group's runs. `run_sweep` executes the groups in order, skips runs already finished in the output
 directory, and assembles one long table (``results.csv``: one row per run × evaluation).
 
@@ -27,131 +28,24 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import hashlib
 import importlib.util
 import itertools
 import json
-import math
 import pathlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from kltrust import processes
+from kltrust import families, processes
 from kltrust.errors import ConfigError
 from kltrust.metrics import rows_to_csv, write_text_atomic
 
 SWEEP_KEYS = ("name", "description", "num_seeds", "seed", "tasks", "arms", "overrides",
               "record_every", "group_runs", "report")
 ARM_KEYS = ("name", "base", "set", "grid")
-
-
-# ---------------------------------------------------------------- families
-
-
-class ControlFamily:
-    """PPO / TRPO on gymnax environments (`kltrust.train.loop`)."""
-
-    name = "control"
-    dynamic = "hparams"
-    ignored = ("seed", "num_seeds")
-
-    def validate(self, config: ml_collections.ConfigDict) -> None:
-        from kltrust import train as programs
-
-        programs.program(config).validate(config)
-
-    def units(self, config: ml_collections.ConfigDict) -> int:
-        from kltrust.train import common
-
-        return common.num_updates(config)
-
-    def run_group(self, runs: Sequence[Run], root: pathlib.Path, record_every: int,
-                  advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
-        from kltrust import train as programs
-        from kltrust.train import loop
-
-        config = runs[0].config
-        program = programs.program(config)
-        seeds = np.array([r.seed for r in runs], np.int32)
-        hparams = _stack([program.HParams.from_config(r.config.hparams) for r in runs])
-        result = loop.train(config, None, progress=False, runs=(seeds, hparams),
-                            on_chunk=lambda n: advance(n * len(runs)))
-        num_updates = next(iter(result.metrics.values())).shape[1]
-        recorded = sorted(set(range(record_every, num_updates + 1, record_every)) | {num_updates})
-        rows = [[{"update": u, "env_steps": u * result.env_steps_per_update,
-                  **{k: _finite(v[i, u - 1]) for k, v in result.metrics.items()}}
-                 for u in recorded] for i in range(len(runs))]
-        return rows, {"compile_seconds": result.compile_seconds,
-                      "run_seconds": result.run_seconds}
-
-
-class TokenFamily:
-    """Token RLHF policy stages (`kltrust.train.pipeline`), best-of-n included.
-
-    The config's ``seed`` seeds what runs share (data, reference, proxy), so every run of a sweep
-    meets the same reference and proxy; the run's own seed seeds its policy stage.
-    """
-
-    name = "rlhf"
-    dynamic = "rl.hparams"
-    ignored = ("num_seeds", "name", "preset")
-
-    def validate(self, config: ml_collections.ConfigDict) -> None:
-        from kltrust.train import pipeline
-
-        if config.stage != "policy":
-            raise ValueError(f"config.stage = {config.stage!r}: a sweep runs policy stages only "
-                             "(their prerequisites run on demand).")
-        pipeline.validate(config)
-
-    def units(self, config: ml_collections.ConfigDict) -> int:
-        if config.rl.method == "best_of_n":
-            return len(config.rl.best_of_n)
-        return config.rl.num_updates
-
-    def run_group(self, runs: Sequence[Run], root: pathlib.Path, record_every: int,
-                  advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
-        del record_every  # token runs record every evaluation (rl.updates_per_eval)
-        from kltrust.train import pipeline
-
-        config = runs[0].config
-        prerequisites = pipeline.stage_json(config, "sft") + pipeline.stage_json(
-            config, "reward_model")
-        proot = root / "pipelines" / hashlib.sha256(prerequisites.encode()).hexdigest()[:12]
-        proot.mkdir(parents=True, exist_ok=True)
-        ref_params = pipeline.run_sft(config, proot)
-        rm_params = pipeline.run_reward_model(config, proot)
-        if config.rl.method == "best_of_n":
-            rows, seconds = [], 0.0
-            for run in runs:
-                one = copy.deepcopy(run.config)
-                one.seed, one.num_seeds = run.seed, 1
-                result = pipeline.run_policy(one, proot, ref_params, rm_params, write=False)
-                rows.append(result.evals)
-                seconds += result.run_seconds
-                advance(self.units(one))
-            return rows, {"compile_seconds": 0.0, "run_seconds": seconds}
-        seeds = np.array([r.seed for r in runs], np.int32)
-        hparams = _stack([jax.tree.map(lambda x: x[0], pipeline.hparams_from_config(r.config, 1))
-                          for r in runs])
-        result = pipeline.run_policy(config, proot, ref_params, rm_params, write=False,
-                                     runs=(seeds, hparams),
-                                     on_chunk=lambda n: advance(n * len(runs)))
-        rows = [[e for e in result.evals if e["index"] == i] for i in range(len(runs))]
-        return rows, {"compile_seconds": result.compile_seconds,
-                      "run_seconds": result.run_seconds}
-
-
-def family_of(config: ml_collections.ConfigDict) -> ControlFamily | TokenFamily:
-    """The family a base config belongs to: token RLHF configs have an ``rl`` part."""
-    return TokenFamily() if "rl" in config else ControlFamily()
 
 
 # ---------------------------------------------------------------- expansion and grouping
@@ -173,6 +67,8 @@ class Run:
 
     def static_key(self) -> str:
         """Equal for runs that one compiled program can run side by side."""
+        if hasattr(self.family, "static_key"):
+            return self.family.name + self.family.static_key(self.config)
         config = self.config.to_dict()
         node = config
         *parents, leaf = self.family.dynamic.split(".")
@@ -315,7 +211,7 @@ def expand(sweep: ml_collections.ConfigDict, overrides: dict[str, Any] | None = 
         short = _short_names(list(grid))
         for task in tasks:
             base = load_preset(arm["base"].format(task=task))
-            family = family_of(base)
+            family = families.of(base)
             for path, value in common.items():
                 set_field(base, path, value, f"override {path}")
             for path, value in dict(arm.get("set") or {}).items():
@@ -325,7 +221,7 @@ def expand(sweep: ml_collections.ConfigDict, overrides: dict[str, Any] | None = 
                 config = copy.deepcopy(base)
                 for path, value in swept.items():
                     set_field(config, path, value, f"{where}.grid")
-                if isinstance(family, TokenFamily):
+                if family.shared_seed:
                     config.seed = sweep.get("seed", 0)  # the shared prerequisites' seed
                     config.name = arm["name"]
                 config.num_seeds = 1
@@ -337,7 +233,7 @@ def expand(sweep: ml_collections.ConfigDict, overrides: dict[str, Any] | None = 
                 label = f"{arm['name']} {values}".strip()
                 for seed in seeds:
                     run_config = copy.deepcopy(config)
-                    if isinstance(family, ControlFamily):
+                    if not family.shared_seed:
                         run_config.seed = seed
                     parts = [task, arm["name"]] + [f"{short[p]}={_format(v)}"
                                                    for p, v in swept.items()] + [f"seed{seed}"]
@@ -366,15 +262,6 @@ def group(runs: Sequence[Run], group_runs: bool = True) -> list[list[Run]]:
 
 
 # ---------------------------------------------------------------- execution
-
-
-def _stack(trees: Sequence[Any]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _finite(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -52,7 +52,6 @@ from typing import Any, NamedTuple
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 
 from kltrust import components
 from kltrust.objectives import preference

@@ -1,0 +1,230 @@
+"""Sweep families: how `kltrust.sweep` checks and runs a config of each kind of program.
+
+A family is registered in ``FAMILIES`` and says which configs are its own (``matches``), where the
+arrays a group of runs may vary live (``dynamic``: everything outside it, bar ``ignored``, must be
+equal for runs to share one compiled program), whether the config's ``seed`` is shared by all runs
+(``shared_seed``: token sweeps share data, reference and proxy), how to ``validate`` a config, how
+many progress ``units`` a run has, and ``run_group``: run a group, return each run's rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kltrust import components
+from kltrust.errors import ConfigError, check
+
+FAMILIES: components.Registry[Any] = components.Registry("sweep family")
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _finite(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+
+
+@FAMILIES.register("control")
+class ControlFamily:
+    """PPO / TRPO on gymnax environments (`kltrust.train.loop`)."""
+
+    name = "control"
+    dynamic = "hparams"
+    ignored = ("seed", "num_seeds")
+    shared_seed = False
+
+    @staticmethod
+    def matches(config: ml_collections.ConfigDict) -> bool:
+        return config.get("algorithm") in ("ppo", "trpo")
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        from kltrust import train as programs
+
+        programs.program(config).validate(config)
+
+    def units(self, config: ml_collections.ConfigDict) -> int:
+        from kltrust.train import common
+
+        return common.num_updates(config)
+
+    def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
+                  advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        from kltrust import train as programs
+        from kltrust.train import loop
+
+        config = runs[0].config
+        program = programs.program(config)
+        seeds = np.array([r.seed for r in runs], np.int32)
+        hparams = _stack([program.HParams.from_config(r.config.hparams) for r in runs])
+        result = loop.train(config, None, progress=False, runs=(seeds, hparams),
+                            on_chunk=lambda n: advance(n * len(runs)))
+        num_updates = next(iter(result.metrics.values())).shape[1]
+        recorded = sorted(set(range(record_every, num_updates + 1, record_every)) | {num_updates})
+        rows = [[{"update": u, "env_steps": u * result.env_steps_per_update,
+                  **{k: _finite(v[i, u - 1]) for k, v in result.metrics.items()}}
+                 for u in recorded] for i in range(len(runs))]
+        return rows, {"compile_seconds": result.compile_seconds,
+                      "run_seconds": result.run_seconds}
+
+
+@FAMILIES.register("rlhf")
+class TokenFamily:
+    """Token RLHF policy stages (`kltrust.train.pipeline`), best-of-n included.
+
+    The config's ``seed`` seeds what runs share (data, reference, proxy), so every run of a sweep
+    meets the same reference and proxy; the run's own seed seeds its policy stage.
+    """
+
+    name = "rlhf"
+    dynamic = "rl.hparams"
+    ignored = ("num_seeds", "name", "preset")
+    shared_seed = True  # the config's seed seeds the shared data, reference and proxy
+
+    @staticmethod
+    def matches(config: ml_collections.ConfigDict) -> bool:
+        return "rl" in config
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        from kltrust.train import pipeline
+
+        if config.stage != "policy":
+            raise ValueError(f"config.stage = {config.stage!r}: a sweep runs policy stages only "
+                             "(their prerequisites run on demand).")
+        pipeline.validate(config)
+
+    def units(self, config: ml_collections.ConfigDict) -> int:
+        if config.rl.method == "best_of_n":
+            return len(config.rl.best_of_n)
+        return config.rl.num_updates
+
+    def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
+                  advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        del record_every  # token runs record every evaluation (rl.updates_per_eval)
+        from kltrust.train import pipeline
+
+        config = runs[0].config
+        prerequisites = pipeline.stage_json(config, "sft") + pipeline.stage_json(
+            config, "reward_model")
+        proot = root / "pipelines" / hashlib.sha256(prerequisites.encode()).hexdigest()[:12]
+        proot.mkdir(parents=True, exist_ok=True)
+        ref_params = pipeline.run_sft(config, proot)
+        rm_params = pipeline.run_reward_model(config, proot)
+        if config.rl.method == "best_of_n":
+            rows, seconds = [], 0.0
+            for run in runs:
+                one = copy.deepcopy(run.config)
+                one.seed, one.num_seeds = run.seed, 1
+                result = pipeline.run_policy(one, proot, ref_params, rm_params, write=False)
+                rows.append(result.evals)
+                seconds += result.run_seconds
+                advance(self.units(one))
+            return rows, {"compile_seconds": 0.0, "run_seconds": seconds}
+        seeds = np.array([r.seed for r in runs], np.int32)
+        hparams = _stack([jax.tree.map(lambda x: x[0], pipeline.hparams_from_config(r.config, 1))
+                          for r in runs])
+        result = pipeline.run_policy(config, proot, ref_params, rm_params, write=False,
+                                     runs=(seeds, hparams),
+                                     on_chunk=lambda n: advance(n * len(runs)))
+        rows = [[e for e in result.evals if e["index"] == i] for i in range(len(runs))]
+        return rows, {"compile_seconds": result.compile_seconds,
+                      "run_seconds": result.run_seconds}
+
+
+@FAMILIES.register("bandit")
+class BanditFamily:
+    """The exact bandit testbed (`kltrust.train.bandit`). A sweep run trains one run spec
+    (``runs`` names exactly one) at every β of ``betas``; its rows carry a ``beta`` column."""
+
+    name = "bandit"
+    dynamic = "hparams"
+    ignored = ("seed", "num_seeds")
+    shared_seed = False
+
+    @staticmethod
+    def matches(config: ml_collections.ConfigDict) -> bool:
+        return config.get("algorithm") == "bandit"
+
+    def validate(self, config: ml_collections.ConfigDict) -> None:
+        from kltrust.train import bandit
+
+        bandit.validate(config)
+        check(len(config.runs) == 1, "runs", config.runs,
+              "one run spec name in a sweep (an arm sets e.g. runs=('dpo_exact',))")
+        spec = config.run_specs[config.runs[0]]
+        if bandit.METHODS.get(spec.method).offline_pairs and spec.preferences == "sampled":
+            check(len(config.num_pairs) == 1, "num_pairs", config.num_pairs,
+                  "one data-set size in a sweep (grid over num_pairs=(N,) to vary it)")
+
+    def units(self, config: ml_collections.ConfigDict) -> int:
+        return config.num_steps
+
+    @staticmethod
+    def static_key(config: ml_collections.ConfigDict) -> str:
+        """The config without what travels as arrays: ``hparams``, the seed, and the run spec's
+        label noise and preference-loss knobs (so a grid over SimPO's γ is one program)."""
+        import json
+
+        tree = config.to_dict()
+        for key in ("hparams", "seed", "num_seeds"):
+            tree.pop(key)
+        for spec in tree["run_specs"].values():
+            spec.pop("label_noise")
+            spec.pop("preference")
+        return json.dumps(tree, sort_keys=True, default=str)
+
+    def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
+                  advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        del root
+        import time
+
+        from kltrust.train import bandit
+
+        config = runs[0].config
+        name = config.runs[0]
+        setup = bandit.setup_for(config, name)
+        hparams = _stack([bandit.hparams_for(r.config, name) for r in runs])  # [R, betas]
+        keys = jax.vmap(jax.random.key)(jnp.asarray([r.seed for r in runs], jnp.uint32))
+        start = time.perf_counter()
+        program = bandit.make_runs(setup).lower(keys, bandit.make_bandit(config), hparams)
+        compiled = program.compile()
+        compile_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        result = jax.device_get(compiled(keys, bandit.make_bandit(config), hparams))
+        run_seconds = time.perf_counter() - start
+        advance(config.num_steps * len(runs))
+        steps = np.asarray(result.metrics["step"])  # [R, betas, evals]
+        rows = []
+        for r, run in enumerate(runs):
+            run_rows = []
+            for b, beta in enumerate(np.asarray(run.config.betas, np.float64)):
+                for e in range(steps.shape[-1]):
+                    step = int(steps[r, b, e])
+                    if step % record_every and e + 1 < steps.shape[-1]:
+                        continue
+                    run_rows.append({"update": step, "beta": float(beta), **{
+                        k: _finite(v[r, b, e]) for k, v in result.metrics.items() if k != "step"}})
+            rows.append(run_rows)
+        return rows, {"compile_seconds": compile_seconds, "run_seconds": run_seconds}
+
+
+def of(config: ml_collections.ConfigDict) -> Any:
+    """The family a base config belongs to (the first registered family that claims it)."""
+    for _, family in FAMILIES.items():
+        if family.matches(config):
+            return family()
+    raise ConfigError(f"config: no sweep family runs it (algorithm {config.get('algorithm')!r}); "
+                      f"the families are {FAMILIES.names()}.")
