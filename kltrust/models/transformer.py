@@ -7,6 +7,9 @@ position embeddings, a final LayerNorm, and heads on top:
   ``"shared"`` (a linear value head on the policy's trunk), ``"separate"`` (its own trunk, so value
   regression cannot disturb the policy's features) or ``"none"`` (SFT, DPO, GRPO: no value at all).
 * ``SequenceScorer``: one scalar per sequence, read at the last real token (the reward model).
+* ``TransformerLM``: ``TokenActorCritic``'s pure functions (init, full forward, cached decoding,
+  sharding rules), the first `kltrust.models.interface.LanguageModel` (also known to the trainers
+  as `kltrust.train.tokens.Policy`).
 
 KV cache. ``Decoder`` takes an explicit `KVCache` pytree instead of flax's mutable ``cache``
 collection, so decoding is a pure function that `lax.scan` can carry. A call with a cache writes the
@@ -23,11 +26,14 @@ routine, so it is safe to jit on CPU (unlike the orthogonal initialiser of the M
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from kltrust import sharding
 
 CRITICS = ("shared", "separate", "none")
 
@@ -179,3 +185,46 @@ class SequenceScorer(nn.Module):
         last = jnp.maximum(jnp.sum(mask > 0, axis=-1) - 1, 0)
         pooled = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
         return nn.Dense(1, name="score_head")(pooled)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLM:
+    """A transformer policy's pure functions (hashable, so it can be static in a jitted program):
+    the small decoder as a `kltrust.models.interface.LanguageModel`.
+
+    ``tokenizer`` is the `Tokenizer` of the vocabulary the model was built for, or None (token
+    ids come from the task); it changes no computation, so it is left out of equality and hash
+    and a compiled program is shared by models that differ only in it.
+    """
+
+    config: TransformerConfig
+    tokenizer: Any = dataclasses.field(default=None, compare=False)
+
+    @property
+    def module(self) -> TokenActorCritic:
+        return TokenActorCritic(self.config)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_len(self) -> int:
+        return self.config.max_len
+
+    def init(self, key: jax.Array) -> Any:
+        return self.module.init(key, jnp.zeros((1, self.config.max_len), jnp.int32))
+
+    def sequence(self, params: Any, tokens: jax.Array):
+        """(logits [B, T, V], values [B, T] or None)."""
+        return self.module.apply(params, tokens)
+
+    def decode(self, params: Any, tokens: jax.Array, cache: KVCache):
+        return self.module.apply(params, tokens, cache, method=TokenActorCritic.decode)
+
+    def empty_cache(self, batch: int) -> KVCache:
+        return KVCache.empty(self.config, batch)
+
+    def param_shardings(self, mesh: jax.sharding.Mesh, params: Any) -> Any:
+        """FSDP over the mesh's fsdp axis (`kltrust.sharding.param_shardings`), replicated otherwise."""
+        return sharding.param_shardings(mesh, params)

@@ -14,7 +14,6 @@ A stage's outputs are written only when it finishes (params last, atomically), s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -31,7 +30,7 @@ import optax
 
 from kltrust import kl, processes, sharding
 from kltrust import rollout as rollouts
-from kltrust.models.transformer import KVCache, SequenceScorer, TokenActorCritic, TransformerConfig
+from kltrust.models.transformer import SequenceScorer, TransformerConfig, TransformerLM
 from kltrust.tasks import text
 
 PARAMS_FILE = "params.msgpack"
@@ -61,28 +60,9 @@ def reward_model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
         max_len=spec.prompt_len + spec.response_len, critic="none")
 
 
-@dataclasses.dataclass(frozen=True)
-class Policy:
-    """A transformer policy's pure functions (hashable, so it can be static in a jitted program)."""
-
-    config: TransformerConfig
-
-    @property
-    def module(self) -> TokenActorCritic:
-        return TokenActorCritic(self.config)
-
-    def init(self, key: jax.Array) -> Any:
-        return self.module.init(key, jnp.zeros((1, self.config.max_len), jnp.int32))
-
-    def sequence(self, params: Any, tokens: jax.Array):
-        """(logits [B, T, V], values [B, T] or None)."""
-        return self.module.apply(params, tokens)
-
-    def decode(self, params: Any, tokens: jax.Array, cache: KVCache):
-        return self.module.apply(params, tokens, cache, method=TokenActorCritic.decode)
-
-    def empty_cache(self, batch: int) -> KVCache:
-        return KVCache.empty(self.config, batch)
+# A transformer policy's pure functions; defined with the model, where it is the first
+# `kltrust.models.interface.LanguageModel`, and kept here under the name the trainers use.
+Policy = TransformerLM
 
 
 def score(rm_config: TransformerConfig, rm_params: Any, prompts: jax.Array, response: jax.Array,
