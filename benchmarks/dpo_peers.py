@@ -99,7 +99,8 @@ def run_kltrust(row: dict[str, Any]) -> None:
     config.rl.update(batch_prompts=_PAIRS.value, updates_per_eval=_CHUNK.value)
     assert (config.rl.hparams.beta, config.rl.hparams.learning_rate, config.rl.max_grad_norm) == (
         BETA, LEARNING_RATE, MAX_GRAD_NORM), "the dpo preset changed: update the torch side"
-    assert config.rl.dpo_variant == "sigmoid" and config.rl.hparams.label_smoothing == 0.0
+    assert (config.rl.preference_loss == "sigmoid"
+            and config.rl.hparams.preference.sigmoid.label_smoothing == 0.0)
     spec = tok.language_spec(config)
     static = pipeline.static_from_config(config)
     trainer = rlhf.Trainer(static)

@@ -22,6 +22,8 @@ Stages and methods (see `kltrust.train.rlhf` for what each optimises and where i
     rloo            RLOO, KL (k1) in the reward, β = 0.1
     trpo            TRPO with δ = 0.01 per update and a per-token KL budget of 0.1 to the reference
     dpo, ipo        offline DPO / IPO on the preference data set
+    simpo           offline SimPO (reference-free, length-normalised; β = 2, γ = 1), brought by
+                    kltrust/objectives/simpo.py itself, as is any preset a preference loss declares
     dpo_online      online DPO: pairs from the current policy, labelled by the proxy
     best_of_n       best-of-n sampling from the reference against the proxy, n = 1 … 64
 
@@ -31,6 +33,7 @@ Everything under ``rl.hparams`` is an array in the compiled program; the rest is
 import ml_collections
 
 from kltrust.errors import unknown_preset
+from kltrust.objectives import preference
 from kltrust.train import pipeline
 
 PRESETS = ("sft", "sft_shakespeare", "reward_model", "ppo", "ppo_nokl", "ppo_adaptive",
@@ -55,13 +58,27 @@ METHOD_OVERRIDES = {
     "dpo": dict(method="dpo", kl_placement="implicit", kl_estimator="exact", batch_prompts=64,
                 epochs=1, minibatches=1, hparams=dict(beta=0.1, learning_rate=1e-4)),
     "ipo": dict(method="dpo", kl_placement="implicit", kl_estimator="exact", batch_prompts=64,
-                epochs=1, minibatches=1, dpo_variant="ipo",
+                epochs=1, minibatches=1, preference_loss="ipo",
                 hparams=dict(beta=0.1, learning_rate=1e-4)),
     "dpo_online": dict(method="dpo_online", kl_placement="implicit", kl_estimator="exact",
                        group_size=2, batch_prompts=32, epochs=1, minibatches=2,
                        hparams=dict(beta=0.1, learning_rate=1e-4)),
     "best_of_n": dict(method="best_of_n", kl_placement="none"),
 }
+# Presets a registered preference loss brings with it (e.g. SimPO's ``simpo``).
+for _name, _loss in preference.LOSSES.items():
+    for _preset, _fields in _loss.token_presets.items():
+        METHOD_OVERRIDES.setdefault(_preset, dict(_fields, preference_loss=_name))
+PRESETS += tuple(p for p in METHOD_OVERRIDES if p not in PRESETS)
+
+
+def _update(node: ml_collections.ConfigDict, fields: dict) -> None:
+    """``node.update(fields)``, descending into groups instead of replacing them."""
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            _update(node[key], value)
+        else:
+            node[key] = value
 
 
 def get_config(preset: str = "ppo") -> ml_collections.ConfigDict:
@@ -75,7 +92,5 @@ def get_config(preset: str = "ppo") -> ml_collections.ConfigDict:
     if preset == "sft_shakespeare":
         c.data.source = "tfds:tiny_shakespeare"
     if preset in METHOD_OVERRIDES:
-        over = dict(METHOD_OVERRIDES[preset])
-        c.rl.hparams.update(over.pop("hparams", {}))
-        c.rl.update(over)
+        _update(c.rl, METHOD_OVERRIDES[preset])
     return c

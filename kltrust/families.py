@@ -107,7 +107,9 @@ class TokenFamily:
         pipeline.validate(config)
 
     def units(self, config: ml_collections.ConfigDict) -> int:
-        if config.rl.method == "best_of_n":
+        from kltrust.train.methods import METHODS
+
+        if not METHODS.get(config.rl.method).trains:  # best-of-n
             return len(config.rl.best_of_n)
         return config.rl.num_updates
 
@@ -115,6 +117,7 @@ class TokenFamily:
                   advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
         del record_every  # token runs record every evaluation (rl.updates_per_eval)
         from kltrust.train import pipeline
+        from kltrust.train.methods import METHODS
 
         config = runs[0].config
         prerequisites = pipeline.stage_json(config, "sft") + pipeline.stage_json(
@@ -123,7 +126,7 @@ class TokenFamily:
         proot.mkdir(parents=True, exist_ok=True)
         ref_params = pipeline.run_sft(config, proot)
         rm_params = pipeline.run_reward_model(config, proot)
-        if config.rl.method == "best_of_n":
+        if not METHODS.get(config.rl.method).trains:  # best-of-n
             rows, seconds = [], 0.0
             for run in runs:
                 one = copy.deepcopy(run.config)

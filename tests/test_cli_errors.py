@@ -13,6 +13,8 @@ import pathlib
 import sys
 
 import pytest
+
+from kltrust.objectives import preference
 import subprocs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,9 +32,8 @@ CASES = [
         "here are ['beta', 'clip_eps', ",
         id="train-unknown-key"),
     pytest.param(
-        ["experiments.rlhf", "--config=configs/rlhf.py:dpo", "--config.rl.dpo_variant=foo"],
-        "error: config.rl.dpo_variant = 'foo': must be one of ('sigmoid', 'ipo', 'robust', "
-        "'hinge').",
+        ["experiments.rlhf", "--config=configs/rlhf.py:dpo", "--config.rl.preference_loss=foo"],
+        f"error: config.rl.preference_loss = 'foo': must be one of {preference.LOSSES.names()}.",
         id="rlhf-dpo-variant"),
     pytest.param(
         ["experiments.sweep", "--sweep=configs/sweeps/demo.py", "--set=hparams.gamma=nan"],

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pathlib
 
+import re
+
 import pytest
 
 from configs import bandit as bandit_configs
@@ -18,6 +20,7 @@ from configs import rlhf as rlhf_configs
 from configs import trpo as trpo_configs
 from kltrust import sweep as sweeps
 from kltrust.errors import ConfigError
+from kltrust.objectives import preference
 from kltrust.train import bandit as bandit_train
 from kltrust.train import loop, pipeline
 from kltrust.train import ppo as ppo_train
@@ -152,7 +155,10 @@ TOKEN_ERRORS = [
                                              r"\(0.0, inf\)"),
     ("ppo", "rl.hparams.beta", NAN, r"config.rl.hparams.beta = nan: must be in \[0.0, inf\)"),
     ("trpo", "rl.hparams.kl_budget", INF, r"config.rl.hparams.kl_budget = inf: must be in"),
-    ("dpo", "rl.hparams.label_smoothing", NAN, r"config.rl.hparams.label_smoothing = nan"),
+    ("dpo", "rl.hparams.preference.sigmoid.label_smoothing", NAN,
+     r"config.rl.hparams.preference.sigmoid.label_smoothing = nan"),
+    ("simpo", "rl.hparams.preference.simpo.gamma", -1.0,
+     r"config.rl.hparams.preference.simpo.gamma = -1.0: must be in \[0, inf\)"),
     ("ppo", "rl.max_grad_norm", NAN, r"config.rl.max_grad_norm = nan: must be in \(0.0, inf\]"),
     ("ppo", "sft.learning_rate", INF, r"config.sft.learning_rate = inf: must be finite and > 0"),
     ("ppo", "rm.learning_rate", NAN, r"config.rm.learning_rate = nan: must be finite and > 0"),
@@ -165,9 +171,9 @@ TOKEN_ERRORS = [
     ("ppo", "task.eos_prob", NAN, r"config.task.eos_prob = nan: must be a number in \[0, 1\)"),
     ("ppo", "task.good_scale", INF, r"config.task.good_scale = inf: must be a finite number >= 0"),
     # string options: each checked up front, whichever method reads it
-    ("dpo", "rl.dpo_variant", "foo", r"config.rl.dpo_variant = 'foo': must be one of "
-                                     r"\('sigmoid', 'ipo', 'robust', 'hinge'\)\.$"),
-    ("ppo", "rl.dpo_variant", "ipo2", r"config.rl.dpo_variant = 'ipo2': must be one of .*; "
+    ("dpo", "rl.preference_loss", "foo", r"config.rl.preference_loss = 'foo': must be one of "
+                                         + re.escape(str(preference.LOSSES.names())) + r"\.$"),
+    ("ppo", "rl.preference_loss", "ipo2", r"config.rl.preference_loss = 'ipo2': must be one of .*; "
                                       r"did you mean 'ipo'\?"),
     ("grpo", "rl.token_average", "tokens", r"config.rl.token_average = 'tokens': must be one of "
                                            r"\('sequence', 'token'\); did you mean 'token'\?"),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import rlhf as rlhf_configs
+from kltrust.objectives import preference
 from kltrust.tasks import text
 from kltrust.train import pipeline, rlhf
 from kltrust.train import tokens as tok
@@ -79,6 +80,9 @@ def test_finished_stages_are_reused_and_a_different_config_is_refused(stages):
 
 METHOD_PRESETS = ["ppo", "ppo_kl_loss", "ppo_nokl", "grpo", "grpo_kl_reward", "rloo", "trpo",
                   "trpo:none", "dpo", "ipo", "dpo_online"]
+# ... and every preset a registered preference loss brings (SimPO's ``simpo``).
+METHOD_PRESETS += [name for _, loss in preference.LOSSES.items() for name in loss.token_presets
+                   if name not in METHOD_PRESETS]
 
 
 @pytest.mark.parametrize("preset", METHOD_PRESETS)
@@ -150,6 +154,30 @@ def test_reference_is_never_run_without_a_kl(stages):
     _, metrics = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))(state, hp, poisoned)
     assert "kl" not in metrics
     assert all(np.all(np.isfinite(v)) for v in metrics.values())
+
+
+def test_a_reference_free_preference_loss_never_runs_the_reference_in_training(stages):
+    """SimPO (offline): a NaN reference cannot reach its updates; DPO's would be NaN."""
+    root, ref_params, rm_params = stages
+    for preset, reference_free in (("simpo", True), ("dpo", False)):
+        config = tiny(preset)
+        config.rl.update(updates_per_eval=1, num_updates=1)
+        pipeline.validate(config)
+        language = text.make_language(tok.language_spec(config))
+        prompts = pipeline._synthetic(config, "prompts", root, 64, 16)
+        pairs = {k: jnp.asarray(v) for k, v in pipeline.preference_data(config, root)[0].items()
+                 if k in ("prompt", "chosen", "chosen_mask", "rejected", "rejected_mask")}
+        poisoned = jax.tree.map(lambda x: x * jnp.nan, ref_params)
+        frozen = tok.Frozen(poisoned, rm_params, jnp.asarray(prompts[0]["prompt"]),
+                            jnp.asarray(prompts[1]["prompt"]), language, pairs)
+        trainer = rlhf.Trainer(pipeline.static_from_config(config))
+        hp = pipeline.hparams_from_config(config, 1)
+        # Initialised from healthy reference weights; only the frozen reference is poisoned.
+        state = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))(
+            jnp.zeros((1,), jnp.int32), hp, frozen.replace(ref_params=ref_params))
+        _, metrics = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))(state, hp, frozen)
+        finite = all(np.all(np.isfinite(v)) for v in metrics.values())
+        assert finite == reference_free, preset
 
 
 @pytest.mark.parametrize("field, value, message", [

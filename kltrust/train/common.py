@@ -186,6 +186,8 @@ def check_finite(hparams: ml_collections.ConfigDict, prefix: str = "hparams",
     those the config's variant does not read (``allow_inf`` names fields where +inf is meant);
     call after the range checks, whose messages say more."""
     for name in hparams.keys():
+        if isinstance(hparams[name], ml_collections.ConfigDict):  # a component's knob groups
+            continue
         v = _numbers(hparams, name, prefix)
         ok = np.isfinite(v) | ((v == np.inf) if name in allow_inf else False)
         if not np.all(ok):

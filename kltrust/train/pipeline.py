@@ -35,207 +35,20 @@ import tensorflow_datasets as tfds
 
 from kltrust import checkpoint as ckpt
 from kltrust import guards, processes, sharding
-from kltrust.errors import ConfigError, from_field_error, is_finite, is_int
+from kltrust.errors import ConfigError
 from kltrust.metrics import read_update_rows, truncate_update_rows
 from kltrust.models.transformer import TransformerConfig
-from kltrust.objectives import dpo, grpo
 from kltrust.tasks import text, text_data
 from kltrust.train import reward_model, rlhf, sft
+from kltrust.train.methods import METHODS
+from kltrust.train.token_config import (  # noqa: F401 (defaults, STAGES: re-exported)
+    STAGES, defaults, hparams_from_config, static_from_config, validate)
 from kltrust.train import tokens as tok
-from kltrust.train.common import (check, check_choice, check_finite, check_keys, check_range,
-                                  mesh_batch_shards)
 
 STAGE_KEYS = {  # the config parts each prerequisite stage depends on
     "sft": ("seed", "task", "data", "model", "sft"),
     "reward_model": ("seed", "task", "data", "reward_model", "rm"),
 }
-
-
-# ---------------------------------------------------------------- validation
-
-
-def defaults() -> ml_collections.ConfigDict:
-    """Every field a token RLHF config has, with its default (the ``ppo`` stage). The presets
-    (configs/rlhf.py) start from these, and `validate` refuses a key that is not here or a value of
-    another type.
-    """
-    c = ml_collections.ConfigDict()
-    c.preset = "ppo"
-    c.name = "ppo"  # the policy stage's directory under the pipeline root
-    c.stage = "policy"  # or "sft", "reward_model"
-    c.seed = 0
-    c.num_seeds = 3
-    # The synthetic language (`kltrust.tasks.text.LanguageSpec`).
-    c.task = ml_collections.ConfigDict(dict(
-        num_words=20, successors=4, eos_prob=0.08, num_good=4, good_weight=0.35, prompt_len=4,
-        response_len=12, seed=0, good_scale=3.0, good_saturation=2.0, repeat_penalty=1.0,
-        ungrammatical_penalty=1.0))
-    # Data sets (TFDS builders of `kltrust.tasks.text_data`, written under WORKDIR/tfds).
-    c.data = ml_collections.ConfigDict(dict(
-        source="synthetic",  # or "tfds:tiny_shakespeare" (sft_shakespeare)
-        num_sft=8192, num_prompts=2048, num_eval_prompts=256, num_pairs=4096,
-        num_eval_pairs=1024, label_noise=0.0, bt_temperature=1.0, seq_len=64,
-        tfds_dir=""))  # where a prepared TFDS set lives ("": TFDS's default); source 'tfds:...' only
-    c.model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4, critic="shared"))
-    c.reward_model = ml_collections.ConfigDict(dict(num_layers=2, width=64, num_heads=4))
-    # SFT: held-out KL(true ‖ model) is lowest near 1000 steps and rises after (overfitting).
-    c.sft = ml_collections.ConfigDict(dict(steps=1000, batch_size=64, learning_rate=1e-3,
-                                           eval_every=250))
-    # The reward model overfits its 4096 pairs within a few hundred steps (held-out BT loss rises),
-    # so it is trained briefly: early stopping by the step count.
-    c.rm = ml_collections.ConfigDict(dict(steps=250, batch_size=64, learning_rate=5e-4,
-                                          weight_decay=0.0, eval_every=50))
-    c.rl = ml_collections.ConfigDict(dict(
-        method="ppo", kl_placement="reward", kl_estimator="k1", controller="fixed",
-        batch_prompts=64, group_size=1, epochs=2, minibatches=4, num_updates=200,
-        updates_per_eval=10, max_grad_norm=1.0, dpo_variant="sigmoid", cg_iters=10,
-        max_backtracks=10, token_average="sequence", eval_kl=True,
-        best_of_n=(1, 2, 4, 8, 16, 32, 64),
-        hparams=ml_collections.ConfigDict(dict(
-            learning_rate=1e-4, beta=0.1, kl_target=2.0, kl_horizon=10_000.0, clip_eps=0.2,
-            gamma=1.0, gae_lambda=0.95, vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget=0.1,
-            damping=0.1, label_smoothing=0.0))))
-    # Devices: runs (the seeds) × data (prompts, sequences, pairs) × fsdp (transformer weights and
-    # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
-    c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
-    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
-    # The KL guard (off by default): see `_KLGuard`; budgets are sequence KLs in nats.
-    c.guards = ml_collections.ConfigDict(dict(
-        max_nonfinite_updates=10, kl_budget=0.0, kl_jump=0.0, kl_jump_from=0.5, kl_backoff=2.0,
-        max_rollbacks=3))
-    return c
-
-
-STAGES = ("policy", "sft", "reward_model")
-# Directories of the pipeline root that a policy stage's ``config.name`` must not take.
-RESERVED_NAMES = ("sft", "reward_model", "tfds", "pipelines", ".", "..")
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Every check that can fail, before data generation or compilation: a bad key or value is a
-    `ConfigError` naming it (``config.KEY = VALUE: must be ...``)."""
-    check_keys(config, defaults())
-    check_choice(config.stage, STAGES, "stage")
-    if config.stage == "policy":
-        check(bool(config.name) and "/" not in config.name and config.name not in RESERVED_NAMES,
-              "name", config.name, f"a directory name under the pipeline root other than "
-              f"{RESERVED_NAMES} (it is the policy stage's directory)")
-    check(is_int(config.seed, 0) and config.seed < 2**31, "seed", config.seed,
-          "an integer in [0, 2**31)")
-    check(is_int(config.num_seeds, 1), "num_seeds", config.num_seeds, "an integer >= 1")
-    try:
-        tok.language_spec(config)
-    except (TypeError, ValueError) as e:
-        raise from_field_error(e, "task") from None
-    source = config.data.source
-    check(source == "synthetic" or (config.stage == "sft" and source.startswith("tfds:")
-                                    and len(source) > len("tfds:")),
-          "data.source", source, "'synthetic', or 'tfds:NAME' (a prepared TFDS text data set, e.g. "
-          "'tfds:tiny_shakespeare') when config.stage is 'sft'")
-    check(is_int(config.data.seq_len, 2), "data.seq_len", config.data.seq_len, "an integer >= 2")
-    for part in ("model", "reward_model"):
-        for key in ("num_layers", "width", "num_heads"):
-            value = config[part][key]
-            check(is_int(value, 1), f"{part}.{key}", value, "an integer >= 1")
-        check(config[part].width % config[part].num_heads == 0, f"{part}.width", config[part].width,
-              f"divisible by {part}.num_heads = {config[part].num_heads}")
-    check_choice(config.model.critic, ("shared", "separate"), "model.critic")
-    g = config.guards
-    check(is_int(g.max_nonfinite_updates, 1), "guards.max_nonfinite_updates",
-          g.max_nonfinite_updates, "an integer >= 1")
-    check(is_finite(g.kl_budget) and g.kl_budget >= 0, "guards.kl_budget", g.kl_budget,
-          "finite and >= 0 (0 turns the budget off)")
-    check(g.kl_jump == 0 or (is_finite(g.kl_jump) and g.kl_jump > 1), "guards.kl_jump", g.kl_jump,
-          "0 (off) or a finite number > 1 (a factor)")
-    check(is_finite(g.kl_jump_from) and g.kl_jump_from > 0, "guards.kl_jump_from", g.kl_jump_from,
-          "finite and > 0")
-    check(is_finite(g.kl_backoff) and g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff,
-          "finite and > 1")
-    check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
-    for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
-        check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
-    check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
-          "in [0, 0.5)")
-    check(is_finite(config.data.bt_temperature) and config.data.bt_temperature > 0,
-          "data.bt_temperature", config.data.bt_temperature, "finite and > 0")
-    shards = mesh_batch_shards(config)  # or a ConfigError naming config.mesh
-    # Each process loads its own rows of a supervised batch, and each device holds an equal slice.
-    per_batch = int(np.lcm(shards, jax.process_count()))
-    for part in ("sft", "rm"):
-        for key in ("steps", "batch_size"):
-            check(config[part][key] >= 1, f"{part}.{key}", config[part][key], ">= 1")
-        check(config[part].batch_size % per_batch == 0, f"{part}.batch_size",
-              config[part].batch_size, f"a multiple of {per_batch} (the mesh's data × fsdp = "
-              f"{shards}, and {jax.process_count()} process(es))")
-        check(is_finite(config[part].learning_rate) and config[part].learning_rate > 0,
-              f"{part}.learning_rate", config[part].learning_rate, "finite and > 0")
-        check(is_int(config[part].eval_every, 0), f"{part}.eval_every", config[part].eval_every,
-              "an integer >= 0 (0: evaluate at the end only)")
-    check_range(config.rm, "weight_decay", 0.0, prefix="rm")
-    if config.stage != "policy":
-        return
-    check(config.data.num_eval_prompts % shards == 0, "data.num_eval_prompts",
-          config.data.num_eval_prompts, f"a multiple of the mesh's data × fsdp = {shards}")
-    rl = config.rl
-    check_choice(rl.method, rlhf.METHODS + ("best_of_n",), "rl.method")
-    if rl.method == "best_of_n":
-        check(len(rl.best_of_n) >= 1 and all(is_int(n, 1) for n in rl.best_of_n), "rl.best_of_n",
-              rl.best_of_n, "a non-empty tuple of integers >= 1")
-        return
-    check_choice(rl.kl_placement, rlhf.PLACEMENTS[rl.method], "rl.kl_placement",
-                 f"for method {rl.method!r}")
-    check_choice(rl.kl_estimator, rlhf.KL_ESTIMATORS, "rl.kl_estimator")
-    if rl.method in ("grpo", "rloo") and rl.kl_placement == "loss":
-        check(rl.kl_estimator in ("k2", "k3"), "rl.kl_estimator", rl.kl_estimator,
-              "'k2' or 'k3' when the KL is in a GRPO/RLOO loss (k1 has zero expected gradient "
-              "there; 'exact' is not a per-sample loss term)")
-    if g.kl_budget > 0 or g.kl_jump > 0:
-        check(rl.eval_kl, "rl.eval_kl", rl.eval_kl,
-              "True when the KL guard is on (guards.kl_budget or guards.kl_jump > 0): it watches "
-              "the evaluated KL")
-    check_choice(rl.controller, ("fixed", "adaptive", "proportional"), "rl.controller")
-    # Strings only some methods read are checked for every method: a typo must not wait for the
-    # preset that reads it.
-    check_choice(rl.dpo_variant, dpo.VARIANTS, "rl.dpo_variant")
-    check_choice(rl.token_average, grpo.TOKEN_AVERAGES, "rl.token_average")
-    for key in ("batch_prompts", "group_size", "epochs", "minibatches", "num_updates",
-                "updates_per_eval", "cg_iters", "max_backtracks"):
-        check(is_int(rl[key], 1), f"rl.{key}", rl[key], "an integer >= 1")
-    check_range(rl, "max_grad_norm", 0.0, low_open=True, prefix="rl", allow_inf=True)  # inf: none
-    if rl.method in ("grpo", "rloo", "trpo"):
-        check(rl.group_size >= 2, "rl.group_size", rl.group_size, ">= 2 for group baselines")
-    if rl.method == "dpo_online":
-        check(rl.group_size == 2, "rl.group_size", rl.group_size, "2 (a pair per prompt)")
-    batch = rl.batch_prompts * rl.group_size
-    if rl.method == "dpo_online":
-        batch = rl.batch_prompts
-    check(batch % rl.minibatches == 0, "rl.minibatches", rl.minibatches,
-          f"a divisor of the batch ({batch} sequences or pairs)")
-    check((batch // rl.minibatches) % shards == 0, "rl.batch_prompts", rl.batch_prompts,
-          f"such that a minibatch ({batch // rl.minibatches} sequences or pairs) splits evenly "
-          f"over the mesh's data × fsdp = {shards}")
-    check(rl.num_updates % rl.updates_per_eval == 0, "rl.updates_per_eval", rl.updates_per_eval,
-          f"a divisor of rl.num_updates = {rl.num_updates}")
-    hp = rl.hparams
-    check_rl = lambda name, *a, **k: check_range(hp, name, *a, prefix="rl.hparams", **k)  # noqa: E731
-    check_rl("learning_rate", 0.0, low_open=True)
-    check_rl("beta", 0.0, low_open=rl.method in ("dpo", "dpo_online") or
-             rl.controller != "fixed")
-    check_rl("kl_target", 0.0, low_open=True)
-    check_rl("kl_horizon", 0.0, low_open=True)
-    check_rl("clip_eps", 0.0, low_open=True)
-    check_rl("gamma", 0.0, 1.0)
-    check_rl("gae_lambda", 0.0, 1.0)
-    check_rl("vf_coef", 0.0)
-    check_rl("ent_coef", 0.0)
-    check_rl("delta", 0.0, low_open=True)
-    check_rl("kl_budget", 0.0, low_open=True)
-    check_rl("damping", 0.0)
-    check_rl("label_smoothing", 0.0, 0.5, high_open=True)
-    check_finite(hp, prefix="rl.hparams")
-    if rl.kl_placement == "none":
-        check(rl.controller == "fixed", "rl.controller", rl.controller,
-              "'fixed' when rl.kl_placement is 'none' (there is no KL to control)")
 
 
 # ---------------------------------------------------------------- data
@@ -389,26 +202,6 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
 # ---------------------------------------------------------------- policy stage
 
 
-def static_from_config(config) -> rlhf.Static:
-    rl = config.rl
-    critic = config.model.critic if rl.method == "ppo" else "none"
-    return rlhf.Static(
-        method=rl.method, policy=tok.policy_config(config, critic), reference=tok.policy_config(config),
-        reward_model=tok.reward_model_config(config), spec=tok.language_spec(config),
-        kl_placement=rl.kl_placement, kl_estimator=rl.kl_estimator, controller=rl.controller,
-        batch_prompts=rl.batch_prompts, group_size=rl.group_size, epochs=rl.epochs,
-        minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
-        max_grad_norm=rl.max_grad_norm, dpo_variant=rl.dpo_variant, cg_iters=rl.cg_iters,
-        max_backtracks=rl.max_backtracks, token_average=rl.token_average)
-
-
-def hparams_from_config(config, num_runs: int) -> rlhf.HParams:
-    """HParams with a leading run axis of ``num_runs`` (scalars are broadcast)."""
-    names = [f.name for f in dataclasses.fields(rlhf.HParams)]
-    return rlhf.HParams(**{n: jnp.broadcast_to(jnp.asarray(config.rl.hparams[n], jnp.float32),
-                                               (num_runs,)) for n in names})
-
-
 @dataclasses.dataclass
 class PolicyResult:
     train_metrics: dict[str, np.ndarray]  # name -> [runs, updates]
@@ -436,7 +229,8 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     prompts_train, prompts_test = _synthetic(config, "prompts", root, config.data.num_prompts,
                                              config.data.num_eval_prompts)
     pairs = None
-    if config.rl.method == "dpo":
+    method = METHODS.get(config.rl.method)
+    if method.offline_pairs:
         pairs = {k: jnp.asarray(v) for k, v in preference_data(config, root)[0].items()
                  if k in reward_model.PAIR_KEYS}
     frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(prompts_train["prompt"]),
@@ -444,7 +238,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     resume = False
     if write:
         resume = _prepare_policy_dir(out, config, overwrite)
-    if config.rl.method == "best_of_n":
+    if not method.trains:
         return _run_best_of_n(config, out, frozen, write)
 
     static = static_from_config(config)
@@ -566,7 +360,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
                      for k in train_chunks[0]}
     final = [row for row in evals if row["update"] == config.rl.num_updates]
     # Offline DPO samples nothing while training (only in evaluations, which are not timed).
-    tokens_sampled = 0 if static.method == "dpo" else (
+    tokens_sampled = 0 if method.offline_pairs else (
         config.rl.num_updates * static.batch_size * spec.response_len * len(seeds))
     params = state.params
     if len(index) > num_runs:
@@ -656,7 +450,7 @@ def _prepare_policy_dir(out: pathlib.Path, config, overwrite: bool) -> bool:
                                  "--overwrite to run it again.")
         # Best-of-n has no training state to resume: an unfinished one starts again.
         return holds_results, holds_results and same and not overwrite and (
-            config.rl.method != "best_of_n")
+            METHODS.get(config.rl.method).trains)
 
     holds_results, resume = processes.claim(f"prepare.{out.name}", decide, out)
     if processes.is_primary() and not resume:

@@ -1,6 +1,9 @@
 """Policy optimisation on tokens against the proxy reward model, one jitted update per method.
 
-Methods (``Static.method``) and where each puts the KL to the reference (``Static.kl_placement``):
+The trainer holds what every method shares (rollouts, minibatch SGD, metrics, the non-finite guard,
+the KL-guard back-off); each method's update and what programs need to know about it live in its
+own module of `kltrust.train.methods`, registered in ``METHODS``. The built-in methods
+(``Static.method``) and where each may put the KL to the reference (``Static.kl_placement``):
 
     ppo         reward (default; Ziegler et al. 2019: r_t = −β·k_t per token, + proxy at the last
                 token, GAE over tokens with a value head), loss (β·k in PPO's loss), or none
@@ -9,7 +12,8 @@ Methods (``Static.method``) and where each puts the KL to the reference (``Stati
                 or none; group baselines over ``group_size`` samples per prompt, no critic
     trpo        budget: the trust region KL(π_old‖π_θ) ≤ δ plus KL(π_θ‖π_ref) ≤ kl_budget (both the
                 per-token mean exact KL), with RLOO sequence advantages; or none (no budget)
-    dpo         implicit (DPO/IPO on the offline preference data set, Rafailov et al. 2023)
+    dpo         implicit (any registered preference loss, ``Static.preference_loss``: DPO, IPO,
+                SimPO, ..., on the offline preference data set; Rafailov et al. 2023)
     dpo_online  implicit (pairs sampled from the current policy, labelled by the proxy: iterative
                 / online DPO, as in Guo et al. 2024 with the reward model as the annotator)
 
@@ -34,25 +38,15 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 from kltrust import controllers, guards, kl, sharding
 from kltrust import rollout as rollouts
-from kltrust.distributions import Categorical
 from kltrust.models.transformer import TransformerConfig
-from kltrust.objectives import dpo, grpo, ppo, trpo
+from kltrust.objectives import grpo, preference
 from kltrust.tasks import text
 from kltrust.train import tokens as tok
+from kltrust.train.methods import METHODS
 
-METHODS = ("ppo", "grpo", "rloo", "trpo", "dpo", "dpo_online")
-PLACEMENTS = {
-    "ppo": ("reward", "loss", "none"),
-    "grpo": ("loss", "reward", "none"),
-    "rloo": ("reward", "loss", "none"),
-    "trpo": ("budget", "none"),
-    "dpo": ("implicit",),
-    "dpo_online": ("implicit",),
-}
 KL_ESTIMATORS = ("exact",) + kl.ESTIMATORS
 
 
@@ -72,7 +66,7 @@ class HParams:
     delta: jax.Array  # TRPO trust region
     kl_budget: jax.Array  # TRPO budget on the per-token KL to the reference
     damping: jax.Array
-    label_smoothing: jax.Array  # DPO
+    preference: Any  # the knobs of ``Static.preference_loss`` (dpo, dpo_online)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +85,7 @@ class Static:
     minibatches: int
     updates_per_eval: int
     max_grad_norm: float
-    dpo_variant: str = "sigmoid"
+    preference_loss: str = "sigmoid"  # a name in `kltrust.objectives.preference.LOSSES`
     cg_iters: int = 10
     max_backtracks: int = 10
     token_average: str = "sequence"
@@ -135,10 +129,12 @@ class Trainer:
     static: Static
     mesh: jax.sharding.Mesh | None = None
 
-    def _batch(self, tree: Any) -> Any:
+    def constrain_batch(self, tree: Any) -> Any:
+        """``tree`` laid out as a batch (split over data × fsdp) when there is a mesh."""
         return tree if self.mesh is None else sharding.batch_constraint(self.mesh)(tree)
 
-    def _params(self, tree: Any) -> Any:
+    def constrain_params(self, tree: Any) -> Any:
+        """``tree`` laid out like the policy's parameters (FSDP or replicated)."""
         return tree if self.mesh is None else sharding.param_constraint(self.mesh)(tree)
 
     @property
@@ -156,15 +152,17 @@ class Trainer:
 
     def init(self, seed: jax.Array, hp: HParams, frozen: tok.Frozen) -> TrainState:
         key, init_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = self._params(tok.with_pretrained(self.policy.init(init_key), frozen.ref_params))
-        opt_state = self._params(
+        params = self.constrain_params(tok.with_pretrained(self.policy.init(init_key), frozen.ref_params))
+        opt_state = self.constrain_params(
             tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate))
         return TrainState(params, opt_state, init_controller(self.static, hp), key,
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     # ------------------------------------------------------------ shared pieces
 
-    def _rollout(self, params, prompts, key, frozen, with_reference: bool):
+    def rollout(self, params, prompts, key, frozen, with_reference: bool):
+        """Samples responses to ``prompts`` (`kltrust.rollout.token_rollout`), the reference
+        evaluated alongside only ``with_reference``."""
         s = self.static
         return rollouts.token_rollout(
             self.policy.decode, self.policy.sequence, params, prompts,
@@ -173,16 +171,17 @@ class Trainer:
             ref_sequence_fn=self.reference.sequence if with_reference else None,
             ref_params=frozen.ref_params if with_reference else None)
 
-    def _token_kl(self, ro: rollouts.TokenRollout) -> jax.Array:
+    def token_kl(self, ro: rollouts.TokenRollout) -> jax.Array:
         """The per-token KL value the method applies (``kl_estimator``), 0 at padding."""
         if self.static.kl_estimator == "exact":
             return ro.kl
         return kl.estimate(ro.log_prob, ro.ref_log_prob, self.static.kl_estimator) * ro.mask
 
-    def _logits(self, params, prompts, response):
+    def logits(self, params, prompts, response):
+        """(logits, values) of the policy at every response position."""
         return rollouts.response_logits(self.policy.sequence, params, prompts, response)
 
-    def _minibatch_sgd(self, state: TrainState, batch: Any, loss_fn, key: jax.Array):
+    def minibatch_sgd(self, state: TrainState, batch: Any, loss_fn, key: jax.Array):
         """``epochs`` × ``minibatches`` Adam steps of ``loss_fn(params, minibatch)`` over sequences."""
         s = self.static
         optimizer = self.optimizer()
@@ -193,7 +192,7 @@ class Trainer:
 
             def minibatch(carry, idx):
                 params, opt_state = carry
-                sub = self._batch(jax.tree.map(lambda x: x[idx], batch))
+                sub = self.constrain_batch(jax.tree.map(lambda x: x[idx], batch))
                 (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, sub)
                 updates, opt_state = optimizer.update(grads, opt_state, params)
                 metrics["grad_norm"] = optax.tree.norm(grads)
@@ -205,12 +204,15 @@ class Trainer:
             epoch, (state.params, state.opt_state), jax.random.split(key, s.epochs))
         return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
-    def _sample_prompts(self, frozen: tok.Frozen, key: jax.Array) -> jax.Array:
+    def sample_prompts(self, frozen: tok.Frozen, key: jax.Array) -> jax.Array:
+        """``batch_prompts`` training prompts, each repeated ``group_size`` times."""
         s = self.static
         idx = jax.random.randint(key, (s.batch_prompts,), 0, frozen.prompts.shape[0])
-        return self._batch(jnp.repeat(frozen.prompts[idx], s.group_size, axis=0))
+        return self.constrain_batch(jnp.repeat(frozen.prompts[idx], s.group_size, axis=0))
 
-    def _common_metrics(self, ro, proxy, frozen, beta) -> dict[str, jax.Array]:
+    def common_metrics(self, ro, proxy, frozen, beta) -> dict[str, jax.Array]:
+        """Proxy, gold, entropy, length, β and (when the reference ran) the exact and the applied
+        sequence KL of a rollout."""
         metrics = {
             "proxy": proxy.mean(),
             "gold": text.gold_reward(frozen.language, ro.prompt, ro.response, ro.mask).mean(),
@@ -220,10 +222,12 @@ class Trainer:
         }
         if ro.kl is not None:
             metrics["kl"] = kl.sum_per_sequence(ro.kl, ro.mask).mean()
-            metrics["kl_optimised"] = kl.sum_per_sequence(self._token_kl(ro), ro.mask).mean()
+            metrics["kl_optimised"] = kl.sum_per_sequence(self.token_kl(ro), ro.mask).mean()
         return metrics
 
-    def _finish(self, state, params, opt_state, key, metrics, observed_kl):
+    def finish(self, state, params, opt_state, key, metrics, observed_kl):
+        """The next state: the controller fed ``observed_kl`` (None: unchanged), a non-finite
+        update skipped (`kltrust.guards`), the step counted."""
         controller = state.controller
         if observed_kl is not None:
             controller = _controller(self.static).update(
@@ -233,186 +237,15 @@ class Trainer:
         (params, opt_state, controller), bad_updates, metrics = guards.skip_nonfinite(
             (state.params, state.opt_state, state.controller), (params, opt_state, controller),
             metrics, state.bad_updates, checked=tuple(k for k in metrics if "cg_" not in k))
-        params, opt_state = self._params((params, opt_state))
+        params, opt_state = self.constrain_params((params, opt_state))
         return TrainState(params, opt_state, controller, key, state.update_step + 1,
                           bad_updates), metrics
 
     # ------------------------------------------------------------ one update per method
 
     def update(self, state: TrainState, hp: HParams, frozen: tok.Frozen):
-        method = self.static.method
-        if method == "dpo":
-            return self._update_dpo_offline(state, hp, frozen)
-        return getattr(self, f"_update_{method if method != 'rloo' else 'grpo'}")(
-            state, hp, frozen)
-
-    def _update_ppo(self, state, hp, frozen):
-        s = self.static
-        key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
-        prompts = self._sample_prompts(frozen, k_prompt)
-        ro = self._rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
-        proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
-        beta = state.controller.beta
-        last = jnp.sum(ro.mask, axis=-1).astype(jnp.int32) - 1
-        reward = jax.nn.one_hot(last, ro.mask.shape[1]) * proxy[:, None]
-        if s.kl_placement == "reward":
-            reward = reward - beta * self._token_kl(ro)
-        advantage, target = rollouts.token_gae(reward, ro.value, ro.mask, hp.gamma, hp.gae_lambda)
-        in_loss = s.kl_placement == "loss"
-        batch = ppo.Batch(
-            obs=jnp.concatenate([prompts, ro.response], axis=1), action=ro.response,
-            log_prob=ro.log_prob, policy=Categorical(ro.logits), advantage=advantage,
-            target=target, reference=Categorical(ro.ref_logits) if in_loss else None,
-            weight=ro.mask)
-        variant = ppo.Variant(clip=True, kl_penalty="fixed" if in_loss else "none",
-                              kl_anchor="reference",
-                              kl_estimator=s.kl_estimator if in_loss else "exact")
-        coefs = ppo.LossCoefs(hp.clip_eps, beta if in_loss else jnp.zeros_like(beta),
-                              hp.vf_coef, hp.ent_coef)
-        prompt_len = prompts.shape[1]
-
-        def apply_fn(params, tokens):
-            logits, values = self._logits(params, tokens[:, :prompt_len], tokens[:, prompt_len:])
-            return Categorical(logits), values
-
-        def loss_fn(params, mb):
-            return ppo.loss(params, mb, coefs, apply_fn=apply_fn, variant=variant)
-
-        params, opt_state, sgd = self._minibatch_sgd(state, batch, loss_fn, k_sgd)
-        metrics = {**self._common_metrics(ro, proxy, frozen, beta), **sgd}
-        observed = metrics.get("kl")
-        return self._finish(state, params, opt_state, key, metrics, observed)
-
-    def _update_grpo(self, state, hp, frozen):
-        s = self.static
-        key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
-        prompts = self._sample_prompts(frozen, k_prompt)
-        ro = self._rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
-        proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
-        beta = state.controller.beta
-        reward = proxy
-        if s.kl_placement == "reward":
-            reward = proxy - beta * kl.sum_per_sequence(self._token_kl(ro), ro.mask)
-        advantage = grpo.group_advantages(reward, s.group_size, baseline=s.method)
-        in_loss = s.kl_placement == "loss"
-        variant = grpo.Variant(kl_estimator=s.kl_estimator if in_loss else "k3",
-                               kl_in_loss=in_loss, token_average=s.token_average)
-        coefs = grpo.LossCoefs(hp.clip_eps, beta)
-        batch = {"prompt": prompts, "response": ro.response, "mask": ro.mask,
-                 "old_logp": ro.log_prob, "advantage": advantage}
-        if s.uses_reference:
-            batch.update(ref_logp=ro.ref_log_prob, ref_logits=ro.ref_logits)
-
-        def loss_fn(params, mb):
-            logits, _ = self._logits(params, mb["prompt"], mb["response"])
-            new_logp = rollouts.token_log_probs(logits, mb["response"], mb["mask"])
-            exact = None
-            if "ref_logits" in mb:
-                exact = jax.lax.stop_gradient(kl.categorical(logits, mb["ref_logits"]))
-            return grpo.loss(new_logp, mb["old_logp"], mb["advantage"], mb["mask"], coefs,
-                             variant=variant, ref_logp=mb.get("ref_logp"), exact_kl=exact)
-
-        params, opt_state, sgd = self._minibatch_sgd(state, batch, loss_fn, k_sgd)
-        metrics = {**self._common_metrics(ro, proxy, frozen, beta), **sgd}
-        return self._finish(state, params, opt_state, key, metrics, metrics.get("kl"))
-
-    def _update_trpo(self, state, hp, frozen):
-        s = self.static
-        key, k_prompt, k_sample = jax.random.split(state.key, 3)
-        prompts = self._sample_prompts(frozen, k_prompt)
-        ro = self._rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
-        proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
-        advantage = grpo.group_advantages(proxy, s.group_size, baseline="rloo")
-        flat, unravel = ravel_pytree(state.params)
-        prompt_len = prompts.shape[1]
-
-        def policy_fn(flat_params, tokens):
-            logits, _ = self._logits(unravel(flat_params), tokens[:, :prompt_len],
-                                     tokens[:, prompt_len:])
-            return Categorical(logits)
-
-        batch = trpo.Batch(
-            obs=jnp.concatenate([prompts, ro.response], axis=1), action=ro.response,
-            log_prob=ro.log_prob, policy=Categorical(ro.logits),
-            advantage=advantage[:, None] * ro.mask,
-            reference=Categorical(ro.ref_logits) if s.uses_reference else None,
-            weight=ro.mask)
-        # Backtracking factor and CG tolerance: Spinning Up's values, as in the control TRPO.
-        coefs = trpo.StepCoefs(hp.delta, hp.kl_budget, hp.damping, jnp.float32(0.8),
-                               jnp.float32(1e-10))
-        variant = trpo.Variant(kl_anchor="reference" if s.kl_placement == "budget" else "old",
-                               normalize_advantages=True)
-        new_flat, step_metrics = trpo.step(policy_fn, flat, batch, coefs, variant=variant,
-                                           cg_iters=s.cg_iters, max_backtracks=s.max_backtracks)
-        metrics = {**self._common_metrics(ro, proxy, frozen, state.controller.beta),
-                   **{f"trpo_{k}": v for k, v in step_metrics.items()}}
-        metrics["kl_optimised"] = step_metrics.get("kl_ref", step_metrics["kl_old"])
-        return self._finish(state, unravel(new_flat), state.opt_state, key, metrics, None)
-
-    def _dpo_loss(self, hp, params, prompts, chosen, chosen_mask, rejected, rejected_mask,
-                  ref_chosen, ref_rejected):
-        def seq_logp(response, mask):
-            logits, _ = self._logits(params, prompts, response)
-            return jnp.sum(rollouts.token_log_probs(logits, response, mask), axis=-1)
-
-        return dpo.loss(seq_logp(chosen, chosen_mask), seq_logp(rejected, rejected_mask),
-                        ref_chosen, ref_rejected, hp.beta, self.static.dpo_variant,
-                        hp.label_smoothing)
-
-    def _ref_seq_logp(self, frozen, prompts, response, mask):
-        logits, _ = rollouts.response_logits(self.reference.sequence, frozen.ref_params, prompts,
-                                             response)
-        return jnp.sum(rollouts.token_log_probs(logits, response, mask), axis=-1)
-
-    def _update_dpo_online(self, state, hp, frozen):
-        s = self.static
-        key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
-        prompts = self._sample_prompts(frozen, k_prompt)  # group_size = 2: a pair per prompt
-        ro = self._rollout(state.params, prompts, k_sample, frozen, True)
-        proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
-        ref_logp = kl.sum_per_sequence(ro.ref_log_prob, ro.mask)
-        first_wins = (proxy[0::2] >= proxy[1::2])[:, None]
-
-        def pick(x, winner):
-            a, b = x[0::2], x[1::2]
-            cond = first_wins if x.ndim == 2 else first_wins[:, 0]
-            return jnp.where(cond, a, b) if winner else jnp.where(cond, b, a)
-
-        batch = {"prompt": prompts[0::2],
-                 "chosen": pick(ro.response, True), "chosen_mask": pick(ro.mask, True),
-                 "rejected": pick(ro.response, False), "rejected_mask": pick(ro.mask, False),
-                 "ref_chosen": pick(ref_logp, True), "ref_rejected": pick(ref_logp, False)}
-
-        def loss_fn(params, mb):
-            return self._dpo_loss(hp, params, mb["prompt"], mb["chosen"], mb["chosen_mask"],
-                                  mb["rejected"], mb["rejected_mask"], mb["ref_chosen"],
-                                  mb["ref_rejected"])
-
-        params, opt_state, sgd = self._minibatch_sgd(state, batch, loss_fn, k_sgd)
-        metrics = {**self._common_metrics(ro, proxy, frozen, hp.beta), **sgd}
-        metrics["kl_optimised"] = metrics["kl_k1"] = kl.sum_per_sequence(
-            kl.estimate(ro.log_prob, ro.ref_log_prob, "k1"), ro.mask).mean()
-        return self._finish(state, params, opt_state, key, metrics, None)
-
-    def _update_dpo_offline(self, state, hp, frozen):
-        """One Adam step on ``batch_prompts`` pairs drawn from the preference data set."""
-        pairs = frozen.pairs
-        key, k_idx = jax.random.split(state.key)
-        idx = jax.random.randint(k_idx, (self.static.batch_prompts,), 0, pairs["prompt"].shape[0])
-        mb = self._batch(jax.tree.map(lambda x: x[idx], pairs))
-        ref_c = self._ref_seq_logp(frozen, mb["prompt"], mb["chosen"], mb["chosen_mask"])
-        ref_r = self._ref_seq_logp(frozen, mb["prompt"], mb["rejected"], mb["rejected_mask"])
-
-        def loss_fn(params):
-            return self._dpo_loss(hp, params, mb["prompt"], mb["chosen"], mb["chosen_mask"],
-                                  mb["rejected"], mb["rejected_mask"], ref_c, ref_r)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        optimizer = self.optimizer()
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        params = optax.apply_updates(state.params, updates)
-        return self._finish(state, params, opt_state, key, metrics, None)
+        """One update of ``Static.method`` (`kltrust.train.methods.METHODS`)."""
+        return METHODS.get(self.static.method).update(self, state, hp, frozen)
 
     # ------------------------------------------------------------ the KL guard
 
@@ -431,11 +264,14 @@ class Trainer:
         # values (earlier rollbacks included), not from the restored state's.
         beta, lr = state.controller.beta, state.opt_state.hyperparams["learning_rate"]
         shrink_lr = jnp.array(False)
-        if s.method in ("dpo", "dpo_online"):
+        anchor = METHODS.get(s.method).anchor
+        if anchor == "preference_beta" and preference.LOSSES.get(s.preference_loss).reference_free:
+            anchor = "none"  # β does not anchor a reference-free loss: slow the learning instead
+        if anchor == "preference_beta":
             hp = hp.replace(beta=jnp.where(rolled, hp.beta * factor, hp.beta))
-        elif s.method == "trpo":
+        elif anchor == "trust_region":
             hp = hp.replace(delta=jnp.where(rolled, hp.delta / factor, hp.delta))
-        elif s.uses_reference:
+        elif anchor == "controller" and s.uses_reference:
             raise_beta = rolled & (beta > 0)
             beta = jnp.where(raise_beta, beta * factor, beta)
             shrink_lr = rolled & ~raise_beta
@@ -455,7 +291,7 @@ class Trainer:
                             length=self.static.updates_per_eval)
 
     def evaluate(self, state: TrainState, frozen: tok.Frozen, key: jax.Array, with_kl: bool = True):
-        frozen = frozen.replace(eval_prompts=self._batch(frozen.eval_prompts))
+        frozen = frozen.replace(eval_prompts=self.constrain_batch(frozen.eval_prompts))
         return tok.evaluate(self.policy, self.reference, self.static.reward_model, state.params,
                             frozen, key, with_kl=with_kl)
 

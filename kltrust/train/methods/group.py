@@ -1,0 +1,54 @@
+"""GRPO and RLOO on tokens: group baselines over ``group_size`` samples per prompt, no critic; the
+KL to the reference in the loss (GRPO's default, Shao et al. 2024: β·k3 per token), in the sequence
+reward (RLOO's default, Ahmadian et al. 2024), or nowhere. The two differ in the baseline."""
+
+from __future__ import annotations
+
+import jax
+
+from kltrust import kl
+from kltrust import rollout as rollouts
+from kltrust.objectives import grpo
+from kltrust.train import tokens as tok
+from kltrust.train.methods import TokenMethod, register
+
+
+def _update(baseline: str, trainer, state, hp, frozen):
+    s = trainer.static
+    key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
+    prompts = trainer.sample_prompts(frozen, k_prompt)
+    ro = trainer.rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
+    proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+    beta = state.controller.beta
+    reward = proxy
+    if s.kl_placement == "reward":
+        reward = proxy - beta * kl.sum_per_sequence(trainer.token_kl(ro), ro.mask)
+    advantage = grpo.group_advantages(reward, s.group_size, baseline=baseline)
+    in_loss = s.kl_placement == "loss"
+    variant = grpo.Variant(kl_estimator=s.kl_estimator if in_loss else "k3",
+                           kl_in_loss=in_loss, token_average=s.token_average)
+    coefs = grpo.LossCoefs(hp.clip_eps, beta)
+    batch = {"prompt": prompts, "response": ro.response, "mask": ro.mask,
+             "old_logp": ro.log_prob, "advantage": advantage}
+    if s.uses_reference:
+        batch.update(ref_logp=ro.ref_log_prob, ref_logits=ro.ref_logits)
+
+    def loss_fn(params, mb):
+        logits, _ = trainer.logits(params, mb["prompt"], mb["response"])
+        new_logp = rollouts.token_log_probs(logits, mb["response"], mb["mask"])
+        exact = None
+        if "ref_logits" in mb:
+            exact = jax.lax.stop_gradient(kl.categorical(logits, mb["ref_logits"]))
+        return grpo.loss(new_logp, mb["old_logp"], mb["advantage"], mb["mask"], coefs,
+                         variant=variant, ref_logp=mb.get("ref_logp"), exact_kl=exact)
+
+    params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta), **sgd}
+    return trainer.finish(state, params, opt_state, key, metrics, metrics.get("kl"))
+
+
+for _name, _placements in (("grpo", ("loss", "reward", "none")), ("rloo", ("reward", "loss", "none"))):
+    register(_name, TokenMethod(
+        lambda trainer, state, hp, frozen, _b=_name: _update(_b, trainer, state, hp, frozen),
+        placements=_placements, anchor="controller", min_group=2,
+        kl_in_loss_needs_gradient=True, doc=f"{_name.upper()}: group baseline, no critic"))

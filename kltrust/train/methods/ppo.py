@@ -1,0 +1,55 @@
+"""PPO on tokens (Ziegler et al. 2019): the KL to the reference in the per-token reward (default),
+in PPO's loss, or nowhere; GAE over tokens with a value head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kltrust import rollout as rollouts
+from kltrust.distributions import Categorical
+from kltrust.objectives import ppo
+from kltrust.train import tokens as tok
+from kltrust.train.methods import TokenMethod, register
+
+
+def update(trainer, state, hp, frozen):
+    s = trainer.static
+    key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
+    prompts = trainer.sample_prompts(frozen, k_prompt)
+    ro = trainer.rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
+    proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+    beta = state.controller.beta
+    last = jnp.sum(ro.mask, axis=-1).astype(jnp.int32) - 1
+    reward = jax.nn.one_hot(last, ro.mask.shape[1]) * proxy[:, None]
+    if s.kl_placement == "reward":
+        reward = reward - beta * trainer.token_kl(ro)
+    advantage, target = rollouts.token_gae(reward, ro.value, ro.mask, hp.gamma, hp.gae_lambda)
+    in_loss = s.kl_placement == "loss"
+    batch = ppo.Batch(
+        obs=jnp.concatenate([prompts, ro.response], axis=1), action=ro.response,
+        log_prob=ro.log_prob, policy=Categorical(ro.logits), advantage=advantage,
+        target=target, reference=Categorical(ro.ref_logits) if in_loss else None,
+        weight=ro.mask)
+    variant = ppo.Variant(clip=True, kl_penalty="fixed" if in_loss else "none",
+                          kl_anchor="reference",
+                          kl_estimator=s.kl_estimator if in_loss else "exact")
+    coefs = ppo.LossCoefs(hp.clip_eps, beta if in_loss else jnp.zeros_like(beta),
+                          hp.vf_coef, hp.ent_coef)
+    prompt_len = prompts.shape[1]
+
+    def apply_fn(params, tokens):
+        logits, values = trainer.logits(params, tokens[:, :prompt_len], tokens[:, prompt_len:])
+        return Categorical(logits), values
+
+    def loss_fn(params, mb):
+        return ppo.loss(params, mb, coefs, apply_fn=apply_fn, variant=variant)
+
+    params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta), **sgd}
+    observed = metrics.get("kl")
+    return trainer.finish(state, params, opt_state, key, metrics, observed)
+
+
+register("ppo", TokenMethod(update, placements=("reward", "loss", "none"), anchor="controller",
+                            critic=True, doc="PPO, Ziegler et al. 2019"))
