@@ -9,7 +9,7 @@ program; offline DPO runs with sampled preferences repeat for each size in ``num
     pg_exact        gradient ascent on the exact E[r] − β·KL(π‖π_ref)
     pg_reinforce    REINFORCE, KL penalty in the reward (k1), leave-one-out baseline
     ppo             PPO clip with a fixed-β exact KL(π‖π_ref) penalty in the loss, 4 epochs per batch
-    trpo            TRPO with the hard budget KL(π‖π_ref) ≤ kl_budget·KL(π*_β‖π_ref), δ = 0.01 per step
+    trpo            TRPO with the hard budget KL(π‖π_ref) ≤ kl_budget_ratio·KL(π*_β‖π_ref), δ = 0.01 per step
     dpo_exact       DPO on every (x, y_w, y_l) weighted by its probability: no sampling at all
     ipo_exact       IPO likewise (β = IPO's τ); its optimum is *not* π*_β (Azar et al. 2023)
     dpo, ipo        offline on ``num_pairs`` Bradley–Terry pairs from π_ref

@@ -154,7 +154,8 @@ TOKEN_ERRORS = [
     ("ppo", "rl.hparams.learning_rate", INF, r"config.rl.hparams.learning_rate = inf: must be in "
                                              r"\(0.0, inf\)"),
     ("ppo", "rl.hparams.beta", NAN, r"config.rl.hparams.beta = nan: must be in \[0.0, inf\)"),
-    ("trpo", "rl.hparams.kl_budget", INF, r"config.rl.hparams.kl_budget = inf: must be in"),
+    ("trpo", "rl.hparams.kl_budget_per_token", INF,
+     r"config.rl.hparams.kl_budget_per_token = inf: must be in"),
     ("dpo", "rl.hparams.preference.sigmoid.label_smoothing", NAN,
      r"config.rl.hparams.preference.sigmoid.label_smoothing = nan"),
     ("simpo", "rl.hparams.preference.simpo.gamma", -1.0,

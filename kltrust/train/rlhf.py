@@ -10,7 +10,7 @@ own module of `kltrust.train.methods`, registered in ``METHODS``. The built-in m
     grpo, rloo  loss (default for GRPO; Shao et al. 2024: β·k3 per token in the loss), reward
                 (default for RLOO; Ahmadian et al. 2024: the sequence reward is proxy − β·Σ_t k_t),
                 or none; group baselines over ``group_size`` samples per prompt, no critic
-    trpo        budget: the trust region KL(π_old‖π_θ) ≤ δ plus KL(π_θ‖π_ref) ≤ kl_budget (both the
+    trpo        budget: the trust region KL(π_old‖π_θ) ≤ δ plus KL(π_θ‖π_ref) ≤ kl_budget_per_token (both the
                 per-token mean exact KL), with RLOO sequence advantages; or none (no budget)
     dpo         implicit (any registered preference loss, ``Static.preference_loss``: DPO, IPO,
                 SimPO, ..., on the offline preference data set; Rafailov et al. 2023)
@@ -64,7 +64,7 @@ class HParams:
     vf_coef: jax.Array
     ent_coef: jax.Array
     delta: jax.Array  # TRPO trust region
-    kl_budget: jax.Array  # TRPO budget on the per-token KL to the reference
+    kl_budget_per_token: jax.Array  # TRPO: budget on the mean per-token KL to the reference, nats
     damping: jax.Array
     preference: Any  # the knobs of ``Static.preference_loss`` (dpo, dpo_online)
 

@@ -63,7 +63,7 @@ def defaults() -> ml_collections.ConfigDict:
         best_of_n=(1, 2, 4, 8, 16, 32, 64),
         hparams=ml_collections.ConfigDict(dict(
             learning_rate=1e-4, beta=0.1, kl_target=2.0, kl_horizon=10_000.0, clip_eps=0.2,
-            gamma=1.0, gae_lambda=0.95, vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget=0.1,
+            gamma=1.0, gae_lambda=0.95, vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1,
             damping=0.1,
             # The knobs of every registered preference loss (dpo, dpo_online read
             # rl.preference_loss's): e.g. preference.sigmoid.label_smoothing, preference.simpo.gamma.
@@ -204,7 +204,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_rl("vf_coef", 0.0)
     check_rl("ent_coef", 0.0)
     check_rl("delta", 0.0, low_open=True)
-    check_rl("kl_budget", 0.0, low_open=True)
+    check_rl("kl_budget_per_token", 0.0, low_open=True)
     check_rl("damping", 0.0)
     check_finite(hp, prefix="rl.hparams")
     if rl.kl_placement == "none":

@@ -1,5 +1,5 @@
 """TRPO on tokens: the trust region KL(π_old‖π_θ) ≤ δ plus, with placement "budget", the hard
-budget KL(π_θ‖π_ref) ≤ kl_budget (per-token mean exact KLs), on RLOO sequence advantages."""
+budget KL(π_θ‖π_ref) ≤ kl_budget_per_token (per-token mean exact KLs), on RLOO sequence advantages."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def update(trainer, state, hp, frozen):
         reference=Categorical(ro.ref_logits) if s.uses_reference else None,
         weight=ro.mask)
     # Backtracking factor and CG tolerance: Spinning Up's values, as in the control TRPO.
-    coefs = trpo.StepCoefs(hp.delta, hp.kl_budget, hp.damping, jnp.float32(0.8),
+    coefs = trpo.StepCoefs(hp.delta, hp.kl_budget_per_token, hp.damping, jnp.float32(0.8),
                            jnp.float32(1e-10))
     variant = trpo.Variant(kl_anchor="reference" if s.kl_placement == "budget" else "old",
                            normalize_advantages=True)
