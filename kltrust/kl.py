@@ -20,6 +20,13 @@ log-ratio ``δ = log p(x) − log p_ref(x)`` and ``r = p_ref(x)/p(x) = exp(−δ
                            μ⁴/8 against KL = μ²/2); always ≥ 0; low variance.
     k3 = (r − 1) − log r   value: unbiased for KL(p‖p_ref); always ≥ 0; low variance near p = p_ref.
 
+Registry. The estimators live in a registry: ``@kl.estimator(name, unbiased=..., nonnegative=...,
+loss_gradient=...)`` registers a function ``(logp, logp_ref) -> per-sample estimate`` together with
+what programs need to know about it (`EstimatorInfo`); `estimate` dispatches on the name and
+`estimators` lists the names (filtered by that metadata, e.g. ``estimators(loss_term=True)``), so
+an estimator is one function and its registration, and every program that offers a choice of
+estimator reads it from here.
+
 Gradient semantics, on-policy (samples drawn from p_θ and treated as constants, as every
 policy-gradient implementation does). These are the facts users of other frameworks get wrong;
 ``tests/test_kl.py`` checks each one exactly on a categorical distribution.
@@ -47,20 +54,25 @@ rather than broadcasting silently (a [B] vs [B, 1] broadcast is a classic silent
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Literal
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-Estimator = Literal["k1", "k2", "k3"]
-ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+from kltrust import components
+
+Estimator = str  # the name of a registered estimator: one of `estimators()`
 
 __all__ = [
-    "ESTIMATORS",
     "Estimator",
+    "EstimatorInfo",
     "categorical",
     "estimate",
+    "estimator",
+    "estimator_info",
+    "estimators",
     "gaussian",
     "mean_per_sequence",
     "mean_per_token",
@@ -75,15 +87,97 @@ def _check_same_shape(fn: str, **arrays: jax.Array) -> None:
         raise ValueError(f"kltrust.kl.{fn}: arguments must have identical shapes, got {listed}.")
 
 
+# ---------------------------------------------------------------- sample estimators: the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorInfo:
+    """A registered sample estimator and what programs need to know about it.
+
+    Attributes:
+      name: its name, the ``estimator`` argument of `estimate`.
+      fn: ``fn(logp, logp_ref)``, one estimate per sample, shaped like ``logp`` (`estimate` has
+        checked the shapes and the name before calling it).
+      unbiased: E_{x~p}[fn] = KL(p ‖ p_ref) for every pair (p, p_ref).
+      nonnegative: every value is ≥ 0, so no mean of it is ever a "negative KL".
+      loss_gradient: (a, b) such that, on-policy (x ~ p_θ held fixed),
+            E_{x~p_θ}[∇_θ fn(x)] = a·∇KL(p_θ ‖ p_ref) + b·∇KL(p_ref ‖ p_θ),
+        the expected gradient of ``mean(fn)`` as a loss term. With δ = log p_θ − log p_ref and
+        r = e^{−δ}, ∇fn = f′(δ)·∇log p_θ, and E_p[∇log p_θ] = 0, E_p[δ·∇log p_θ] = ∇KL(p_θ‖p_ref),
+        E_p[r·∇log p_θ] = Σ_x p_ref(x)∇log p_θ(x) = −∇KL(p_ref‖p_θ); so every estimator with
+        f′(δ) = c + a·δ − b·r (k1, k2, k3 and their combinations) has this form.
+    """
+
+    name: str
+    fn: Callable[[jax.Array, jax.Array], jax.Array]
+    unbiased: bool
+    nonnegative: bool
+    loss_gradient: tuple[float, float]
+
+    @property
+    def loss_term(self) -> bool:
+        """Whether it belongs in a loss at all: its expected gradient there is not zero (k1's is)."""
+        return self.loss_gradient != (0.0, 0.0)
+
+
+_REGISTRY: components.Registry[EstimatorInfo] = components.Registry("KL estimator")
+
+
+def estimator(
+    name: str, *, unbiased: bool, nonnegative: bool, loss_gradient: tuple[float, float]
+) -> Callable[[Callable], Callable]:
+    """Decorator: registers ``fn(logp, logp_ref) -> per-sample estimate`` as estimator ``name``
+    with its metadata (`EstimatorInfo`; ``tests/test_kl.py`` checks every registered estimator's
+    metadata exactly). Returns ``fn`` unchanged. A name registered twice raises ``ValueError``."""
+
+    def register(fn: Callable) -> Callable:
+        a, b = (float(c) for c in loss_gradient)
+        _REGISTRY.register(name, EstimatorInfo(name, fn, bool(unbiased), bool(nonnegative), (a, b)))
+        return fn
+
+    return register
+
+
+def estimators(
+    *, unbiased: bool | None = None, nonnegative: bool | None = None, loss_term: bool | None = None
+) -> tuple[str, ...]:
+    """Names of the registered estimators, in registration order (read at call time, so an
+    estimator registered later is included). A filter that is not None keeps the estimators whose
+    `EstimatorInfo` field has that value: ``estimators(loss_term=True)`` are those a loss may use."""
+    wanted = {"unbiased": unbiased, "nonnegative": nonnegative, "loss_term": loss_term}
+    return tuple(
+        name for name, info in _REGISTRY.items()
+        if all(value is None or getattr(info, field) == value for field, value in wanted.items())
+    )
+
+
+def estimator_info(name: str) -> EstimatorInfo:
+    """The registered estimator ``name`` and its metadata; ``ValueError`` naming the choices if
+    there is none."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"kltrust.kl.estimate: estimator must be one of {estimators()}, got {name!r}."
+        )
+    return _REGISTRY.get(name)
+
+
+def __getattr__(name: str):
+    # `ESTIMATORS` was a tuple fixed at import time, which an estimator registered later was missing
+    # from; it stays, as a view of `estimators()`, until the programs no longer read it.
+    if name == "ESTIMATORS":
+        return estimators()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def estimate(logp: jax.Array, logp_ref: jax.Array, estimator: Estimator = "k3") -> jax.Array:
     """Per-sample estimates of KL(p ‖ p_ref) from samples x ~ p.
 
     Args:
       logp: log p(x) at the sampled points, any shape.
       logp_ref: log p_ref(x) at the same points, same shape as ``logp``.
-      estimator: ``"k1"`` (δ), ``"k2"`` (½δ²) or ``"k3"`` ((r−1) − log r), with δ = log p − log p_ref
-        and r = exp(−δ). See the module docstring for which is unbiased in value and which gives
-        which gradient.
+      estimator: the name of a registered estimator (`estimators()`): ``"k1"`` (δ), ``"k2"``
+        (½δ²), ``"k3"`` ((r−1) − log r), ..., with δ = log p − log p_ref and r = exp(−δ). See the
+        module docstring for which is unbiased in value and which gives which gradient.
 
     Returns:
       An array shaped like ``logp``: one estimate per sample. Average it (or use the masked
@@ -92,17 +186,27 @@ def estimate(logp: jax.Array, logp_ref: jax.Array, estimator: Estimator = "k3") 
     Raises:
       ValueError: unknown ``estimator`` or mismatched shapes.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(
-            f"kltrust.kl.estimate: estimator must be one of {ESTIMATORS}, got {estimator!r}."
-        )
+    info = estimator_info(estimator)
     _check_same_shape("estimate", logp=logp, logp_ref=logp_ref)
-    log_ratio = logp - logp_ref
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * jnp.square(log_ratio)
-    return _expm1_minus_identity(-log_ratio)
+    return info.fn(logp, logp_ref)
+
+
+@estimator("k1", unbiased=True, nonnegative=False, loss_gradient=(0, 0))
+def _k1(logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
+    """k1 = δ = log p − log p_ref."""
+    return logp - logp_ref
+
+
+@estimator("k2", unbiased=False, nonnegative=True, loss_gradient=(1, 0))
+def _k2(logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
+    """k2 = ½δ²."""
+    return 0.5 * jnp.square(logp - logp_ref)
+
+
+@estimator("k3", unbiased=True, nonnegative=True, loss_gradient=(0, 1))
+def _k3(logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
+    """k3 = (r − 1) − log r = e^{−δ} − 1 + δ, as e^x − 1 − x at x = log r = −δ."""
+    return _expm1_minus_identity(-(logp - logp_ref))
 
 
 # Taylor coefficients of (e^x − 1 − x)/(x²/2) = Σ_k 2xᵏ/(k + 2)!, k = 0..9 (terms up to x¹¹/11!).

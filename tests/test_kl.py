@@ -6,15 +6,18 @@ fixed, so these tests are deterministic.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kl_reference import NUMPY_ESTIMATORS, numpy_estimate
 from kltrust import kl
 
 Z = 5.0
+U = 2.0**-24  # float32 unit round-off
 N_MC = 200_000
 
 
@@ -84,15 +87,12 @@ def test_estimators_on_categorical_against_exact_kl(scale):
     np_logp, np_logq = _np_log_softmax(logits), _np_log_softmax(logits_ref)
     p = np.exp(np_logp)
     true_kl = _np_categorical_kl(logits, logits_ref)
-    delta = np_logp - np_logq
     exact_expectation = {  # E_p[k] by summing over all 12 outcomes, in float64.
-        "k1": (p * delta).sum(),
-        "k2": (p * 0.5 * delta**2).sum(),
-        "k3": (p * (np.exp(-delta) - 1 + delta)).sum(),
+        name: (p * numpy_estimate(name, np_logp, np_logq)).sum() for name in kl.estimators()
     }
-    np.testing.assert_allclose(exact_expectation["k1"], true_kl, rtol=1e-12)
-    np.testing.assert_allclose(exact_expectation["k3"], true_kl, rtol=1e-12)
-    for name in kl.ESTIMATORS:
+    for name in kl.estimators():
+        if kl.estimator_info(name).unbiased:
+            np.testing.assert_allclose(exact_expectation[name], true_kl, rtol=1e-12)
         _assert_within_mc_error(kl.estimate(logp, logp_ref, name), exact_expectation[name], name)
     assert exact_expectation["k2"] != pytest.approx(true_kl, rel=1e-3)
 
@@ -208,6 +208,74 @@ def test_gradient_semantics_of_estimators_match_docstring():
     )
 
 
+# ---------------------------------------------------------------- the registry and its metadata
+
+
+def test_every_registered_estimator_has_a_numpy_restatement():
+    assert set(NUMPY_ESTIMATORS) == set(kl.estimators()), "add the new estimator to kl_reference.py"
+
+
+@pytest.mark.parametrize("name", kl.estimators())
+def test_registered_metadata_is_exact(name):
+    """What `EstimatorInfo` declares, checked on a categorical pair by summing over its support:
+    unbiased ⇔ E_p[k] = KL(p‖q); the expected loss gradient is a·∇KL(p‖q) + b·∇KL(q‖p), against
+    closed-form logit gradients; nonnegative ⇔ no value below 0 on a grid of log-ratios."""
+    info = kl.estimator_info(name)
+    theta = jnp.array([0.3, -1.0, 2.0, 0.0, 0.7], jnp.float32)
+    logits_ref = jnp.array([1.0, 0.5, -0.5, 0.2, -1.2], jnp.float32)
+    logp, logq = _np_log_softmax(theta), _np_log_softmax(logits_ref)
+    p, q = np.exp(logp), np.exp(logq)
+    reverse_kl = (p * (logp - logq)).sum()
+
+    values = kl.estimate(jnp.asarray(logp, jnp.float32), jnp.asarray(logq, jnp.float32), name)
+    expectation = (p * np.asarray(values, np.float64)).sum()
+    # Float32 inputs (relative error U each) move δ by ≤ U(|log p| + |log q|); an estimator's slope in
+    # δ is ≤ 1 + |δ| + r here (k1, k2, k3 and their combinations), and its evaluation adds a few ulps
+    # of its value (≤ 1 + |δ| + r too): 64U·Σ p(1 + |δ| + r)(1 + |log p| + |log q|) covers both.
+    delta, r = logp - logq, q / p
+    tol = 64 * U * (p * (1 + np.abs(delta) + r) * (1 + np.abs(logp) + np.abs(logq))).sum()
+    assert tol < 1e-3 < abs((p * 0.5 * delta**2).sum() - reverse_kl)  # k2's bias is resolved
+    assert (abs(expectation - reverse_kl) <= tol) == info.unbiased, (expectation, reverse_kl, tol)
+
+    a, b = info.loss_gradient
+    grad_reverse = p * (logp - logq - reverse_kl)  # ∇_θ KL(p_θ ‖ q)
+    grad_forward = p - q  # ∇_θ KL(q ‖ p_θ)
+    np.testing.assert_allclose(
+        _expected_loss_gradient(name, theta, logits_ref), a * grad_reverse + b * grad_forward,
+        atol=1e-6,
+    )
+    assert info.loss_term == (name in kl.estimators(loss_term=True)) == bool(a or b)
+
+    log_ratio = jnp.concatenate([jnp.linspace(-80.0, 80.0, 16001), jnp.array([0.0, 1e-30, -1e-30])])
+    grid = kl.estimate(log_ratio, jnp.zeros_like(log_ratio), name)
+    assert bool(jnp.all(grid >= 0.0)) == info.nonnegative
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The registry is process-global: whatever a test registers is gone after it."""
+    monkeypatch.setattr(kl._REGISTRY, "_entries", dict(kl._REGISTRY._entries))
+
+
+def test_a_new_estimator_is_one_function_and_its_registration(scratch_registry):
+    before = kl.estimators()
+
+    @kl.estimator("k_test", unbiased=True, nonnegative=False, loss_gradient=(0, 0.25))
+    def k_quarter(logp, logp_ref):  # k_λ = δ + λ(r − 1) at λ = ¼
+        return (logp - logp_ref) + 0.25 * jnp.expm1(logp_ref - logp)
+
+    assert kl.estimators() == before + ("k_test",)
+    assert "k_test" in kl.estimators(unbiased=True, loss_term=True)
+    assert "k_test" not in kl.estimators(nonnegative=True)
+    logp, logp_ref = jnp.array([-1.0, -0.5]), jnp.array([-0.5, -2.0])
+    np.testing.assert_array_equal(kl.estimate(logp, logp_ref, "k_test"), k_quarter(logp, logp_ref))
+    with pytest.raises(ValueError, match="identical shapes"):
+        kl.estimate(jnp.zeros(3), jnp.zeros((3, 1)), "k_test")
+    assert kl.ESTIMATORS == kl.estimators()  # the old name follows the registry
+    with pytest.raises(ValueError, match="'k3' is registered twice"):
+        kl.estimator("k3", unbiased=True, nonnegative=True, loss_gradient=(0, 1))(k_quarter)
+
+
 # ---------------------------------------------------------------- exact categorical
 
 
@@ -316,8 +384,12 @@ def test_masked_reductions_against_loops():
 
 
 def test_unknown_estimator_is_named():
-    with pytest.raises(ValueError, match=r"estimator must be one of \('k1', 'k2', 'k3'\), got 'k4'"):
+    choices = re.escape(repr(kl.estimators()))
+    assert kl.estimators()[:3] == ("k1", "k2", "k3")
+    with pytest.raises(ValueError, match=rf"estimator must be one of {choices}, got 'k4'"):
         kl.estimate(jnp.zeros(3), jnp.zeros(3), "k4")
+    with pytest.raises(ValueError, match=rf"one of {choices}, got 'k4'"):
+        kl.estimator_info("k4")
 
 
 @pytest.mark.parametrize(
