@@ -48,8 +48,9 @@ contributing exactly 0 with zero gradient), so action or vocabulary masks are sa
 ``kl_divergence_with_log_targets`` returns NaN for such masked entries, which is why this module does
 not delegate to it.
 
-Shapes are checked at trace time: mismatched shapes raise ``ValueError`` naming both arguments
-rather than broadcasting silently (a [B] vs [B, 1] broadcast is a classic silent KL bug).
+Shapes are checked at trace time (with chex): mismatched shapes raise ``ValueError`` naming both
+arguments rather than broadcasting silently (a [B] vs [B, 1] broadcast is a classic silent KL bug).
+``chex.disable_asserts()`` turns these checks off too; they cost nothing at run time, so leave them on.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kltrust import components
 
@@ -81,10 +84,18 @@ __all__ = [
 
 
 def _check_same_shape(fn: str, **arrays: jax.Array) -> None:
-    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
-        raise ValueError(f"kltrust.kl.{fn}: arguments must have identical shapes, got {listed}.")
+    """chex's equal-shape check, re-raised as this public API's ``ValueError`` naming each argument
+    (chex raises ``AssertionError`` and numbers the arrays). Shapes are static, so this runs once at
+    trace time and costs nothing under jit."""
+    # chex reads ``.shape``, which Python numbers and lists lack: give them one.
+    shaped = {name: a if hasattr(a, "shape") else np.asarray(a) for name, a in arrays.items()}
+    try:
+        chex.assert_equal_shape(list(shaped.values()))
+    except AssertionError:
+        listed = ", ".join(f"{name} {tuple(a.shape)}" for name, a in shaped.items())
+        raise ValueError(
+            f"kltrust.kl.{fn}: arguments must have identical shapes, got {listed}."
+        ) from None
 
 
 # ---------------------------------------------------------------- sample estimators: the registry

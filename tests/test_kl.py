@@ -407,6 +407,13 @@ def test_mismatched_shapes_raise_naming_arguments(call):
         call()
 
 
+def test_python_numbers_and_lists_are_shape_checked_too():
+    # chex reads `.shape`; inputs without one must still work, and still be checked.
+    np.testing.assert_allclose(kl.estimate(-1.0, -2.0, "k1"), 1.0)
+    with pytest.raises(ValueError, match=r"got logp \(2,\), logp_ref \(1,\)"):
+        kl.estimate([-1.0, 0.0], [-2.0], "k3")
+
+
 def test_gaussian_hessian_at_coincidence_is_the_fisher_information():
     """TRPO's Fisher-vector product is the Hessian of the KL at p = p_ref, which must be the Fisher
     information of N(μ, σ²) in (μ, log σ): diag(1/σ², 2) per dimension, for either argument. (A

@@ -87,14 +87,17 @@ single outcome goes to 0.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
 import warnings
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kltrust import kl
 
@@ -229,23 +232,32 @@ def _check_coefs(coefs: LossCoefs, variant: Variant) -> None:
         raise ValueError(f"kltrust.objectives.grpo.loss: beta must be ≥ 0, got {coefs.beta!r}.")
 
 
+@contextlib.contextmanager
+def _as_value_error(message: str):
+    """chex's shape asserts raise ``AssertionError`` with numbered arrays; this public API raises
+    ``ValueError`` naming the arguments. (Shapes are static: the checks run once, at trace time.)"""
+    try:
+        yield
+    except AssertionError:
+        raise ValueError(f"kltrust.objectives.grpo.loss: {message}") from None
+
+
 def _check_shapes(new_logp, advantage, **token_arrays) -> None:
-    if jnp.ndim(new_logp) != 2:
-        raise ValueError(
-            f"kltrust.objectives.grpo.loss: new_logp must be [B, T], got shape {jnp.shape(new_logp)}."
-        )
-    shapes = {"new_logp": jnp.shape(new_logp)}
-    shapes.update({name: jnp.shape(a) for name, a in token_arrays.items() if a is not None})
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
-        raise ValueError(
-            f"kltrust.objectives.grpo.loss: token arrays must have identical shapes, got {listed}."
-        )
-    if jnp.shape(advantage) != jnp.shape(new_logp)[:1]:
-        raise ValueError(
-            "kltrust.objectives.grpo.loss: advantage must be [B] (one per sequence), got shape "
-            f"{jnp.shape(advantage)} for new_logp {jnp.shape(new_logp)}."
-        )
+    # chex reads ``.shape``, which Python lists lack: give them one.
+    shaped = lambda a: a if hasattr(a, "shape") else np.asarray(a)
+    arrays = {"new_logp": shaped(new_logp)}
+    arrays.update({name: shaped(a) for name, a in token_arrays.items() if a is not None})
+    with _as_value_error(f"new_logp must be [B, T], got shape {arrays['new_logp'].shape}."):
+        chex.assert_rank(arrays["new_logp"], 2)
+    listed = ", ".join(f"{name} {a.shape}" for name, a in arrays.items())
+    with _as_value_error(f"token arrays must have identical shapes, got {listed}."):
+        chex.assert_equal_shape(list(arrays.values()))
+    advantage = shaped(advantage)
+    with _as_value_error(
+        f"advantage must be [B] (one per sequence), got shape {advantage.shape} for new_logp "
+        f"{arrays['new_logp'].shape}."
+    ):
+        chex.assert_shape(advantage, arrays["new_logp"].shape[:1])
 
 
 def loss(
