@@ -1,4 +1,5 @@
-"""KL estimator table: bias and spread of k1/k2/k3 against the exact KL.
+"""KL estimator table: bias and spread of every registered sample estimator (k1, k2, k3, ...; see
+`kltrust.kl.estimators()`) against the exact KL.
 
 Run: python -m experiments.kl_table --config=configs/kl_table.py --workdir=runs/kl_table
 

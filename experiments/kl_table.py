@@ -1,4 +1,5 @@
-"""Bias and spread of the sample KL estimators k1/k2/k3 against the exact KL.
+"""Bias and spread of the sample KL estimators (every one registered: `kltrust.kl.estimators()`) against
+the exact KL.
 
     python -m experiments.kl_table --config=configs/kl_table.py --workdir=runs/kl_table
 
@@ -47,7 +48,7 @@ class Row:
 
 def _stats(logp: jax.Array, logp_ref: jax.Array, true_kl: jax.Array) -> dict[str, jax.Array]:
     stats = {}
-    for name in kl.ESTIMATORS:
+    for name in kl.estimators():
         values = kl.estimate(logp, logp_ref, name)
         stats[name] = jnp.stack([(values.mean() - true_kl) / true_kl, values.std() / true_kl])
     return stats
@@ -134,29 +135,29 @@ def compute_rows(config: ml_collections.ConfigDict, progress: bool = True) -> li
 
 
 def to_csv(rows: Sequence[Row]) -> str:
+    names = kl.estimators()
     header = ["family", "pair", "true_kl"]
-    header += [f"{k}_bias_over_kl" for k in kl.ESTIMATORS]
-    header += [f"{k}_std_over_kl" for k in kl.ESTIMATORS]
+    header += [f"{k}_bias_over_kl" for k in names]
+    header += [f"{k}_std_over_kl" for k in names]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for r in rows:
         writer.writerow(
             [r.family, r.description, f"{r.true_kl:.6g}"]
-            + [f"{r.bias_over_kl[k]:.4f}" for k in kl.ESTIMATORS]
-            + [f"{r.std_over_kl[k]:.4f}" for k in kl.ESTIMATORS]
+            + [f"{r.bias_over_kl[k]:.4f}" for k in names]
+            + [f"{r.std_over_kl[k]:.4f}" for k in names]
         )
     return buffer.getvalue()
 
 
 def to_markdown(rows: Sequence[Row]) -> str:
-    header = "| pair | true KL | " + " | ".join(
-        f"{k} bias/KL | {k} std/KL" for k in kl.ESTIMATORS
-    )
-    lines = [header + " |", "|" + "---|" * (2 + 2 * len(kl.ESTIMATORS))]
+    names = kl.estimators()
+    header = "| pair | true KL | " + " | ".join(f"{k} bias/KL | {k} std/KL" for k in names)
+    lines = [header + " |", "|" + "---|" * (2 + 2 * len(names))]
     for r in rows:
         cells = [r.description, f"{r.true_kl:.4g}"]
-        for k in kl.ESTIMATORS:
+        for k in names:
             cells += [f"{r.bias_over_kl[k]:+.3f}", f"{r.std_over_kl[k]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -170,9 +171,10 @@ def plot(rows: Sequence[Row], path: pathlib.Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     x = np.arange(len(rows))
-    width = 0.8 / len(kl.ESTIMATORS)
-    for j, name in enumerate(kl.ESTIMATORS):
-        offset = (j - 1) * width
+    names = kl.estimators()
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        offset = (j - (len(names) - 1) / 2) * width  # the group of bars centred on the tick
         axes[0].bar(x + offset, [abs(r.bias_over_kl[name]) for r in rows], width, label=name)
         axes[1].bar(x + offset, [r.std_over_kl[name] for r in rows], width, label=name)
     for ax, title in zip(axes, ["|bias| / true KL", "stdev / true KL (one sample)"]):

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 
 import chex
@@ -174,8 +175,13 @@ def estimator_info(name: str) -> EstimatorInfo:
 
 def __getattr__(name: str):
     # `ESTIMATORS` was a tuple fixed at import time, which an estimator registered later was missing
-    # from; it stays, as a view of `estimators()`, until the programs no longer read it.
+    # from; it stays as a deprecated view of `estimators()`.
     if name == "ESTIMATORS":
+        warnings.warn(
+            "kltrust.kl.ESTIMATORS is deprecated; use kltrust.kl.estimators().",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return estimators()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

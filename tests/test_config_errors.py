@@ -18,9 +18,10 @@ from configs import bandit as bandit_configs
 from configs import ppo as ppo_configs
 from configs import rlhf as rlhf_configs
 from configs import trpo as trpo_configs
+from kltrust import kl
 from kltrust import sweep as sweeps
 from kltrust.errors import ConfigError
-from kltrust.objectives import preference
+from kltrust.objectives import grpo, ppo, preference
 from kltrust.train import bandit as bandit_train
 from kltrust.train import loop, pipeline
 from kltrust.train import ppo as ppo_train
@@ -180,7 +181,7 @@ TOKEN_ERRORS = [
                                            r"\('sequence', 'token'\); did you mean 'token'\?"),
     ("ppo", "rl.method", "dpo_offline", r"config.rl.method = 'dpo_offline': must be one of"),
     ("ppo", "rl.kl_estimator", "k4", r"config.rl.kl_estimator = 'k4': must be one of "
-                                     r"\('exact', 'k1', 'k2', 'k3'\)"),
+                                     + re.escape(repr(("exact",) + kl.estimators()))),
     ("ppo", "rl.controller", "adaptiv", r"config.rl.controller = 'adaptiv': must be one of .*; "
                                         r"did you mean 'adaptive'\?"),
     ("ppo", "model.critic", "shraed", r"config.model.critic = 'shraed': .*did you mean 'shared'"),
@@ -212,6 +213,30 @@ def test_token_config_errors(preset, path, value, message, tmp_path):
 def test_every_token_preset_is_valid():
     for preset in rlhf_configs.PRESETS:
         pipeline.validate(rlhf_configs.get_config(preset))
+
+
+def test_an_estimator_registered_later_is_a_choice_everywhere(monkeypatch):
+    """Programs read the estimator choices from `kl`'s registry when they check, not from a tuple
+    copied at import; the metadata (a nonzero expected gradient as a loss term) decides whether a
+    GRPO/RLOO loss may use one."""
+    monkeypatch.setattr(kl._REGISTRY, "_entries", dict(kl._REGISTRY._entries))  # undone after
+    k1 = lambda logp, logp_ref: logp - logp_ref
+    kl.estimator("k_test_loss", unbiased=True, nonnegative=False, loss_gradient=(0, 0.25))(k1)
+    kl.estimator("k_test_noise", unbiased=True, nonnegative=False, loss_gradient=(0, 0))(k1)
+    grpo.Variant(kl_estimator="k_test_loss")
+    with pytest.warns(UserWarning, match="k_test_noise in the loss has zero expected gradient"):
+        grpo.Variant(kl_estimator="k_test_noise")
+    ppo.Variant(kl_estimator="k_test_loss")
+    config = rlhf_configs.get_config("grpo")  # the KL in the loss
+    config.rl.kl_estimator = "k_test_loss"
+    pipeline.validate(config)
+    config.rl.kl_estimator = "k_test_noise"
+    with pytest.raises(ConfigError, match=r"config.rl.kl_estimator = 'k_test_noise': must be one of "
+                                          r"\('k2', 'k3', .*'k_test_loss'\) when the KL is in the "
+                                          r"grpo loss"):
+        pipeline.validate(config)
+    config.rl.kl_placement = "reward"
+    pipeline.validate(config)
 
 
 BANDIT_ERRORS = [

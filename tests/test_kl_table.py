@@ -10,6 +10,7 @@ import pytest
 import subprocs
 from configs import kl_table as kl_table_config
 from experiments import kl_table
+from kltrust import kl
 
 
 def _small_config(**overrides):
@@ -34,6 +35,11 @@ def test_rows_reproduce_closed_forms_and_are_deterministic():
         assert row.std_over_kl["k1"] == pytest.approx(2 / mu, rel=0.02)
         assert abs(row.bias_over_kl["k1"]) < 0.05 and abs(row.bias_over_kl["k3"]) < 0.05
     assert cat.family == "categorical" and abs(cat.bias_over_kl["k3"]) < 0.05
+    # Every registered unbiased estimator: bias within 5 standard errors of the mean (std/KL/√n).
+    for row in rows:
+        for name in kl.estimators(unbiased=True):
+            sem = row.std_over_kl[name] / np.sqrt(_small_config().n_samples)
+            assert abs(row.bias_over_kl[name]) < 5 * sem, (row.description, name)
     assert kl_table.compute_rows(_small_config(seed=1), progress=False) != rows
 
 
@@ -68,6 +74,8 @@ def test_cli_writes_table_and_plot(tmp_path):
     with open(workdir / "kl_table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["family"] for r in rows] == ["gaussian"] * 4 + ["categorical"]
+    assert set(rows[0]) == {"family", "pair", "true_kl"} | {
+        f"{name}_{stat}_over_kl" for name in kl.estimators() for stat in ("bias", "std")}
     true_kls = [float(r["true_kl"]) for r in rows[:4]]
     np.testing.assert_allclose(true_kls, [0.005, 0.5, np.log(2) + 1 / 8 - 0.5, 2.0], rtol=1e-4)
 

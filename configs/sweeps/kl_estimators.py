@@ -1,4 +1,5 @@
-"""KL estimator table (k1, k2, k3): bias/true KL and stdev/true KL of one-sample estimates.
+"""KL estimator table (every registered estimator, `kltrust.kl.estimators()`): bias/true KL and
+stdev/true KL of one-sample estimates.
 
     python -m experiments.kl_table --config=configs/sweeps/kl_estimators.py --workdir=runs/kl_table
 

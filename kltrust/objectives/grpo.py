@@ -37,14 +37,15 @@ aggregated (``variant.token_average``) as
 
 The KL term. GRPO puts β·KL(π_θ‖π_ref) into the loss, estimated per token with Schulman's k3
 (DeepSeekMath eq. 4: π_ref/π_θ − log(π_ref/π_θ) − 1), rather than into the reward as PPO-RLHF does.
-``variant.kl_estimator`` picks k3 (default), k2 or k1 (`kltrust.kl.estimate`). What the *gradient*
-of that term is, on-policy (tokens drawn from π_θ and held fixed; see `kltrust.kl`'s docstring, which
+``variant.kl_estimator`` picks any registered estimator (`kltrust.kl.estimators()`; k3 by default).
+What the *gradient* of that term is, on-policy (tokens drawn from π_θ and held fixed; see `kltrust.kl`'s docstring, which
 `tests/test_kl.py` and `tests/test_grpo.py` check exactly):
     k3: E[∇k3] = ∇ KL(π_ref‖π_θ) — the **forward** KL's gradient, although its value estimates the
         reverse KL. This is what GRPO actually optimises.
     k2: E[∇k2] = ∇ KL(π_θ‖π_ref) — the reverse KL's gradient (its value is biased, its gradient not).
-    k1: E[∇k1] = E[∇ log π_θ] = 0 — k1 in a loss adds only noise. ``Variant`` warns when k1 is put in
-        the loss; k1 belongs in the reward (score-function gradient), where it is unbiased.
+    k1: E[∇k1] = E[∇ log π_θ] = 0 — k1 in a loss adds only noise. ``Variant`` warns when an
+        estimator whose expected gradient as a loss term is zero (k1; `kl.EstimatorInfo.loss_term`) is
+        put in the loss; k1 belongs in the reward (score-function gradient), where it is unbiased.
 Off-policy (later minibatches, π_θ ≠ π_old) the tokens come from π_old and these hold only
 approximately; GRPO does not importance-weight the KL term, and neither does this loss.
 
@@ -64,9 +65,10 @@ Metrics (scalars, no gradient):
     ``policy_loss``: the aggregated −S (same aggregation as the loss);
     ``kl_penalty``: the aggregated estimator value that was penalised (same aggregation), so that
         loss = policy_loss + β·kl_penalty; present only when the KL is in the loss;
-    ``kl_estimator_k1`` / ``_k2`` / ``_k3``: per-token masked means of each estimator of
-        KL(π_θ‖π_ref) (whenever ``ref_logp`` is given). On-policy k1 and k3 are unbiased for the
-        average per-token KL over visited prefixes; k2 is biased upwards;
+    ``kl_estimator_NAME`` for every registered estimator NAME (``kl_estimator_k1``, ``_k2``, ``_k3``,
+        ...): per-token masked means of each estimator of KL(π_θ‖π_ref) (whenever ``ref_logp`` is
+        given). On-policy the unbiased ones (k1, k3) estimate the average per-token KL over visited
+        prefixes; k2 is biased upwards;
     ``kl_exact_token`` / ``kl_exact_sequence`` (when ``exact_kl`` is given): the per-token masked
         mean of the exact per-token KL (from full logits via `kl.categorical`), and the mean over
         sequences of its per-sequence sum — the KL between the response distributions, the
@@ -202,16 +204,16 @@ class Variant:
     clip: bool = True
 
     def __post_init__(self):
-        for name, allowed in (("kl_estimator", kl.ESTIMATORS), ("token_average", TOKEN_AVERAGES)):
+        for name, allowed in (("kl_estimator", kl.estimators()), ("token_average", TOKEN_AVERAGES)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"variant.{name} must be one of {allowed}, got {value!r}.")
-        if self.kl_in_loss and self.kl_estimator == "k1":
+        if self.kl_in_loss and not kl.estimator_info(self.kl_estimator).loss_term:
             warnings.warn(
-                "kltrust.objectives.grpo.Variant: k1 in the loss has zero expected gradient "
-                "(E[∇ log π_θ] = 0), so the KL term only adds noise. Use k3 (gradient of "
-                "KL(π_ref‖π_θ)) or k2 (gradient of KL(π_θ‖π_ref)) in the loss, or put k1 into the "
-                "reward with kl_in_loss=False.",
+                f"kltrust.objectives.grpo.Variant: {self.kl_estimator} in the loss has zero expected "
+                "gradient (k1's is E[∇ log π_θ] = 0), so the KL term only adds noise. Use one of "
+                f"{kl.estimators(loss_term=True)} in the loss (k3: gradient of KL(π_ref‖π_θ); k2: of "
+                "KL(π_θ‖π_ref)), or put it into the reward with kl_in_loss=False.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -331,7 +333,7 @@ def loss(
     }
     if ref_logp is not None:
         ref = clean(jax.lax.stop_gradient(ref_logp))
-        for estimator in kl.ESTIMATORS:
+        for estimator in kl.estimators():
             metrics[f"kl_estimator_{estimator}"] = token_mean(kl.estimate(new, ref, estimator))
         if variant.kl_in_loss:
             kl_penalty = reduce(kl.estimate(new, ref, variant.kl_estimator))

@@ -36,7 +36,10 @@ from kltrust.objectives.reduce import weighted_mean
 
 KL_PENALTIES = ("none", "fixed", "adaptive", "proportional", "pid")
 KL_ANCHORS = ("old", "reference")
-KL_ESTIMATORS = ("exact",) + kl.ESTIMATORS
+def kl_estimators() -> tuple[str, ...]:
+    """``variant.kl_estimator``'s choices: "exact" and every registered `kl` estimator, read when
+    a Variant is checked (so one registered after this import counts)."""
+    return ("exact",) + kl.estimators()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Variant:
         for name, allowed in (
             ("kl_penalty", KL_PENALTIES),
             ("kl_anchor", KL_ANCHORS),
-            ("kl_estimator", KL_ESTIMATORS),
+            ("kl_estimator", kl_estimators()),
         ):
             value = getattr(self, name)
             if value not in allowed:

@@ -47,7 +47,9 @@ from kltrust.tasks import text
 from kltrust.train import tokens as tok
 from kltrust.train.methods import METHODS
 
-KL_ESTIMATORS = ("exact",) + kl.ESTIMATORS
+def kl_estimators() -> tuple[str, ...]:
+    """``rl.kl_estimator``'s choices: "exact" and every registered `kl` estimator (at call time)."""
+    return ("exact",) + kl.estimators()
 
 
 @flax.struct.dataclass

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kltrust import components
+from kltrust import components, kl
 from kltrust.errors import from_field_error, is_finite, is_int
 from kltrust.objectives import grpo, preference
 from kltrust.train import rlhf
@@ -157,10 +157,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         return
     check_choice(rl.kl_placement, method.placements, "rl.kl_placement",
                  f"for method {rl.method!r}")
-    check_choice(rl.kl_estimator, rlhf.KL_ESTIMATORS, "rl.kl_estimator")
+    check_choice(rl.kl_estimator, rlhf.kl_estimators(), "rl.kl_estimator")
     if method.kl_in_loss_needs_gradient and rl.kl_placement == "loss":
-        check(rl.kl_estimator in ("k2", "k3"), "rl.kl_estimator", rl.kl_estimator,
-              f"'k2' or 'k3' when the KL is in the {rl.method} loss (k1 has zero expected "
+        in_loss = kl.estimators(loss_term=True)  # those with a nonzero expected gradient there
+        check(rl.kl_estimator in in_loss, "rl.kl_estimator", rl.kl_estimator,
+              f"one of {in_loss} when the KL is in the {rl.method} loss (k1 has zero expected "
               "gradient there; 'exact' is not a per-sample loss term)")
     if g.kl_budget > 0 or g.kl_jump > 0:
         check(rl.eval_kl, "rl.eval_kl", rl.eval_kl,
