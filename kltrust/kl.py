@@ -19,6 +19,9 @@ log-ratio ``δ = log p(x) − log p_ref(x)`` and ``r = p_ref(x)/p(x) = exp(−δ
     k2 = ½ δ²              value: biased (bias grows with the KL: for p=N(0,1), p_ref=N(μ,1) it is
                            μ⁴/8 against KL = μ²/2); always ≥ 0; low variance.
     k3 = (r − 1) − log r   value: unbiased for KL(p‖p_ref); always ≥ 0; low variance near p = p_ref.
+    k_half = ½(r − 1) − log r = ½(k1 + k3)
+                           value: unbiased; ≥ ½ − log 2 ≈ −0.19, so it can be negative; less variance
+                           than k3 where r has a heavy right tail, far more near p = p_ref (`_k_half`).
 
 Registry. The estimators live in a registry: ``@kl.estimator(name, unbiased=..., nonnegative=...,
 loss_gradient=...)`` registers a function ``(logp, logp_ref) -> per-sample estimate`` together with
@@ -29,10 +32,12 @@ estimator reads it from here.
 
 Gradient semantics, on-policy (samples drawn from p_θ and treated as constants, as every
 policy-gradient implementation does). These are the facts users of other frameworks get wrong;
-``tests/test_kl.py`` checks each one exactly on a categorical distribution.
+``tests/test_kl.py`` and ``tests/test_kl_half.py`` check each one exactly on a categorical distribution.
 
 * As a **reward** (the estimate enters the return and is differentiated through log p_θ by the
-  score function, REINFORCE-style): k1 gives an unbiased gradient of KL(p_θ‖p_ref).
+  score function, REINFORCE-style): k1 gives an unbiased gradient of KL(p_θ‖p_ref). k3 and k_half
+  do not, although their values are unbiased: k_λ = δ + λ(r − 1) gives E[k_λ ∇log p_θ] =
+  ∇KL(p_θ‖p_ref) − λ∇KL(p_ref‖p_θ), because r − 1 has mean 0 but is correlated with the score.
 * As a **loss** term differentiated directly, ``mean(k(x))``:
     - k1: E[∇δ] = E[∇ log p_θ] = 0. The gradient is zero in expectation: k1 in a loss does nothing
       but add noise.
@@ -40,6 +45,7 @@ policy-gradient implementation does). These are the facts users of other framewo
       reverse-KL gradient.
     - k3: E[(1 − r) ∇ log p_θ] = −Σ_x p_ref(x) ∇ log p_θ(x) = ∇ KL(p_ref‖p_θ). The value estimates the
       reverse KL but the gradient is that of the **forward** KL (as used by GRPO's loss).
+    - k_half: E[(1 − r/2) ∇ log p_θ] = ½∇ KL(p_ref‖p_θ), k3's direction at half the weight.
 
 Numerics. Estimators work from log-probabilities only (no ratio of probabilities is ever formed),
 k3 is evaluated to a few ulps of relative accuracy for every log-ratio (a series below |log r| = 1,
@@ -224,6 +230,43 @@ def _k2(logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
 def _k3(logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
     """k3 = (r − 1) − log r = e^{−δ} − 1 + δ, as e^x − 1 − x at x = log r = −δ."""
     return _expm1_minus_identity(-(logp - logp_ref))
+
+
+@estimator("k_half", unbiased=True, nonnegative=False, loss_gradient=(0, 0.5))
+def _k_half(logp: jax.Array, logp_ref: jax.Array) -> jax.Array:
+    """k_half = ½(r − 1) − log r = ½(k1 + k3): the control-variate estimator k_λ at λ = ½.
+
+    The family. k_λ = λ(r − 1) − log r = (1 − λ)·k1 + λ·k3 is unbiased for every λ, because
+    E_p[r − 1] = Σ_x p_ref(x) − 1 = 0 (λ = 0 is k1, λ = 1 is k3). Its variance
+    Var[δ] + 2λ·Cov[δ, r] + λ²·Var[r] is least at λ* = −Cov[δ, r]/Var[r], which → 1 as p → p_ref
+    (r − 1 ≈ −δ) and falls as r = p_ref/p grows a heavy right tail (p_ref has mass where p has
+    little, as for a policy sharper than its reference): for p = N(0, 1), p_ref = N(μ, 1),
+    λ* = μ²/(e^{μ²} − 1) with KL = μ²/2. No fixed λ is best everywhere. (The textbook fix, λ̂ from the
+    batch's own covariances, is not a per-sample function of (logp, logp_ref): it couples the samples
+    and the padding mask and is biased by O(1/N), so it is not offered.)
+
+    Why ½: the midpoint hedge, which needs no knowledge of the regime. Var[k_half] =
+    ½(Var[k1] + Var[k3]) − ¼Var[r], always below the mean of k1's and k3's variances. For the
+    Gaussian shift it has the least variance of the three for 0.28 < KL < 1.17 nats (λ* = ½ at
+    KL = 0.63): std/KL 1.31 at KL = 0.5, against 1.70 for k3 and 2 for k1. The price:
+    - near p = p_ref it is much worse than k3: k_half ≈ ½δ to first order, so std/KL ≈ 1/√(2·KL)
+      (10.0 at KL = 0.005, where k3 has 1.42). Per-token KLs near the reference live there: use k3.
+    - it is not ≥ 0: its minimum is ½ − log 2 ≈ −0.19, at r = 2, so a batch mean can come out
+      negative where k3's cannot (unlike k1, it is bounded below).
+    - where Var[r] = ∞ (p_ref wider than √2 times p) its variance is infinite, as k3's is; only k1
+      is safe there.
+    On random categoricals k3 is usually the least variable of the three and k_half wins only where
+    r's tail is heavy (``tests/test_kl_half.py`` has one pair of each); ``make kl-table`` measures
+    them side by side.
+
+    Gradients (module docstring): as a loss term, ½∇KL(p_ref‖p_θ): β·k_half is β/2·k3 in
+    expectation, with other noise (the per-sample gradients differ by the zero-mean ½∇log p_θ); as a
+    reward, ∇KL(p_θ‖p_ref) − ½∇KL(p_ref‖p_θ): biased, where k1 is not.
+
+    Numerics: ½(k1 + k3) on k3's accurate e^x − 1 − x, so the absolute error is a few ulps of
+    |δ| + k3; finite wherever k3 is.
+    """
+    return 0.5 * (_k1(logp, logp_ref) + _k3(logp, logp_ref))
 
 
 # Taylor coefficients of (e^x − 1 − x)/(x²/2) = Σ_k 2xᵏ/(k + 2)!, k = 0..9 (terms up to x¹¹/11!).

@@ -12,6 +12,7 @@ NUMPY_ESTIMATORS = {
     "k1": lambda d: d,
     "k2": lambda d: 0.5 * d**2,
     "k3": lambda d: np.exp(-d) - 1 + d,
+    "k_half": lambda d: 0.5 * np.expm1(-d) + d,  # λ(r − 1) − log r at λ = ½
 }
 
 
