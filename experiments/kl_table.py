@@ -181,8 +181,9 @@ def plot(rows: Sequence[Row], path: pathlib.Path) -> None:
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.set_title(title)
         ax.set_xticks(x, [f"{r.family[:3]}\nKL={r.true_kl:.3g}" for r in rows], fontsize=7)
-        ax.legend()
-    fig.tight_layout()
+    # One legend above both panels: inside an axis it hides bars once there are more estimators.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=len(names))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
