@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -128,11 +129,12 @@ def loss(
                          "log-probabilities.")
     if weights is not None:
         arrays["weights"] = weights
-    shapes = {key: jnp.shape(a) for key, a in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        listed = ", ".join(f"{key} {shape}" for key, shape in shapes.items())
+    try:  # chex's check, re-raised as this API's ValueError naming every argument
+        chex.assert_equal_shape([jnp.asarray(a) for a in arrays.values()])
+    except AssertionError:
+        listed = ", ".join(f"{key} {jnp.shape(a)}" for key, a in arrays.items())
         raise ValueError(f"kltrust.objectives.preference.loss: arguments must have identical "
-                         f"shapes, got {listed}.")
+                         f"shapes, got {listed}.") from None
 
     if has_ref:
         logratio_c = policy_chosen_logps - jax.lax.stop_gradient(ref_chosen_logps)
