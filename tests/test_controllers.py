@@ -1,21 +1,27 @@
 """Tests of the KL controllers against hand-computed values and plain-Python reimplementations.
 
 The reference loops run in float64 Python; the controllers run in float32, hence rtol 1e-5 over
-a few dozen multiplicative steps.
+a few dozen multiplicative steps. The tests of the interface (vmap, jit, dtypes, checkpoints,
+validation) iterate `controllers.REGISTRY`, so they cover a kind added as a new file.
 """
 
 import functools
+import math
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from kltrust import controllers
+from kltrust import components, controllers
+from kltrust.errors import ConfigError
+
+KINDS = controllers.kinds()
 
 # One jitted update per kind, shared by every test so each shape compiles once.
-UPDATE = {kind: jax.jit(controllers.get(kind).update) for kind in controllers.KINDS}
+UPDATE = {kind: jax.jit(controllers.get(kind).update) for kind in KINDS}
 
 
 def _run(kind, state, kls, ns):
@@ -31,11 +37,26 @@ def _index(state, i):
     return jax.tree.map(lambda x: x[i], state)
 
 
+def _knob_values(spec: components.Knob, count: int) -> np.ndarray:
+    """``count`` distinct values inside the knob's interval, derived from its default."""
+    if spec.default > 0:
+        values = spec.default * np.array([1.0, 2.0, 0.5, 1.5, 3.0, 0.25])[:count]
+    else:
+        values = spec.default + np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])[:count]
+    assert np.all(spec.ok(values)), (spec, values)
+    return values
+
+
+def _outside(spec: components.Knob) -> float:
+    """A value just outside the knob's interval."""
+    return spec.low - 1.0 if math.isfinite(spec.low) else spec.high + 1.0
+
+
 # ---------------------------------------------------------------- fixed
 
 
 def test_fixed_never_changes():
-    state = controllers.fixed().init(0.3)
+    state = controllers.get("fixed").init(0.3)
     for kl in (0.0, 1e-6, 0.5, 100.0):
         new = UPDATE["fixed"](state, kl, 1000.0)
         assert float(new.beta) == np.float32(0.3)
@@ -48,7 +69,7 @@ def test_fixed_never_changes():
 
 def test_adaptive_halves_doubles_and_holds():
     # Target 0.75 makes both band edges exact in float32: 0.75/1.5 = 0.5, 0.75·1.5 = 1.125.
-    state = controllers.adaptive().init(0.2, kl_target=0.75)
+    state = controllers.get("adaptive").init(0.2, kl_target=0.75)
     cases = {
         0.1: 0.1,  # far below: halve
         0.49: 0.1,
@@ -68,7 +89,7 @@ def test_adaptive_halves_doubles_and_holds():
 
 
 def test_adaptive_ignores_n_and_compounds():
-    state = controllers.adaptive().init(1.0, kl_target=0.01)
+    state = controllers.get("adaptive").init(1.0, kl_target=0.01)
     trace = _run("adaptive", state, [1.0, 1.0, 1e-4, 0.01, 0.02], [1.0, 1e6, 0.0, 5.0, 7.0])
     np.testing.assert_array_equal([t.beta for t in trace], [2.0, 4.0, 2.0, 2.0, 4.0])
 
@@ -91,7 +112,7 @@ def test_proportional_matches_python_formula(gain):
     # Errors: +0.05, +1.5 (clipped to +0.2), −0.1, −0.9 (clipped to −0.2), exactly ±0.2, 0.
     kls = [6.3, 15.0, 5.4, 0.6, 7.2, 4.8, 6.0]
     ns = [256.0, 512.0, 256.0, 1024.0, 256.0, 128.0, 256.0]
-    state = controllers.proportional().init(0.2, kl_target=kl_target, horizon=horizon, gain=gain)
+    state = controllers.get("proportional").init(0.2, kl_target=kl_target, horizon=horizon, gain=gain)
     got = [t.beta for t in _run("proportional", state, kls, ns)]
     expected = _proportional_reference(0.2, kl_target, horizon, gain, kls, ns)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -102,14 +123,14 @@ def test_proportional_matches_python_formula(gain):
 
 
 def test_proportional_default_gain_is_ziegler_k_beta():
-    state = controllers.proportional().init(1.0, kl_target=1.0, horizon=100.0)
-    assert float(state.gain) == np.float32(0.1)
+    state = controllers.get("proportional").init(1.0, kl_target=1.0, horizon=100.0)
+    assert float(state.hparams.gain) == np.float32(0.1)
     # error +0.2, n/H = 1: β ← 1 · (1 + 0.1 · 0.2).
     assert float(UPDATE["proportional"](state, 2.0, 100.0).beta) == pytest.approx(1.02, rel=1e-6)
 
 
 def test_proportional_gradient_inside_and_outside_the_clip():
-    state = controllers.proportional().init(0.5, kl_target=2.0, horizon=1000.0, gain=0.1)
+    state = controllers.get("proportional").init(0.5, kl_target=2.0, horizon=1000.0, gain=0.1)
     grad = jax.jit(jax.grad(lambda kl: UPDATE["proportional"](state, kl, 100.0).beta))
     # Inside the clip: dβ'/dKL = β · K · (n/H) / KL_targ.
     assert float(grad(2.1)) == pytest.approx(0.5 * 0.1 * 0.1 / 2.0, rel=1e-5)
@@ -136,12 +157,12 @@ def test_pid_matches_python_loop_and_stays_nonnegative():
     # Above target, overshoot, then long far below target, which would drive an unprojected
     # integral (and β) negative, then back above.
     kls = [0.08, 0.2, 0.06, 0.04, 0.0, 0.0, 0.0, 0.0, 0.01, 0.3, 0.05, 0.05]
-    state = controllers.pid().init(0.02, kl_target=kl_target, kp=kp, ki=ki, kd=kd)
-    assert float(state.beta) == float(state.integral) == np.float32(0.02)
-    assert float(state.prev_error) == 0.0
+    state = controllers.get("pid").init(0.02, kl_target=kl_target, kp=kp, ki=ki, kd=kd)
+    assert float(state.beta) == float(state.memory["integral"]) == np.float32(0.02)
+    assert float(state.memory["prev_error"]) == 0.0
     trace = _run("pid", state, kls, [1.0] * len(kls))
     expected = np.array(_pid_reference(0.02, kl_target, kp, ki, kd, kls))
-    got = np.array([(t.beta, t.integral, t.prev_error) for t in trace])
+    got = np.array([(t.beta, t.memory["integral"], t.memory["prev_error"]) for t in trace])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert np.all(got[:, 0] >= 0.0) and np.all(got[:, 1] >= 0.0)
     # The projections were active: β and the integral both hit exactly 0 in the low stretch.
@@ -149,51 +170,102 @@ def test_pid_matches_python_loop_and_stays_nonnegative():
 
 
 def test_pid_with_zero_gains_holds_beta():
-    state = controllers.pid().init(0.7, kl_target=0.1)
+    state = controllers.get("pid").init(0.7, kl_target=0.1, kp=0.0, ki=0.0, kd=0.0)
     trace = _run("pid", state, [0.0, 5.0, 0.1], [1.0] * 3)
     np.testing.assert_allclose([t.beta for t in trace], [0.7] * 3, rtol=1e-7)
 
 
-# ---------------------------------------------------------------- jit, vmap, dtypes
+# ---------------------------------------------------------------- every registered kind
 
 
-@pytest.mark.parametrize("kind", controllers.KINDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_is_one_module_declaring_its_knobs(kind):
+    controller = controllers.get(kind)
+    assert controller.kind == kind
+    assert controller.rule.__module__ == f"kltrust.controllers.{kind}"  # one file per kind
+    for name, spec in components.knobs(controller.hparams).items():
+        assert spec.doc and spec.ok(np.asarray(spec.default)), name
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_vmap_over_states_equals_per_element_updates(kind):
-    targets = jnp.array([0.01, 0.05, 0.2, 1.0])
-    hyper = {
-        "fixed": {},
-        "adaptive": {"kl_target": targets},
-        "proportional": {"kl_target": targets, "horizon": 64.0, "gain": 0.5},
-        "pid": {"kl_target": targets, "kp": 1.0, "ki": 0.3, "kd": 0.2},
-    }[kind]
-    states = controllers.get(kind).init(jnp.array([0.1, 0.2, 0.3, 0.4]), **hyper)
+    controller = controllers.get(kind)
+    knobs = {name: _knob_values(spec, 4)
+             for name, spec in components.knobs(controller.hparams).items()}
+    states = controller.init(jnp.array([0.1, 0.2, 0.3, 0.4]), **knobs)
     assert {leaf.shape for leaf in jax.tree.leaves(states)} == {(4,)}  # broadcast to one shape
     kls = jnp.array([0.001, 0.06, 0.5, 1.0])
     ns = jnp.array([16.0, 32.0, 64.0, 128.0])
-    update = controllers.get(kind).update
-    batched = jax.jit(jax.vmap(update))(states, kls, ns)
+    batched = jax.jit(jax.vmap(controller.update))(states, kls, ns)
     for i in range(4):
-        single = UPDATE[kind](_index(states, i), kls[i], ns[i])
+        single = UPDATE[kind](controller.init(0.1 * (i + 1), **{k: v[i] for k, v in knobs.items()}),
+                              kls[i], ns[i])
         for a, b in zip(jax.tree.leaves(_index(batched, i)), jax.tree.leaves(single)):
             np.testing.assert_allclose(a, b, rtol=1e-6)
     # A shared KL for the whole batch of hyperparameters.
-    shared = jax.vmap(update, in_axes=(0, None, None))(states, 0.05, 32.0)
+    shared = jax.vmap(controller.update, in_axes=(0, None, None))(states, 0.05, 32.0)
     assert shared.beta.shape == (4,)
 
 
-@pytest.mark.parametrize("kind", controllers.KINDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_init_from_hparams_equals_init_from_keywords(kind):
+    controller = controllers.get(kind)
+    knobs = {name: _knob_values(spec, 2)[1]
+             for name, spec in components.knobs(controller.hparams).items()}
+    hp = components.create(controller.hparams, **knobs)
+    by_keywords, by_hparams = controller.init(0.3, **knobs), controller.init(0.3, hp)
+    assert jax.tree.structure(by_keywords) == jax.tree.structure(by_hparams)
+    for a, b in zip(jax.tree.leaves(by_keywords), jax.tree.leaves(by_hparams)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_init_under_jit_and_vmap_skips_checks_and_keeps_float32(kind):
-    kwargs = {} if kind == "fixed" else {"kl_target": 0.1}
-    if kind == "proportional":
-        kwargs["horizon"] = 10.0
-    init = controllers.get(kind).init
-    state = jax.vmap(lambda b: init(b, **kwargs))(jnp.array([0.1, 0.2]))
+    controller = controllers.get(kind)
+    state = jax.vmap(controller.init)(jnp.array([0.1, 0.2]))
     assert state.beta.shape == (2,)
-    if kind != "fixed":
-        # kl_target = 0 would be rejected eagerly; traced values are not inspected.
-        jax.jit(lambda t: init(0.1, **{**kwargs, "kl_target": t}))(0.0)
-    new = UPDATE[kind](init(0.1, **kwargs), np.float64(0.3), 7)
-    assert {leaf.dtype for leaf in jax.tree.leaves(new)} == {jnp.dtype(jnp.float32)}
+    for name, spec in components.knobs(controller.hparams).items():
+        # A value outside the interval is refused eagerly; traced values are not inspected.
+        with pytest.raises(ConfigError, match=f"kltrust.controllers.{kind}: {name} = "):
+            controller.init(0.1, **{name: _outside(spec)})
+        jax.jit(lambda t, name=name: controller.init(0.1, **{name: t}).beta)(_outside(spec))
+    # A float64 KL and an integer n (under x64) leave every leaf float32: a scan carry stays valid.
+    with jax.enable_x64(True):
+        new = controller.update(controller.init(0.1), np.float64(0.3), 7)
+        scanned, _ = jax.lax.scan(lambda s, kl: (controller.update(s, kl, 7), None),
+                                  controller.init(0.1), jnp.array([0.3, 0.001], jnp.float64))
+    for state in (new, scanned):
+        assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_beta_range_follows_the_rule(kind):
+    controller = controllers.get(kind)
+    if controller.beta_positive:  # multiplicative: β = 0 could never move again
+        with pytest.raises(ConfigError, match=rf"^kltrust.controllers.{kind}: beta = 0.0: must "
+                                              r"be in \(0, inf\)\.$"):
+            controller.init(0.0)
+    else:
+        controller.init(0.0)
+        with pytest.raises(ConfigError, match=rf"^kltrust.controllers.{kind}: beta = -0.1: must "
+                                              r"be in \[0, inf\)\.$"):
+            controller.init(-0.1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_batched_state_checkpoints_with_orbax(kind, tmp_path):
+    controller = controllers.get(kind)
+    knobs = {name: _knob_values(spec, 3)
+             for name, spec in components.knobs(controller.hparams).items()}
+    state = controller.update(controller.init(jnp.array([0.1, 0.2, 0.3]), **knobs), 0.02, 64.0)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "state", state)
+    checkpointer.wait_until_finished()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = checkpointer.restore(tmp_path / "state", abstract)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------- closed loop on a toy plant
@@ -213,7 +285,7 @@ def _closed_loop(kind, state, c, n, steps):
 def test_closed_loop_adaptive_settles_inside_band():
     target = 0.01
     c = jnp.array([10.0, 1e-3, 3e-4, 0.01])  # KL starts 1000× above, 10× below, ... the target
-    state = controllers.adaptive().init(jnp.ones(4), kl_target=target)
+    state = controllers.get("adaptive").init(jnp.ones(4), kl_target=target)
     final, kls = _closed_loop("adaptive", state, c, 1.0, 300)
     settled = np.asarray(kls[-100:])
     assert np.all(settled >= target / 1.5) and np.all(settled <= target * 1.5), settled[-1]
@@ -224,7 +296,7 @@ def test_closed_loop_proportional_converges_to_target():
     target = 0.01
     c = jnp.array([0.1, 1e-3, 0.0123, 0.008])  # KL starts 10× above, 10× below, near the target
     # Ziegler's released setting: gain 1 and n/H ≈ 0.1 (a 20% error moves β by ≈ 2% per update).
-    state = controllers.proportional().init(
+    state = controllers.get("proportional").init(
         jnp.ones(4), kl_target=target, horizon=10_000.0, gain=1.0
     )
     final, kls = _closed_loop("proportional", state, c, 1024.0, 400)
@@ -239,60 +311,60 @@ def test_closed_loop_proportional_converges_to_target():
     "call,message",
     [
         (
-            lambda: controllers.adaptive().init(0.1, kl_target=0.0),
-            "kltrust.controllers.adaptive: kl_target must be > 0, got 0.0.",
+            lambda: controllers.get("adaptive").init(0.1, kl_target=0.0),
+            "kltrust.controllers.adaptive: kl_target = 0.0: must be in (0, inf).",
         ),
         (
-            lambda: controllers.pid().init(0.1, kl_target=0.0),
-            "kltrust.controllers.pid: kl_target must be > 0, got 0.0.",
+            lambda: controllers.get("pid").init(0.1, kl_target=0.0),
+            "kltrust.controllers.pid: kl_target = 0.0: must be in (0, inf).",
         ),
         (
-            lambda: controllers.proportional().init(0.1, kl_target=-1.0, horizon=1.0),
-            "kltrust.controllers.proportional: kl_target must be > 0, got -1.0.",
+            lambda: controllers.get("proportional").init(0.1, kl_target=-1.0, horizon=1.0),
+            "kltrust.controllers.proportional: kl_target = -1.0: must be in (0, inf).",
         ),
         (
-            lambda: controllers.fixed().init(-0.5),
-            "kltrust.controllers.fixed: beta must be >= 0, got -0.5.",
+            lambda: controllers.get("fixed").init(-0.5),
+            "kltrust.controllers.fixed: beta = -0.5: must be in [0, inf).",
         ),
         (
-            lambda: controllers.pid().init(-0.1, kl_target=0.1),
-            "kltrust.controllers.pid: beta must be >= 0, got -0.1.",
+            lambda: controllers.get("pid").init(-0.1, kl_target=0.1),
+            "kltrust.controllers.pid: beta = -0.1: must be in [0, inf).",
         ),
         (
-            lambda: controllers.adaptive().init(0.0, kl_target=0.1),
-            "kltrust.controllers.adaptive: beta must be > 0, got 0.0.",
+            lambda: controllers.get("adaptive").init(0.0, kl_target=0.1),
+            "kltrust.controllers.adaptive: beta = 0.0: must be in (0, inf).",
         ),
         (
-            lambda: controllers.proportional().init(0.1, kl_target=0.1, horizon=0.0),
-            "kltrust.controllers.proportional: horizon must be > 0, got 0.0.",
+            lambda: controllers.get("proportional").init(0.1, kl_target=0.1, horizon=0.0),
+            "kltrust.controllers.proportional: horizon = 0.0: must be in (0, inf).",
         ),
         (
-            lambda: controllers.proportional().init(0.1, kl_target=0.1, horizon=1.0, gain=-0.1),
-            "kltrust.controllers.proportional: gain must be >= 0, got -0.1.",
+            lambda: controllers.get("proportional").init(0.1, kl_target=0.1, horizon=1.0, gain=-0.1),
+            "kltrust.controllers.proportional: gain = -0.1: must be in [0, inf).",
         ),
         (
-            lambda: controllers.pid().init(0.1, kl_target=0.1, kd=-2.0),
-            "kltrust.controllers.pid: kd must be >= 0, got -2.0.",
+            lambda: controllers.get("pid").init(0.1, kl_target=0.1, kd=-2.0),
+            "kltrust.controllers.pid: kd = -2.0: must be in [0, inf).",
         ),
         (
-            lambda: controllers.adaptive().init(0.1, kl_target=float("nan")),
-            "kltrust.controllers.adaptive: kl_target must be finite, got nan.",
+            lambda: controllers.get("adaptive").init(0.1, kl_target=float("nan")),
+            "kltrust.controllers.adaptive: kl_target = nan: must be in (0, inf).",
         ),
         (
-            lambda: controllers.adaptive().init(0.1, kl_target=jnp.array([0.1, 0.0])),
-            "kltrust.controllers.adaptive: kl_target must be > 0, got 0.0 at index (1,).",
+            lambda: controllers.get("adaptive").init(0.1, kl_target=jnp.array([0.1, 0.0])),
+            "kltrust.controllers.adaptive: kl_target = 0.0 at index (1,): must be in (0, inf).",
         ),
         (
-            lambda: controllers.pid().init(jnp.array([[0.1, 0.2], [-0.3, -0.4]]), kl_target=0.1),
-            "kltrust.controllers.pid: beta must be >= 0, got -0.3 at index (1, 0).",
+            lambda: controllers.get("pid").init(jnp.array([[0.1, 0.2], [-0.3, -0.4]]), kl_target=0.1),
+            "kltrust.controllers.pid: beta = -0.3 at index (1, 0): must be in [0, inf).",
         ),
         (
-            lambda: controllers.proportional().init(0.1, kl_target=0.1, horizon=0),
-            "kltrust.controllers.proportional: horizon must be > 0, got 0.0.",
+            lambda: controllers.get("proportional").init(0.1, kl_target=0.1, horizon=0),
+            "kltrust.controllers.proportional: horizon = 0.0: must be in (0, inf).",
         ),
         (
-            lambda: controllers.fixed().init(np.inf),
-            "kltrust.controllers.fixed: beta must be finite, got inf.",
+            lambda: controllers.get("fixed").init(np.inf),
+            "kltrust.controllers.fixed: beta = inf: must be in [0, inf).",
         ),
     ],
 )
@@ -301,10 +373,19 @@ def test_init_validation_messages(call, message):
         call()
 
 
-def test_unknown_kind_lists_the_allowed_ones():
-    message = (
-        "kltrust.controllers.get: kind must be one of "
-        "('fixed', 'adaptive', 'proportional', 'pid'), got 'lagrangian'."
-    )
+def test_init_refuses_unknown_knobs_and_mixed_forms():
+    with pytest.raises(TypeError, match=r"kltrust.controllers.adaptive: unknown knob 'horizon'; "
+                                        r"its knobs are \('kl_target',\)"):
+        controllers.get("adaptive").init(0.1, horizon=1.0)
+    hp = components.create(controllers.get("adaptive").hparams)
+    with pytest.raises(TypeError, match="not both"):
+        controllers.get("adaptive").init(0.1, hp, kl_target=0.1)
+
+
+def test_unknown_kind_lists_the_registered_ones():
+    message = f"unknown controller 'lagrangian'; the controllers are {KINDS}."
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         controllers.get("lagrangian")
+    with pytest.raises(ConfigError, match=r"config.variant.kl_penalty = 'pdi': must be one of "
+                                          r".*; did you mean 'pid'\?"):
+        controllers.get("pdi", "variant.kl_penalty")
