@@ -60,7 +60,7 @@ def control_compile(family: str, preset: str) -> dict[str, Any]:
     mesh = sharding.mesh_from_config(config)
     trainer = program.make_trainer(config, mesh)
     seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
-    hparams = jax_tree_broadcast(program.HParams.from_config(config.hparams), len(seeds))
+    hparams = jax_tree_broadcast(program.HParams.from_config(config), len(seeds))
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()  # as loop.train times it, split in three
     state = jax.block_until_ready(init(jnp.asarray(seeds), hparams))

@@ -16,7 +16,9 @@ controllers from later work:
     kl_ref          fixed β = 0.1 penalty on KL(π_θ ‖ π_ref) to the frozen initial policy (RLHF-style)
 
 Everything under ``hparams`` is an array in the compiled program (sweepable without recompiling);
-everything else is static. Override anything with ``--config.key=value``.
+everything else is static. Override anything with ``--config.key=value``. The β controllers' knobs
+sit in ``hparams.controller.KIND`` (every registered kind has its group, e.g.
+``--config.variant.kl_penalty=pid --config.hparams.controller.pid.kp=1``).
 """
 
 import ml_collections
@@ -50,14 +52,19 @@ TASKS = {
     ),
 }
 
+# ``controller``: knobs set in ``hparams.controller.<kl_penalty>``; the others keep the controller's
+# own defaults (`kltrust.controllers`).
 VARIANTS = {
     "none": dict(clip=False, kl_penalty="none"),
     "clip": dict(clip=True, kl_penalty="none"),
     "kl_fixed": dict(clip=False, kl_penalty="fixed"),
-    "kl_adaptive": dict(clip=False, kl_penalty="adaptive"),
-    "clip_kl": dict(clip=True, kl_penalty="adaptive"),
-    "kl_proportional": dict(clip=False, kl_penalty="proportional"),
-    "kl_pid": dict(clip=False, kl_penalty="pid"),
+    "kl_adaptive": dict(clip=False, kl_penalty="adaptive", controller=dict(kl_target=0.01)),
+    "clip_kl": dict(clip=True, kl_penalty="adaptive", controller=dict(kl_target=0.01)),
+    # Gain 1 explicitly: the component's default is the paper's K_β = 0.1.
+    "kl_proportional": dict(clip=False, kl_penalty="proportional",
+                            controller=dict(kl_target=0.01, gain=1.0, horizon=10_000.0)),
+    "kl_pid": dict(clip=False, kl_penalty="pid",
+                   controller=dict(kl_target=0.01, kp=10.0, ki=1.0, kd=0.0)),
     "kl_ref": dict(clip=True, kl_penalty="fixed", kl_anchor="reference", beta=0.1),
 }
 
@@ -81,5 +88,8 @@ def get_config(preset: str = "cartpole_clip") -> ml_collections.ConfigDict:
     variant_fields = dict(VARIANTS[variant])
     if "beta" in variant_fields:
         config.hparams.beta = variant_fields.pop("beta")
+    if "controller" in variant_fields:
+        config.hparams.controller[variant_fields["kl_penalty"]].update(
+            variant_fields.pop("controller"))
     config.variant.update(variant_fields)
     return config

@@ -14,8 +14,9 @@ Stages and methods (see `kltrust.train.rlhf` for what each optimises and where i
     ppo             PPO, KL in the reward (k1 per token, Ziegler et al.), fixed β = 0.1
     ppo_nokl        PPO with no KL at all (β = 0; the reference is run only for evaluation)
     ppo_adaptive    PPO with Ziegler et al.'s proportional β controller, target 2 nats; horizon
-                    H = 256, so β moves by up to 0.2·64/256 = 5% per update of 64 samples (theirs:
-                    H = 10 000 with batches of 512, about 1%)
+                    H = 256 and gain 1 (their released code's; the component's default is the
+                    paper's 0.1), so β moves by up to 0.2·64/256 = 5% per update of 64 samples
+                    (theirs: H = 10 000 with batches of 512, about 1%)
     ppo_kl_loss     PPO with β·k3 in the loss instead of the reward
     grpo            GRPO, k3 KL in the loss, β = 0.1, 8 samples per prompt
     grpo_kl_reward  GRPO with the same β but the KL (k1) in the sequence reward
@@ -27,7 +28,8 @@ Stages and methods (see `kltrust.train.rlhf` for what each optimises and where i
     dpo_online      online DPO: pairs from the current policy, labelled by the proxy
     best_of_n       best-of-n sampling from the reference against the proxy, n = 1 … 64
 
-Everything under ``rl.hparams`` is an array in the compiled program; the rest is static.
+Everything under ``rl.hparams`` is an array in the compiled program; the rest is static. The β
+controller's knobs sit in ``rl.hparams.controller.KIND`` for the kind ``rl.controller`` names.
 """
 
 import ml_collections
@@ -45,7 +47,8 @@ METHOD_OVERRIDES = {
     "ppo_nokl": dict(method="ppo", kl_placement="none", hparams=dict(beta=0.0)),
     "ppo_adaptive": dict(method="ppo", kl_placement="reward", kl_estimator="k1",
                          controller="proportional",
-                         hparams=dict(kl_target=2.0, kl_horizon=256.0)),
+                         hparams=dict(controller=dict(proportional=dict(
+                             kl_target=2.0, horizon=256.0, gain=1.0)))),
     "ppo_kl_loss": dict(method="ppo", kl_placement="loss", kl_estimator="k3"),
     "grpo": dict(method="grpo", kl_placement="loss", kl_estimator="k3", group_size=8,
                  batch_prompts=8, epochs=1),

@@ -69,7 +69,7 @@ class ControlFamily:
         config = runs[0].config
         program = programs.program(config)
         seeds = np.array([r.seed for r in runs], np.int32)
-        hparams = _stack([program.HParams.from_config(r.config.hparams) for r in runs])
+        hparams = _stack([program.HParams.from_config(r.config) for r in runs])
         result = loop.train(config, None, progress=False, runs=(seeds, hparams),
                             on_chunk=lambda n: advance(n * len(runs)))
         num_updates = next(iter(result.metrics.values())).shape[1]

@@ -8,8 +8,8 @@ their allowed set up front, whichever method reads them."""
 
 from __future__ import annotations
 
+import math
 import pathlib
-
 import re
 
 import pytest
@@ -18,7 +18,7 @@ from configs import bandit as bandit_configs
 from configs import ppo as ppo_configs
 from configs import rlhf as rlhf_configs
 from configs import trpo as trpo_configs
-from kltrust import kl
+from kltrust import components, controllers, kl
 from kltrust import sweep as sweeps
 from kltrust.errors import ConfigError
 from kltrust.objectives import grpo, ppo, preference
@@ -39,10 +39,6 @@ CONTROL_ERRORS = [
     # out-of-range values
     ("ppo_fixed", "hparams.beta", -0.1, r"config.hparams.beta = -0.1: must be in \[0.0, inf\)"),
     ("ppo", "hparams.clip_eps", 0.0, r"config.hparams.clip_eps = 0.0: must be in \(0.0, inf\)"),
-    ("ppo_adaptive", "hparams.kl_target", 0.0,
-     r"config.hparams.kl_target = 0.0: must be in \(0.0, inf\)"),
-    ("ppo_proportional", "hparams.kl_horizon", -1.0,
-     r"config.hparams.kl_horizon = -1.0: must be in \(0.0, inf\)"),
     ("ppo", "num_steps", 0, r"config.num_steps = 0: must be an integer >= 1"),
     ("ppo", "num_minibatches", 3, r"config.num_minibatches = 3: must be a divisor of "
                                   r"num_envs \* num_steps = 512"),
@@ -60,14 +56,11 @@ CONTROL_ERRORS = [
     ("ppo", "hparams.clip_eps", INF, r"config.hparams.clip_eps = inf: must be in \(0.0, inf\)"),
     ("ppo", "hparams.ent_coef", -INF, r"config.hparams.ent_coef = -inf: must be in \[0.0, inf\)"),
     ("ppo_fixed", "hparams.beta", INF, r"config.hparams.beta = inf: must be in \[0.0, inf\)"),
-    ("ppo_adaptive", "hparams.kl_target", NAN, r"config.hparams.kl_target = nan: must be in"),
-    ("ppo_proportional", "hparams.kl_horizon", INF, r"config.hparams.kl_horizon = inf: must be in"),
     ("trpo", "hparams.delta", INF, r"config.hparams.delta = inf: must be in \(0.0, inf\)"),
     ("trpo", "hparams.backtrack_factor", NAN, r"config.hparams.backtrack_factor = nan: must be in "
                                               r"\(0.0, 1.0\)"),
     ("trpo", "hparams.vf_learning_rate", INF, r"config.hparams.vf_learning_rate = inf"),
     # ... also in fields the variant does not read (a later variant would)
-    ("ppo", "hparams.pid_kp", INF, r"config.hparams.pid_kp = inf: must be a finite number\.$"),
     ("ppo", "hparams.target_kl", NAN, r"config.hparams.target_kl = nan: must be a finite number"),
     ("trpo", "hparams.kl_budget", NAN, r"config.hparams.kl_budget = nan: must be a finite number"),
     # string options, against their allowed set (with a did-you-mean)
@@ -87,9 +80,7 @@ CONTROL_ERRORS = [
 
 
 def _control(family):
-    presets = {"ppo": "cartpole_clip", "ppo_fixed": "cartpole_kl_fixed",
-               "ppo_adaptive": "cartpole_kl_adaptive",
-               "ppo_proportional": "cartpole_kl_proportional", "trpo": "cartpole_trpo"}
+    presets = {"ppo": "cartpole_clip", "ppo_fixed": "cartpole_kl_fixed", "trpo": "cartpole_trpo"}
     module = trpo_configs if family == "trpo" else ppo_configs
     return module.get_config(presets[family])
 
@@ -138,13 +129,92 @@ def test_inf_is_refused_unless_the_key_allows_it():
         ppo_train.validate(config)
 
 
+# ---------------------------------------------------------------- β controller knobs, per kind
+
+
+def _outside(spec: components.Knob) -> float:
+    """A value just outside the knob's interval."""
+    if math.isfinite(spec.low):
+        return spec.low if spec.low_open else spec.low - 1.0
+    return spec.high if spec.high_open else spec.high + 1.0
+
+
+def _knob_cases():
+    """(kind, knob, value, message) for every knob of every registered controller: a value just
+    outside its interval and nan, each named with the interval the knob declares."""
+    cases = []
+    for kind, controller in controllers.REGISTRY.items():
+        for name, spec in components.knobs(controller.hparams).items():
+            allowed = re.escape(spec.allowed())
+            for value in (_outside(spec), NAN):
+                cases.append((kind, name, value,
+                              rf"controller.{kind}.{name} = {value!r}: must be in {allowed}\.$"))
+    return cases
+
+
+KNOB_CASES = _knob_cases()
+WITH_KNOBS = [(kind, name) for kind, name, value, _ in KNOB_CASES if value == value]
+
+
+@pytest.mark.parametrize("kind,name,value,message", KNOB_CASES)
+def test_control_controller_knob_errors(kind, name, value, message, tmp_path):
+    config = _control("ppo")
+    config.variant.kl_penalty = kind
+    _set(config, f"hparams.controller.{kind}.{name}", value)
+    with pytest.raises(ConfigError, match=rf"^config.hparams.{message}"):
+        loop.train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind,name", WITH_KNOBS)
+def test_unchosen_controller_knobs_must_still_be_finite_and_known(kind, name):
+    config = _control("ppo")  # kl_penalty "none": no controller's knobs are read
+    _set(config, f"hparams.controller.{kind}.{name}", INF)
+    with pytest.raises(ConfigError, match=rf"^config.hparams.controller.{kind}.{name} = inf: "
+                                          r"must be a finite number\.$"):
+        ppo_train.validate(config)
+    config = _control("ppo")
+    _set(config, f"hparams.controller.{kind}.{name}x", 1.0)
+    with pytest.raises(ConfigError, match=rf"^config.hparams.controller.{kind}.{name}x: unknown "
+                                          rf"key; did you mean '{name}'\?"):
+        ppo_train.validate(config)
+
+
+@pytest.mark.parametrize("kind", controllers.kinds())
+def test_beta_range_follows_the_chosen_controller(kind, tmp_path):
+    config = _control("ppo")
+    config.variant.kl_penalty = kind
+    ppo_train.validate(config)  # every registered kind runs with the defaults of its knobs
+    token = rlhf_configs.get_config("ppo")
+    token.rl.controller = kind
+    pipeline.validate(token)
+    positive = controllers.get(kind).beta_positive  # multiplicative rules cannot leave β = 0
+    bad = 0.0 if positive else -1.0
+    allowed = r"\(0.0, inf\)" if positive else r"\[0.0, inf\)"
+    _set(config, "hparams.beta", bad)
+    with pytest.raises(ConfigError, match=rf"^config.hparams.beta = {bad}: must be in {allowed}"):
+        ppo_train.validate(config)
+    _set(token, "rl.hparams.beta", bad)
+    with pytest.raises(ConfigError, match=rf"^config.rl.hparams.beta = {bad}: must be in "
+                                          rf"{allowed}"):
+        pipeline.validate(token)
+
+
+@pytest.mark.parametrize("kind,name,value,message", KNOB_CASES)
+def test_token_controller_knob_errors(kind, name, value, message, tmp_path):
+    config = rlhf_configs.get_config("ppo")
+    config.rl.controller = kind
+    _set(config, f"rl.hparams.controller.{kind}.{name}", value)
+    with pytest.raises(ConfigError, match=rf"^config.rl.hparams.{message}"):
+        pipeline.run(config, tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+
+
 TOKEN_ERRORS = [
     ("ppo", "rl.hparams.betta", 0.1, r"config.rl.hparams.betta: unknown key; did you mean 'beta'\?"),
     ("ppo", "rl.batch_prompts", 8.0, r"config.rl.batch_prompts = 8.0: must be of type int"),
     ("ppo", "rl.hparams.beta", -1.0, r"config.rl.hparams.beta = -1.0: must be in \[0.0, inf\)"),
     ("ppo", "rl.hparams.clip_eps", 0.0, r"config.rl.hparams.clip_eps = 0.0: must be in \(0.0"),
-    ("ppo_adaptive", "rl.hparams.kl_target", 0.0, r"config.rl.hparams.kl_target = 0.0"),
-    ("ppo_adaptive", "rl.hparams.kl_horizon", 0.0, r"config.rl.hparams.kl_horizon = 0.0"),
     ("trpo", "rl.hparams.delta", -0.01, r"config.rl.hparams.delta = -0.01: must be in \(0.0"),
     ("ppo", "rl.minibatches", 5, r"config.rl.minibatches = 5: must be a divisor of the batch "
                                  r"\(64 sequences or pairs\)"),

@@ -41,7 +41,7 @@ def test_a_nan_reward_is_skipped_and_counted_then_training_goes_on(family):
     program = programs.program(config)
     trainer = program.make_trainer(config)
     init, run_chunk = program.compile_run(trainer)
-    hparams = jax.tree.map(lambda x: x[None], program.HParams.from_config(config.hparams))
+    hparams = jax.tree.map(lambda x: x[None], program.HParams.from_config(config))
     poisoned = hparams.replace(reward_scale=jnp.full((1,), jnp.nan))
     state = init(jnp.zeros(1, jnp.int32), hparams)
     chunk = jax.jit(run_chunk).lower(state, hparams).compile()
@@ -70,7 +70,7 @@ def test_too_many_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
     # A NaN in the config is refused up front (config.hparams.reward_scale must be > 0), so the
     # poison enters as a run's hyperparameters, the way a sweep passes them.
     program = programs.program(config)
-    hparams = jax.tree.map(lambda x: np.asarray(x)[None], program.HParams.from_config(config.hparams))
+    hparams = jax.tree.map(lambda x: np.asarray(x)[None], program.HParams.from_config(config))
     hparams = hparams.replace(reward_scale=np.full((1,), np.nan, np.float32))
     with pytest.raises(guards.NonFiniteError,
                        match=r"update 3 \(run 0, seed 0\): 3 updates in a row were not finite "

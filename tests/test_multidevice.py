@@ -44,7 +44,7 @@ def _run(num_devices, family, preset):
     program = programs.program(config)
     trainer = program.make_trainer(config, sharding.make_mesh(num_devices))
     init, run_chunk = program.compile_run(trainer)
-    hparams = jax.tree.map(lambda x: x[None], program.HParams.from_config(config.hparams))
+    hparams = jax.tree.map(lambda x: x[None], program.HParams.from_config(config))
     state = init(jnp.zeros(1, jnp.int32), hparams)
     return run_chunk(state, hparams)
 

@@ -12,6 +12,7 @@ import pytest
 
 import subprocs
 from configs import ppo as ppo_configs
+from kltrust import controllers
 from kltrust.distributions import Categorical
 from kltrust.objectives import ppo
 from kltrust.train import loop
@@ -145,11 +146,13 @@ def _tiny(preset="cartpole_clip", **overrides):
         ({"hparams.beta": -1.0, "variant.kl_penalty": "fixed"}, r"config.hparams.beta = -1.0: must be in \[0.0, inf\)"),
         ({"hparams.clip_eps": 0.0}, r"config.hparams.clip_eps = 0.0: must be in \(0.0, inf\)"),
         ({"num_minibatches": 3}, r"config.num_minibatches = 3: must be a divisor of num_envs \* num_steps = 128"),
-        ({"hparams.kl_target": 0.0, "variant.kl_penalty": "adaptive"}, r"config.hparams.kl_target = 0.0"),
+        ({"hparams.controller.adaptive.kl_target": 0.0, "variant.kl_penalty": "adaptive"},
+         r"config.hparams.controller.adaptive.kl_target = 0.0: must be in \(0, inf\)"),
         ({"hparams.gamma": 1.5}, r"config.hparams.gamma = 1.5: must be in \[0.0, 1.0\]"),
         ({"variant.kl_estimator": "k5"}, r"config.variant.kl_estimator must be one of"),
         ({"env_name": "Nope-v0"}, r"config.env_name = 'Nope-v0': must be one of"),
-        ({"hparams.kl_horizon": 0.0, "variant.kl_penalty": "proportional"}, r"config.hparams.kl_horizon = 0.0"),
+        ({"hparams.controller.proportional.horizon": 0.0, "variant.kl_penalty": "proportional"},
+         r"config.hparams.controller.proportional.horizon = 0.0: must be in \(0, inf\)"),
     ],
 )
 def test_bad_config_fails_fast_with_named_key(overrides, message):
@@ -208,7 +211,7 @@ def test_vmapped_hyperparameters_equal_separate_runs():
     config = _tiny("cartpole_kl_fixed")
     trainer = ppo_train.make_trainer(config)
     init, run_chunk = ppo_train.compile_run(trainer)
-    base = ppo_train.HParams.from_config(config.hparams)
+    base = ppo_train.HParams.from_config(config)
     betas = jnp.array([0.1, 3.0])
     stacked = jax.tree.map(lambda x: jnp.stack([x, x]), base).replace(beta=betas)
     _, together = run_chunk(init(jnp.zeros(2, jnp.int32), stacked), stacked)
@@ -227,7 +230,7 @@ def test_ratio_extremes_are_one_without_a_step_and_escape_the_clip_range_with_la
     config = _tiny("cartpole_clip")
     trainer = ppo_train.make_trainer(config)
     init, run_chunk = ppo_train.compile_run(trainer)
-    base = ppo_train.HParams.from_config(config.hparams)
+    base = ppo_train.HParams.from_config(config)
     stacked = jax.tree.map(lambda x: jnp.stack([x, x]), base).replace(
         learning_rate=jnp.array([0.0, 0.05]))
     _, metrics = run_chunk(init(jnp.zeros(2, jnp.int32), stacked), stacked)
@@ -235,6 +238,26 @@ def test_ratio_extremes_are_one_without_a_step_and_escape_the_clip_range_with_la
     np.testing.assert_allclose(metrics["ratio_min"][0], 1.0, atol=1e-5)
     np.testing.assert_allclose(metrics["kl_old"][0], 0.0, atol=1e-6)
     assert np.max(metrics["ratio_max"][1]) > 1.2 or np.min(metrics["ratio_min"][1]) < 0.8
+
+
+@pytest.mark.parametrize("kind", controllers.kinds())
+def test_every_registered_controller_sets_the_programs_beta(kind):
+    """Any kind the registry holds runs in the program: the β each update applies is the
+    controller's recursion (`controllers.get(kind)`, replayed here eagerly) fed the logged KL to
+    the old policy and the batch size, starting from hparams.beta."""
+    overrides = {"variant.kl_penalty": kind}
+    config = _tiny("cartpole_clip", **overrides)
+    result = _train("cartpole_clip", **overrides)
+    controller = controllers.get(kind)
+    hp = ppo_train.HParams.from_config(config)
+    state = controller.init(hp.beta, hp.controller)
+    batch = config.num_envs * config.num_steps
+    betas, kls = result.metrics["beta"][0], result.metrics["kl_old"][0]
+    assert np.all(np.isfinite(kls)) and len(betas) == 4
+    for beta, kl_old in zip(betas, kls):
+        # Eager and compiled float32 may round the last bit differently.
+        np.testing.assert_allclose(beta, state.beta, rtol=1e-6)
+        state = controller.update(state, kl_old, batch)
 
 
 @pytest.mark.parametrize("preset", ["cartpole_kl_adaptive", "cartpole_kl_ref", "pendulum_clip_kl"])
@@ -300,7 +323,8 @@ def test_cli_writes_outputs_and_refuses_foreign_workdir(tmp_path):
 
     # A different config in the same workdir is refused before anything is overwritten.
     before = (tmp_path / "metrics.jsonl").read_text()
-    other = subprocs.run(args + ["--config.hparams.kl_target=0.02"], cwd=root, timeout=300)
+    other = subprocs.run(args + ["--config.hparams.controller.adaptive.kl_target=0.02"], cwd=root,
+                         timeout=300)
     assert other.returncode != 0 and "holds a run of a different config" in other.stderr
     assert (tmp_path / "metrics.jsonl").read_text() == before
     # The same config again resumes; the run is finished, so nothing is run or rewritten.

@@ -189,7 +189,9 @@ def test_a_reference_free_preference_loss_never_runs_the_reference_in_training(s
     ("rl.updates_per_eval", 3, "rl.updates_per_eval = 3"),
     ("data.label_noise", 0.5, "data.label_noise = 0.5"),
     ("model.critic", "none", "model.critic = 'none'"),
-    ("rl.controller", "pid", "rl.controller = 'pid'"),
+    ("rl.controller", "pid", None),  # every registered controller kind runs on tokens
+    ("rl.controller", "pdi", "rl.controller = 'pdi': must be one of"),
+    ("rl.hparams.controller.pid.kpp", 1.0, "config.rl.hparams.controller.pid.kpp: unknown key"),
 ])
 def test_config_errors_are_raised_before_anything_runs(field, value, message):
     config = tiny("ppo")

@@ -286,7 +286,7 @@ def test_delta_is_an_array_so_a_sweep_vmaps_over_it():
     config = _tiny(total_timesteps=4 * 128 * 4, updates_per_chunk=4)
     trainer = trpo_train.make_trainer(config)
     init, run_chunk = trpo_train.compile_run(trainer)
-    hp = trpo_train.HParams.from_config(config.hparams)
+    hp = trpo_train.HParams.from_config(config)
     deltas = jnp.array([0.001, 0.02])
     hparams = jax.tree.map(lambda x: jnp.broadcast_to(x, (2,)), hp).replace(delta=deltas)
     _, metrics = run_chunk(init(jnp.zeros(2, jnp.int32), hparams), hparams)

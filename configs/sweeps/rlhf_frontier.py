@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
         dict(name="DPO", base="configs/rlhf.py:dpo", grid={"rl.hparams.beta": BETAS}),
         dict(name="PPO β", base="configs/rlhf.py:ppo", grid={"rl.hparams.beta": BETAS}),
         dict(name="PPO target", base="configs/rlhf.py:ppo_adaptive",
-             grid={"rl.hparams.kl_target": (1.0, 2.0, 4.0, 8.0)}),
+             grid={"rl.hparams.controller.proportional.kl_target": (1.0, 2.0, 4.0, 8.0)}),
         dict(name="TRPO", base="configs/rlhf.py:trpo",
              grid={"rl.hparams.kl_budget_per_token": (0.03, 0.1, 0.3, 1.0)}),
         dict(name="GRPO", base="configs/rlhf.py:grpo", grid={"rl.hparams.beta": BETAS}),

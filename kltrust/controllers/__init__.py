@@ -19,12 +19,12 @@ adding a controller is adding a file: the programs derive their choices (`kinds`
 (`kltrust.components.group_defaults`), validation and parsing from the registry.
 
 State. `ControllerState` holds β, the kind's knobs (its ``HParams``, float32 arrays) and the rule's
-``memory`` (a dict of arrays, e.g. the PID integral; empty for memoryless rules). The kind is static
-Python, every number an array, so a sweep over knobs is one ``jax.vmap`` over a batched state, states
-pass through ``jax.lax.scan`` and checkpoint with orbax like any other pytree, and ``update`` is safe
-under ``jit``, ``vmap`` and ``grad`` (no Python branching on values). ``update`` keeps every leaf's
-dtype: the KL and ``n`` are cast to β's dtype before the rule sees them (a float64 KL under x64 would
-otherwise promote β and break a ``lax.scan`` carry).
+``memory`` (a dict of arrays, e.g. the PID integral; empty for memoryless rules). The kind is
+static Python, every number an array, so a sweep over knobs is one ``jax.vmap`` over a batched
+state, states pass through ``jax.lax.scan`` and checkpoint with orbax like any other pytree, and
+``update`` is safe under ``jit``, ``vmap`` and ``grad`` (no Python branching on values).
+``update`` keeps every leaf's dtype: the KL and ``n`` are cast to β's dtype before the rule sees
+them (a float64 KL under x64 would otherwise promote β and break a ``lax.scan`` carry).
 
 Multiplicative rules have β = 0 as a fixed point they can never leave, so they declare
 ``beta_positive`` and their ``init`` requires β > 0; the others accept β ≥ 0.
@@ -166,7 +166,7 @@ def register(controller: Controller) -> Controller:
 
 
 def kinds() -> tuple[str, ...]:
-    """The registered kinds, e.g. ``('adaptive', 'dual_ascent', 'fixed', 'pid', 'proportional')``."""
+    """The registered kinds, in file-name order (the registry imports the package's modules)."""
     return REGISTRY.names()
 
 

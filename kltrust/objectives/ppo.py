@@ -30,16 +30,22 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from kltrust import kl
+from kltrust import controllers, kl
 from kltrust.distributions import Distribution
 from kltrust.objectives.reduce import weighted_mean
 
-KL_PENALTIES = ("none", "fixed", "adaptive", "proportional", "pid")
 KL_ANCHORS = ("old", "reference")
+
+
 def kl_estimators() -> tuple[str, ...]:
     """``variant.kl_estimator``'s choices: "exact" and every registered `kl` estimator, read when
     a Variant is checked (so one registered after this import counts)."""
     return ("exact",) + kl.estimators()
+
+
+def kl_penalties() -> tuple[str, ...]:
+    """The allowed ``Variant.kl_penalty``: "none" or any registered β controller."""
+    return ("none",) + controllers.kinds()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,20 +53,26 @@ class Variant:
     """The static choices that define a PPO variant (they change the compiled program)."""
 
     clip: bool = True
-    kl_penalty: str = "none"  # "none" or the β controller kind (kltrust.controllers)
+    kl_penalty: str = "none"  # "none" or a β controller kind (`kl_penalties`)
     kl_anchor: str = "old"
     kl_estimator: str = "exact"
     normalize_advantages: bool = True
 
     def __post_init__(self):
         for name, allowed in (
-            ("kl_penalty", KL_PENALTIES),
+            ("kl_penalty", kl_penalties()),
             ("kl_anchor", KL_ANCHORS),
             ("kl_estimator", kl_estimators()),
         ):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"variant.{name} must be one of {allowed}, got {value!r}.")
+
+    @property
+    def controller(self) -> str:
+        """The β controller the program runs: the penalty's, or ``fixed`` for "none" (whose β is
+        then never read)."""
+        return "fixed" if self.kl_penalty == "none" else self.kl_penalty
 
     @property
     def uses_reference(self) -> bool:

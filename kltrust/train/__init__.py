@@ -1,7 +1,8 @@
 """Training programs that tie rollout, objective and controller together.
 
-Each program module (`ppo`, `trpo`) exposes the same surface: ``HParams.from_config``, ``validate``,
-``make_trainer`` and ``compile_run``; `program(config)` picks one by ``config.algorithm``.
+Each program module (`ppo`, `trpo`) exposes the same surface: ``HParams.from_config(config)`` (the
+whole config: PPO's controller knobs depend on ``config.variant``), ``validate``, ``make_trainer``
+and ``compile_run``; `program(config)` picks one by ``config.algorithm``.
 """
 
 from __future__ import annotations

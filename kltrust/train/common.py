@@ -11,7 +11,7 @@ import ast
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnax
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kltrust import sharding
+from kltrust import components, sharding
 from kltrust.errors import ConfigError, check, check_choice, did_you_mean, is_int, unknown_key
 from kltrust.models import ActorCritic
 
@@ -90,10 +90,28 @@ def control_defaults(algorithm: str, **fields: Any) -> ml_collections.ConfigDict
     return config
 
 
-def hparams_from_config(cls: type, hparams: ml_collections.ConfigDict) -> Any:
-    """Builds the flax dataclass ``cls`` from ``hparams``, every field a float32 array."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    return cls(**{n: jnp.asarray(hparams[n], jnp.float32) for n in names})
+def hparams_from_config(cls: type, hparams: ml_collections.ConfigDict,
+                        **groups: tuple[components.Registry, str]) -> Any:
+    """Builds the flax dataclass ``cls`` from ``hparams``, every field a float32 array, except a
+    field named in ``groups`` (``name=(registry, chosen)``): it holds the knobs of component
+    ``chosen`` from the knob group ``hparams[name]`` (`components.group_defaults`), e.g.
+    ``controller=(controllers.REGISTRY, "pid")`` for ``hparams.controller.pid``."""
+    fields = {}
+    for field in dataclasses.fields(cls):
+        if field.name in groups:
+            registry, chosen = groups[field.name]
+            fields[field.name] = components.chosen_hparams(registry, hparams.get(field.name),
+                                                           chosen)
+        else:
+            fields[field.name] = jnp.asarray(hparams[field.name], jnp.float32)
+    return cls(**fields)
+
+
+def inf_knobs(registry: components.Registry, group: str) -> tuple[str, ...]:
+    """``GROUP.COMPONENT.KNOB`` for every knob of ``registry``'s components that allows +inf: what
+    `check_finite` must let through in a `components.group_defaults` group named ``group``."""
+    return tuple(f"{group}.{name}.{knob}" for name, entry in registry.items()
+                 for knob, spec in components.knobs(entry.hparams).items() if spec.allow_inf)
 
 
 def variant_error(error: Exception) -> ConfigError:
@@ -183,10 +201,13 @@ def _first_bad(v: np.ndarray, ok: np.ndarray) -> float:
 def check_finite(hparams: ml_collections.ConfigDict, prefix: str = "hparams",
                  allow_inf: tuple[str, ...] = ()) -> None:
     """Refuses nan and ±inf in every field of ``hparams`` (scalars or a sweep's arrays), also in
-    those the config's variant does not read (``allow_inf`` names fields where +inf is meant);
-    call after the range checks, whose messages say more."""
+    those the config's variant does not read, and in every nested knob group (e.g.
+    ``hparams.controller.pid``, whichever controller is chosen). ``allow_inf`` names fields, dotted
+    below ``hparams``, where +inf is meant. Call after the range checks, whose messages say more."""
     for name in hparams.keys():
-        if isinstance(hparams[name], ml_collections.ConfigDict):  # a component's knob groups
+        if isinstance(hparams[name], (ml_collections.ConfigDict, Mapping)):
+            inner = tuple(a.split(".", 1)[1] for a in allow_inf if a.startswith(f"{name}."))
+            check_finite(hparams[name], f"{prefix}.{name}", inner)
             continue
         v = _numbers(hparams, name, prefix)
         ok = np.isfinite(v) | ((v == np.inf) if name in allow_inf else False)

@@ -110,7 +110,7 @@ def train(
         seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
         hparams = jax.tree.map(
             lambda x: np.broadcast_to(x, (len(seeds),) + x.shape),
-            program.HParams.from_config(config.hparams),
+            program.HParams.from_config(config),
         )
     else:
         seeds, hparams = np.asarray(runs[0], np.int32), runs[1]

@@ -4,6 +4,11 @@ A config splits into a static part (`Static`: shapes, variant, environment) and 
 float32 arrays. `Trainer.update` is one PPO iteration as a pure function of (TrainState, HParams);
 `Trainer.run_chunk` scans it ``updates_per_chunk`` times inside one compiled program. Because every
 number a sweep varies is an array, `jax.vmap` over seeds and hyperparameters reuses one compilation.
+
+The β controller is a component (`kltrust.controllers`): ``variant.kl_penalty`` chooses the kind
+(static) and ``hparams.controller`` holds one knob group per registered kind
+(`kltrust.components.group_defaults`); the chosen kind's knobs travel into the program as
+``HParams.controller``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from kltrust import controllers, guards, rollout, sharding
+from kltrust import components, controllers, guards, rollout, sharding
 from kltrust.objectives import ppo
 from kltrust.train import common
 
@@ -32,7 +37,6 @@ class HParams:
     learning_rate: jax.Array
     clip_eps: jax.Array
     beta: jax.Array  # fixed β, or the initial β of an adaptive controller
-    kl_target: jax.Array  # d_targ of the adaptive / proportional / PID controllers
     gamma: jax.Array
     gae_lambda: jax.Array
     vf_coef: jax.Array
@@ -40,15 +44,15 @@ class HParams:
     max_grad_norm: jax.Array
     target_kl: jax.Array  # early stopping of the epoch loop at 1.5·target_kl (if enabled)
     reward_scale: jax.Array
-    kl_horizon: jax.Array  # proportional controller
-    kl_gain: jax.Array  # proportional controller K
-    pid_kp: jax.Array
-    pid_ki: jax.Array
-    pid_kd: jax.Array
+    controller: Any  # the knobs of the β controller ``variant.controller`` (its module's HParams)
 
     @classmethod
-    def from_config(cls, hparams: ml_collections.ConfigDict) -> HParams:
-        return common.hparams_from_config(cls, hparams)
+    def from_config(cls, config: ml_collections.ConfigDict) -> HParams:
+        """From a (validated) config: ``config.hparams``, with the knobs of the controller that
+        ``config.variant.kl_penalty`` chooses."""
+        kind = ppo.Variant(**config.variant.to_dict()).controller
+        return common.hparams_from_config(cls, config.hparams,
+                                          controller=(controllers.REGISTRY, kind))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +120,11 @@ def defaults() -> ml_collections.ConfigDict:
         variant=dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
                      normalize_advantages=True),
         hparams=dict(
-            learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, kl_target=0.01, gamma=0.99,
-            gae_lambda=0.95, vf_coef=0.5, ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015,
-            reward_scale=1.0, kl_horizon=10_000.0, kl_gain=1.0, pid_kp=10.0, pid_ki=1.0, pid_kd=0.0,
+            learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, gamma=0.99, gae_lambda=0.95, vf_coef=0.5,
+            ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015, reward_scale=1.0,
+            # Every registered controller's knobs, so --config.hparams.controller.pid.kp=1 works
+            # whichever kl_penalty a preset chose; only the chosen one's are read.
+            controller=components.group_defaults(controllers.REGISTRY),
         ),
     )
 
@@ -151,22 +157,19 @@ def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None)
     check_range("reward_scale", 0.0, low_open=True)
     if variant.clip:
         check_range("clip_eps", 0.0, low_open=True)
-    if variant.kl_penalty in ("fixed", "pid"):
-        check_range("beta", 0.0)
-    if variant.kl_penalty in ("adaptive", "proportional"):
+    penalised = variant.kl_penalty != "none"
+    if penalised:
         # Multiplicative rules cannot leave β = 0.
-        check_range("beta", 0.0, low_open=True)
-    if variant.kl_penalty in ("adaptive", "proportional", "pid"):
-        check_range("kl_target", 0.0, low_open=True)
-    if variant.kl_penalty == "proportional":
-        check_range("kl_horizon", 0.0, low_open=True)
-        check_range("kl_gain", 0.0)
-    if variant.kl_penalty == "pid":
-        for gain in ("pid_kp", "pid_ki", "pid_kd"):
-            check_range(gain, 0.0)
+        check_range("beta", 0.0, low_open=controllers.get(variant.kl_penalty).beta_positive)
+    # Every group's keys; the chosen controller's values against its knobs' ranges.
+    components.validate_groups(controllers.REGISTRY, config.hparams.controller,
+                               "hparams.controller",
+                               chosen=variant.kl_penalty if penalised else None)
     if config.early_stop:
         check_range("target_kl", 0.0, low_open=True)
-    common.check_finite(config.hparams, allow_inf=("max_grad_norm",))  # the unread ones too
+    # The unread ones too.
+    common.check_finite(config.hparams, allow_inf=("max_grad_norm",) + common.inf_knobs(
+        controllers.REGISTRY, "controller"))
 
 
 def _make_optimizer(learning_rate: jax.Array, max_grad_norm: jax.Array) -> optax.GradientTransformation:
@@ -191,14 +194,7 @@ class Trainer(common.ControlTrainer):
         key, _, key_env = jax.random.split(key, 3)
         params = sharding.param_constraint(self.mesh)(params)
         variant = self.static.variant
-        kind = "fixed" if variant.kl_penalty == "none" else variant.kl_penalty
-        controller_args = {
-            "fixed": {},
-            "adaptive": dict(kl_target=hp.kl_target),
-            "proportional": dict(kl_target=hp.kl_target, horizon=hp.kl_horizon, gain=hp.kl_gain),
-            "pid": dict(kl_target=hp.kl_target, kp=hp.pid_kp, ki=hp.pid_ki, kd=hp.pid_kd),
-        }[kind]
-        controller_state = controllers.get(kind).init(hp.beta, **controller_args)
+        controller_state = controllers.get(variant.controller).init(hp.beta, hp.controller)
         runner = rollout.init_runner(key_env, env, env_params, self.static.num_envs)
         return TrainState(
             params=params,

@@ -24,9 +24,10 @@ reported beside it whenever the reference is evaluated. The reference is evaluat
 only when the placement needs it (``kl_placement="none"`` never runs it); evaluation runs it unless
 ``eval_kl`` is off.
 
-β comes from a controller (`kltrust.controllers`: fixed, adaptive, proportional; Ziegler et al.'s
-is ``proportional``) fed the mean exact sequence KL of each batch. All numeric hyperparameters are
-arrays in `HParams`, so a sweep over seeds × (β, lr, ε, δ, …) is one vmapped program.
+β comes from a controller (any kind of `kltrust.controllers`; Ziegler et al.'s is ``proportional``)
+fed the mean exact sequence KL of each batch; its knobs are ``HParams.controller``. All numeric
+hyperparameters are arrays in `HParams`, so a sweep over seeds × (β, lr, ε, δ, …) is one vmapped
+program.
 """
 
 from __future__ import annotations
@@ -58,8 +59,7 @@ class HParams:
 
     learning_rate: jax.Array
     beta: jax.Array  # initial β of the controller (PPO/GRPO/RLOO) or DPO's β
-    kl_target: jax.Array  # adaptive / proportional controllers
-    kl_horizon: jax.Array  # proportional controller
+    controller: Any  # the knobs of the controller ``Static.controller`` (its module's HParams)
     clip_eps: jax.Array
     gamma: jax.Array
     gae_lambda: jax.Array
@@ -116,9 +116,7 @@ def _controller(static: Static) -> controllers.Controller:
 
 
 def init_controller(static: Static, hp: HParams) -> controllers.ControllerState:
-    kwargs = {"fixed": {}, "adaptive": {"kl_target": hp.kl_target},
-              "proportional": {"kl_target": hp.kl_target, "horizon": hp.kl_horizon, "gain": 1.0}}
-    return _controller(static).init(hp.beta, **kwargs[static.controller])
+    return _controller(static).init(hp.beta, hp.controller)
 
 
 @dataclasses.dataclass(frozen=True)

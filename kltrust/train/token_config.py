@@ -1,7 +1,8 @@
 """The token RLHF config: its schema (`defaults`), its checks (`validate`, before any data are
 generated or anything compiled) and the static `rlhf.Static` / array `rlhf.HParams` of a policy
 stage. The registries decide what is allowed: token methods (`kltrust.train.methods`), preference
-losses (`kltrust.objectives.preference`), KL estimators (`kltrust.kl`).
+losses (`kltrust.objectives.preference`), KL estimators (`kltrust.kl`), β controllers
+(`kltrust.controllers`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kltrust import components, kl
+from kltrust import components, controllers, kl
 from kltrust.errors import from_field_error, is_finite, is_int
 from kltrust.objectives import grpo, preference
 from kltrust.train import rlhf
 from kltrust.train import tokens as tok
 from kltrust.train.common import (check, check_choice, check_finite, check_keys, check_range,
-                                  mesh_batch_shards)
+                                  inf_knobs, mesh_batch_shards)
 from kltrust.train.methods import METHODS
 
 
@@ -62,9 +63,10 @@ def defaults() -> ml_collections.ConfigDict:
         max_backtracks=10, token_average="sequence", eval_kl=True,
         best_of_n=(1, 2, 4, 8, 16, 32, 64),
         hparams=ml_collections.ConfigDict(dict(
-            learning_rate=1e-4, beta=0.1, kl_target=2.0, kl_horizon=10_000.0, clip_eps=0.2,
-            gamma=1.0, gae_lambda=0.95, vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1,
-            damping=0.1,
+            learning_rate=1e-4, beta=0.1, clip_eps=0.2, gamma=1.0, gae_lambda=0.95, vf_coef=0.5,
+            ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1, damping=0.1,
+            # Every registered β controller's knobs; rl.controller chooses whose are read.
+            controller=components.group_defaults(controllers.REGISTRY),
             # The knobs of every registered preference loss (dpo, dpo_online read
             # rl.preference_loss's): e.g. preference.sigmoid.label_smoothing, preference.simpo.gamma.
             preference=components.group_defaults(preference.LOSSES)))))
@@ -167,7 +169,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check(rl.eval_kl, "rl.eval_kl", rl.eval_kl,
               "True when the KL guard is on (guards.kl_budget or guards.kl_jump > 0): it watches "
               "the evaluated KL")
-    check_choice(rl.controller, ("fixed", "adaptive", "proportional"), "rl.controller")
+    check_choice(rl.controller, controllers.kinds(), "rl.controller")
     # Strings only some methods read are checked for every method: a typo must not wait for the
     # preset that reads it.
     preference.LOSSES.get(rl.preference_loss, "rl.preference_loss")
@@ -196,9 +198,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_rl = lambda name, *a, **k: check_range(hp, name, *a, prefix="rl.hparams", **k)  # noqa: E731
     check_rl("learning_rate", 0.0, low_open=True)
     check_rl("beta", 0.0, low_open=method.anchor == "preference_beta" or
-             rl.controller != "fixed")
-    check_rl("kl_target", 0.0, low_open=True)
-    check_rl("kl_horizon", 0.0, low_open=True)
+             controllers.get(rl.controller).beta_positive)
+    components.validate_groups(controllers.REGISTRY, hp.controller, "rl.hparams.controller",
+                               chosen=rl.controller)
     check_rl("clip_eps", 0.0, low_open=True)
     check_rl("gamma", 0.0, 1.0)
     check_rl("gae_lambda", 0.0, 1.0)
@@ -207,7 +209,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_rl("delta", 0.0, low_open=True)
     check_rl("kl_budget_per_token", 0.0, low_open=True)
     check_rl("damping", 0.0)
-    check_finite(hp, prefix="rl.hparams")
+    check_finite(hp, prefix="rl.hparams", allow_inf=inf_knobs(controllers.REGISTRY, "controller")
+                 + inf_knobs(preference.LOSSES, "preference"))
     if rl.kl_placement == "none":
         check(rl.controller == "fixed", "rl.controller", rl.controller,
               "'fixed' when rl.kl_placement is 'none' (there is no KL to control)")
@@ -228,9 +231,14 @@ def static_from_config(config) -> rlhf.Static:
 
 
 def hparams_from_config(config, num_runs: int) -> rlhf.HParams:
-    """HParams with a leading run axis of ``num_runs`` (scalars are broadcast)."""
+    """HParams with a leading run axis of ``num_runs`` (scalars are broadcast); the knobs of the
+    chosen preference loss and β controller."""
     hp = config.rl.hparams
-    names = [f.name for f in dataclasses.fields(rlhf.HParams) if f.name != "preference"]
+    groups = ("preference", "controller")
+    names = [f.name for f in dataclasses.fields(rlhf.HParams) if f.name not in groups]
     grow = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (num_runs,))  # noqa: E731
     loss = components.chosen_hparams(preference.LOSSES, hp.preference, config.rl.preference_loss)
-    return rlhf.HParams(**{n: grow(hp[n]) for n in names}, preference=jax.tree.map(grow, loss))
+    controller = components.chosen_hparams(controllers.REGISTRY, hp.controller,
+                                           config.rl.controller)
+    return rlhf.HParams(**{n: grow(hp[n]) for n in names}, preference=jax.tree.map(grow, loss),
+                        controller=jax.tree.map(grow, controller))

@@ -44,8 +44,9 @@ class HParams:
     reward_scale: jax.Array
 
     @classmethod
-    def from_config(cls, hparams: ml_collections.ConfigDict) -> HParams:
-        return common.hparams_from_config(cls, hparams)
+    def from_config(cls, config: ml_collections.ConfigDict) -> HParams:
+        """From a (validated) config's ``hparams`` (TRPO has no β controller)."""
+        return common.hparams_from_config(cls, config.hparams)
 
     def step_coefs(self) -> trpo.StepCoefs:
         return trpo.StepCoefs(self.delta, self.kl_budget, self.damping, self.backtrack_factor,
