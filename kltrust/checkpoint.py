@@ -9,6 +9,12 @@ Orbax writes each step to a temporary directory and renames it when complete, so
 mid-save leaves no half step behind. A step that is listed but cannot be read (a disk error, a file
 removed by hand) is reported, moved aside to ``WORKDIR/unreadable_checkpoints/STEP`` (never
 deleted), and the step before it is used.
+
+A step that is readable but was written with another state layout (its stored tree has other
+leaves, shapes or dtypes than the program's state, e.g. a checkpoint of an older kltrust whose β
+controller state had other fields) is not unreadable: setting it aside would set aside every step
+of the run and silently start it over. Restoring it raises `LayoutMismatch` instead, one line
+naming the directory and what differs, and leaves the checkpoints as they are.
 """
 
 from __future__ import annotations
@@ -19,11 +25,37 @@ import warnings
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from kltrust import processes
+from kltrust.errors import ConfigError
 
 UNREADABLE = "unreadable_checkpoints"
+
+Layout = dict[str, tuple[tuple[int, ...], str]]  # "a.b.c" -> (shape, dtype) of each array leaf
+
+
+class LayoutMismatch(ConfigError):
+    """A checkpoint written with a different state layout than the program restoring it has."""
+
+
+def _path(keys: tuple[Any, ...]) -> str:
+    """A tree path as dotted text, whatever kind of key each step is (dict key, attribute, index)."""
+    names = []
+    for key in keys:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                key = getattr(key, attr)
+                break
+        names.append(str(key))
+    return ".".join(names)
+
+
+def template_layout(template: Any) -> Layout:
+    """The array leaves of a state (or of its `jax.ShapeDtypeStruct`s): path → (shape, dtype)."""
+    leaves = jax.tree_util.tree_flatten_with_path(template)[0]
+    return {_path(keys): (tuple(x.shape), str(np.dtype(x.dtype))) for keys, x in leaves}
 
 
 class Checkpoints:
@@ -36,8 +68,11 @@ class Checkpoints:
         self._keep = keep
 
     def _open(self, keep: int) -> ocp.CheckpointManager:
+        # The handler is named so that a freshly opened manager can read a step's tree metadata
+        # (`stored_layout`) before anything is restored.
         return ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler())
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -60,10 +95,19 @@ class Checkpoints:
         Unreadable steps are reported with a warning and moved aside, newest first, until one
         restores. Across processes the steps listed and each step's readability are agreed on:
         a step unreadable on any process is set aside by all of them.
+
+        Raises:
+          LayoutMismatch: the newest step whose tree can be read was written with another state
+            layout than ``template``'s (nothing is moved aside; see the module docstring).
         """
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
+        expected = template_layout(abstract)
         for step in reversed(processes.agree("checkpoint.steps", self.steps())):
+            stored = self.stored_layout(step)
+            differs = stored is not None and stored != expected
+            if processes.any_process(differs):
+                raise LayoutMismatch(self._mismatch(step, stored, expected))
             error = None
             try:
                 state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -74,6 +118,35 @@ class Checkpoints:
                 continue
             return step, state
         return None, None
+
+    def stored_layout(self, step: int) -> Layout | None:
+        """The array leaves ``step`` holds, path → (shape, dtype), read from its metadata alone;
+        None when that cannot be read (the step is then tried, and set aside if unreadable)."""
+        try:
+            metadata = self._manager.item_metadata(step)
+            tree = metadata.tree
+            return {".".join(str(k) for k in keys): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+                    for keys, leaf in ocp.tree.to_flat_dict(tree).items() if leaf is not None}
+        except Exception:  # noqa: BLE001  (unreadable metadata: let the restore decide)
+            return None
+
+    def _mismatch(self, step: int, stored: Layout | None, expected: Layout) -> str:
+        where = self.directory / str(step)
+        details = ""
+        if stored is not None:
+            parts = []
+            for what, keys in (("stored only", sorted(set(stored) - set(expected))),
+                               ("expected only", sorted(set(expected) - set(stored))),
+                               ("other shape or dtype", sorted(
+                                   k for k in set(stored) & set(expected)
+                                   if stored[k] != expected[k]))):
+                if keys:
+                    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+                    parts.append(f"{what}: {', '.join(keys[:3])}{more}")
+            details = f" ({'; '.join(parts)})"
+        return (f"checkpoint {where} was written with a different state layout than this "
+                f"program's, e.g. by an older kltrust{details}; it cannot be resumed. Rerun with "
+                "--overwrite to start the run over (or resume it with the kltrust that wrote it).")
 
     def _set_aside(self, step: int, error: Exception) -> None:
         target = self.workdir / UNREADABLE / str(step)

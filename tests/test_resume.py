@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,44 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_the_one_before_used(re
     assert f"resumed after update {steps[-2]} of {UPDATES}" in resumed.stdout
     assert (tmp_path / "unreadable_checkpoints" / str(latest)).is_dir()  # kept, not deleted
     _assert_same_run(tmp_path, reference)
+
+
+def test_a_checkpoint_of_another_state_layout_is_refused_and_kept(tmp_path):
+    """A step written with another state layout (here: the β controller state as an older kltrust
+    stored it, every kind's fields side by side) is not "unreadable": resuming refuses with one
+    line naming the step and what differs, and moves nothing aside (setting aside every step would
+    silently start the run over). --overwrite starts over."""
+    from configs import ppo as ppo_configs
+    from kltrust.checkpoint import LayoutMismatch
+    from kltrust.train import loop
+
+    config = ppo_configs.get_config("cartpole_kl_pid")
+    config.num_steps, config.num_minibatches, config.updates_per_chunk = 32, 2, 1
+    config.total_timesteps = 4 * 32 * 2
+    loop.train(config, tmp_path, progress=False)
+    assert _steps(tmp_path) == [1, 2]
+    item = tmp_path / "checkpoints" / "2" / "default"
+    checkpointer = ocp.StandardCheckpointer()
+    old = checkpointer.restore(item)  # the stored tree as plain arrays
+    new = old["controller"]
+    zero = np.zeros_like(new["beta"])
+    old["controller"] = {"beta": new["beta"], **new["hparams"], "horizon": zero, "gain": zero,
+                         **new["memory"]}
+    shutil.rmtree(item)
+    checkpointer.save(item, old)
+    checkpointer.wait_until_finished()
+
+    with pytest.raises(LayoutMismatch) as info:
+        loop.train(config, tmp_path, progress=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {tmp_path / 'checkpoints' / '2'} was written with a "
+                              "different state layout")
+    assert "stored only: controller.gain, controller.horizon, controller.integral" in message
+    assert "expected only: controller.hparams.kd" in message and "--overwrite" in message
+    assert _steps(tmp_path) == [1, 2] and not (tmp_path / "unreadable_checkpoints").exists()
+    result = loop.train(config, tmp_path, progress=False, overwrite=True)
+    assert result.metrics["beta"].shape == (1, 2) and _steps(tmp_path) == [1, 2]
 
 
 # ---------------------------------------------------------------- the token policy stage
