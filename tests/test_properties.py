@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of the numerical core: `kltrust.kl`, `kltrust.distributions`, the
-preference losses of `kltrust.objectives.dpo` and the group advantages and loss of
-`kltrust.objectives.grpo`.
+preference losses of `kltrust.objectives.dpo`, the group advantages and loss of
+`kltrust.objectives.grpo`, and every β controller registered in `kltrust.controllers`.
 
 Determinism. Every test uses ``derandomize=True`` (examples seeded from the test's name: the same numbers
 on every run), ``database=None`` (no example database: a failure seen in an earlier run is not replayed,
@@ -36,7 +36,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kltrust import distributions, kl
+from kltrust import components, controllers, distributions, kl
 from kltrust.objectives import dpo, grpo
 
 U = 2.0**-24  # float32 unit round-off
@@ -854,3 +854,62 @@ def test_grpo_mismatched_shapes_raise(layout, which):
             variant=GRPO_VARIANTS[0],
             **arrays,
         )
+
+
+# ---------------------------------------------------------------- β controllers (every registered kind)
+
+CONTROLLER_STEPS = 12  # one KL sequence length, so each kind compiles once
+
+
+def _controller_run(kind):
+    controller = controllers.get(kind)
+
+    def run(state, kls, ns):
+        return jax.lax.scan(lambda s, x: (controller.update(s, *x),) * 2, state, (kls, ns))
+
+    return jax.jit(run)
+
+
+CONTROLLER_RUNS = {kind: _controller_run(kind) for kind in controllers.kinds()}
+
+
+def _knob_values(spec: components.Knob):
+    """Values inside the knob's interval, in the band the knobs are meant for: from its closed lower
+    end (else 10⁻³ × its default) up to 10 × max(default, 1). Far outside it (a horizon of 10⁻⁴⁵
+    makes n/H overflow to inf) float32 arithmetic, not the rule, decides."""
+    closed_low = spec.low > -np.inf and not spec.low_open
+    lo = spec.low if closed_low else max(spec.low, 1e-3 * (abs(spec.default) or 1.0))
+    hi = min(spec.high, 10 * max(abs(spec.default), 1.0))
+    return _f32(lo, hi).filter(lambda v: bool(spec.ok(np.asarray(v))))
+
+
+@st.composite
+def controller_cases(draw):
+    """(kind, β₀, knobs, KLs, ns): any registered kind with knobs drawn inside their declared
+    intervals, β₀ inside the kind's allowed range, KLs ≥ 0 (exactly 0 and the knobs' own values
+    included) and batch sizes n ≥ 1."""
+    kind = draw(st.sampled_from(controllers.kinds()))
+    controller = controllers.get(kind)
+    knobs = {name: draw(_knob_values(spec))
+             for name, spec in components.knobs(controller.hparams).items()}
+    beta = draw(_f32(1e-3, 10.0) if controller.beta_positive else
+                st.one_of(st.just(0.0), _f32(0.0, 10.0)))
+    kl_value = st.one_of(_f32(0.0, 100.0), st.sampled_from([0.0, *knobs.values()]))
+    kls = draw(hnp.arrays(np.float32, CONTROLLER_STEPS, elements=kl_value))
+    ns = draw(hnp.arrays(np.float32, CONTROLLER_STEPS, elements=st.sampled_from([1.0, 64.0, 4096.0])))
+    return kind, beta, knobs, kls, ns
+
+
+@_settings(150)
+@given(case=controller_cases())
+def test_controller_beta_stays_finite_nonnegative_and_float32(case):
+    """For every registered controller, with knobs anywhere in their declared intervals: β stays
+    finite and ≥ 0 along any sequence of KLs ≥ 0 (a negative β would reward the KL it is meant to
+    penalise), and every leaf of the state keeps its float32 dtype and shape (a lax.scan carry)."""
+    kind, beta, knobs, kls, ns = case
+    state = controllers.get(kind).init(beta, **knobs)
+    final, trace = CONTROLLER_RUNS[kind](state, kls, ns)
+    betas = np.asarray(trace.beta)
+    assert np.all(np.isfinite(betas)) and np.all(betas >= 0.0), (kind, knobs, betas)
+    for before, after in zip(jax.tree.leaves(state), jax.tree.leaves(final)):
+        assert after.dtype == before.dtype == jnp.float32 and after.shape == before.shape
