@@ -1,5 +1,7 @@
-"""The thin host loop: call the compiled chunk, write metrics, checkpoint, draw, repeat.
+"""Control PPO / TRPO on the host: claim the workdir, compile, run the chunks, draw.
 
+The chunks run in the one host loop (`kltrust.train.host`: metric rows, guards, checkpoints,
+resume, SIGTERM); the workdir is claimed by `kltrust.workdir` (refuse, resume or overwrite).
 Resuming: the same command on a workdir that holds an interrupted run of the same config restores
 the newest readable checkpoint (`kltrust.checkpoint`), drops the metric rows written after it and
 runs the remaining chunks: the run ends bit-identical (CPU) to one that was never stopped. SIGTERM
@@ -16,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -26,13 +27,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from kltrust import checkpoint as ckpt
-from kltrust import guards, processes, sharding
-from kltrust.errors import ConfigError
-from kltrust.metrics import read_update_rows, truncate_update_rows, write_text_atomic
+from kltrust import processes, sharding
 from kltrust import train as programs
+from kltrust import workdir as workdirs
+from kltrust.train import host
 
 
 @dataclasses.dataclass
@@ -50,35 +50,13 @@ class RunResult:
 
 
 RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "learning_curve.png", ckpt.UNREADABLE)
-
-
-def _check_workdir(workdir: pathlib.Path, config_json: str, overwrite: bool) -> bool:
-    """Whether to resume: True when ``workdir`` holds outputs of this very config (and not
-    ``overwrite``). A run of a different config is refused unless ``overwrite``.
-
-    Called only after the config has been validated, so a bad config never touches earlier results.
-    """
-    existing = workdir / "config.json"
-    if not existing.exists() or overwrite:
-        return False
-    if existing.read_text() != config_json:
-        raise ConfigError(
-            f"workdir {workdir} holds a run of a different config; choose another --workdir or "
-            "pass --overwrite to replace it."
-        )
-    return any((workdir / name).exists() for name in RUN_OUTPUTS)
-
-
-def _prepare_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
-    """Creates the workdir and, with ``overwrite``, clears an earlier run's outputs."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in RUN_OUTPUTS:
-            path = workdir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+# A workdir of this config with any of its outputs resumes (a finished run resumes with nothing
+# left to run); one holding another config's outputs is refused. Called only after the config has
+# been validated, so a bad config never touches earlier results.
+WORKDIR_RULES = workdirs.Rules(
+    different="workdir {path} holds a run of a different config; choose another --workdir or "
+              "pass --overwrite to replace it.",
+    outputs=RUN_OUTPUTS)
 
 
 def _to_json_value(x: Any) -> Any:
@@ -121,24 +99,17 @@ def train(
     padded_seeds = seeds[index]
     hparams = jax.tree.map(lambda x: np.asarray(x)[index], hparams)
 
-    # Every process reads the workdir and the processes agree on what they saw (a claim) before
-    # process 0 changes anything in it; only then does process 0 write.
-    writer = checkpoints = None
+    writer = None
     resume = False
-    primary = processes.is_primary()
     if workdir is not None:
         workdir = pathlib.Path(workdir)
         config_json = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-        resume = processes.claim("loop.workdir",
-                                 lambda: _check_workdir(workdir, config_json, overwrite), workdir)
-        if primary:
-            _prepare_workdir(workdir, overwrite)
-            write_text_atomic(workdir / "config.json", config_json)
+        resume = workdirs.claim_workdir("loop.workdir", workdir, config_json, WORKDIR_RULES,
+                                        overwrite=overwrite) is workdirs.Claim.RESUME
+        if processes.is_primary():
             from tensorboardX import SummaryWriter
 
             writer = SummaryWriter(str(workdir / "tensorboard"))
-        processes.sync("loop.workdir.written")
-        checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
 
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
@@ -146,78 +117,38 @@ def train(
     compiled_chunk = run_chunk.lower(state, hparams).compile()
     compile_seconds = time.perf_counter() - start
 
-    history: dict[str, list[np.ndarray]] = {}
-    done = 0  # updates already done (by an earlier, interrupted process)
-    if resume:
-        step, restored = checkpoints.restore_latest(state)
-        if step is not None:
-            state, done = restored, step
-        processes.agree("loop.resume_step", done)
-        history = {k: [v] for k, v in read_update_rows(workdir / "metrics.jsonl", done).items()}
-        processes.sync("loop.rows_read")  # every process has read the rows before they are cut
-        if primary:
-            truncate_update_rows(workdir / "metrics.jsonl", done)
-        processes.sync("loop.resumed")
-    num_chunks = static.num_updates // static.updates_per_chunk
-    bar = tqdm(total=static.num_updates, initial=done, unit="update", disable=not progress,
-               desc=f"{static.env_name} {config.get('algorithm', 'ppo')} {_describe(static.variant)}")
-    preempted = False
-    start = time.perf_counter()
-    try:
-        with processes.StopOnSigterm(enabled=workdir is not None) as stop:
-            for chunk in range(done // static.updates_per_chunk, num_chunks):
-                processes.progress("loop.chunk")
-                state, metrics = compiled_chunk(state, hparams)
-                metrics = {k: v[:num_runs] for k, v in sharding.to_host(metrics).items()}
-                for name, values in metrics.items():
-                    history.setdefault(name, []).append(np.asarray(values))
-                first_update = chunk * static.updates_per_chunk
-                last = chunk + 1 == num_chunks
-                # Every process stops at the same chunk, whichever of them got the signal.
-                preempted = processes.any_process(stop.requested) and not last
-                # Metrics before the checkpoint: a run killed in between has rows past its last
-                # checkpoint, which resuming drops.
-                if workdir is not None and primary:
-                    _write_metrics(workdir, writer, metrics, seeds, first_update, static.batch_size)
-                guards.check_streak(metrics, config.guards.max_nonfinite_updates, first_update,
-                                    seeds)
-                if workdir is not None and (
-                        (chunk + 1) % config.checkpoint_every_chunks == 0 or last or preempted):
-                    checkpoints.save(first_update + static.updates_per_chunk, state)
-                bar.update(static.updates_per_chunk)
-                if on_chunk is not None:
-                    on_chunk(static.updates_per_chunk)
-                latest_return = metrics["episode_return"][:, -1]
-                if np.isfinite(latest_return).any():
-                    bar.set_postfix(ret=f"{np.nanmean(latest_return):.1f}",
-                                    kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
-                if preempted:
-                    break
-    except BaseException:
-        if checkpoints is not None:
-            checkpoints.close()  # finish the checkpoints already started; they stay usable
-        raise
-    jax.block_until_ready(state)
-    run_seconds = time.perf_counter() - start
-    bar.close()
+    write_rows = None
+    if writer is not None:
+        def write_rows(metrics, updates_before):
+            _write_metrics(workdir, writer, metrics, seeds, updates_before, static.batch_size)
+
+    chunks = host.Chunks(
+        name="loop", run=lambda s: compiled_chunk(s, hparams),
+        num_chunks=static.num_updates // static.updates_per_chunk,
+        updates_per_chunk=static.updates_per_chunk, seeds=seeds,
+        max_nonfinite_updates=config.guards.max_nonfinite_updates, write_rows=write_rows,
+        checkpoint_every=config.checkpoint_every_chunks, keep_checkpoints=config.keep_checkpoints,
+        title=f"{static.env_name} {config.get('algorithm', 'ppo')} {_describe(static.variant)}",
+        postfix=_postfix)
+    ran = host.run(chunks, state, workdir=workdir, resume=resume, progress=progress,
+                   on_chunk=on_chunk)
+    state = ran.carry
     if len(index) > num_runs:
         state = jax.tree.map(lambda x: x[:num_runs], state)
 
     result = RunResult(
         state=state,
-        metrics={k: np.concatenate(v, axis=1) for k, v in history.items()},
+        metrics=ran.metrics,
         seeds=seeds,
         env_steps_per_update=static.batch_size,
         compile_seconds=compile_seconds,
-        run_seconds=run_seconds,
-        resumed_from=done,
-        preempted=preempted,
+        run_seconds=ran.loop_seconds,
+        resumed_from=ran.resumed_from,
+        preempted=ran.preempted,
     )
-    if workdir is not None:
-        checkpoints.close()
-        if primary:
-            writer.close()
-            plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
+    if writer is not None:  # process 0 of a run with a workdir
+        writer.close()
+        plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
     return result
 
 
@@ -227,6 +158,15 @@ def _nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(values, axis=axis)
+
+
+def _postfix(metrics: dict[str, np.ndarray]) -> dict[str, str] | None:
+    """The progress bar's tail: the latest mean return and KL (once an episode has finished)."""
+    latest_return = metrics["episode_return"][:, -1]
+    if not np.isfinite(latest_return).any():
+        return None
+    return dict(ret=f"{np.nanmean(latest_return):.1f}",
+                kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
 
 
 def _describe(variant: Any) -> str:
