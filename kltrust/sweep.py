@@ -40,6 +40,7 @@ from typing import Any
 import ml_collections
 
 from kltrust import families, processes
+from kltrust import workdir as workdirs
 from kltrust.errors import ConfigError
 from kltrust.metrics import rows_to_csv, write_text_atomic
 
@@ -272,20 +273,31 @@ def _run_dir(root: pathlib.Path, run: Run) -> pathlib.Path:
     return root / "runs" / run.run_id
 
 
+# A run directory is finished once rows.json is written (last); an unfinished one has nothing to
+# keep and runs again from the start.
+RUN_RULES = workdirs.Rules(
+    different="{path} holds a run of a different config; use another --workdir or pass "
+              "--overwrite to replace it.",
+    outputs=("rows.json", "eval.jsonl"), finished=lambda d: (d / "rows.json").exists(),
+    resumable=False)
+
+
+def _record_text(run: Run) -> str:
+    return json.dumps(run.record(), indent=1) + "\n"
+
+
 def is_finished(root: pathlib.Path, run: Run, overwrite: bool = False) -> bool:
     """True if ``run`` finished under ``root`` with the same config. Finished results of a
-    different config in its directory are refused unless ``overwrite``; an unfinished run holds
-    nothing to lose and is simply run again."""
-    directory = _run_dir(root, run)
-    recorded = directory / "config.json"
-    if not recorded.exists():
-        return False
-    if json.loads(recorded.read_text()) != json.loads(json.dumps(run.record())):
-        if overwrite or not (directory / "rows.json").exists():
+    different config in its directory are refused unless ``overwrite``, which replaces only those
+    (a finished run of the same config is still skipped); an unfinished run holds nothing to lose
+    and is simply run again."""
+    try:
+        claim = workdirs.decide(_run_dir(root, run), _record_text(run), RUN_RULES)
+    except ConfigError:
+        if overwrite:
             return False
-        raise ConfigError(f"{directory} holds a run of a different config; use another --workdir "
-                         "or pass --overwrite to replace it.")
-    return (directory / "rows.json").exists()
+        raise
+    return claim is workdirs.Claim.DONE
 
 
 def _write_run(root: pathlib.Path, run: Run, rows: list[dict]) -> None:
@@ -299,11 +311,8 @@ def _write_run(root: pathlib.Path, run: Run, rows: list[dict]) -> None:
 
 
 def _prepare_run(root: pathlib.Path, run: Run) -> None:
-    directory = _run_dir(root, run)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "rows.json").unlink(missing_ok=True)
-    (directory / "eval.jsonl").unlink(missing_ok=True)
-    write_text_atomic(directory / "config.json", json.dumps(run.record(), indent=1) + "\n")
+    """Process 0 claims an unfinished run's directory: earlier rows removed, config recorded."""
+    workdirs.take(_run_dir(root, run), _record_text(run), RUN_RULES, workdirs.Claim.FRESH)
 
 
 def table(root: pathlib.Path, sweep_name: str, runs: Sequence[Run]) -> list[dict]:
