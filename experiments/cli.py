@@ -41,6 +41,9 @@ from ml_collections import config_flags
 from kltrust.errors import ConfigError, did_you_mean, one_line, unknown_key
 
 EXIT_BAD_INPUT = 2
+# A run stopped by SIGTERM exits with 128 + 15, as if killed by it, after writing its checkpoint:
+# a script that chains runs must not mistake it for a finished one.
+EXIT_PREEMPTED = 143
 FLAGS = flags.FLAGS
 
 _CONFIG_DEFAULTS: dict[str, str | None] = {}  # config flag name -> its default FILE.py[:PRESET]
@@ -51,6 +54,14 @@ def fail(message: str) -> NoReturn:
     sys.stderr.write(f"error: {one_line(message)}\n")
     sys.stderr.flush()
     sys.exit(EXIT_BAD_INPUT)
+
+
+def exit_preempted(where: str) -> NoReturn:
+    """Says that the run stopped on SIGTERM after ``where`` (its checkpoint written) and exits with
+    `EXIT_PREEMPTED`."""
+    print(f"stopped by SIGTERM after {where}; a checkpoint was written. Run the same command to "
+          "resume.", flush=True)
+    sys.exit(EXIT_PREEMPTED)
 
 
 @contextlib.contextmanager

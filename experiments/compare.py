@@ -135,6 +135,8 @@ def main(argv: Sequence[str]) -> None:
     results, rows = {}, []
     for preset, config in configs.items():
         results[preset] = loop.train(config, workdir / preset, overwrite=_OVERWRITE.value)
+        if results[preset].preempted:
+            cli.exit_preempted(f"part of {preset}")  # no summary from a partial run
         rows.append(summarise(preset, results[preset], _THRESHOLD.value))
     markdown = to_markdown(rows)
     write_text_atomic(workdir / "summary.md", markdown)

@@ -4,7 +4,9 @@
         [--config.num_seeds=1 --config.rl.hparams.beta=0.1 ...] [--overwrite]
 
 Stages already finished under the root (sft/, reward_model/) are reused; ``--overwrite`` replaces
-only the preset's own stage directory. A bad flag or config prints one line and exits with status 2
+only the preset's own stage directory. The same command on an interrupted policy stage resumes it
+from its last checkpoint; SIGTERM checkpoints after the current chunk and exits with status 143.
+A bad flag or config prints one line and exits with status 2
 before any stage runs (`experiments.cli`).
 """
 
@@ -31,6 +33,9 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.ERROR)  # TFDS warns about every custom data config
     result = pipeline.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
     out = f"{_WORKDIR.value}/{ {'sft': 'sft', 'reward_model': 'reward_model'}.get(config.stage, config.name)}"
+    if isinstance(result, pipeline.PolicyResult) and result.preempted:
+        updates = next(iter(result.train_metrics.values())).shape[1]
+        cli.exit_preempted(f"update {updates} of {out}")
     if isinstance(result, pipeline.PolicyResult):
         for row in result.final:
             shown = {k: round(v, 3) for k, v in row.items()

@@ -106,6 +106,8 @@ def main(argv: Sequence[str]) -> None:
     for preset, config in configs.items():
         print(f"== {preset}", flush=True)
         results[preset] = pipeline.run(config, root, overwrite=_OVERWRITE.value)
+        if isinstance(results[preset], pipeline.PolicyResult) and results[preset].preempted:
+            cli.exit_preempted(f"part of the {preset} stage")  # no table from a partial stage
 
     lines = ["| method | gold | proxy | exact KL | distinct-2 | grammatical | run s | "
              "sampled tokens/s |", "|---|---|---|---|---|---|---|---|"]

@@ -12,7 +12,6 @@ status 2 before anything is compiled or written (`experiments.cli`).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import flags, logging
@@ -23,9 +22,7 @@ from kltrust.train import common, loop
 
 _CONFIG = cli.config_file_flag("config", "configs/ppo.py:cartpole_clip", "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-# A run stopped by SIGTERM exits with 128 + 15, as if killed by it, after writing its checkpoint:
-# a script that chains runs must not mistake it for a finished one.
-PREEMPTED_EXIT_CODE = 143
+PREEMPTED_EXIT_CODE = cli.EXIT_PREEMPTED  # 143: SIGTERM, checkpoint written (see cli)
 
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a workdir that holds a different config.")
 
@@ -41,9 +38,7 @@ def main(argv: Sequence[str]) -> None:
     if result.resumed_from:
         print(f"resumed after update {result.resumed_from} of {common.num_updates(_CONFIG.value)}")
     if result.preempted:
-        print(f"stopped by SIGTERM after update {updates}; a checkpoint was written. Run the same "
-              "command to resume.")
-        sys.exit(PREEMPTED_EXIT_CODE)
+        cli.exit_preempted(f"update {updates}")
     steps = (updates - result.resumed_from) * result.env_steps_per_update * len(result.seeds)
     final = result.metrics["episode_return"][:, -1]
     print(f"final mean episode return per seed: {', '.join(f'{r:.1f}' for r in final)}")
