@@ -124,7 +124,7 @@ def test_a_stale_view_of_the_workdir_stops_both_processes_with_a_clear_error(tmp
         assert result.returncode != 0, f"process {i} should have failed:\n{result.stdout}"
         assert "PeerDisagreement: the processes disagree at 'loop.workdir'" in result.stderr, (
             result.stderr[-3000:])
-        assert "process 0 sees False; process 1 sees True" in result.stderr
+        assert "process 0 sees 'fresh'; process 1 sees 'resume'" in result.stderr
     # Nothing was written: the decision came before any write.
     assert not (tmp_path / "view_0").exists()
     assert sorted(p.name for p in (tmp_path / "view_1").iterdir()) == ["config.json",
