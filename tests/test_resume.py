@@ -215,3 +215,45 @@ def test_a_token_policy_stage_resumes_mid_run_bit_identically(tmp_path):
     # A finished stage is not run again without --overwrite.
     with pytest.raises(ValueError, match="already holds results of this finished stage"):
         pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params)
+
+
+@pytest.mark.filterwarnings("ignore:KL guard")
+def test_sigterm_stops_a_token_policy_stage_after_a_checkpoint_and_it_resumes_exactly(tmp_path):
+    """SIGTERM during a policy stage (the KL guard rolling back at every evaluation, so its state
+    matters): the stage checkpoints after the chunk it is in, returns ``preempted`` with no results
+    written, and the same call then finishes it with an uninterrupted run's files."""
+    from kltrust.train import pipeline
+    from kltrust.train import tokens as tok
+
+    config = tiny_token_config("ppo_adaptive", num_seeds=2, num_updates=8, updates_per_eval=2)
+    config.rl.hparams.learning_rate = 3e-3
+    config.guards.kl_budget, config.guards.max_rollbacks = 0.02, 100
+    pipeline.validate(config)
+    ref_params, rm_params = random_models(config)
+    whole = pipeline.run_policy(config, tmp_path / "whole", ref_params, rm_params)
+    assert len(whole.guard_events) >= 4  # rollbacks before and after the stop
+
+    signals = []
+
+    def sigterm_once(updates):
+        if not signals:
+            signals.append(updates)
+            os.kill(os.getpid(), signal.SIGTERM)  # seen after the next chunk, as a real one would be
+
+    stopped = pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params,
+                                  on_chunk=sigterm_once)
+    stage = tmp_path / "cut" / config.name
+    assert stopped.preempted and next(iter(stopped.train_metrics.values())).shape[1] == 4
+    assert _steps(stage) == [2, 4] and not tok.is_done(stage)
+    assert not (stage / "results.json").exists()
+    resumed = pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params)
+    assert not resumed.preempted
+    for name in ("metrics.jsonl", "eval.jsonl", "events.jsonl", "results.json"):
+        expected = (tmp_path / "whole" / config.name / name).read_text()
+        if name == "results.json":  # timings differ
+            expected, got = (json.loads(expected)["final"],
+                             json.loads((stage / name).read_text())["final"])
+            assert got == expected
+        else:
+            assert (stage / name).read_text() == expected, name
+    jax.tree.map(np.testing.assert_array_equal, resumed.params, whole.params)
