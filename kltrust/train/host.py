@@ -25,9 +25,10 @@ process 0 writes rows (every process writes its checkpoint shards, as orbax requ
 
 A program that evaluates between chunks does it in ``between``: it receives the carry after ``i``
 chunks and returns it (a guard may roll it back). The bandit testbed, one jitted ``lax.scan``
-over evaluation chunks today, would run here as ``Chunks(run=<one evaluation chunk, jitted>,
-num_chunks=num_evals, updates_per_chunk=steps_per_eval)`` with its exact metrics as the chunk's
-metrics and, given a workdir, checkpoints and resume for free.
+over evaluation chunks today, would run here as the token stage does: ``advance`` = its inner
+scan (``steps_per_eval`` steps, per-step metrics), jitted and vmapped over runs; ``between`` = its
+exact evaluation (rows in a `RowsFile`); ``num_chunks = num_evals``; and, given a workdir,
+checkpoints, resume and SIGTERM come with it.
 """
 
 from __future__ import annotations
@@ -66,17 +67,18 @@ class RowsFile:
 class Chunks:
     """A training program as the host loop sees it.
 
-    ``run(carry) -> (carry, metrics)`` is the compiled chunk: metrics are name -> [runs (padded),
-    updates], of which the first ``len(seeds)`` runs are real. The carry is whatever the program
-    threads through chunks (a train state; the token stage adds its hyperparameters).
+    ``advance(carry) -> (carry, metrics)`` is the compiled chunk: metrics are name -> [runs
+    (padded), updates], of which the first ``len(seeds)`` runs are real. The carry is whatever the
+    program threads through chunks (a train state; the token stage adds its hyperparameters).
     """
 
     name: str  # names the progress marks and agreement points ("loop", "policy")
-    run: Callable[[Any], tuple[Any, Any]]
+    advance: Callable[[Any], tuple[Any, Any]]
     num_chunks: int
     updates_per_chunk: int
     seeds: np.ndarray  # of the real runs, in order
-    max_nonfinite_updates: int  # guards.max_nonfinite_updates
+    # guards.max_nonfinite_updates; None: the program has no non-finite guard (no streak metric).
+    max_nonfinite_updates: int | None = None
     # Process 0 writes one chunk's rows: (host metrics [runs, updates], updates before the chunk).
     write_rows: Callable[[dict[str, np.ndarray], int], None] | None = None
     metrics_file: str = "metrics.jsonl"  # the per-update rows, read back as arrays on resume
@@ -158,7 +160,7 @@ def run(chunks: Chunks, carry: Any, *, workdir: str | pathlib.Path | None = None
             for chunk in range(first, chunks.num_chunks):
                 processes.progress(f"{chunks.name}.chunk")
                 t = time.perf_counter()
-                carry, metrics = chunks.run(carry)
+                carry, metrics = chunks.advance(carry)
                 metrics = {k: np.asarray(v[:num_runs])
                            for k, v in sharding.to_host(metrics).items()}
                 chunk_seconds += time.perf_counter() - t
@@ -170,8 +172,9 @@ def run(chunks: Chunks, carry: Any, *, workdir: str | pathlib.Path | None = None
                 preempted = processes.any_process(stop.requested) and not last
                 if workdir is not None and processes.is_primary() and chunks.write_rows:
                     chunks.write_rows(metrics, updates_before)
-                guards.check_streak(metrics, chunks.max_nonfinite_updates, updates_before,
-                                    chunks.seeds)
+                if chunks.max_nonfinite_updates is not None:
+                    guards.check_streak(metrics, chunks.max_nonfinite_updates, updates_before,
+                                        chunks.seeds)
                 if checkpoints is not None and (
                         (chunk + 1) % chunks.checkpoint_every == 0 or last or preempted):
                     checkpoints.save(updates_before + per_chunk, chunks.saved(carry))

@@ -123,7 +123,7 @@ def train(
             _write_metrics(workdir, writer, metrics, seeds, updates_before, static.batch_size)
 
     chunks = host.Chunks(
-        name="loop", run=lambda s: compiled_chunk(s, hparams),
+        name="loop", advance=lambda s: compiled_chunk(s, hparams),
         num_chunks=static.num_updates // static.updates_per_chunk,
         updates_per_chunk=static.updates_per_chunk, seeds=seeds,
         max_nonfinite_updates=config.guards.max_nonfinite_updates, write_rows=write_rows,

@@ -88,7 +88,7 @@ STAGE_RULES = workdirs.Rules(
     config_file="stage_config.json", finished=tok.is_done, resumable=False)
 
 
-def _reuse(directory: pathlib.Path, stage: str, config, overwrite: bool) -> bool:
+def _claim_stage(directory: pathlib.Path, stage: str, config, overwrite: bool) -> bool:
     """Whether the finished stage in ``directory`` is reused; if not, it is claimed for a fresh run
     (every process agrees, then process 0 records this config)."""
     return workdirs.claim_workdir(f"prepare.{directory.name}", directory,
@@ -100,7 +100,7 @@ def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
     """Trains the reference (or loads it when done). Returns its params."""
     out = root / "sft"
     policy = tok.Policy(tok.policy_config(config))
-    if _reuse(out, "sft", config, overwrite):
+    if _claim_stage(out, "sft", config, overwrite):
         return tok.load_params(out, policy.init(jax.random.PRNGKey(0)))
     if config.data.source.startswith("tfds:"):
         return _run_sft_real_text(config, out)
@@ -159,7 +159,7 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
     out = root / "reward_model"
     rm_config = tok.reward_model_config(config)
     train, test = preference_data(config, root)
-    if _reuse(out, "reward_model", config, overwrite):
+    if _claim_stage(out, "reward_model", config, overwrite):
         return tok.load_params(out, reward_model.init_params(rm_config, train, 0))
     params, rows = reward_model.train(
         rm_config, train, steps=config.rm.steps, batch_size=config.rm.batch_size,
@@ -298,7 +298,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     # hyperparameters the KL guard may have changed, and the guard's last passing state. On resume
     # the evaluation at the checkpoint (and its guard events) is redone, so rows are kept up to it.
     chunks = host.Chunks(
-        name="policy", run=advance, num_chunks=num_chunks, updates_per_chunk=upe, seeds=seeds,
+        name="policy", advance=advance, num_chunks=num_chunks, updates_per_chunk=upe, seeds=seeds,
         max_nonfinite_updates=config.guards.max_nonfinite_updates, write_rows=write_rows,
         rows_files=(host.RowsFile("eval.jsonl", "update", lambda done: done - 1, evals.extend),
                     host.RowsFile("events.jsonl", "evaluation", lambda done: done // upe - 1,
