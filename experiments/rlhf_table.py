@@ -19,10 +19,14 @@ from absl import flags, logging
 
 from configs import rlhf as rlhf_configs
 from experiments import cli
+from kltrust.objectives import preference
 from kltrust.train import pipeline
 
+
+# The built-in presets, then every preset a registered preference loss brings (SimPO's ``simpo``).
 DEFAULT_PRESETS = ("ppo_nokl", "ppo", "ppo_adaptive", "ppo_kl_loss", "grpo", "grpo_kl_reward",
-                   "rloo", "trpo", "dpo", "ipo", "dpo_online", "best_of_n")
+                   "rloo", "trpo", "dpo", "ipo", "dpo_online") + tuple(
+    name for _, loss in preference.LOSSES.items() for name in loss.token_presets) + ("best_of_n",)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline root.", required=True)
 _PRESETS = flags.DEFINE_list("presets", list(DEFAULT_PRESETS), "Presets of configs/rlhf.py.")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 3, "Seeds per method (vmapped).", lower_bound=1)

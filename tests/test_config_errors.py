@@ -235,7 +235,7 @@ TOKEN_ERRORS = [
     ("ppo", "sft.learning_rate", INF, r"config.sft.learning_rate = inf: must be finite and > 0"),
     ("ppo", "rm.learning_rate", NAN, r"config.rm.learning_rate = nan: must be finite and > 0"),
     ("ppo", "rm.weight_decay", -1.0, r"config.rm.weight_decay = -1.0: must be in \[0.0, inf\)"),
-    ("ppo", "guards.kl_budget", INF, r"config.guards.kl_budget = inf: must be finite and >= 0"),
+    ("ppo", "guards.max_sequence_kl", INF, r"config.guards.max_sequence_kl = inf: must be finite and >= 0"),
     ("ppo", "guards.kl_jump", INF, r"config.guards.kl_jump = inf: must be 0 \(off\) or a finite"),
     ("ppo", "guards.kl_backoff", NAN, r"config.guards.kl_backoff = nan: must be finite and > 1"),
     ("ppo", "data.bt_temperature", INF, r"config.data.bt_temperature = inf: must be finite"),

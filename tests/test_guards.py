@@ -116,7 +116,7 @@ def test_token_ppo_skips_a_poisoned_run_and_the_clean_one_in_the_same_program_le
 def _token_config(budget, **guard):
     config = tiny_token_config(num_updates=8, updates_per_eval=2)
     config.rl.hparams.learning_rate = 3e-3
-    config.guards.update(kl_budget=budget, **guard)
+    config.guards.update(max_sequence_kl=budget, **guard)
     return config
 
 

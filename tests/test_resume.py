@@ -186,7 +186,7 @@ def test_a_token_policy_stage_resumes_mid_run_bit_identically(tmp_path):
     from kltrust.train import tokens as tok
 
     config = tiny_token_config("ppo_adaptive", num_seeds=2, num_updates=8, updates_per_eval=2)
-    config.guards.kl_budget = 100.0
+    config.guards.max_sequence_kl = 100.0
     pipeline.validate(config)
     ref_params, rm_params = random_models(config)
 
@@ -227,7 +227,7 @@ def test_sigterm_stops_a_token_policy_stage_after_a_checkpoint_and_it_resumes_ex
 
     config = tiny_token_config("ppo_adaptive", num_seeds=2, num_updates=8, updates_per_eval=2)
     config.rl.hparams.learning_rate = 3e-3
-    config.guards.kl_budget, config.guards.max_rollbacks = 0.02, 100
+    config.guards.max_sequence_kl, config.guards.max_rollbacks = 0.02, 100
     pipeline.validate(config)
     ref_params, rm_params = random_models(config)
     whole = pipeline.run_policy(config, tmp_path / "whole", ref_params, rm_params)

@@ -1,7 +1,7 @@
 """The token policy stage's KL guard: roll a run back when its KL to the reference runs away.
 
-Off by default (``config.guards.kl_budget`` and ``kl_jump`` are 0). After each evaluation a run
-whose exact sequence KL to the reference exceeds ``kl_budget``, or grows more than ``kl_jump``-fold
+Off by default (``config.guards.max_sequence_kl`` and ``kl_jump`` are 0). After each evaluation a run
+whose exact sequence KL to the reference exceeds ``max_sequence_kl``, or grows more than ``kl_jump``-fold
 over its last passing evaluation (once that was at least ``kl_jump_from`` nats), or is not finite,
 goes back to the state of its last passing evaluation with a stronger anchor
 (`rlhf.Trainer.back_off`, by ``kl_backoff``). Each rollback is an event (a warning, and a row of
@@ -29,7 +29,7 @@ class KLGuard:
 
     def __init__(self, config, trainer: rlhf.Trainer, state, state_shardings, num_runs: int):
         g = config.guards
-        self.budget, self.jump, self.jump_from = g.kl_budget, g.kl_jump, g.kl_jump_from
+        self.budget, self.jump, self.jump_from = g.max_sequence_kl, g.kl_jump, g.kl_jump_from
         self.backoff, self.max_rollbacks = g.kl_backoff, g.max_rollbacks
         self.active = self.budget > 0 or self.jump > 0
         self.num_runs, self.events = num_runs, []
@@ -69,7 +69,7 @@ class KLGuard:
                 raise guards.KLGuardError(
                     f"evaluation {i} (run {worst}, seed {int(seeds[worst])}): the KL guard rolled "
                     f"back more than guards.max_rollbacks = {self.max_rollbacks} times; last KL "
-                    f"{kl[worst]:.4g} against guards.kl_budget = {self.budget}.")
+                    f"{kl[worst]:.4g} against guards.max_sequence_kl = {self.budget}.")
             state, hp = self._back_off(state, hp, self.good, jnp.asarray(bad),
                                        jnp.float32(self.backoff))
             hp = jax.tree.map(np.asarray, sharding.to_host(hp))  # host arrays, as chunks expect

@@ -74,9 +74,9 @@ def defaults() -> ml_collections.ConfigDict:
     # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
     c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
     # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
-    # The KL guard (off by default): see `_KLGuard`; budgets are sequence KLs in nats.
+    # The KL guard (off by default): see `kltrust.train.kl_guard`; budgets are sequence KLs in nats.
     c.guards = ml_collections.ConfigDict(dict(
-        max_nonfinite_updates=10, kl_budget=0.0, kl_jump=0.0, kl_jump_from=0.5, kl_backoff=2.0,
+        max_nonfinite_updates=10, max_sequence_kl=0.0, kl_jump=0.0, kl_jump_from=0.5, kl_backoff=2.0,
         max_rollbacks=3))
     return c
 
@@ -118,7 +118,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     g = config.guards
     check(is_int(g.max_nonfinite_updates, 1), "guards.max_nonfinite_updates",
           g.max_nonfinite_updates, "an integer >= 1")
-    check(is_finite(g.kl_budget) and g.kl_budget >= 0, "guards.kl_budget", g.kl_budget,
+    check(is_finite(g.max_sequence_kl) and g.max_sequence_kl >= 0, "guards.max_sequence_kl",
+          g.max_sequence_kl,
           "finite and >= 0 (0 turns the budget off)")
     check(g.kl_jump == 0 or (is_finite(g.kl_jump) and g.kl_jump > 1), "guards.kl_jump", g.kl_jump,
           "0 (off) or a finite number > 1 (a factor)")
@@ -165,10 +166,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         check(rl.kl_estimator in in_loss, "rl.kl_estimator", rl.kl_estimator,
               f"one of {in_loss} when the KL is in the {rl.method} loss (k1 has zero expected "
               "gradient there; 'exact' is not a per-sample loss term)")
-    if g.kl_budget > 0 or g.kl_jump > 0:
+    if g.max_sequence_kl > 0 or g.kl_jump > 0:
         check(rl.eval_kl, "rl.eval_kl", rl.eval_kl,
-              "True when the KL guard is on (guards.kl_budget or guards.kl_jump > 0): it watches "
-              "the evaluated KL")
+              "True when the KL guard is on (guards.max_sequence_kl or guards.kl_jump > 0): it "
+              "watches the evaluated KL")
     check_choice(rl.controller, controllers.kinds(), "rl.controller")
     # Strings only some methods read are checked for every method: a typo must not wait for the
     # preset that reads it.
