@@ -210,6 +210,19 @@ class Trainer:
         idx = jax.random.randint(key, (s.batch_prompts,), 0, frozen.prompts.shape[0])
         return self.constrain_batch(jnp.repeat(frozen.prompts[idx], s.group_size, axis=0))
 
+    def sample_and_score(self, state: TrainState, frozen: tok.Frozen, num_keys: int,
+                         with_reference: bool):
+        """What every sampling method starts with: ``state.key`` split in ``num_keys`` (the next
+        state's key, the prompts' key, the sampling key, and the rest for the method), prompts
+        sampled, responses rolled out and scored by the proxy. Returns (next key, the remaining
+        keys, prompts, rollout, proxy scores)."""
+        key, k_prompt, k_sample, *rest = jax.random.split(state.key, num_keys)
+        prompts = self.sample_prompts(frozen, k_prompt)
+        ro = self.rollout(state.params, prompts, k_sample, frozen, with_reference)
+        s = self.static
+        proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+        return key, rest, prompts, ro, proxy
+
     def common_metrics(self, ro, proxy, frozen, beta) -> dict[str, jax.Array]:
         """Proxy, gold, entropy, length, β and (when the reference ran) the exact and the applied
         sequence KL of a rollout."""

@@ -9,16 +9,13 @@ import jax
 from kltrust import kl
 from kltrust import rollout as rollouts
 from kltrust.objectives import grpo
-from kltrust.train import tokens as tok
 from kltrust.train.methods import TokenMethod, register
 
 
 def _update(baseline: str, trainer, state, hp, frozen):
     s = trainer.static
-    key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
-    prompts = trainer.sample_prompts(frozen, k_prompt)
-    ro = trainer.rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
-    proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+    key, (k_sgd,), prompts, ro, proxy = trainer.sample_and_score(state, frozen, 4,
+                                                                 s.uses_reference)
     beta = state.controller.beta
     reward = proxy
     if s.kl_placement == "reward":

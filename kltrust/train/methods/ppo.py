@@ -9,16 +9,13 @@ import jax.numpy as jnp
 from kltrust import rollout as rollouts
 from kltrust.distributions import Categorical
 from kltrust.objectives import ppo
-from kltrust.train import tokens as tok
 from kltrust.train.methods import TokenMethod, register
 
 
 def update(trainer, state, hp, frozen):
     s = trainer.static
-    key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
-    prompts = trainer.sample_prompts(frozen, k_prompt)
-    ro = trainer.rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
-    proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+    key, (k_sgd,), prompts, ro, proxy = trainer.sample_and_score(state, frozen, 4,
+                                                                 s.uses_reference)
     beta = state.controller.beta
     last = jnp.sum(ro.mask, axis=-1).astype(jnp.int32) - 1
     reward = jax.nn.one_hot(last, ro.mask.shape[1]) * proxy[:, None]

@@ -12,7 +12,6 @@ import optax
 from kltrust import kl
 from kltrust import rollout as rollouts
 from kltrust.objectives import preference
-from kltrust.train import tokens as tok
 from kltrust.train.methods import TokenMethod, register
 
 
@@ -37,11 +36,8 @@ def _ref_seq_logp(trainer, frozen, prompts, response, mask):
 
 
 def _update_dpo_online(trainer, state, hp, frozen):
-    s = trainer.static
-    key, k_prompt, k_sample, k_sgd = jax.random.split(state.key, 4)
-    prompts = trainer.sample_prompts(frozen, k_prompt)  # group_size = 2: a pair per prompt
-    ro = trainer.rollout(state.params, prompts, k_sample, frozen, True)
-    proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+    # group_size = 2: a pair per prompt; the reference scores both responses.
+    key, (k_sgd,), prompts, ro, proxy = trainer.sample_and_score(state, frozen, 4, True)
     ref_logp = kl.sum_per_sequence(ro.ref_log_prob, ro.mask)
     first_wins = (proxy[0::2] >= proxy[1::2])[:, None]
 

@@ -9,16 +9,12 @@ from jax.flatten_util import ravel_pytree
 
 from kltrust.distributions import Categorical
 from kltrust.objectives import grpo, trpo
-from kltrust.train import tokens as tok
 from kltrust.train.methods import TokenMethod, register
 
 
 def update(trainer, state, hp, frozen):
     s = trainer.static
-    key, k_prompt, k_sample = jax.random.split(state.key, 3)
-    prompts = trainer.sample_prompts(frozen, k_prompt)
-    ro = trainer.rollout(state.params, prompts, k_sample, frozen, s.uses_reference)
-    proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+    key, _, prompts, ro, proxy = trainer.sample_and_score(state, frozen, 3, s.uses_reference)
     advantage = grpo.group_advantages(proxy, s.group_size, baseline="rloo")
     flat, unravel = ravel_pytree(state.params)
     prompt_len = prompts.shape[1]
