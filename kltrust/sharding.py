@@ -20,7 +20,7 @@ the decisions several processes must share live in `kltrust.processes`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -96,10 +96,15 @@ def make_mesh(num_devices: int | None = None, *, runs: int = 1, fsdp: int = 1) -
     return _mesh({RUN_AXIS: runs, DATA_AXIS: total // (runs * fsdp), FSDP_AXIS: fsdp})
 
 
+def mesh_from_sizes(sizes: Mapping[str, int], key: str = "mesh") -> Mesh:
+    """The mesh of axis ``sizes`` (a preset's ``mesh`` block as a dict; one size may be -1; an
+    axis left out has size 1, or every device left for ``data``) on this process's devices."""
+    return _mesh(mesh_shape(dict(sizes), jax.device_count(), key))
+
+
 def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh:
     """The mesh of ``config.mesh`` (every device on ``data`` if the config has no mesh block)."""
-    sizes = config.mesh.to_dict() if "mesh" in config else {}
-    return _mesh(mesh_shape(sizes, jax.device_count()))
+    return mesh_from_sizes(config.mesh.to_dict() if "mesh" in config else {})
 
 
 def _mesh(shape: dict[str, int]) -> Mesh:
