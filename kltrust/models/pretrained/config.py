@@ -132,7 +132,8 @@ def from_gguf_metadata(meta: Mapping[str, Any], max_len: int, dtype: str) -> Arc
         head_dim=head_dim, ffn_width=int(get("feed_forward_length")),
         norm_eps=float(get("attention.layer_norm_rms_epsilon")),
         rope_theta=float(get("rope.freq_base", 10_000.0)), max_len=max_len,
-        rope_local_theta=float(get("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_THETA)) if gemma else 0.0,
+        rope_local_theta=(float(get("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_THETA)) if gemma
+                          else 0.0),
         sliding_window=int(get("attention.sliding_window", 0)) if gemma else 0,
         global_every=GEMMA3_GLOBAL_EVERY if gemma else 1, rope_scale=rope_scale,
         final_softcap=float(get("final_logit_softcapping", 0.0)),

@@ -209,7 +209,8 @@ class PretrainedLM:
         return self.config.max_len
 
     def init(self, key: jax.Array) -> Params:
-        """The loaded weights in the config's dtype (``key`` unused), or random ones from ``key``."""
+        """The loaded weights in the config's dtype (``key`` unused), or random ones from
+        ``key``."""
         if self.weights is None:
             return random_params(self.config, key)
         return cast(self.weights, self.config.dtype)
@@ -218,7 +219,8 @@ class PretrainedLM:
         """(logits [B, T, V], None): a pretrained policy has no value head."""
         return forward(self.config, params, tokens)[0], None
 
-    def decode(self, params: Params, tokens: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def decode(self, params: Params, tokens: jax.Array,
+               cache: KVCache) -> tuple[jax.Array, KVCache]:
         return forward(self.config, params, tokens, cache)
 
     def empty_cache(self, batch: int) -> KVCache:

@@ -32,7 +32,8 @@ class _Base:
     """Shared ids and PAD-dropping decode; subclasses set ``_encode`` / ``_decode``."""
 
     def __init__(self, vocab_size: int, bos_id: int | None, eos_id: int, pad_id: int):
-        self._vocab_size, self._bos_id, self._eos_id, self._pad_id = vocab_size, bos_id, eos_id, pad_id
+        self._vocab_size, self._bos_id = vocab_size, bos_id
+        self._eos_id, self._pad_id = eos_id, pad_id
 
     @property
     def vocab_size(self) -> int:
@@ -68,8 +69,9 @@ class _Base:
 def _special_ids(meta: dict[str, Any]) -> dict[str, Any]:
     eos = int(meta["tokenizer.ggml.eos_token_id"])
     bos = meta.get("tokenizer.ggml.bos_token_id")
+    uses_bos = bos is not None and bool(meta.get("tokenizer.ggml.add_bos_token"))
     return dict(vocab_size=len(meta["tokenizer.ggml.tokens"]),
-                bos_id=int(bos) if bos is not None and meta.get("tokenizer.ggml.add_bos_token") else None,
+                bos_id=int(bos) if uses_bos else None,
                 eos_id=eos, pad_id=int(meta.get("tokenizer.ggml.padding_token_id", eos)))
 
 
