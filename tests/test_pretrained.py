@@ -329,6 +329,10 @@ def test_missing_package_names_the_install_line(monkeypatch):
     monkeypatch.setitem(pretrained.MODELS, "fake", fake)
     with pytest.raises(ModuleNotFoundError, match="pip install no-such-package==1.0"):
         pretrained.load("fake")
+    with pytest.raises(ValueError, match="dtype = 'int8'"):  # checked before any slow step
+        pretrained.load("fake", dtype="int8")
+    with pytest.raises(KeyError, match="known: "):
+        pretrained.load("gpt-5")
 
 
 @pytest.mark.multidevice

@@ -133,6 +133,15 @@ def test_prefill_logits_equal_full_forward(smollm2):
     np.testing.assert_allclose(np.asarray(jnp.concatenate(pieces, 1)), full, rtol=0, atol=1e-3)
 
 
+def test_static_identity(smollm2):
+    """Equal (and hash-equal) to another load of the same checkpoint, not to a random model of
+    the same shape: ``init`` differs."""
+    model = smollm2.model
+    assert model == pretrained.load("smollm2-135m", max_len=64)
+    assert hash(model) == hash(pretrained.load("smollm2-135m", max_len=64))
+    assert model != pretrained.PretrainedLM(model.config)
+
+
 def test_tokenizer_round_trips_text(smollm2):
     tok = smollm2.tokenizer
     for text in SENTENCES + ["  spaces\tand\nnewlines ", "Ünïcode ✓ 日本語 1234.5", "<|im_start|>hi"]:

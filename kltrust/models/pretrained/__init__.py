@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kltrust.models.pretrained import tokenizer as _tokenizer
-from kltrust.models.pretrained.config import ArchConfig
+from kltrust.models.pretrained.config import DTYPES, ArchConfig
 from kltrust.models.pretrained.gguf_io import default_cache_dir, load_cached
 from kltrust.models.pretrained.model import KVCache, PretrainedLM, forward
 
@@ -85,6 +85,8 @@ def load(name: str, dtype: str = "float32", cache_dir: str | Path | None = None,
     float32 weights and the tokenizer; later loads read the cache. ``load.last_timings`` holds
     the seconds each step took (for benchmarks).
     """
+    if dtype not in DTYPES:  # before the slow part
+        raise ValueError(f"dtype = {dtype!r}: must be one of {DTYPES}.")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = gguf_path(name, cache)
 
@@ -97,7 +99,7 @@ def load(name: str, dtype: str = "float32", cache_dir: str | Path | None = None,
     timings["tokenizer_s"] = time.perf_counter() - start
     load.last_timings = timings  # type: ignore[attr-defined]
     cfg = ArchConfig.from_dict({**cfg.to_dict(), "dtype": dtype})
-    return PretrainedLM(cfg, tokenizer=tok, weights=weights)
+    return PretrainedLM(cfg, name=name, tokenizer=tok, weights=weights)
 
 
 def tiny(arch: str, *, vocab_size: int = 67, max_len: int = 24, sliding_window: int = 5,

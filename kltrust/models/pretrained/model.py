@@ -190,13 +190,16 @@ def cast(params: Any, dtype: str) -> Any:
 @dataclasses.dataclass(frozen=True)
 class PretrainedLM:
     """A llama / gemma3 decoder as a `kltrust.models.interface.LanguageModel` (hashable and
-    static: equality is the config alone, so two loads of one model share compiled programs).
+    static: equality is the config and the checkpoint's ``name``, so two loads of one model share
+    compiled programs, while two checkpoints of one shape stay distinct for a program that calls
+    ``init`` inside jit).
 
     ``weights`` are host (NumPy) float32 arrays from a checkpoint, or None for a random model
     (``init(key)`` then draws them); ``tokenizer`` may be None for the tiny random variants.
     """
 
     config: ArchConfig
+    name: str = "random"
     tokenizer: Any = dataclasses.field(default=None, compare=False, repr=False)
     weights: Any = dataclasses.field(default=None, compare=False, repr=False)
 
