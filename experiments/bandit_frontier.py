@@ -24,7 +24,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import flags, logging
 from tqdm import tqdm
@@ -34,6 +33,8 @@ from kltrust.errors import ConfigError
 from kltrust.metrics import rows_to_csv, write_text_atomic
 from kltrust.tasks import bandit as bandit_lib
 from kltrust.train import bandit as bandit_train
+from kltrust.train import bandit_config, bandit_run
+from kltrust.train.bandit_config import BanditSpec
 
 _CONFIG = cli.config_file_flag("config", "configs/bandit.py", "Bandit config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -56,24 +57,25 @@ def prepare_workdir(workdir: pathlib.Path, overwrite: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
 
 
-def jobs(config: ml_collections.ConfigDict) -> list[tuple[str, int | None]]:
+def jobs(spec: BanditSpec) -> list[tuple[str, int | None]]:
     """(run, num_pairs) for every program to run; num_pairs is None unless the run samples offline pairs."""
     out = []
-    for run in config.runs:
-        spec = config.run_specs[run]
-        offline = bandit_train.METHODS.get(spec.method).offline_pairs
-        sampled_offline = offline and spec.preferences == "sampled"
-        out += [(run, int(n)) for n in config.num_pairs] if sampled_offline else [(run, None)]
+    for run in spec.runs:
+        run_spec = spec.run_specs[run]
+        offline = bandit_train.METHODS.get(run_spec.method).offline_pairs
+        sampled_offline = offline and run_spec.preferences == "sampled"
+        out += [(run, int(n)) for n in spec.num_pairs] if sampled_offline else [(run, None)]
     return out
 
 
-def pairs_label(config: ml_collections.ConfigDict, run: str, num_pairs: int | None) -> str:
-    spec = config.run_specs[run]
-    method = bandit_train.METHODS.get(spec.method)
+def pairs_label(spec: BanditSpec, run: str, num_pairs: int | None) -> str:
+    """The table's ``pairs`` cell of a job."""
+    run_spec = spec.run_specs[run]
+    method = bandit_train.METHODS.get(run_spec.method)
     if method.offline_pairs:
-        return "exact" if spec.preferences == "exact" else str(num_pairs)
+        return "exact" if run_spec.preferences == "exact" else str(num_pairs)
     if method.preference_loss:  # pairs drawn online, batch_size per step
-        return f"{config.batch_size}/step"
+        return f"{spec.batch_size}/step"
     return "—"
 
 
@@ -95,21 +97,17 @@ def final_metrics(bandit: bandit_lib.Bandit, logits: np.ndarray, betas: np.ndarr
         return {k: np.asarray(v) for k, v in out.items()}
 
 
-def run_all(config: ml_collections.ConfigDict, progress: bool = True) -> tuple[list[dict], dict]:
+def run_all(spec: BanditSpec, progress: bool = True) -> tuple[list[dict], dict]:
     """Trains every job; returns table rows and, per job, (training curves, final metrics)."""
-    bandit = bandit_train.make_bandit(config)
-    seeds = config.seed + np.arange(config.num_seeds)
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    betas = np.asarray(config.betas, np.float64)
+    bandit = bandit_config.make_bandit(spec)
+    betas = np.asarray(spec.betas, np.float64)
     rows, results = [], {}
-    for run, num_pairs in tqdm(jobs(config), desc="bandit runs", disable=not progress):
-        setup = bandit_train.setup_for(config, run, num_pairs)
+    for run, num_pairs in tqdm(jobs(spec), desc="bandit runs", disable=not progress):
         start = time.perf_counter()
-        result = jax.block_until_ready(
-            bandit_train.make_sweep(setup)(keys, bandit, bandit_train.hparams_for(config, run)))
+        result = jax.block_until_ready(bandit_run.train(spec, run, num_pairs).run)
         seconds = time.perf_counter() - start
         final = final_metrics(bandit, np.asarray(result.logits), betas)
-        label = pairs_label(config, run, num_pairs)
+        label = pairs_label(spec, run, num_pairs)
         results[(run, label)] = (jax.device_get(result.metrics), final)
         for i, beta in enumerate(betas):
             row = {"method": run, "beta": float(beta), "pairs": label}
@@ -121,12 +119,12 @@ def run_all(config: ml_collections.ConfigDict, progress: bool = True) -> tuple[l
     return rows, results
 
 
-def targets(config: ml_collections.ConfigDict) -> list[dict]:
+def targets(spec: BanditSpec) -> list[dict]:
     """Per β: KL(π*_β‖π_ref), E_{π*_β}[r] and the optimal value J_β(π*_β), in float64."""
-    bandit = bandit_train.make_bandit(config)
+    bandit = bandit_config.make_bandit(spec)
     with jax.enable_x64(True):
         bandit64 = _float64(bandit)
-        betas = jnp.asarray(config.betas, jnp.float64)
+        betas = jnp.asarray(spec.betas, jnp.float64)
         kls, rewards = bandit_lib.frontier(bandit64, betas)
         values = jax.vmap(lambda b: bandit_lib.optimal_value(bandit64, b))(betas)
         return [{"beta": float(b), "kl": float(k), "reward": float(r), "value": float(v)}
@@ -151,14 +149,14 @@ def to_markdown(rows: Sequence[dict], goal: Sequence[dict], num_seeds: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def plot(config: ml_collections.ConfigDict, rows: Sequence[dict], results: dict, goal: Sequence[dict],
+def plot(spec: BanditSpec, rows: Sequence[dict], results: dict, goal: Sequence[dict],
          path: pathlib.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bandit = bandit_train.make_bandit(config)
+    bandit = bandit_config.make_bandit(spec)
     grid = np.logspace(-2.5, 2.5, 300)
     with jax.enable_x64(True):
         bandit64 = _float64(bandit)
@@ -169,7 +167,7 @@ def plot(config: ml_collections.ConfigDict, rows: Sequence[dict], results: dict,
     ax_front.scatter([g["kl"] for g in goal], [g["reward"] for g in goal], marker="*", s=180,
                      color="black", zorder=3, label="π*_β at the swept β")
     markers = "os^Dvp<>h"
-    betas = list(config.betas)
+    betas = list(spec.betas)
     # tab20's saturated colours first, then its light ones: neighbouring jobs stay distinguishable.
     colors = plt.get_cmap("tab20")([(2 * i) % 20 + (2 * i) // 20 for i in range(len(results))])
     for color, (job, (curves, final)) in zip(colors, results.items()):
@@ -206,17 +204,19 @@ def main(argv: Sequence[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
-    bandit_train.validate(config)  # before anything is written or compiled
+    # The config is read here, once: checked (before anything is written or compiled) and made a
+    # typed spec, which is all the code below takes.
+    spec = bandit_config.spec_from_config(config)
     workdir = pathlib.Path(_WORKDIR.value)
     prepare_workdir(workdir, _OVERWRITE.value)
     write_text_atomic(workdir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     start = time.perf_counter()
-    rows, results = run_all(config)
-    goal = targets(config)
-    markdown = to_markdown(rows, goal, config.num_seeds)
+    rows, results = run_all(spec)
+    goal = targets(spec)
+    markdown = to_markdown(rows, goal, spec.num_seeds)
     write_text_atomic(workdir / "summary.md", markdown)
     write_text_atomic(workdir / "summary.csv", rows_to_csv(rows))
-    plot(config, rows, results, goal, workdir / "frontier.png")
+    plot(spec, rows, results, goal, workdir / "frontier.png")
     print(markdown)
     print(f"{time.perf_counter() - start:.0f} s for {len(results)} compiled programs")
     print(f"summary: {workdir / 'summary.md'} (and .csv)   plot: {workdir / 'frontier.png'}")

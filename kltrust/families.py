@@ -192,23 +192,17 @@ class BanditFamily:
     def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
                   advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
         del root
-        import time
+        from kltrust.train import bandit_config, bandit_run
 
-        from kltrust.train import bandit
-
-        config = runs[0].config
-        name = config.runs[0]
-        setup = bandit.setup_for(config, name)
-        hparams = _stack([bandit.hparams_for(r.config, name) for r in runs])  # [R, betas]
-        keys = jax.vmap(jax.random.key)(jnp.asarray([r.seed for r in runs], jnp.uint32))
-        start = time.perf_counter()
-        program = bandit.make_runs(setup).lower(keys, bandit.make_bandit(config), hparams)
-        compiled = program.compile()
-        compile_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        result = jax.device_get(compiled(keys, bandit.make_bandit(config), hparams))
-        run_seconds = time.perf_counter() - start
-        advance(config.num_steps * len(runs))
+        # The boundary: each run's config is read once, into a typed spec.
+        specs = [bandit_config.spec_from_config(r.config) for r in runs]
+        name = specs[0].runs[0]
+        hparams = _stack([bandit_config.hparams_for(s, name) for s in specs])  # [R, betas]
+        seeds = np.array([r.seed for r in runs], np.int32)
+        trained = bandit_run.train(specs[0], name, runs=(seeds, hparams),
+                                   on_chunk=lambda n: advance(n * len(runs)))
+        compile_seconds, run_seconds = trained.compile_seconds, trained.run_seconds
+        result = trained.run
         steps = np.asarray(result.metrics["step"])  # [R, betas, evals]
         rows = []
         for r, run in enumerate(runs):

@@ -280,9 +280,10 @@ def test_bandit_sweep_groups_a_simpo_margin_grid_and_equals_the_runs_alone(tmp_p
     assert len(result.groups) == 1 and result.groups[0]["runs"] == 4
     assert len(result.rows) == 4 * 2  # 4 runs × 2 evaluations × 1 β
     for run in runs:
-        alone = bandit.make_train(bandit.setup_for(run.config, "simpo_exact"))(
-            jax.random.key(run.seed), bandit.make_bandit(run.config),
-            jax.tree.map(lambda x: x[0], bandit.hparams_for(run.config, "simpo_exact")))
+        spec = bandit.spec_from_config(run.config)
+        alone = bandit.make_train(bandit.setup_for(spec, "simpo_exact"))(
+            jax.random.key(run.seed), bandit.make_bandit(spec),
+            jax.tree.map(lambda x: x[0], bandit.hparams_for(spec, "simpo_exact")))
         final = [r for r in result.rows if r["run"] == run.run_id and r["update"] == 50][0]
         # vmapped and alone are the same float32 programs up to XLA's fusion choices: Adam on
         # logits of size ~1 over 50 steps accumulates a few ulps (1e-7 relative) per step.

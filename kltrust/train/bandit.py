@@ -2,10 +2,12 @@
 
 Every method is a pair of pure functions (``Method``): ``init(key, bandit, hparams) -> TrainState``
 and ``update(state, bandit, hparams) -> (state, metrics)``, one optimisation step. ``make_train``
-wraps a method into one jitted program (``lax.scan`` over evaluation chunks of ``lax.scan`` over
-steps) that reports the testbed's exact metrics after every chunk: E_x KL(π_θ‖π*_β), E[r],
-E_x KL(π_θ‖π_ref), and the gap to the exact reward–KL frontier at the policy's own KL.
-``make_sweep`` vmaps it over hyperparameters × seeds in one compilation. The method and every shape
+runs a method on the one host loop (`kltrust.train.bandit_run`: a compiled chunk of
+``steps_per_eval`` steps at a time) and reports the testbed's exact metrics after every chunk:
+E_x KL(π_θ‖π*_β), E[r], E_x KL(π_θ‖π_ref), and the gap to the exact reward–KL frontier at the
+policy's own KL. ``make_sweep`` vmaps it over hyperparameters × seeds in one compilation;
+`kltrust.train.bandit_run.train` runs a run spec of a typed `BanditSpec`, with a workdir
+(rows, checkpoints, resume, SIGTERM) when given one. The method and every shape
 are static (``Setup``); β, the learning rate, label noise and the preference loss's own knobs are
 arrays (``HParams``).
 
@@ -55,7 +57,6 @@ import jax.numpy as jnp
 
 from kltrust import components
 from kltrust.objectives import preference
-from kltrust.tasks import bandit as bandit_lib
 from kltrust.tasks.bandit import Bandit, PolicySpec, Preferences
 
 PREFERENCE_MODES: tuple[str, ...] = ("sampled", "exact")
@@ -75,6 +76,7 @@ __all__ = [
     "make_sweep",
     "make_train",
     "setup_for",
+    "spec_from_config",
     "validate",
 ]
 
@@ -185,7 +187,7 @@ class TrainState:
 
 
 class Method(NamedTuple):
-    """A training method as two pure functions (both traced inside ``make_train``'s jit)."""
+    """A training method as two pure functions (traced inside the compiled programs)."""
 
     init: Callable[[jax.Array, Bandit, HParams], TrainState]
     update: Callable[[TrainState, Bandit, HParams], tuple[TrainState, dict[str, jax.Array]]]
@@ -235,62 +237,39 @@ class Run:
     metrics: dict[str, jax.Array]
 
 
-# ---------------------------------------------------------------- the compiled programs
+# ---------------------------------------------------------------- the programs
+# Each runs on the one host loop (`kltrust.train.bandit_run`: a compiled chunk of steps_per_eval
+# steps, the exact evaluation between chunks), here without a workdir: nothing is written.
 
 
-def _train_fn(setup: Setup) -> Callable[[jax.Array, Bandit, HParams], Run]:
-    method = METHODS.get(setup.method).build(setup)
-    policy = bandit_lib.make_policy(setup.policy)
-
-    def train(key: jax.Array, bandit: Bandit, hp: HParams) -> Run:
-        def step(state, _):
-            return method.update(state, bandit, hp)
-
-        def chunk(state, _):
-            state, step_metrics = jax.lax.scan(step, state, None, length=setup.steps_per_eval)
-            logits = policy.apply(state.params, bandit)
-            metrics = bandit_lib.exact_metrics(bandit, logits, hp.beta)
-            metrics.update({name: values[-1] for name, values in step_metrics.items()})
-            metrics["step"] = state.step
-            return state, metrics
-
-        state = method.init(key, bandit, hp)
-        state, metrics = jax.lax.scan(chunk, state, None, length=setup.num_evals)
-        return Run(state=state, logits=policy.apply(state.params, bandit), metrics=metrics)
-
-    return train
-
-
-@functools.lru_cache(maxsize=None)
 def make_train(setup: Setup) -> Callable[[jax.Array, Bandit, HParams], Run]:
-    """One jitted run ``train(key, bandit, hparams) -> Run`` (scalar hparams, one key).
+    """``train(key, bandit, hparams) -> Run`` of one run (scalar hparams, one key).
 
-    Cached per ``setup``, so repeated calls (tests, several bandits of one shape) compile once.
+    Compiled once per ``setup`` and argument shapes, so repeated calls (tests, several bandits of
+    one shape) compile once.
     """
-    return jax.jit(_train_fn(setup))
+    return functools.partial(_run, setup, "single")
 
 
-@functools.lru_cache(maxsize=None)
 def make_sweep(setup: Setup) -> Callable[[jax.Array, Bandit, HParams], Run]:
     """``sweep(keys [S], bandit, hparams [H]) -> Run`` with leading axes [H, S], one compilation."""
-    train = _train_fn(setup)
-    over_seeds = jax.vmap(train, in_axes=(0, None, None))
-    return jax.jit(jax.vmap(over_seeds, in_axes=(None, None, 0)))
+    return functools.partial(_run, setup, "sweep")
 
 
-
-
-@functools.lru_cache(maxsize=None)
 def make_runs(setup: Setup) -> Callable[[jax.Array, Bandit, HParams], Run]:
     """``runs(keys [R], bandit, hparams [R, H]) -> Run`` with leading axes [R, H]: R runs, each
     with its own seed and H hyperparameter points (a sweep group of runs of one static setup)."""
-    train = _train_fn(setup)
-    over_hparams = jax.vmap(train, in_axes=(None, None, 0))
-    return jax.jit(jax.vmap(over_hparams, in_axes=(0, None, 0)))
+    return functools.partial(_run, setup, "runs")
 
 
-# The config side (schema, checks, Setup and HParams from a config) is `bandit_config`, which
-# imports this module; these thin forwards keep ``bandit.validate(config)`` etc. working.
+def _run(setup: Setup, layout: str, keys: jax.Array, bandit: Bandit, hp: HParams) -> Run:
+    from kltrust.train import bandit_run  # it imports this module
+
+    return bandit_run.run_keys(setup, layout, keys, bandit, hp).run
+
+
+# The config side (schema, checks, the typed spec, Setup and HParams of a spec) is `bandit_config`,
+# which imports this module; these thin forwards keep ``bandit.validate(config)`` etc. working.
 
 
 def defaults():
@@ -305,19 +284,25 @@ def validate(config) -> None:
     bandit_config.validate(config)
 
 
-def setup_for(config, run: str, num_pairs: int | None = None) -> Setup:
-    """`kltrust.train.bandit_config.setup_for`."""
+def spec_from_config(config):
+    """`kltrust.train.bandit_config.spec_from_config`: the checked config as a typed spec."""
     from kltrust.train import bandit_config
-    return bandit_config.setup_for(config, run, num_pairs)
+    return bandit_config.spec_from_config(config)
 
 
-def hparams_for(config, run: str) -> HParams:
-    """`kltrust.train.bandit_config.hparams_for`."""
+def setup_for(spec, run: str, num_pairs: int | None = None) -> Setup:
+    """`kltrust.train.bandit_config.setup_for` (of a `BanditSpec`)."""
     from kltrust.train import bandit_config
-    return bandit_config.hparams_for(config, run)
+    return bandit_config.setup_for(spec, run, num_pairs)
 
 
-def make_bandit(config) -> Bandit:
-    """`kltrust.train.bandit_config.make_bandit`."""
+def hparams_for(spec, run: str) -> HParams:
+    """`kltrust.train.bandit_config.hparams_for` (of a `BanditSpec`)."""
     from kltrust.train import bandit_config
-    return bandit_config.make_bandit(config)
+    return bandit_config.hparams_for(spec, run)
+
+
+def make_bandit(spec) -> Bandit:
+    """`kltrust.train.bandit_config.make_bandit` (of a `BanditSpec`)."""
+    from kltrust.train import bandit_config
+    return bandit_config.make_bandit(spec)

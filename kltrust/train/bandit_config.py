@@ -1,5 +1,6 @@
-"""The bandit testbed's config: its schema (`defaults`, `run_spec`), checks (`validate`) and the
-static `Setup` / array `HParams` of one run spec (`setup_for`, `hparams_for`).
+"""The bandit testbed's config: its schema (`defaults`, `run_spec`), checks (`validate`), the typed
+`BanditSpec` made of a checked config (`spec_from_config`, the one place the config is read), and
+the static `Setup` / array `HParams` of one run spec of a spec (`setup_for`, `hparams_for`).
 
 A bandit config (configs/bandit.py) describes a whole comparison: the bandit, the policy class,
 the run shape, ``betas`` (every run spec trains at every β, vmapped), and ``runs``, names of
@@ -7,10 +8,14 @@ the run shape, ``betas`` (every run spec trains at every β, vmapped), and ``run
 (`kltrust.objectives.preference.LOSSES`, for the methods that use one), the preference data and
 its label noise, and holds the knobs of every registered preference loss under ``preference``
 (only the chosen one's are read). Everything is checked on the host before anything is traced.
+
+Programs below the config boundary (`kltrust.train.bandit_run`, the sweep family, the frontier
+experiment once it has read its flags) take a `BanditSpec`, never the ml_collections config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ml_collections
@@ -145,41 +150,124 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                    spec.preference_loss)
 
 
-def setup_for(config: ml_collections.ConfigDict, run: str, num_pairs: int | None = None) -> Setup:
-    """The static ``Setup`` of run ``run`` of a validated config (``num_pairs`` for offline
-    sampled pairs)."""
-    spec = config.run_specs[run]
-    offline = METHODS.get(spec.method).offline_pairs
-    return Setup(
-        method=spec.method,
-        preference_loss=spec.preference_loss,
-        preferences=spec.preferences,
-        num_pairs=int(num_pairs if num_pairs is not None else config.num_pairs[0]),
-        batch_size=int(config.offline_batch_size if offline else config.batch_size),
-        group_size=int(config.group_size),
-        ppo_epochs=int(config.ppo_epochs),
-        num_steps=int(config.num_steps),
-        steps_per_eval=int(config.steps_per_eval),
-        lr_schedule=config.lr_schedule,
+@dataclasses.dataclass(frozen=True)
+class BanditShape:
+    """The bandit of a spec (`kltrust.tasks.bandit.make`'s arguments)."""
+
+    seed: int
+    num_contexts: int
+    num_actions: int
+    reward_scale: float
+    ref_scale: float
+    context_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run spec: the method, its preference loss and data, and that loss's knobs."""
+
+    method: str
+    preference_loss: str
+    preferences: str
+    label_noise: float
+    preference_knobs: dict[str, float]  # of ``preference_loss`` only (the others are not read)
+
+
+@dataclasses.dataclass(frozen=True)
+class BanditSpec:
+    """A checked bandit config as typed values (see `defaults` for each field's meaning).
+
+    The dicts are read-only by convention: a spec is made once, by `spec_from_config`.
+    """
+
+    seed: int
+    num_seeds: int
+    bandit: BanditShape
+    policy: PolicySpec
+    num_steps: int
+    steps_per_eval: int
+    lr_schedule: str
+    batch_size: int
+    group_size: int
+    ppo_epochs: int
+    offline_batch_size: int
+    betas: tuple[float, ...]
+    num_pairs: tuple[int, ...]
+    runs: tuple[str, ...]
+    run_specs: dict[str, RunSpec]  # the runs of ``runs`` only
+    hparams: dict[str, float]  # `Knobs`
+
+    @property
+    def seeds(self) -> np.ndarray:
+        """The training seeds: seed, seed + 1, ... (num_seeds of them)."""
+        return np.arange(self.seed, self.seed + self.num_seeds, dtype=np.int32)
+
+    def to_json(self) -> dict:
+        """The spec as JSON-able values (what a workdir's config.json records)."""
+        return dataclasses.asdict(self)
+
+
+def spec_from_config(config: ml_collections.ConfigDict) -> BanditSpec:
+    """Validates ``config`` (a one-line `ConfigError` on bad input, before anything is traced)
+    and returns it as a `BanditSpec`."""
+    validate(config)
+    b = config.bandit
+
+    def run(name: str) -> RunSpec:
+        spec = config.run_specs[name]
+        return RunSpec(spec.method, spec.preference_loss, spec.preferences,
+                       float(spec.label_noise), spec.preference[spec.preference_loss].to_dict())
+
+    return BanditSpec(
+        seed=int(config.seed), num_seeds=int(config.num_seeds),
+        bandit=BanditShape(int(b.seed), int(b.num_contexts), int(b.num_actions),
+                           float(b.reward_scale), float(b.ref_scale), float(b.context_scale)),
         policy=PolicySpec(kind=config.policy.kind, hidden=tuple(config.policy.hidden),
                           activation=config.policy.activation),
+        num_steps=int(config.num_steps), steps_per_eval=int(config.steps_per_eval),
+        lr_schedule=config.lr_schedule, batch_size=int(config.batch_size),
+        group_size=int(config.group_size), ppo_epochs=int(config.ppo_epochs),
+        offline_batch_size=int(config.offline_batch_size),
+        betas=tuple(float(x) for x in config.betas),
+        num_pairs=tuple(int(n) for n in config.num_pairs), runs=tuple(config.runs),
+        run_specs={name: run(name) for name in config.runs},
+        hparams=config.hparams.to_dict())
+
+
+def setup_for(spec: BanditSpec, run: str, num_pairs: int | None = None) -> Setup:
+    """The static ``Setup`` of run ``run`` of ``spec`` (``num_pairs`` for offline sampled
+    pairs; the first of ``spec.num_pairs`` by default)."""
+    run_spec = spec.run_specs[run]
+    offline = METHODS.get(run_spec.method).offline_pairs
+    return Setup(
+        method=run_spec.method,
+        preference_loss=run_spec.preference_loss,
+        preferences=run_spec.preferences,
+        num_pairs=int(num_pairs if num_pairs is not None else spec.num_pairs[0]),
+        batch_size=spec.offline_batch_size if offline else spec.batch_size,
+        group_size=spec.group_size,
+        ppo_epochs=spec.ppo_epochs,
+        num_steps=spec.num_steps,
+        steps_per_eval=spec.steps_per_eval,
+        lr_schedule=spec.lr_schedule,
+        policy=spec.policy,
     )
 
 
-def hparams_for(config: ml_collections.ConfigDict, run: str) -> HParams:
-    """The ``HParams`` of run ``run``, one entry per β of ``config.betas`` (shape [len(betas)])."""
-    spec = config.run_specs[run]
+def hparams_for(spec: BanditSpec, run: str) -> HParams:
+    """The ``HParams`` of run ``run``, one entry per β of ``spec.betas`` (shape [len(betas)])."""
+    run_spec = spec.run_specs[run]
     return HParams.create(
-        beta=np.asarray(config.betas, np.float32),
-        label_noise=spec.label_noise,
-        preference_loss=spec.preference_loss,
-        preference_knobs=spec.preference[spec.preference_loss].to_dict(),
-        **config.hparams.to_dict(),
+        beta=np.asarray(spec.betas, np.float32),
+        label_noise=run_spec.label_noise,
+        preference_loss=run_spec.preference_loss,
+        preference_knobs=dict(run_spec.preference_knobs),
+        **spec.hparams,
     )
 
 
-def make_bandit(config: ml_collections.ConfigDict) -> Bandit:
-    """The bandit of ``config.bandit``."""
-    b = config.bandit
-    return bandit_lib.make(int(b.seed), int(b.num_contexts), int(b.num_actions),
-                           float(b.reward_scale), float(b.ref_scale), float(b.context_scale))
+def make_bandit(spec: BanditSpec) -> Bandit:
+    """The bandit of ``spec.bandit``."""
+    b = spec.bandit
+    return bandit_lib.make(b.seed, b.num_contexts, b.num_actions, b.reward_scale, b.ref_scale,
+                           b.context_scale)
