@@ -24,11 +24,9 @@ of them alike (`kltrust.processes`): the resume step is agreed, a stop is any pr
 process 0 writes rows (every process writes its checkpoint shards, as orbax requires).
 
 A program that evaluates between chunks does it in ``between``: it receives the carry after ``i``
-chunks and returns it (a guard may roll it back). The bandit testbed, one jitted ``lax.scan``
-over evaluation chunks today, would run here as the token stage does: ``advance`` = its inner
-scan (``steps_per_eval`` steps, per-step metrics), jitted and vmapped over runs; ``between`` = its
-exact evaluation (rows in a `RowsFile`); ``num_chunks = num_evals``; and, given a workdir,
-checkpoints, resume and SIGTERM come with it.
+chunks and returns it (a guard may roll it back). The token stage (`kltrust.train.pipeline`) and
+the bandit testbed (`kltrust.train.bandit_run`: ``advance`` = ``steps_per_eval`` steps vmapped over
+runs, ``between`` = its exact evaluation) both do; the control loop (`kltrust.train.loop`) does not.
 """
 
 from __future__ import annotations
