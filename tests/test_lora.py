@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from kltrust import rollout
+from kltrust import rollout, sharding
 from kltrust.models import lora
 from kltrust.models.interface import LanguageModel
 from kltrust.models.transformer import TransformerConfig, TransformerLM
@@ -88,6 +88,12 @@ def test_rollout_against_the_base_as_reference_has_zero_kl_at_init(params):
     # The reference is the same buffers as the base, and the adapted model equals it (above).
     assert np.all(np.asarray(out.kl) == 0)
     np.testing.assert_array_equal(np.asarray(out.log_prob), np.asarray(out.ref_log_prob))
+    # Sharding rules: the base's own (FSDP) for the base, replicated adapters.
+    mesh = sharding.make_mesh(1)
+    rules = MODEL.param_shardings(mesh, params)
+    assert rules["base"] == BASE.param_shardings(mesh, params["base"])
+    assert jax.tree_util.tree_structure(rules["lora"]) == jax.tree_util.tree_structure(params["lora"])
+    assert all(r.spec == jax.sharding.PartitionSpec() for r in jax.tree_util.tree_leaves(rules["lora"]))
 
 
 def test_merge_equals_float64_numpy(params):
