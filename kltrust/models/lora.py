@@ -2,8 +2,9 @@
 
 A targeted kernel W is replaced by W + s·ΔW with ΔW = A @ B of rank r and s = alpha / r
 (Hu et al., 2021). Only A and B are trained; W stays frozen. B starts at 0, so at initialisation
-W + s·A@B = W exactly and the adapted model *is* the base model (A ~ N(0, 1/fan_in), so the
-first gradient step moves B in every direction of the rank-r subspace A spans).
+W + s·A@B = W exactly and the adapted model *is* the base model. A ~ N(0, 1/fan_in) must not be 0:
+with G = ∂L/∂W, ∂L/∂B = s·AᵀG and ∂L/∂A = s·G·Bᵀ, so the first step moves B alone (∂L/∂A = 0 at
+B = 0) and would move nothing if A were 0 too.
 
 Selecting kernels. A `Target` is a regex matched (``re.fullmatch``) against a leaf's key path
 joined by '/', plus which axes of the leaf are the matrix's input axes. The small decoder
@@ -22,7 +23,7 @@ A llama in Flax layout (``transformers``' FlaxLlama naming; Dense kernels [in, o
 so ``Target(r".*/self_attn/[qkvo]_proj/kernel")`` and ``Target(r".*/mlp/(gate|up|down)_proj/kernel")``
 select them; a model that stacks its layers for ``lax.scan`` has [L, in, out] kernels:
 ``Target(pattern, in_axes=(1,), batch_axes=(0,))`` gives each layer its own A, B. Einsum layouts
-with the input axis in the middle (Gemma's ``q_einsum`` w [H, W, D]) take ``in_axes=(1,)``: the
+with the input axis in the middle (the ``gemma`` library's ``q_einsum`` w [H, W, D]) take ``in_axes=(1,)``: the
 remaining axes are the output, in their order. The pretrained loader decides the real paths;
 `target_paths` lists what a config selects, so check it against the loaded tree.
 
@@ -48,15 +49,16 @@ them. Two ways to keep the base still in the optimiser:
   does not return: no base-sized output at all. Returning the base unchanged is not enough: XLA
   gives every output its own buffer unless the input is donated.
 
-Measured (``PYTHONPATH=. python -m benchmarks.lora_chunked_memory``: V = 32,768, width 64, 2
-layers, B = 16, T = 64, rank 8 on attention + MLP; XLA CPU ``memory_analysis``): one Adam step
-outputs 16.7 MiB whole-tree, 16.7 MiB aliased when donated, 0.2 MiB adapters-only, against
-49.6 MiB arguments and outputs for full fine-tuning (Adam state for every weight). FLOPs 9.40 G
-for all three LoRA forms (so the stop_gradient leaves nothing for the frozen kernels) against
-13.73 G for full fine-tuning. Temporaries: 394 MiB against full fine-tuning's 269 MiB, but that
-is XLA keeping one more [B, T, V] buffer whenever the LM head gets no gradient (full fine-tuning
-of the trunk with a frozen head: also 394 MiB), not the adapters; `kltrust.models.chunked` is the
-remedy for [B, T, V] buffers. `tests/test_lora.py::test_returned_base_is_an_output_buffer_unless_donated`
+Measured (``PYTHONPATH=. python -m benchmarks.lora_chunked_memory``: V = 32,768, width 64, 2 layers,
+B = 16, T = 64, rank 8 on attention + MLP; XLA CPU ``memory_analysis``): one Adam step outputs 16.7
+MiB whole-tree, 16.7 MiB aliased when donated, 0.2 MiB adapters-only, against 49.6 MiB arguments and
+outputs for full fine-tuning (Adam state for every weight). FLOPs 9.40 G for all three LoRA forms
+(differentiating the whole tree costs nothing more than the adapters alone: no frozen-kernel
+gradient is computed) against 13.73 G for full fine-tuning. Temporaries: 394 MiB against full
+fine-tuning's 268 MiB, but the extra [B, T, V]-sized buffer comes from the LM head getting no
+gradient, not from the adapters: the gradient alone of full fine-tuning takes 269 MiB, of the trunk
+with the head frozen 395 MiB, of the adapters 390 MiB; `kltrust.models.chunked` is the remedy for
+[B, T, V] buffers. `tests/test_lora.py::test_returned_base_is_an_output_buffer_unless_donated`
 checks the output-buffer facts.
 
 Cost. Merging is model-agnostic (nothing about the model's layers is assumed) at the price of a
@@ -108,6 +110,12 @@ class Target:
     pattern: str
     in_axes: tuple[int, ...] = (0,)
     batch_axes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        re.compile(self.pattern)  # a bad regex fails here, not at the first merge
+        # Tuples, whatever sequence was given: the config is hashed as part of compiled programs.
+        object.__setattr__(self, "in_axes", tuple(int(a) for a in self.in_axes))
+        object.__setattr__(self, "batch_axes", tuple(int(a) for a in self.batch_axes))
 
 
 @dataclasses.dataclass(frozen=True)
