@@ -237,3 +237,26 @@ def test_config_errors():
                            params, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="lora.rank = 0"):
         lora.LoRAConfig(0, 1.0, (r".*",))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_pretrained_presets_select_every_stacked_projection_and_start_at_the_base(arch):
+    """The presets for `kltrust.models.pretrained`'s stacked layout select the 7 projections of
+    every layer, and zero-initialised adapters leave the logits bitwise equal to the base's (B = 0
+    makes ΔW exactly 0, and W + 0 is W in float32)."""
+    from kltrust.models import pretrained
+
+    base = pretrained.tiny(arch)
+    config = lora.LoRAConfig(rank=2, alpha=4.0,
+                             targets=lora.PRETRAINED_ATTENTION + lora.PRETRAINED_MLP)
+    model = lora.LoRAModel(base, config)
+    params = model.init(jax.random.PRNGKey(0))
+    assert sorted(lora.target_paths(config, params["base"])) == sorted(
+        f"layers/{name}" for name in ("q", "k", "v", "o", "gate", "up", "down"))
+    num_layers = params["base"]["layers"]["q"].shape[0]
+    for leaf in jax.tree.leaves(params["lora"]):
+        assert leaf.shape[0] == num_layers  # one A, B per layer
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 6), 0, base.vocab_size)
+    adapted, _ = model.sequence(params, tokens)
+    reference, _ = base.sequence(params["base"], tokens)
+    np.testing.assert_array_equal(np.asarray(adapted), np.asarray(reference))

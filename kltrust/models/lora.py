@@ -18,14 +18,11 @@ vocabulary V; a ``DenseGeneral`` kernel is laid out [input axes..., output axes.
     params/trunk/token_embed/embedding       [V, W]         (an embedding: not a LoRA target here)
     params/lm_head/kernel                    [W, V]
 
-A llama in Flax layout (``transformers``' FlaxLlama naming; Dense kernels [in, out]) has
-``model/layers/{i}/self_attn/{q,k,v,o}_proj/kernel`` and ``model/layers/{i}/mlp/{gate,up,down}_proj/kernel``,
-so ``Target(r".*/self_attn/[qkvo]_proj/kernel")`` and ``Target(r".*/mlp/(gate|up|down)_proj/kernel")``
-select them; a model that stacks its layers for ``lax.scan`` has [L, in, out] kernels:
-``Target(pattern, in_axes=(1,), batch_axes=(0,))`` gives each layer its own A, B. Einsum layouts
-with the input axis in the middle (the ``gemma`` library's ``q_einsum`` w [H, W, D]) take ``in_axes=(1,)``: the
-remaining axes are the output, in their order. The pretrained loader decides the real paths;
-`target_paths` lists what a config selects, so check it against the loaded tree.
+The pretrained decoders (`kltrust.models.pretrained`: llama and gemma3) stack their layers for
+``lax.scan``: ``layers/{q,k,v}`` [L, W, heads, D], ``layers/o`` [L, H, D, W] and ``layers/{gate,up}``
+[L, W, F], ``layers/down`` [L, F, W]; `PRETRAINED_ATTENTION` and `PRETRAINED_MLP` select them with
+``batch_axes=(0,)`` (each layer its own A, B) and the input axes after it. `target_paths` lists
+what a config selects in any tree.
 
 Shapes. For a leaf with batch axes Bt, input axes I and output axes O (every other axis, in order),
 A is [*Bt, prod(I), r] and B is [*Bt, r, prod(O)]; ΔW = A @ B is reshaped to [*Bt, *I, *O] and
@@ -83,6 +80,8 @@ import optax
 from kltrust.models.interface import Cache, LanguageModel, Params
 
 __all__ = [
+    "PRETRAINED_ATTENTION",
+    "PRETRAINED_MLP",
     "SMALL_DECODER_ATTENTION",
     "SMALL_DECODER_MLP",
     "LoRAConfig",
@@ -142,6 +141,9 @@ class LoRAConfig:
 
 SMALL_DECODER_ATTENTION = (Target(r".*/qkv/kernel"), Target(r".*/attn_out/kernel", in_axes=(0, 1)))
 SMALL_DECODER_MLP = (Target(r".*/mlp_in/kernel"), Target(r".*/mlp_out/kernel"))
+PRETRAINED_ATTENTION = (Target(r"layers/[qkv]", in_axes=(1,), batch_axes=(0,)),
+                        Target(r"layers/o", in_axes=(1, 2), batch_axes=(0,)))
+PRETRAINED_MLP = (Target(r"layers/(gate|up|down)", in_axes=(1,), batch_axes=(0,)),)
 
 
 def _key_name(key: Any) -> str:
