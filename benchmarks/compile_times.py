@@ -54,13 +54,15 @@ def control_compile(family: str, preset: str) -> dict[str, Any]:
     from configs import ppo, trpo
     from kltrust import sharding
     from kltrust import train as programs
+    from kltrust.train import control_config
 
     config = (ppo if family == "ppo" else trpo).get_config(preset)
-    program = programs.program(config)
-    mesh = sharding.mesh_from_config(config)
-    trainer = program.make_trainer(config, mesh)
-    seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
-    hparams = jax_tree_broadcast(program.HParams.from_config(config), len(seeds))
+    spec = control_config.spec_from_config(config)
+    program = programs.program(spec.algorithm)
+    mesh = sharding.mesh_from_sizes(dict(spec.mesh))
+    trainer = program.make_trainer(spec.static, mesh)
+    seeds = spec.seeds
+    hparams = jax_tree_broadcast(spec.hparams, len(seeds))
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()  # as loop.train times it, split in three
     state = jax.block_until_ready(init(jnp.asarray(seeds), hparams))

@@ -142,7 +142,7 @@ def sb3_kwargs(algo: str) -> dict[str, Any]:
 def run_kltrust() -> dict[str, Any]:
     from absl import logging
 
-    from kltrust.train import loop
+    from kltrust.train import control_config, loop
 
     logging.set_verbosity(logging.WARNING)
     config = kltrust_config(_ALGO.value)
@@ -166,7 +166,7 @@ def run_kltrust() -> dict[str, Any]:
     config.seed = _SEED.value
     chunk_ends: list[float] = []
     start = time.perf_counter()
-    result = loop.train(config, progress=False,
+    result = loop.train(control_config.spec_from_config(config), progress=False,
                         on_chunk=lambda _: chunk_ends.append(time.perf_counter()))
     wall = time.perf_counter() - start
     seeds = config.num_seeds

@@ -13,7 +13,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import ppo as ppo_configs
-from kltrust.train import loop
+from kltrust.train import control_config, loop
 
 _PRESET = flags.DEFINE_string("preset", "cartpole_clip", "PPO preset.")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "8"], "Numbers of vmapped seeds to time.")
@@ -29,7 +29,8 @@ def main(argv: Sequence[str]) -> None:
         config = ppo_configs.get_config(_PRESET.value)
         config.num_seeds = num_seeds
         # Interleave nothing else: each setting's repeats run back to back on an idle machine.
-        results = [loop.train(config, progress=False) for _ in range(_REPEATS.value)]
+        spec = control_config.spec_from_config(config)  # the config is read here, once
+        results = [loop.train(spec, progress=False) for _ in range(_REPEATS.value)]
         runs = np.array([r.run_seconds for r in results])
         steps = results[0].metrics["kl_old"].shape[1] * results[0].env_steps_per_update * num_seeds
         median = float(np.median(runs))

@@ -34,7 +34,7 @@ import kltrust  # noqa: E402,F401  (its XLA flags must be set before JAX starts 
 from configs import ppo as ppo_configs  # noqa: E402
 from configs import rlhf as rlhf_configs  # noqa: E402
 from kltrust import sharding  # noqa: E402
-from kltrust.train import loop, pipeline, reward_model  # noqa: E402
+from kltrust.train import control_config, loop, pipeline, reward_model  # noqa: E402
 from kltrust.train import tokens as tok  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed programs per setting; the median is shown.")
@@ -56,7 +56,8 @@ def control_rows(n: int, repeats: int) -> list[str]:
         config.num_envs, config.num_seeds = 8, seeds  # 8 environments: one per device
         config.total_timesteps, config.updates_per_chunk = 8 * 128 * 20, 20
         config.mesh.update(mesh, fsdp=1)
-        results = [loop.train(config, progress=False) for _ in range(repeats)]
+        spec = control_config.spec_from_config(config)  # the config is read here, once
+        results = [loop.train(spec, progress=False) for _ in range(repeats)]
         per_update = [r.run_seconds / r.metrics["kl_old"].shape[1] for r in results]
         rows.append(f"| PPO CartPole (8 envs × 128 steps, 4 epochs × 4 minibatches) | {label} | "
                     f"{results[0].compile_seconds:.1f} | {_median_range(per_update)} |")

@@ -24,7 +24,7 @@ sit in ``hparams.controller.KIND`` (every registered kind has its group, e.g.
 import ml_collections
 
 from kltrust.errors import unknown_preset
-from kltrust.train import ppo as ppo_train
+from kltrust.train import control_config
 
 TASKS = {
     # PureJaxRL's CartPole settings (4 envs × 128 steps, 4 epochs × 4 minibatches, lr 2.5e-4).
@@ -72,8 +72,8 @@ PRESETS = tuple(f"{task}_{variant}" for task in TASKS for variant in VARIANTS)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The ppo defaults every preset starts from (`kltrust.train.ppo.defaults`)."""
-    return ppo_train.defaults()
+    """The ppo defaults every preset starts from (`kltrust.train.control_config.ppo_defaults`)."""
+    return control_config.ppo_defaults()
 
 
 def get_config(preset: str = "cartpole_clip") -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ everything else is static. Override anything with ``--config.key=value``.
 import ml_collections
 
 from kltrust.errors import unknown_preset
-from kltrust.train import trpo as trpo_train
+from kltrust.train import control_config
 
 TASKS = {
     # TRPO takes one policy step per batch, so it gets larger batches than PPO's 4 × 128: 2048 steps
@@ -50,8 +50,8 @@ PRESETS = tuple(f"{task}_{variant}" for task in TASKS for variant in VARIANTS)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The trpo defaults every preset starts from (`kltrust.train.trpo.defaults`)."""
-    return trpo_train.defaults()
+    """The trpo defaults every preset starts from (`kltrust.train.control_config.trpo_defaults`)."""
+    return control_config.trpo_defaults()
 
 
 def get_config(preset: str = "cartpole_trpo") -> ml_collections.ConfigDict:

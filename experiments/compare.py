@@ -21,8 +21,7 @@ from absl import flags, logging
 from experiments import cli
 from kltrust.metrics import rows_to_csv, write_text_atomic
 from kltrust.sweep import load_preset
-from kltrust.train import loop
-from kltrust import train as programs
+from kltrust.train import control_config, loop
 
 _CONFIG_FILE = flags.DEFINE_string("config_file", "configs/ppo.py", "Config file with get_config(preset).")
 _PRESETS = flags.DEFINE_list(
@@ -114,27 +113,26 @@ def plot(results: dict[str, loop.RunResult], path: pathlib.Path) -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    configs = {}
-    for entry in _PRESETS.value:  # build (and so validate) every config before running any
+    specs = {}
+    for entry in _PRESETS.value:  # read (and so validate) every config before running any
         config_file, _, preset = entry.rpartition(":")
-        spec = f"{config_file or _CONFIG_FILE.value}:{preset}"
-        if preset in configs:
+        source = f"{config_file or _CONFIG_FILE.value}:{preset}"
+        if preset in specs:
             raise cli.ConfigError(f"--presets = {','.join(_PRESETS.value)!r}: names {preset!r} "
                                   "twice; each preset's run goes to WORKDIR/PRESET.")
         try:
-            config = load_preset(spec)
+            config = load_preset(source)
         except ValueError as error:  # a missing file or preset: one line, exit status 2
             raise cli.ConfigError(f"--presets: {entry!r}: {error}") from None
         config.num_seeds = _NUM_SEEDS.value
         if _TOTAL.value is not None:
             config.total_timesteps = _TOTAL.value
         with cli.config_errors():  # a bad config (or mesh): one line, exit status 2
-            programs.program(config).validate(config)
-        configs[preset] = config
+            specs[preset] = control_config.spec_from_config(config)  # read here, once
     workdir = pathlib.Path(_WORKDIR.value)
     results, rows = {}, []
-    for preset, config in configs.items():
-        results[preset] = loop.train(config, workdir / preset, overwrite=_OVERWRITE.value)
+    for preset, spec in specs.items():
+        results[preset] = loop.train(spec, workdir / preset, overwrite=_OVERWRITE.value)
         if results[preset].preempted:
             cli.exit_preempted(f"part of {preset}")  # no summary from a partial run
         rows.append(summarise(preset, results[preset], _THRESHOLD.value))

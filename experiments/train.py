@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from absl import flags, logging
 
 from experiments import cli, distributed
-from kltrust import train as programs
-from kltrust.train import common, loop
+from kltrust.train import control_config, loop
 
 _CONFIG = cli.config_file_flag("config", "configs/ppo.py:cartpole_clip", "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -31,12 +30,12 @@ def main(argv: Sequence[str]) -> None:
     del argv
     with cli.config_errors():  # bad multi-host flags or mesh: one line, exit status 2
         distributed.initialize()
-        programs.program(_CONFIG.value).validate(_CONFIG.value)
+        spec = control_config.spec_from_config(_CONFIG.value)  # the config is read here, once
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
-    result = loop.train(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    result = loop.train(spec, _WORKDIR.value, overwrite=_OVERWRITE.value)
     updates = result.metrics["kl_old"].shape[1]
     if result.resumed_from:
-        print(f"resumed after update {result.resumed_from} of {common.num_updates(_CONFIG.value)}")
+        print(f"resumed after update {result.resumed_from} of {spec.static.num_updates}")
     if result.preempted:
         cli.exit_preempted(f"update {updates}")
     steps = (updates - result.resumed_from) * result.env_steps_per_update * len(result.seeds)

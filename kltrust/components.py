@@ -45,8 +45,8 @@ from kltrust.errors import ConfigError, check, check_choice, unknown_key
 
 T = TypeVar("T")
 
-__all__ = ["Knob", "Registry", "chosen_hparams", "config_defaults", "create", "from_config",
-           "group_defaults", "hparams", "knob", "knobs", "validate", "validate_groups"]
+__all__ = ["Knob", "Registry", "chosen_hparams", "config_defaults", "create", "from_config", "group",
+           "group_defaults", "groups", "hparams", "knob", "knobs", "validate", "validate_groups"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,23 +92,39 @@ def knob(default: float, doc: str, *, low: float = -math.inf, high: float = math
     return dataclasses.field(default=spec.default, metadata={"knob": spec})
 
 
+def group(registry: Registry, doc: str) -> Any:
+    """A field of a `hparams` class holding the knobs of one component of ``registry`` (which one
+    is a static choice of the program, e.g. ``variant.kl_penalty``); its config is a
+    `group_defaults` group. ``name: Any = components.group(controllers.REGISTRY, doc)``."""
+    return dataclasses.field(default=None, metadata={"group": registry, "doc": doc})
+
+
 def hparams(cls: type[T]) -> type[T]:
-    """Makes ``cls`` a `flax.struct.dataclass` of knobs (a pytree: every field is a leaf)."""
+    """Makes ``cls`` a `flax.struct.dataclass` of knobs (a pytree: every field is a leaf, or the
+    knobs of a chosen component for a `group` field)."""
     cls = flax.struct.dataclass(cls)
     for field in dataclasses.fields(cls):
-        if "knob" not in field.metadata:
+        if "knob" not in field.metadata and "group" not in field.metadata:
             raise TypeError(f"{cls.__qualname__}.{field.name} is not declared with components.knob.")
     return cls
 
 
 def knobs(cls: type) -> dict[str, Knob]:
-    """The knobs of a `hparams` class, in declaration order."""
-    return {f.name: f.metadata["knob"] for f in dataclasses.fields(cls)}
+    """The knobs of a `hparams` class, in declaration order (`group` fields are not knobs)."""
+    return {f.name: f.metadata["knob"] for f in dataclasses.fields(cls) if "knob" in f.metadata}
+
+
+def groups(cls: type) -> dict[str, Registry]:
+    """The `group` fields of a `hparams` class: name -> the registry whose knobs they hold."""
+    return {f.name: f.metadata["group"] for f in dataclasses.fields(cls) if "group" in f.metadata}
 
 
 def config_defaults(cls: type) -> ml_collections.ConfigDict:
-    """The knobs' defaults as a config group (what a preset starts from)."""
-    return ml_collections.ConfigDict({name: k.default for name, k in knobs(cls).items()})
+    """The knobs' defaults as a config group (what a preset starts from); a `group` field gives
+    one sub-group per registered component (`group_defaults`)."""
+    fields: dict[str, Any] = {name: k.default for name, k in knobs(cls).items()}
+    fields.update({name: group_defaults(registry) for name, registry in groups(cls).items()})
+    return ml_collections.ConfigDict(fields)
 
 
 def _numbers(value: Any, key: str) -> np.ndarray:
@@ -130,24 +146,33 @@ def check_value(spec: Knob, value: Any, key: str) -> None:
         raise ConfigError(f"config.{key} = {bad!r}: must be in {spec.allowed()}.")
 
 
-def validate(cls: type, node: Any, prefix: str) -> None:
+def validate(cls: type, node: Any, prefix: str, chosen: Mapping[str, str | None] | None = None
+             ) -> None:
     """Checks a config group against ``cls``'s knobs: no unknown or missing key, every value a
-    number (or array of numbers) inside its knob's interval. ``prefix`` names the group."""
-    declared = knobs(cls)
+    number (or array of numbers) inside its knob's interval. ``prefix`` names the group. A `group`
+    field is checked by `validate_groups` with the component ``chosen[field]``."""
+    declared, nested = knobs(cls), groups(cls)
     check(isinstance(node, (ml_collections.ConfigDict, Mapping)), prefix, node,
           "a group of fields (a ConfigDict)")
     for key in node.keys():
-        if key not in declared:
-            raise unknown_key(f"{prefix}.{key}", declared)
+        if key not in declared and key not in nested:
+            raise unknown_key(f"{prefix}.{key}", [*declared, *nested])
     for key, spec in declared.items():
         if key not in node:
             raise ConfigError(f"config.{prefix}.{key}: missing; the keys here are {sorted(declared)}.")
         check_value(spec, node[key], f"{prefix}.{key}")
+    for key, registry in nested.items():
+        if key in node:  # a missing group means every component's defaults (`chosen_hparams`)
+            validate_groups(registry, node[key], f"{prefix}.{key}", (chosen or {}).get(key))
 
 
-def from_config(cls: type[T], node: Any) -> T:
-    """An instance of ``cls`` from a (validated) config group, every field a float32 array."""
-    return cls(**{name: jnp.asarray(node[name], jnp.float32) for name in knobs(cls)})
+def from_config(cls: type[T], node: Any, chosen: Mapping[str, str] | None = None) -> T:
+    """An instance of ``cls`` from a (validated) config group, every knob a float32 array; a
+    `group` field holds the knobs of the component ``chosen[field]`` (`chosen_hparams`)."""
+    fields: dict[str, Any] = {name: jnp.asarray(node[name], jnp.float32) for name in knobs(cls)}
+    for name, registry in groups(cls).items():
+        fields[name] = chosen_hparams(registry, node.get(name), (chosen or {})[name])
+    return cls(**fields)
 
 
 def create(cls: type[T], where: str = "", **values: Any) -> T:

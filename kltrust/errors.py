@@ -1,6 +1,6 @@
 """The one error type and message format of a bad kltrust config.
 
-Every check of a config (`kltrust.train.common`, the programs' ``validate``, the token
+Every check of a config (`kltrust.train.config_checks`, the programs' ``validate``, the token
 pipeline's and the bandit's) raises `ConfigError`, a ``ValueError``, with a one-line message in one
 of two forms::
 

@@ -52,25 +52,25 @@ class ControlFamily:
         return config.get("algorithm") in ("ppo", "trpo")
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
-        from kltrust import train as programs
+        from kltrust.train import control_config
 
-        programs.program(config).validate(config)
+        control_config.validate(config)
 
     def units(self, config: ml_collections.ConfigDict) -> int:
-        from kltrust.train import common
+        from kltrust.train import control_config
 
-        return common.num_updates(config)
+        return control_config.num_updates(config)
 
     def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
                   advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
-        from kltrust import train as programs
-        from kltrust.train import loop
+        from kltrust.train import control_config, loop
 
-        config = runs[0].config
-        program = programs.program(config)
+        # The boundary: each run's config is read into a spec here; the group shares the static
+        # part (the sweep groups by it) and stacks the hyperparameters.
+        specs = [control_config.spec_from_config(r.config) for r in runs]
         seeds = np.array([r.seed for r in runs], np.int32)
-        hparams = _stack([program.HParams.from_config(r.config) for r in runs])
-        result = loop.train(config, None, progress=False, runs=(seeds, hparams),
+        hparams = _stack([spec.hparams for spec in specs])
+        result = loop.train(specs[0], None, progress=False, runs=(seeds, hparams),
                             on_chunk=lambda n: advance(n * len(runs)))
         num_updates = next(iter(result.metrics.values())).shape[1]
         recorded = sorted(set(range(record_every, num_updates + 1, record_every)) | {num_updates})

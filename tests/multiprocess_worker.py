@@ -42,7 +42,7 @@ def misbehave(out: pathlib.Path, process_id: int, mode: str) -> None:
     import time
 
     from kltrust import processes
-    from kltrust.train import loop
+    from kltrust.train import control_config, loop
 
     config = _tiny_ppo()
     if mode == "stale":
@@ -52,7 +52,7 @@ def misbehave(out: pathlib.Path, process_id: int, mode: str) -> None:
             (workdir / "config.json").write_text(
                 config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
             (workdir / "metrics.jsonl").write_text("")
-        loop.train(config, workdir, progress=False)
+        loop.train(control_config.spec_from_config(config), workdir, progress=False)
     elif process_id == 1 and mode == "dead":
         os._exit(3)
     elif mode == "stall":
@@ -62,7 +62,8 @@ def misbehave(out: pathlib.Path, process_id: int, mode: str) -> None:
                 time.sleep(3600)
 
         config.total_timesteps = 4 * 32 * 6  # three chunks: the stall is mid-run
-        loop.train(config, out / "ppo", progress=False, on_chunk=stall)
+        loop.train(control_config.spec_from_config(config), out / "ppo", progress=False,
+                   on_chunk=stall)
     elif process_id == 1:
         print("process 1 sleeping", flush=True)
         time.sleep(3600)
@@ -73,7 +74,7 @@ def misbehave(out: pathlib.Path, process_id: int, mode: str) -> None:
             print("process 0 in a collective", flush=True)
             multihost_utils.process_allgather(np.ones(3))
     else:
-        loop.train(config, out / "ppo", progress=False)
+        loop.train(control_config.spec_from_config(config), out / "ppo", progress=False)
     print(f"process {process_id} returned", flush=True)
 
 
@@ -89,10 +90,10 @@ def main(out: pathlib.Path, num_processes: int, process_id: int, port: int,
 
     from kltrust import sharding
     from kltrust.models.transformer import TransformerConfig
-    from kltrust.train import loop, sft
+    from kltrust.train import control_config, loop, sft
     from kltrust.train import tokens as tok
 
-    result = loop.train(_tiny_ppo(), out / "ppo", progress=False)
+    result = loop.train(control_config.spec_from_config(_tiny_ppo()), out / "ppo", progress=False)
     final = {f"ppo/{jax.tree_util.keystr(path)}": value for path, value in
              jax.tree_util.tree_leaves_with_path(sharding.to_host(result.state.params))}
     final["ppo/episode_return"] = result.metrics["episode_return"]

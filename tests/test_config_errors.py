@@ -1,7 +1,7 @@
 """Every bad config is refused before anything is compiled or written, with one message naming the
-key, the value and what is allowed (control PPO and TRPO through `loop.train`, token RLHF through
-`pipeline.run`, the bandit through `bandit.validate`, sweeps through `sweep.expand`): a
-`kltrust.errors.ConfigError`, which the CLIs print as one line (tests/test_cli_errors.py).
+key, the value and what is allowed (control PPO and TRPO through `control_config.spec_from_config`,
+token RLHF through `pipeline.run`, the bandit through `bandit.validate`, sweeps through
+`sweep.expand`): a `kltrust.errors.ConfigError`, which the CLIs print as one line (tests/test_cli_errors.py).
 
 Non-finite numbers are refused wherever a finite one is meant; string options are checked against
 their allowed set up front, whichever method reads them."""
@@ -23,8 +23,7 @@ from kltrust import sweep as sweeps
 from kltrust.errors import ConfigError
 from kltrust.objectives import grpo, ppo, preference
 from kltrust.train import bandit as bandit_train
-from kltrust.train import loop, pipeline
-from kltrust.train import ppo as ppo_train
+from kltrust.train import control_config, loop, pipeline
 
 INF, NAN = float("inf"), float("nan")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -111,22 +110,22 @@ class _nothing:
 def test_control_config_errors(family, path, value, message, tmp_path):
     config = _control(family)
     _set(config, path, value)
-    # The mesh is read before the config is checked; its error is a plain ValueError there (the
-    # CLIs check the config, mesh included, first and report it like the rest).
+    # The spec is built at the boundary: a bad config never reaches loop.train. The mesh is read
+    # there with the run shape; its error is a plain ValueError (the CLIs report it like the rest).
     error = ValueError if path.startswith("mesh.") else ConfigError
     with pytest.raises(error, match=message):
-        loop.train(config, tmp_path / "run", progress=False)
+        loop.train(control_config.spec_from_config(config), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_inf_is_refused_unless_the_key_allows_it():
     config = _control("ppo")
     config.hparams.max_grad_norm = INF  # no clipping: the one control key that allows inf
-    ppo_train.validate(config)
+    control_config.validate(config)
     config.hparams.max_grad_norm = NAN
     with pytest.raises(ConfigError, match=r"config.hparams.max_grad_norm = nan: must be in "
                                           r"\(0.0, inf\]"):
-        ppo_train.validate(config)
+        control_config.validate(config)
 
 
 # ---------------------------------------------------------------- β controller knobs, per kind
@@ -162,7 +161,7 @@ def test_control_controller_knob_errors(kind, name, value, message, tmp_path):
     config.variant.kl_penalty = kind
     _set(config, f"hparams.controller.{kind}.{name}", value)
     with pytest.raises(ConfigError, match=rf"^config.hparams.{message}"):
-        loop.train(config, tmp_path / "run", progress=False)
+        loop.train(control_config.spec_from_config(config), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -172,19 +171,19 @@ def test_unchosen_controller_knobs_must_still_be_finite_and_known(kind, name):
     _set(config, f"hparams.controller.{kind}.{name}", INF)
     with pytest.raises(ConfigError, match=rf"^config.hparams.controller.{kind}.{name} = inf: "
                                           r"must be a finite number\.$"):
-        ppo_train.validate(config)
+        control_config.validate(config)
     config = _control("ppo")
     _set(config, f"hparams.controller.{kind}.{name}x", 1.0)
     with pytest.raises(ConfigError, match=rf"^config.hparams.controller.{kind}.{name}x: unknown "
                                           rf"key; did you mean '{name}'\?"):
-        ppo_train.validate(config)
+        control_config.validate(config)
 
 
 @pytest.mark.parametrize("kind", controllers.kinds())
 def test_beta_range_follows_the_chosen_controller(kind, tmp_path):
     config = _control("ppo")
     config.variant.kl_penalty = kind
-    ppo_train.validate(config)  # every registered kind runs with the defaults of its knobs
+    control_config.validate(config)  # every registered kind runs with the defaults of its knobs
     token = rlhf_configs.get_config("ppo")
     token.rl.controller = kind
     pipeline.validate(token)
@@ -193,7 +192,7 @@ def test_beta_range_follows_the_chosen_controller(kind, tmp_path):
     allowed = r"\(0.0, inf\)" if positive else r"\[0.0, inf\)"
     _set(config, "hparams.beta", bad)
     with pytest.raises(ConfigError, match=rf"^config.hparams.beta = {bad}: must be in {allowed}"):
-        ppo_train.validate(config)
+        control_config.validate(config)
     _set(token, "rl.hparams.beta", bad)
     with pytest.raises(ConfigError, match=rf"^config.rl.hparams.beta = {bad}: must be in "
                                           rf"{allowed}"):

@@ -14,7 +14,7 @@ from configs import ppo as ppo_configs
 from configs import trpo as trpo_configs
 from kltrust import guards
 from kltrust import train as programs
-from kltrust.train import loop
+from kltrust.train import control_config, loop
 from token_helpers import random_models, tiny_token_config
 
 
@@ -38,10 +38,11 @@ def _tree_equal(a, b) -> bool:
 def test_a_nan_reward_is_skipped_and_counted_then_training_goes_on(family):
     """Chunks of 2 updates: clean, then NaN rewards (reward_scale = NaN), then clean again."""
     config = _config(family)
-    program = programs.program(config)
-    trainer = program.make_trainer(config)
+    spec = control_config.spec_from_config(config)
+    program = programs.program(spec.algorithm)
+    trainer = program.make_trainer(spec.static)
     init, run_chunk = program.compile_run(trainer)
-    hparams = jax.tree.map(lambda x: x[None], program.HParams.from_config(config))
+    hparams = jax.tree.map(lambda x: x[None], control_config.hparams(config))
     poisoned = hparams.replace(reward_scale=jnp.full((1,), jnp.nan))
     state = init(jnp.zeros(1, jnp.int32), hparams)
     chunk = jax.jit(run_chunk).lower(state, hparams).compile()
@@ -69,14 +70,14 @@ def test_too_many_nonfinite_updates_in_a_row_stop_the_run(tmp_path):
     config.guards.max_nonfinite_updates = 3
     # A NaN in the config is refused up front (config.hparams.reward_scale must be > 0), so the
     # poison enters as a run's hyperparameters, the way a sweep passes them.
-    program = programs.program(config)
-    hparams = jax.tree.map(lambda x: np.asarray(x)[None], program.HParams.from_config(config))
+    hparams = jax.tree.map(lambda x: np.asarray(x)[None], control_config.hparams(config))
     hparams = hparams.replace(reward_scale=np.full((1,), np.nan, np.float32))
     with pytest.raises(guards.NonFiniteError,
                        match=r"update 3 \(run 0, seed 0\): 3 updates in a row were not finite "
                              r"\(guards.max_nonfinite_updates = 3\); non-finite metrics: .*"
                              r"policy_loss.*value_loss"):
-        loop.train(config, tmp_path, progress=False, runs=(np.zeros(1, np.int32), hparams))
+        loop.train(control_config.spec_from_config(config), tmp_path, progress=False,
+                   runs=(np.zeros(1, np.int32), hparams))
     # The updates up to the failing chunk were recorded; nothing after it was checkpointed.
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
@@ -88,7 +89,7 @@ def test_the_guard_limit_is_validated():
     config.guards.max_nonfinite_updates = 0
     with pytest.raises(ValueError, match=r"config.guards.max_nonfinite_updates = 0: must be an "
                                          r"integer >= 1"):
-        loop.train(config, progress=False)
+        loop.train(control_config.spec_from_config(config), progress=False)
 
 
 def test_token_ppo_skips_a_poisoned_run_and_the_clean_one_in_the_same_program_learns(tmp_path):

@@ -17,7 +17,7 @@ from configs import ppo as ppo_configs
 from configs import trpo as trpo_configs
 from kltrust import sharding
 from kltrust import train as programs
-from kltrust.train import loop, pipeline
+from kltrust.train import control_config, loop, pipeline
 from kltrust.train import ppo as ppo_train
 from token_helpers import random_models, tiny_token_config
 
@@ -41,10 +41,12 @@ def _config(family, preset):
 
 def _run(num_devices, family, preset):
     config = _config(family, preset)
-    program = programs.program(config)
-    trainer = program.make_trainer(config, sharding.make_mesh(num_devices))
+    mesh = sharding.make_mesh(num_devices)
+    spec = control_config.spec_from_config(config, batch_shards=sharding.batch_shards(mesh))
+    program = programs.program(spec.algorithm)
+    trainer = program.make_trainer(spec.static, mesh)
     init, run_chunk = program.compile_run(trainer)
-    hparams = jax.tree.map(lambda x: x[None], program.HParams.from_config(config))
+    hparams = jax.tree.map(lambda x: x[None], control_config.hparams(config))
     state = init(jnp.zeros(1, jnp.int32), hparams)
     return run_chunk(state, hparams)
 
@@ -87,7 +89,9 @@ def test_num_envs_must_divide_over_devices():
     config = ppo_configs.get_config("cartpole_clip")
     config.num_envs = 4
     with pytest.raises(ValueError, match=r"config.num_envs = 4: must be divisible by the mesh's batch shards, data × fsdp = 8"):
-        ppo_train.make_trainer(config, sharding.make_mesh(8))
+        # A spec validated for one batch shard, on a mesh of eight: the trainer refuses it.
+        spec = control_config.spec_from_config(config, batch_shards=1)
+        ppo_train.make_trainer(spec.static, sharding.make_mesh(8))
 
 
 # ---------------------------------------------------------------- token RLHF on 8 devices
@@ -192,8 +196,9 @@ def test_sweep_run_axis_is_spread_over_devices():
     """Three seeds on a runs=4 × data=2 mesh: padded to 4 runs, the copy dropped, same numbers."""
     config = _config("ppo", "cartpole_clip_kl")
     config.num_seeds = 3
-    alone = loop.train(config, mesh=sharding.make_mesh(1), progress=False)
-    spread = loop.train(config, mesh=sharding.make_mesh(8, runs=4), progress=False)
+    spec = control_config.spec_from_config(config)
+    alone = loop.train(spec, mesh=sharding.make_mesh(1), progress=False)
+    spread = loop.train(spec, mesh=sharding.make_mesh(8, runs=4), progress=False)
     assert spread.metrics["kl_old"].shape == alone.metrics["kl_old"].shape == (3, 3)
     for name, values in alone.metrics.items():
         np.testing.assert_allclose(spread.metrics[name], values, rtol=2e-4, atol=1e-6, err_msg=name)

@@ -15,7 +15,7 @@ from configs import ppo as ppo_configs
 from kltrust import controllers
 from kltrust.distributions import Categorical
 from kltrust.objectives import ppo
-from kltrust.train import loop
+from kltrust.train import control_config, loop
 from kltrust.train import ppo as ppo_train
 
 # ---------------------------------------------------------------- the loss, by hand
@@ -157,7 +157,7 @@ def _tiny(preset="cartpole_clip", **overrides):
 )
 def test_bad_config_fails_fast_with_named_key(overrides, message):
     with pytest.raises(ValueError, match=message):
-        ppo_train.make_trainer(_tiny(**overrides))
+        control_config.spec_from_config(_tiny(**overrides))
 
 
 def test_unknown_preset_lists_presets():
@@ -167,7 +167,7 @@ def test_unknown_preset_lists_presets():
 
 def test_every_preset_validates():
     for preset in ppo_configs.PRESETS:
-        ppo_train.validate(ppo_configs.get_config(preset))
+        control_config.validate(ppo_configs.get_config(preset))
 
 
 # ---------------------------------------------------------------- the training program
@@ -177,7 +177,7 @@ def test_every_preset_validates():
 def _train(preset="cartpole_clip", num_seeds=1, seed=0, **overrides):
     config = _tiny(preset, **dict(overrides))
     config.num_seeds, config.seed = num_seeds, seed
-    return loop.train(config, progress=False)
+    return loop.train(control_config.spec_from_config(config), progress=False)
 
 
 def test_same_seed_same_numbers():
@@ -209,9 +209,9 @@ def test_vmapped_seeds_equal_separate_runs():
 
 def test_vmapped_hyperparameters_equal_separate_runs():
     config = _tiny("cartpole_kl_fixed")
-    trainer = ppo_train.make_trainer(config)
+    trainer = ppo_train.make_trainer(control_config.spec_from_config(config).static)
     init, run_chunk = ppo_train.compile_run(trainer)
-    base = ppo_train.HParams.from_config(config)
+    base = control_config.hparams(config)
     betas = jnp.array([0.1, 3.0])
     stacked = jax.tree.map(lambda x: jnp.stack([x, x]), base).replace(beta=betas)
     _, together = run_chunk(init(jnp.zeros(2, jnp.int32), stacked), stacked)
@@ -228,9 +228,9 @@ def test_ratio_extremes_are_one_without_a_step_and_escape_the_clip_range_with_la
     parameters cannot move (learning rate 0, past the config check), and outside 1 ± ε for a large
     learning rate even with clipping on (the clip stops gradients, not the ratio)."""
     config = _tiny("cartpole_clip")
-    trainer = ppo_train.make_trainer(config)
+    trainer = ppo_train.make_trainer(control_config.spec_from_config(config).static)
     init, run_chunk = ppo_train.compile_run(trainer)
-    base = ppo_train.HParams.from_config(config)
+    base = control_config.hparams(config)
     stacked = jax.tree.map(lambda x: jnp.stack([x, x]), base).replace(
         learning_rate=jnp.array([0.0, 0.05]))
     _, metrics = run_chunk(init(jnp.zeros(2, jnp.int32), stacked), stacked)
@@ -249,7 +249,7 @@ def test_every_registered_controller_sets_the_programs_beta(kind):
     config = _tiny("cartpole_clip", **overrides)
     result = _train("cartpole_clip", **overrides)
     controller = controllers.get(kind)
-    hp = ppo_train.HParams.from_config(config)
+    hp = control_config.hparams(config)
     state = controller.init(hp.beta, hp.controller)
     batch = config.num_envs * config.num_steps
     betas, kls = result.metrics["beta"][0], result.metrics["kl_old"][0]
@@ -292,7 +292,7 @@ def test_early_stopping_skips_minibatches():
 def test_short_cartpole_run_improves_return():
     config = ppo_configs.get_config("cartpole_clip")
     config.total_timesteps = 4 * 128 * 122  # 62k steps
-    result = loop.train(config, progress=False)
+    result = loop.train(control_config.spec_from_config(config), progress=False)
     returns = result.metrics["episode_return"][0]
     # A uniform random policy averages ~22 on CartPole; PPO should be far above that.
     assert returns[9] < 60 and returns[-1] > 150, (returns[9], returns[-1])

@@ -141,12 +141,12 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_kept(tmp_path):
     silently start the run over). --overwrite starts over."""
     from configs import ppo as ppo_configs
     from kltrust.checkpoint import LayoutMismatch
-    from kltrust.train import loop
+    from kltrust.train import control_config, loop
 
     config = ppo_configs.get_config("cartpole_kl_pid")
     config.num_steps, config.num_minibatches, config.updates_per_chunk = 32, 2, 1
     config.total_timesteps = 4 * 32 * 2
-    loop.train(config, tmp_path, progress=False)
+    loop.train(control_config.spec_from_config(config), tmp_path, progress=False)
     assert _steps(tmp_path) == [1, 2]
     item = tmp_path / "checkpoints" / "2" / "default"
     checkpointer = ocp.StandardCheckpointer()
@@ -160,7 +160,7 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_kept(tmp_path):
     checkpointer.wait_until_finished()
 
     with pytest.raises(LayoutMismatch) as info:
-        loop.train(config, tmp_path, progress=False)
+        loop.train(control_config.spec_from_config(config), tmp_path, progress=False)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"checkpoint {tmp_path / 'checkpoints' / '2'} was written with a "
@@ -168,7 +168,8 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_kept(tmp_path):
     assert "stored only: controller.gain, controller.horizon, controller.integral" in message
     assert "expected only: controller.hparams.kd" in message and "--overwrite" in message
     assert _steps(tmp_path) == [1, 2] and not (tmp_path / "unreadable_checkpoints").exists()
-    result = loop.train(config, tmp_path, progress=False, overwrite=True)
+    result = loop.train(control_config.spec_from_config(config), tmp_path, progress=False,
+                        overwrite=True)
     assert result.metrics["beta"].shape == (1, 2) and _steps(tmp_path) == [1, 2]
 
 

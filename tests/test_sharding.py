@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec
 
 from configs import ppo as ppo_configs
 from kltrust import processes, sharding
-from kltrust.train import loop
+from kltrust.train import control_config, loop
 
 
 def test_mesh_shape_resolves_the_free_axis():
@@ -37,7 +37,7 @@ def test_a_bad_mesh_fails_before_anything_is_written(tmp_path):
     config = ppo_configs.get_config("cartpole_clip")
     config.mesh.data = 2  # this process has one device
     with pytest.raises(ValueError, match=r"config.mesh = .*: needs 2 devices, only 1"):
-        loop.train(config, tmp_path / "run", progress=False)
+        loop.train(control_config.spec_from_config(config), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 

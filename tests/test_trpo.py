@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 from configs import trpo as trpo_configs
 from kltrust.models import ActorCritic
 from kltrust.objectives import trpo
-from kltrust.train import loop
+from kltrust.train import control_config, loop
 from kltrust.train import trpo as trpo_train
 
 # ---------------------------------------------------------------- conjugate gradient
@@ -224,7 +224,7 @@ def _tiny(preset="cartpole_trpo", **overrides):
 @functools.lru_cache(maxsize=None)
 def _train(preset="cartpole_trpo", num_seeds=1):
     config = _tiny(preset, num_seeds=num_seeds)
-    return loop.train(config, progress=False)
+    return loop.train(control_config.spec_from_config(config), progress=False)
 
 
 def test_short_run_improves_return_and_keeps_every_accepted_update_within_delta():
@@ -246,14 +246,15 @@ def test_short_run_improves_return_and_keeps_every_accepted_update_within_delta(
 
 def test_same_seed_same_numbers_and_vmapped_seeds_are_independent():
     both = _train(num_seeds=2)  # seeds (0, 1)
-    again = loop.train(_tiny(num_seeds=2), progress=False)
+    again = loop.train(control_config.spec_from_config(_tiny(num_seeds=2)), progress=False)
     for name in both.metrics:
         np.testing.assert_array_equal(both.metrics[name], again.metrics[name], err_msg=name)
     jax.tree.map(np.testing.assert_array_equal, both.state.params, again.state.params)
     # Independence, exactly: seed 1 runs the same compiled program in the pairs (0, 1) and (1, 2),
     # once as the second run and once as the first. Runs never interact, so its whole 40-update
     # trajectory is the same bit for bit, with no tolerance to argue about.
-    shifted = loop.train(_tiny(num_seeds=2, seed=1), progress=False)
+    shifted = loop.train(control_config.spec_from_config(_tiny(num_seeds=2, seed=1)),
+                         progress=False)
     for name in both.metrics:
         np.testing.assert_array_equal(shifted.metrics[name][0], both.metrics[name][1],
                                       err_msg=name)
@@ -272,8 +273,8 @@ def test_one_update_alone_equals_the_same_update_vmapped():
     what does not.
     """
     config = dict(total_timesteps=4 * 128, updates_per_chunk=1)
-    pair = loop.train(_tiny(num_seeds=2, **config), progress=False)
-    alone = loop.train(_tiny(seed=1, **config), progress=False)
+    pair = loop.train(control_config.spec_from_config(_tiny(num_seeds=2, **config)), progress=False)
+    alone = loop.train(control_config.spec_from_config(_tiny(seed=1, **config)), progress=False)
     for name in ("episode_return", "value_loss"):
         np.testing.assert_allclose(alone.metrics[name][0], pair.metrics[name][1], rtol=1e-4,
                                    atol=1e-7, err_msg=name)
@@ -284,9 +285,9 @@ def test_one_update_alone_equals_the_same_update_vmapped():
 
 def test_delta_is_an_array_so_a_sweep_vmaps_over_it():
     config = _tiny(total_timesteps=4 * 128 * 4, updates_per_chunk=4)
-    trainer = trpo_train.make_trainer(config)
+    trainer = trpo_train.make_trainer(control_config.spec_from_config(config).static)
     init, run_chunk = trpo_train.compile_run(trainer)
-    hp = trpo_train.HParams.from_config(config)
+    hp = control_config.hparams(config)
     deltas = jnp.array([0.001, 0.02])
     hparams = jax.tree.map(lambda x: jnp.broadcast_to(x, (2,)), hp).replace(delta=deltas)
     _, metrics = run_chunk(init(jnp.zeros(2, jnp.int32), hparams), hparams)
@@ -306,7 +307,7 @@ def test_npg_takes_the_scaled_step_whatever_its_kl():
 
 def test_workdir_outputs_for_trpo(tmp_path):
     config = _tiny("pendulum_trpo_ref", total_timesteps=4 * 128 * 2, updates_per_chunk=2)
-    loop.train(config, tmp_path, progress=False)
+    loop.train(control_config.spec_from_config(config), tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
     for key in ("kl_old", "kl_ref", "kl_budget", "delta", "accepted", "backtracks", "cg_residual",
@@ -333,14 +334,14 @@ def test_bad_config_is_rejected_before_compiling(field, value, message):
     parent, _, leaf = field.rpartition(".")
     (config[parent] if parent else config)[leaf] = value
     with pytest.raises(ValueError, match=message):
-        loop.train(config, progress=False)
+        loop.train(control_config.spec_from_config(config), progress=False)
 
 
 def test_kl_budget_checked_only_when_the_reference_anchor_uses_it():
     config = _tiny("cartpole_trpo_ref")
     config.hparams.kl_budget = 0.0
     with pytest.raises(ValueError, match=r"config.hparams.kl_budget = 0.0: must be in \(0.0, inf\)"):
-        trpo_train.validate(config)
+        control_config.validate(config)
     config = _tiny("cartpole_trpo")
     config.hparams.kl_budget = 0.0
-    trpo_train.validate(config)
+    control_config.validate(config)

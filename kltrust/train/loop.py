@@ -25,7 +25,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from kltrust import checkpoint as ckpt
@@ -33,6 +32,28 @@ from kltrust import processes, sharding
 from kltrust import train as programs
 from kltrust import workdir as workdirs
 from kltrust.train import host
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlSpec:
+    """Everything a control run reads, typed and frozen: built once from a validated config at the
+    boundary (`kltrust.train.control_config.spec_from_config`); nothing below reads the config."""
+
+    algorithm: str  # "ppo" or "trpo": the program module (`kltrust.train.program`)
+    static: Any  # the program's Static: shapes, variant, environment
+    hparams: Any  # the program's HParams, scalar float32 leaves (broadcast over the seeds)
+    seed: int  # the seeds are seed, seed + 1, …, seed + num_seeds - 1
+    num_seeds: int
+    mesh: tuple[tuple[str, int], ...]  # axis sizes (`sharding.mesh_from_sizes`; -1: the rest)
+    max_nonfinite_updates: int  # consecutive skipped updates that stop the run (`kltrust.guards`)
+    checkpoint_every_chunks: int
+    keep_checkpoints: int
+    config_json: str  # the canonical config, recorded in (and compared with) workdir/config.json
+    title: str  # the progress bar's and the plot's
+
+    @property
+    def seeds(self) -> np.ndarray:
+        return np.arange(self.seed, self.seed + self.num_seeds, dtype=np.int32)
 
 
 @dataclasses.dataclass
@@ -65,7 +86,7 @@ def _to_json_value(x: Any) -> Any:
 
 
 def train(
-    config: ml_collections.ConfigDict,
+    spec: ControlSpec,
     workdir: str | pathlib.Path | None = None,
     *,
     mesh: jax.sharding.Mesh | None = None,
@@ -74,22 +95,24 @@ def train(
     runs: tuple[np.ndarray, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Trains ``config.num_seeds`` seeds of one config (PPO or TRPO) vmapped in one program.
+    """Trains the ``spec.num_seeds`` seeds of one run spec (PPO or TRPO) vmapped in one program.
 
-    ``runs = (seeds [R], HParams with leaves [R])`` replaces the config's seeds and hyperparameters
-    by R arbitrary (seed, hyperparameter) runs of the same static config, still one program: this is
-    how a sweep runs a group. ``on_chunk(updates)`` is called after every compiled chunk.
+    ``spec`` comes from `kltrust.train.control_config.spec_from_config(config)`, which validated
+    the config. ``mesh`` replaces the spec's. ``runs = (seeds [R], HParams with leaves [R])``
+    replaces the spec's seeds and hyperparameters by R arbitrary (seed, hyperparameter) runs of the
+    same static spec, still one program: this is how a sweep runs a group. ``on_chunk(updates)``
+    is called after every compiled chunk.
     """
-    mesh = mesh or sharding.mesh_from_config(config)
-    program = programs.program(config)
-    trainer = program.make_trainer(config, mesh)  # validates before anything is compiled
+    if not isinstance(spec, ControlSpec):  # e.g. a config: read it at the boundary first
+        raise TypeError(f"loop.train takes a ControlSpec (kltrust.train.control_config."
+                        f"spec_from_config(config)), not a {type(spec).__name__}.")
+    mesh = mesh or sharding.mesh_from_sizes(dict(spec.mesh))
+    program = programs.program(spec.algorithm)
+    trainer = program.make_trainer(spec.static, mesh)  # checks the mesh before anything compiles
     static = trainer.static
     if runs is None:
-        seeds = np.arange(config.seed, config.seed + config.num_seeds, dtype=np.int32)
-        hparams = jax.tree.map(
-            lambda x: np.broadcast_to(x, (len(seeds),) + x.shape),
-            program.HParams.from_config(config),
-        )
+        seeds = spec.seeds
+        hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds),) + x.shape), spec.hparams)
     else:
         seeds, hparams = np.asarray(runs[0], np.int32), runs[1]
     # The run axis is split over the mesh's ``runs`` axis: pad it to a multiple (copies of the last
@@ -103,8 +126,7 @@ def train(
     resume = False
     if workdir is not None:
         workdir = pathlib.Path(workdir)
-        config_json = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-        resume = workdirs.claim_workdir("loop.workdir", workdir, config_json, WORKDIR_RULES,
+        resume = workdirs.claim_workdir("loop.workdir", workdir, spec.config_json, WORKDIR_RULES,
                                         overwrite=overwrite) is workdirs.Claim.RESUME
         if processes.is_primary():
             from tensorboardX import SummaryWriter
@@ -126,10 +148,9 @@ def train(
         name="loop", advance=lambda s: compiled_chunk(s, hparams),
         num_chunks=static.num_updates // static.updates_per_chunk,
         updates_per_chunk=static.updates_per_chunk, seeds=seeds,
-        max_nonfinite_updates=config.guards.max_nonfinite_updates, write_rows=write_rows,
-        checkpoint_every=config.checkpoint_every_chunks, keep_checkpoints=config.keep_checkpoints,
-        title=f"{static.env_name} {config.get('algorithm', 'ppo')} {_describe(static.variant)}",
-        postfix=_postfix)
+        max_nonfinite_updates=spec.max_nonfinite_updates, write_rows=write_rows,
+        checkpoint_every=spec.checkpoint_every_chunks, keep_checkpoints=spec.keep_checkpoints,
+        title=spec.title, postfix=_postfix)
     ran = host.run(chunks, state, workdir=workdir, resume=resume, progress=progress,
                    on_chunk=on_chunk)
     state = ran.carry
@@ -167,11 +188,6 @@ def _postfix(metrics: dict[str, np.ndarray]) -> dict[str, str] | None:
         return None
     return dict(ret=f"{np.nanmean(latest_return):.1f}",
                 kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
-
-
-def _describe(variant: Any) -> str:
-    return " ".join(f"{f.name}={getattr(variant, f.name)}" for f in dataclasses.fields(variant)
-                    if f.name != "normalize_advantages")
 
 
 def _write_metrics(workdir, writer, metrics, seeds, first_update, batch_size) -> None:

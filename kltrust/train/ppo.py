@@ -1,9 +1,11 @@
 """The PPO training program: rollout → GAE → epochs × minibatches → β controller, in one jit.
 
-A config splits into a static part (`Static`: shapes, variant, environment) and `HParams`, a pytree of
-float32 arrays. `Trainer.update` is one PPO iteration as a pure function of (TrainState, HParams);
-`Trainer.run_chunk` scans it ``updates_per_chunk`` times inside one compiled program. Because every
-number a sweep varies is an array, `jax.vmap` over seeds and hyperparameters reuses one compilation.
+A run splits into a static part (`Static`: shapes, variant, environment) and `HParams`, a pytree of
+float32 arrays; the config layer (`kltrust.train.control_config`) builds both from a config, and
+nothing here reads the config. `Trainer.update` is one PPO iteration as a pure function of
+(TrainState, HParams); `Trainer.run_chunk` scans it ``updates_per_chunk`` times inside one
+compiled program. Because every number a sweep varies is an array, `jax.vmap` over seeds and
+hyperparameters reuses one compilation.
 
 The β controller is a component (`kltrust.controllers`): ``variant.kl_penalty`` chooses the kind
 (static) and ``hparams.controller`` holds one knob group per registered kind
@@ -14,13 +16,11 @@ The β controller is a component (`kltrust.controllers`): ``variant.kl_penalty``
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from kltrust import components, controllers, guards, rollout, sharding
@@ -30,29 +30,36 @@ from kltrust.train import common
 ENV_NAMES = common.ENV_NAMES
 
 
-@flax.struct.dataclass
+@components.hparams
 class HParams:
-    """Every numeric hyperparameter of a PPO run, as arrays (vmappable, never baked into the trace)."""
+    """Every numeric hyperparameter of a PPO run, as arrays (vmappable, never baked into the trace).
 
-    learning_rate: jax.Array
-    clip_eps: jax.Array
-    beta: jax.Array  # fixed β, or the initial β of an adaptive controller
-    gamma: jax.Array
-    gae_lambda: jax.Array
-    vf_coef: jax.Array
-    ent_coef: jax.Array
-    max_grad_norm: jax.Array
-    target_kl: jax.Array  # early stopping of the epoch loop at 1.5·target_kl (if enabled)
-    reward_scale: jax.Array
-    controller: Any  # the knobs of the β controller ``variant.controller`` (its module's HParams)
+    Each knob declares its config default and allowed range once; the config layer
+    (`kltrust.train.control_config`) derives ``defaults()``, the range checks and the parsing from
+    these declarations. The field order is the pytree's leaf order: keep it.
+    """
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> HParams:
-        """From a (validated) config: ``config.hparams``, with the knobs of the controller that
-        ``config.variant.kl_penalty`` chooses."""
-        kind = ppo.Variant(**config.variant.to_dict()).controller
-        return common.hparams_from_config(cls, config.hparams,
-                                          controller=(controllers.REGISTRY, kind))
+    learning_rate: jax.Array = components.knob(
+        2.5e-4, "Adam's step size (annealed linearly to 0 if anneal_lr)", low=0, low_open=True)
+    clip_eps: jax.Array = components.knob(
+        0.2, "ε of the clipped ratio 1 ± ε (read if variant.clip)", low=0, low_open=True)
+    beta: jax.Array = components.knob(
+        1.0, "fixed β, or the initial β of a controller (read if variant.kl_penalty != 'none'; "
+        "> 0 for a multiplicative controller)", low=0)
+    gamma: jax.Array = components.knob(0.99, "discount γ", low=0, high=1)
+    gae_lambda: jax.Array = components.knob(0.95, "GAE λ", low=0, high=1)
+    vf_coef: jax.Array = components.knob(0.5, "weight of the value loss", low=0)
+    ent_coef: jax.Array = components.knob(0.01, "weight of the entropy bonus", low=0)
+    max_grad_norm: jax.Array = components.knob(
+        0.5, "global-norm gradient clipping (inf: none)", low=0, low_open=True, allow_inf=True)
+    target_kl: jax.Array = components.knob(
+        0.015, "early stopping of the epoch loop at 1.5·target_kl (read if early_stop)", low=0,
+        low_open=True)
+    reward_scale: jax.Array = components.knob(1.0, "rewards are multiplied by this", low=0,
+                                              low_open=True)
+    # The knobs of the β controller ``variant.controller`` (its module's HParams); in the config
+    # every registered controller's group, so --config.hparams.controller.pid.kp=1 always parses.
+    controller: Any = components.group(controllers.REGISTRY, "the β controller's knobs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,23 +79,6 @@ class Static:
     early_stop: bool
     variant: ppo.Variant
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> Static:
-        return cls(
-            env_name=config.env_name,
-            num_envs=config.num_envs,
-            num_steps=config.num_steps,
-            num_epochs=config.num_epochs,
-            num_minibatches=config.num_minibatches,
-            num_updates=common.num_updates(config),
-            updates_per_chunk=config.updates_per_chunk,
-            hidden=tuple(config.model.hidden),
-            activation=config.model.activation,
-            anneal_lr=config.anneal_lr,
-            early_stop=config.early_stop,
-            variant=ppo.Variant(**config.variant.to_dict()),
-        )
-
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.num_steps
@@ -107,69 +97,17 @@ class TrainState:
     bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
 
 
-def defaults() -> ml_collections.ConfigDict:
-    """Every field a ppo config has, with its default. The presets (configs/ppo.py) start from
-    these, and `validate` refuses a key that is not here or a value of another type.
-    """
-    return common.control_defaults(
-        "ppo",
-        num_epochs=4,
-        num_minibatches=4,
-        anneal_lr=True,
-        early_stop=False,  # stop the epoch loop once KL(π_old ‖ π_θ) > 1.5 · target_kl
-        variant=dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
-                     normalize_advantages=True),
-        hparams=dict(
-            learning_rate=2.5e-4, clip_eps=0.2, beta=1.0, gamma=0.99, gae_lambda=0.95, vf_coef=0.5,
-            ent_coef=0.01, max_grad_norm=0.5, target_kl=0.015, reward_scale=1.0,
-            # Every registered controller's knobs, so --config.hparams.controller.pid.kp=1 works
-            # whichever kl_penalty a preset chose; only the chosen one's are read.
-            controller=components.group_defaults(controllers.REGISTRY),
-        ),
-    )
-
-
-def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
-    """Rejects a bad config with one message naming the key, its value and the allowed range.
-
-    Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
-    """
-    common.check_keys(config, defaults())
-    common.validate_run_shape(config, batch_shards)
-    for key in ("num_epochs", "num_minibatches"):
-        common.check(isinstance(config[key], int) and config[key] >= 1, key, config[key],
-                     "an integer >= 1")
-    batch = config.num_envs * config.num_steps
-    common.check(batch % config.num_minibatches == 0, "num_minibatches", config.num_minibatches,
-                 f"a divisor of num_envs * num_steps = {batch}")
-    try:
-        variant = ppo.Variant(**config.variant.to_dict())
-    except (TypeError, ValueError) as error:
-        raise common.variant_error(error) from None
-
-    check_range = functools.partial(common.check_range, config.hparams)
-    check_range("learning_rate", 0.0, low_open=True)
-    check_range("gamma", 0.0, 1.0)
-    check_range("gae_lambda", 0.0, 1.0)
-    check_range("vf_coef", 0.0)
-    check_range("ent_coef", 0.0)
-    check_range("max_grad_norm", 0.0, low_open=True, allow_inf=True)  # inf: no clipping
-    check_range("reward_scale", 0.0, low_open=True)
-    if variant.clip:
-        check_range("clip_eps", 0.0, low_open=True)
-    penalised = variant.kl_penalty != "none"
-    if penalised:
-        # Multiplicative rules cannot leave β = 0.
-        check_range("beta", 0.0, low_open=controllers.get(variant.kl_penalty).beta_positive)
-    # Every group's keys; the chosen controller's values against its knobs' ranges.
-    components.validate_groups(controllers.REGISTRY, config.hparams.controller,
-                               "hparams.controller",
-                               chosen=variant.kl_penalty if penalised else None)
-    if config.early_stop:
-        check_range("target_kl", 0.0, low_open=True)
-    # The unread ones too.
-    common.check_finite(config.hparams, allow_inf=("max_grad_norm",) + common.inf_knobs(
-        controllers.REGISTRY, "controller"))
+def unread_knobs(variant: ppo.Variant, early_stop: bool) -> tuple[str, ...]:
+    """The knobs of `HParams` a run of ``variant`` never reads (their range is not checked, only
+    that they are finite numbers)."""
+    unread = []
+    if not variant.clip:
+        unread.append("clip_eps")
+    if variant.kl_penalty == "none":
+        unread.append("beta")
+    if not early_stop:
+        unread.append("target_kl")
+    return tuple(unread)
 
 
 def _make_optimizer(learning_rate: jax.Array, max_grad_norm: jax.Array) -> optax.GradientTransformation:
@@ -309,11 +247,12 @@ class Trainer(common.ControlTrainer):
         return new_state, metrics
 
 
-def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Trainer:
-    """Validates ``config`` (before any compilation) and builds its `Trainer`."""
-    mesh = mesh or sharding.mesh_from_config(config)
-    validate(config, batch_shards=sharding.batch_shards(mesh))
-    return Trainer(Static.from_config(config), mesh)
+def make_trainer(static: Static, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    """The `Trainer` of a (validated) ``static`` configuration on ``mesh`` (by default every device
+    on the data axis); refuses a mesh that cannot split the environments evenly."""
+    mesh = mesh or sharding.mesh_from_sizes({})
+    common.check_fits_mesh(static.num_envs, mesh)
+    return Trainer(static, mesh)
 
 
 compile_run = common.compile_run

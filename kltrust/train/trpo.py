@@ -1,8 +1,9 @@
 """The TRPO training program: rollout → GAE → one trust-region policy step → value fit, in one jit.
 
-Same structure as `kltrust.train.ppo` (and the same rollout, model, GAE and KL core): a config splits
-into `Static` and `HParams` (float32 arrays: δ, damping, backtracking factor, … vmap over sweeps);
-`Trainer.update` is one TRPO iteration as a pure function; `Trainer.run_chunk` scans it.
+Same structure as `kltrust.train.ppo` (and the same rollout, model, GAE and KL core): a run splits
+into `Static` and `HParams` (float32 arrays: δ, damping, backtracking factor, … vmap over sweeps),
+which the config layer (`kltrust.train.control_config`) builds from a config; `Trainer.update` is
+one TRPO iteration as a pure function; `Trainer.run_chunk` scans it.
 
 The policy step (`kltrust.objectives.trpo.step`) works on the policy's parameters flattened into one
 vector (actor and, for Gaussian policies, log-std); the critic is fitted afterwards with Adam over
@@ -12,41 +13,47 @@ vector (actor and, for Gaussian policies, log-std); the critic is fitted afterwa
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.flatten_util import ravel_pytree
 
-from kltrust import guards, rollout, sharding
+from kltrust import components, guards, rollout, sharding
 from kltrust.objectives import trpo
 from kltrust.train import common
 
 CRITIC = "critic"  # the ActorCritic submodule the value fit owns; everything else is the policy
 
 
-@flax.struct.dataclass
+@components.hparams
 class HParams:
-    """Every numeric hyperparameter of a TRPO run, as arrays (vmappable, never baked into the trace)."""
+    """Every numeric hyperparameter of a TRPO run, as arrays (vmappable, never baked into the trace).
 
-    delta: jax.Array
-    kl_budget: jax.Array
-    damping: jax.Array
-    backtrack_factor: jax.Array
-    cg_residual_tol: jax.Array
-    vf_learning_rate: jax.Array
-    gamma: jax.Array
-    gae_lambda: jax.Array
-    reward_scale: jax.Array
+    Each knob declares its config default and allowed range once; the config layer
+    (`kltrust.train.control_config`) derives ``defaults()``, the range checks and the parsing from
+    these declarations. The field order is the pytree's leaf order: keep it.
+    """
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> HParams:
-        """From a (validated) config's ``hparams`` (TRPO has no β controller)."""
-        return common.hparams_from_config(cls, config.hparams)
+    delta: jax.Array = components.knob(0.01, "δ: the trust region's KL radius", low=0,
+                                       low_open=True)
+    kl_budget: jax.Array = components.knob(
+        0.5, "the KL to the reference policy a step may not exceed (read if kl_anchor = "
+        "'reference')", low=0, low_open=True)
+    damping: jax.Array = components.knob(0.1, "added to the Fisher's diagonal in CG", low=0)
+    backtrack_factor: jax.Array = components.knob(
+        0.8, "the line search shrinks the step by this", low=0, high=1, low_open=True,
+        high_open=True)
+    cg_residual_tol: jax.Array = components.knob(
+        1e-10, "CG stops once the squared residual is below this", low=0)
+    vf_learning_rate: jax.Array = components.knob(1e-3, "the critic's Adam step size", low=0,
+                                                  low_open=True)
+    gamma: jax.Array = components.knob(0.99, "discount γ", low=0, high=1)
+    gae_lambda: jax.Array = components.knob(0.97, "GAE λ", low=0, high=1)
+    reward_scale: jax.Array = components.knob(1.0, "rewards are multiplied by this", low=0,
+                                              low_open=True)
 
     def step_coefs(self) -> trpo.StepCoefs:
         return trpo.StepCoefs(self.delta, self.kl_budget, self.damping, self.backtrack_factor,
@@ -71,24 +78,6 @@ class Static:
     vf_minibatches: int
     variant: trpo.Variant
 
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> Static:
-        return cls(
-            env_name=config.env_name,
-            num_envs=config.num_envs,
-            num_steps=config.num_steps,
-            num_updates=common.num_updates(config),
-            updates_per_chunk=config.updates_per_chunk,
-            hidden=tuple(config.model.hidden),
-            activation=config.model.activation,
-            cg_iters=config.cg_iters,
-            max_backtracks=config.max_backtracks,
-            fvp_subsample=config.fvp_subsample,
-            vf_epochs=config.vf_epochs,
-            vf_minibatches=config.vf_minibatches,
-            variant=trpo.Variant(**config.variant.to_dict()),
-        )
-
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.num_steps
@@ -106,62 +95,10 @@ class TrainState:
     bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
 
 
-def defaults() -> ml_collections.ConfigDict:
-    """Every field a trpo config has, with its default. The presets (configs/trpo.py) start from
-    these, and `validate` refuses a key that is not here or a value of another type.
-    """
-    return common.control_defaults(
-        "trpo",
-        num_steps=512,
-        total_timesteps=499_712,
-        updates_per_chunk=61,
-        cg_iters=10,
-        max_backtracks=10,
-        fvp_subsample=1,  # Fisher-vector products on every k-th state of the batch
-        vf_epochs=5,
-        vf_minibatches=8,
-        variant=dict(line_search=True, kl_anchor="old", normalize_advantages=True),
-        hparams=dict(
-            delta=0.01, kl_budget=0.5, damping=0.1, backtrack_factor=0.8, cg_residual_tol=1e-10,
-            vf_learning_rate=1e-3, gamma=0.99, gae_lambda=0.97, reward_scale=1.0,
-        ),
-    )
-
-
-def validate(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
-    """Rejects a bad config with one message naming the key, its value and the allowed range.
-
-    Runs on the host before anything is compiled; hyperparameters may be scalars or arrays (a sweep).
-    """
-    common.check_keys(config, defaults())
-    common.validate_run_shape(config, batch_shards)
-    for key in ("cg_iters", "vf_epochs", "vf_minibatches", "fvp_subsample"):
-        common.check(isinstance(config[key], int) and config[key] >= 1, key, config[key],
-                     "an integer >= 1")
-    common.check(isinstance(config.max_backtracks, int) and config.max_backtracks >= 1,
-                 "max_backtracks", config.max_backtracks, "an integer >= 1")
-    batch = config.num_envs * config.num_steps
-    common.check(batch % config.vf_minibatches == 0, "vf_minibatches", config.vf_minibatches,
-                 f"a divisor of num_envs * num_steps = {batch}")
-    common.check(config.fvp_subsample <= batch, "fvp_subsample", config.fvp_subsample,
-                 f"<= num_envs * num_steps = {batch}")
-    try:
-        variant = trpo.Variant(**config.variant.to_dict())
-    except (TypeError, ValueError) as error:
-        raise common.variant_error(error) from None
-
-    check_range = functools.partial(common.check_range, config.hparams)
-    check_range("delta", 0.0, low_open=True)
-    check_range("damping", 0.0)
-    check_range("backtrack_factor", 0.0, 1.0, low_open=True, high_open=True)
-    check_range("cg_residual_tol", 0.0)
-    check_range("vf_learning_rate", 0.0, low_open=True)
-    check_range("gamma", 0.0, 1.0)
-    check_range("gae_lambda", 0.0, 1.0)
-    check_range("reward_scale", 0.0, low_open=True)
-    if variant.uses_reference:
-        check_range("kl_budget", 0.0, low_open=True)
-    common.check_finite(config.hparams)  # the unread ones too
+def unread_knobs(variant: trpo.Variant) -> tuple[str, ...]:
+    """The knobs of `HParams` a run of ``variant`` never reads (their range is not checked, only
+    that they are finite numbers)."""
+    return () if variant.uses_reference else ("kl_budget",)
 
 
 def split_params(params: Any) -> tuple[Any, Any]:
@@ -288,11 +225,12 @@ class Trainer(common.ControlTrainer):
         return critic_params, opt_state, losses.mean()
 
 
-def make_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Trainer:
-    """Validates ``config`` (before any compilation) and builds its `Trainer`."""
-    mesh = mesh or sharding.mesh_from_config(config)
-    validate(config, batch_shards=sharding.batch_shards(mesh))
-    return Trainer(Static.from_config(config), mesh)
+def make_trainer(static: Static, mesh: jax.sharding.Mesh | None = None) -> Trainer:
+    """The `Trainer` of a (validated) ``static`` configuration on ``mesh`` (by default every device
+    on the data axis); refuses a mesh that cannot split the environments evenly."""
+    mesh = mesh or sharding.mesh_from_sizes({})
+    common.check_fits_mesh(static.num_envs, mesh)
+    return Trainer(static, mesh)
 
 
 compile_run = common.compile_run
