@@ -93,12 +93,12 @@ def rlhf_compile(preset: str, root: pathlib.Path) -> dict[str, Any]:
 
     config = rlhf.get_config(preset)
     config.rl.num_updates = config.rl.updates_per_eval  # one chunk: compile, then one short run
-    pipeline.validate(config)
-    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
+    spec = pipeline.spec_from_config(config)
+    ref_params = tok.Policy(spec.policy).init(jax.random.PRNGKey(1))
     shapes = {"prompt": np.zeros((1, config.task.prompt_len), np.int32),
               "chosen": np.zeros((1, config.task.response_len), np.int32)}
-    rm_params = reward_model.init_params(tok.reward_model_config(config), shapes, 2)
-    result = pipeline.run_policy(config, root, ref_params, rm_params, write=False)
+    rm_params = reward_model.init_params(spec.reward_model, shapes, 2)
+    result = pipeline.run_policy(spec, root, ref_params, rm_params, write=False)
     return {"compile_s": result.compile_seconds, "seeds": config.num_seeds,
             "updates_per_chunk": config.rl.updates_per_eval}
 

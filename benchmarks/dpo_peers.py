@@ -89,7 +89,7 @@ def run_kltrust(row: dict[str, Any]) -> None:
     import jax.numpy as jnp
 
     from configs import rlhf as rlhf_configs
-    from kltrust.train import pipeline, rlhf
+    from kltrust.train import pipeline, rlhf, token_config
     from kltrust.train import tokens as tok
 
     config = rlhf_configs.get_config("dpo")
@@ -101,7 +101,7 @@ def run_kltrust(row: dict[str, Any]) -> None:
         BETA, LEARNING_RATE, MAX_GRAD_NORM), "the dpo preset changed: update the torch side"
     assert (config.rl.preference_loss == "sigmoid"
             and config.rl.hparams.preference.sigmoid.label_smoothing == 0.0)
-    spec = tok.language_spec(config)
+    spec = token_config.language_spec(config)
     static = pipeline.static_from_config(config)
     trainer = rlhf.Trainer(static)
     policy = trainer.policy
@@ -118,7 +118,7 @@ def run_kltrust(row: dict[str, Any]) -> None:
     pairs = {k: jnp.asarray(v, jnp.int32) for k, v in pairs.items()}
     pairs["chosen_mask"] = pairs["rejected_mask"] = jnp.ones((n, r), jnp.float32)
     # The offline DPO update reads only the reference and the pairs: no reward model, and no
-    # language (its gold reward is for evaluations, which are not timed; a large vocabulary has no
+    # task (its gold reward is for evaluations, which are not timed; a large vocabulary has no
     # synthetic language anyway).
     frozen = tok.Frozen(ref_params, None, pairs["prompt"][:8], pairs["prompt"][:8], None, pairs)
     hp = jax.tree.map(lambda x: x[0], pipeline.hparams_from_config(config, 1))

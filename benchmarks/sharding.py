@@ -68,17 +68,18 @@ def token_rows(n: int, repeats: int) -> list[str]:
     config = rlhf_configs.get_config("ppo")
     config.num_seeds = 1
     config.rl.update(num_updates=10, updates_per_eval=10)
-    pipeline.validate(config)
-    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
+    spec = pipeline.spec_from_config(config)
+    ref_params = tok.Policy(spec.policy).init(jax.random.PRNGKey(1))
     pairs = {"prompt": np.zeros((1, config.task.prompt_len), np.int32),
              "chosen": np.zeros((1, config.task.response_len), np.int32)}
-    rm_params = reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+    rm_params = reward_model.init_params(spec.reward_model, pairs, 2)
     rows = []
     root = pathlib.Path(tempfile.mkdtemp(prefix="kltrust_bench_"))
     for label, mesh in [("1 device", dict(data=1, fsdp=1)), (f"data = {n}", dict(data=n, fsdp=1)),
                         (f"fsdp = {n}", dict(data=1, fsdp=n))]:
         config.mesh.update(mesh, runs=1)
-        results = [pipeline.run_policy(config, root, ref_params, rm_params, write=False)
+        results = [pipeline.run_policy(pipeline.spec_from_config(config), root, ref_params,
+                                       rm_params, write=False)
                    for _ in range(repeats)]
         per_update = [r.run_seconds / config.rl.num_updates for r in results]
         rows.append(f"| token PPO (64 prompts × 12 tokens, 2 layers × 64 wide, 2 epochs × 4 "

@@ -24,7 +24,8 @@ from configs import rlhf as rlhf_configs
 from kltrust import rollout
 from kltrust.models.transformer import SequenceScorer
 from kltrust.tasks import text
-from kltrust.train import pipeline, rlhf
+from kltrust.tasks.synthetic.task import SyntheticTask
+from kltrust.train import pipeline, rlhf, token_config
 from kltrust.train import tokens as tok
 
 _BATCH = flags.DEFINE_list("batch", ["64", "256"], "Prompts per call.")
@@ -40,11 +41,13 @@ def _median_seconds(fn, *args) -> float:
 def main(argv: Sequence[str]) -> None:
     del argv
     config = rlhf_configs.get_config("ppo")
-    spec = tok.language_spec(config)
+    # The config layer's static pieces, unvalidated: the batch sizes below are any the flag gives.
+    spec = token_config.language_spec(config)
     language = text.make_language(spec)
-    policy = tok.Policy(tok.policy_config(config))
+    static = token_config.static_from_config(config)
+    policy = static.reference
     params = policy.init(jax.random.PRNGKey(0))
-    rm_config = tok.reward_model_config(config)
+    rm_config = static.reward_model
     length = spec.prompt_len + spec.response_len
     rm_params = SequenceScorer(rm_config).init(jax.random.PRNGKey(1),
                                                jnp.zeros((1, length), jnp.int32),
@@ -62,7 +65,7 @@ def main(argv: Sequence[str]) -> None:
 
         config.rl.batch_prompts = batch
         trainer = rlhf.Trainer(pipeline.static_from_config(config))
-        frozen = tok.Frozen(params, rm_params, prompts, prompts, language)
+        frozen = tok.Frozen(params, rm_params, prompts, prompts, SyntheticTask(language))
         hp = jax.tree.map(lambda x: x[0], pipeline.hparams_from_config(config, 1))
         state = jax.jit(trainer.init)(0, hp, frozen)
         update = jax.jit(lambda st: trainer.update(st, hp, frozen))

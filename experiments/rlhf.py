@@ -29,10 +29,12 @@ def main(argv: Sequence[str]) -> None:
     config = _CONFIG.value
     with cli.config_errors():  # bad multi-host flags: one line, exit status 2
         distributed.initialize()
-    pipeline.validate(config)  # a ConfigError: one line, exit status 2
+    # The config is read once, here: validated (a ConfigError: one line, exit status 2) into the
+    # typed spec the library takes.
+    spec = pipeline.spec_from_config(config)
     logging.set_verbosity(logging.ERROR)  # TFDS warns about every custom data config
-    result = pipeline.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
-    out = f"{_WORKDIR.value}/{ {'sft': 'sft', 'reward_model': 'reward_model'}.get(config.stage, config.name)}"
+    result = pipeline.run(spec, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    out = f"{_WORKDIR.value}/{ {'sft': 'sft', 'reward_model': 'reward_model'}.get(spec.stage, spec.name)}"
     if isinstance(result, pipeline.PolicyResult) and result.preempted:
         updates = next(iter(result.train_metrics.values())).shape[1]
         cli.exit_preempted(f"update {updates} of {out}")

@@ -95,21 +95,21 @@ def main(argv: Sequence[str]) -> None:
     del argv
     logging.set_verbosity(logging.ERROR)
     root = pathlib.Path(_WORKDIR.value)
-    configs = {}
+    specs = {}
     for preset in _PRESETS.value:  # build and check every config before running any
-        if preset in configs:
+        if preset in specs:
             raise cli.ConfigError(f"--presets = {','.join(_PRESETS.value)!r}: names {preset!r} "
                                   "twice.")
         try:
-            configs[preset] = rlhf_configs.get_config(preset)
+            config = rlhf_configs.get_config(preset)
         except cli.ConfigError as error:
             raise cli.ConfigError(f"--presets: {error}") from None
-        configs[preset].num_seeds = _NUM_SEEDS.value
-        pipeline.validate(configs[preset])
+        config.num_seeds = _NUM_SEEDS.value
+        specs[preset] = pipeline.spec_from_config(config)
     results = {}
-    for preset, config in configs.items():
+    for preset, spec in specs.items():
         print(f"== {preset}", flush=True)
-        results[preset] = pipeline.run(config, root, overwrite=_OVERWRITE.value)
+        results[preset] = pipeline.run(spec, root, overwrite=_OVERWRITE.value)
         if isinstance(results[preset], pipeline.PolicyResult) and results[preset].preempted:
             cli.exit_preempted(f"part of the {preset} stage")  # no table from a partial stage
 

@@ -119,27 +119,28 @@ class TokenFamily:
         from kltrust.train import pipeline
         from kltrust.train.methods import METHODS
 
-        config = runs[0].config
-        prerequisites = pipeline.stage_json(config, "sft") + pipeline.stage_json(
-            config, "reward_model")
+        spec = pipeline.spec_from_config(runs[0].config)  # the config read once, into a spec
+        prerequisites = spec.stage_json["sft"] + spec.stage_json["reward_model"]
         proot = root / "pipelines" / hashlib.sha256(prerequisites.encode()).hexdigest()[:12]
         proot.mkdir(parents=True, exist_ok=True)
-        ref_params = pipeline.run_sft(config, proot)
-        rm_params = pipeline.run_reward_model(config, proot)
-        if not METHODS.get(config.rl.method).trains:  # best-of-n
+        ref_params = pipeline.run_sft(spec, proot)
+        rm_params = pipeline.run_reward_model(spec, proot)
+        if not METHODS.get(spec.method).trains:  # best-of-n
             rows, seconds = [], 0.0
             for run in runs:
                 one = copy.deepcopy(run.config)
                 one.seed, one.num_seeds = run.seed, 1
-                result = pipeline.run_policy(one, proot, ref_params, rm_params, write=False)
+                result = pipeline.run_policy(pipeline.spec_from_config(one), proot, ref_params,
+                                             rm_params, write=False)
                 rows.append(result.evals)
                 seconds += result.run_seconds
                 advance(self.units(one))
             return rows, {"compile_seconds": 0.0, "run_seconds": seconds}
         seeds = np.array([r.seed for r in runs], np.int32)
-        hparams = _stack([jax.tree.map(lambda x: x[0], pipeline.hparams_from_config(r.config, 1))
+        hparams = _stack([jax.tree.map(lambda x: x[0],
+                                       pipeline.spec_from_config(r.config).hparams(1))
                           for r in runs])
-        result = pipeline.run_policy(config, proot, ref_params, rm_params, write=False,
+        result = pipeline.run_policy(spec, proot, ref_params, rm_params, write=False,
                                      runs=(seeds, hparams),
                                      on_chunk=lambda n: advance(n * len(runs)))
         rows = [[e for e in result.evals if e["index"] == i] for i in range(len(runs))]

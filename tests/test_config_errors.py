@@ -205,7 +205,7 @@ def test_token_controller_knob_errors(kind, name, value, message, tmp_path):
     config.rl.controller = kind
     _set(config, f"rl.hparams.controller.{kind}.{name}", value)
     with pytest.raises(ConfigError, match=rf"^config.rl.hparams.{message}"):
-        pipeline.run(config, tmp_path / "root")
+        pipeline.run(pipeline.spec_from_config(config), tmp_path / "root")
     assert not (tmp_path / "root").exists()
 
 
@@ -275,7 +275,7 @@ def test_token_config_errors(preset, path, value, message, tmp_path):
     config = rlhf_configs.get_config(preset)
     _set(config, path, value)
     with pytest.raises(ConfigError, match=message):
-        pipeline.run(config, tmp_path / "root")
+        pipeline.run(pipeline.spec_from_config(config), tmp_path / "root")
     assert not (tmp_path / "root").exists()
 
 

@@ -101,7 +101,8 @@ def test_token_ppo_skips_a_poisoned_run_and_the_clean_one_in_the_same_program_le
     ref_params, rm_params = random_models(config)
     hp = pipeline.hparams_from_config(config, 2)
     hp = hp.replace(beta=jnp.array([0.1, jnp.nan]))
-    result = pipeline.run_policy(config, tmp_path, ref_params, rm_params, write=False,
+    result = pipeline.run_policy(pipeline.spec_from_config(config),
+                                 tmp_path, ref_params, rm_params, write=False,
                                  runs=(np.zeros(2, np.int32), hp))
     np.testing.assert_array_equal(result.train_metrics[guards.SKIPPED], [[0, 0, 0], [1, 1, 1]])
     np.testing.assert_array_equal(result.train_metrics[guards.STREAK], [[0, 0, 0], [1, 2, 3]])
@@ -135,7 +136,8 @@ def planted_bug(tmp_path_factory):
 
     def run(config, write=False):
         pipeline.validate(config)
-        return pipeline.run_policy(config, root, ref_params, rm_params, write=write)
+        return pipeline.run_policy(pipeline.spec_from_config(config),
+                                   root, ref_params, rm_params, write=write)
 
     yield run, root
     patch.undo()

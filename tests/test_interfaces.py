@@ -118,7 +118,7 @@ def test_data_equal_the_generated_rows(task):
 
 
 def test_tfds_path_equals_what_the_pipeline_loads(task, tmp_path):
-    """With a data_dir the rows come through the TFDS builders, as `pipeline._synthetic` loads them."""
+    """With a data_dir the rows come through the TFDS builders, as `pipeline.load_splits` loads them."""
     on_disk = task.replace(data_dir=str(tmp_path))
     config = text_data.SyntheticConfig(language=SPEC, num_train=SIZES["num_prompts"],
                                        num_test=SIZES["num_eval_prompts"], seed=SIZES["seed"])
@@ -130,25 +130,29 @@ def test_tfds_path_equals_what_the_pipeline_loads(task, tmp_path):
 
 
 def test_from_config_is_the_pipelines_data():
-    from kltrust.train import pipeline
+    from kltrust.train import pipeline, token_config
 
     config = pipeline.defaults()
     config.seed, config.data.num_pairs, config.data.label_noise = 2, 64, 0.2
     task = SyntheticTask.from_config(config)
-    assert task.spec == tok.language_spec(config)
-    # The configs `pipeline._synthetic` builds for each kind (SFT test split: 1024 rows).
+    language = token_config.language_spec(config)
+    assert task.spec == language
+    # The configs the pipeline has always built for each kind (SFT test split: 1024 rows).
     expected = {
-        "prompts": text_data.SyntheticConfig(language=tok.language_spec(config), seed=2,
+        "prompts": text_data.SyntheticConfig(language=language, seed=2,
                                              num_train=config.data.num_prompts,
                                              num_test=config.data.num_eval_prompts),
-        "sft": text_data.SyntheticConfig(language=tok.language_spec(config), seed=2,
+        "sft": text_data.SyntheticConfig(language=language, seed=2,
                                          num_train=config.data.num_sft, num_test=1024),
-        "preferences": text_data.SyntheticConfig(language=tok.language_spec(config), seed=2,
+        "preferences": text_data.SyntheticConfig(language=language, seed=2,
                                                  num_train=64, num_test=config.data.num_eval_pairs,
                                                  label_noise=0.2, bt_temperature=1.0),
     }
+    # The pipeline's task comes from the spec read once from the config: the same data sets.
+    from_spec = pipeline.spec_from_config(config).task()
     for kind, config_ in expected.items():
         assert task.data_config(kind).name == config_.name, kind
+        assert from_spec.data_config(kind).name == config_.name, kind
 
 
 def test_gold_reward_equals_the_language_function(task):

@@ -132,7 +132,8 @@ def _token_run(token_stages, preset, mesh):
         root, ref_params, rm_params = token_stages
         config = _token_config(preset, mesh)
         pipeline.validate(config)
-        _TOKEN_RUNS[key] = pipeline.run_policy(config, root, ref_params, rm_params, write=False)
+        _TOKEN_RUNS[key] = pipeline.run_policy(pipeline.spec_from_config(config),
+                                               root, ref_params, rm_params, write=False)
     return _TOKEN_RUNS[key]
 
 

@@ -191,7 +191,8 @@ def test_a_token_policy_stage_resumes_mid_run_bit_identically(tmp_path):
     pipeline.validate(config)
     ref_params, rm_params = random_models(config)
 
-    whole = pipeline.run_policy(config, tmp_path / "whole", ref_params, rm_params)
+    whole = pipeline.run_policy(pipeline.spec_from_config(config),
+                                tmp_path / "whole", ref_params, rm_params)
     chunks = []
 
     def crash_after_two(updates):
@@ -200,11 +201,13 @@ def test_a_token_policy_stage_resumes_mid_run_bit_identically(tmp_path):
             raise _Crash
 
     with pytest.raises(_Crash):
-        pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params,
+        pipeline.run_policy(pipeline.spec_from_config(config),
+                            tmp_path / "cut", ref_params, rm_params,
                             on_chunk=crash_after_two)
     stage = tmp_path / "cut" / config.name
     assert not tok.is_done(stage) and _steps(stage) == [2, 4]
-    resumed = pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params)
+    resumed = pipeline.run_policy(pipeline.spec_from_config(config),
+                                  tmp_path / "cut", ref_params, rm_params)
 
     for name in ("metrics.jsonl", "eval.jsonl"):
         assert (stage / name).read_text() == (tmp_path / "whole" / config.name / name).read_text()
@@ -215,7 +218,8 @@ def test_a_token_policy_stage_resumes_mid_run_bit_identically(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, resumed.params, whole.params)
     # A finished stage is not run again without --overwrite.
     with pytest.raises(ValueError, match="already holds results of this finished stage"):
-        pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params)
+        pipeline.run_policy(pipeline.spec_from_config(config),
+                            tmp_path / "cut", ref_params, rm_params)
 
 
 @pytest.mark.filterwarnings("ignore:KL guard")
@@ -231,7 +235,8 @@ def test_sigterm_stops_a_token_policy_stage_after_a_checkpoint_and_it_resumes_ex
     config.guards.max_sequence_kl, config.guards.max_rollbacks = 0.02, 100
     pipeline.validate(config)
     ref_params, rm_params = random_models(config)
-    whole = pipeline.run_policy(config, tmp_path / "whole", ref_params, rm_params)
+    whole = pipeline.run_policy(pipeline.spec_from_config(config),
+                                tmp_path / "whole", ref_params, rm_params)
     assert len(whole.guard_events) >= 4  # rollbacks before and after the stop
 
     signals = []
@@ -241,13 +246,15 @@ def test_sigterm_stops_a_token_policy_stage_after_a_checkpoint_and_it_resumes_ex
             signals.append(updates)
             os.kill(os.getpid(), signal.SIGTERM)  # seen after the next chunk, as a real one would be
 
-    stopped = pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params,
+    stopped = pipeline.run_policy(pipeline.spec_from_config(config),
+                                  tmp_path / "cut", ref_params, rm_params,
                                   on_chunk=sigterm_once)
     stage = tmp_path / "cut" / config.name
     assert stopped.preempted and next(iter(stopped.train_metrics.values())).shape[1] == 4
     assert _steps(stage) == [2, 4] and not tok.is_done(stage)
     assert not (stage / "results.json").exists()
-    resumed = pipeline.run_policy(config, tmp_path / "cut", ref_params, rm_params)
+    resumed = pipeline.run_policy(pipeline.spec_from_config(config),
+                                  tmp_path / "cut", ref_params, rm_params)
     assert not resumed.preempted
     for name in ("metrics.jsonl", "eval.jsonl", "events.jsonl", "results.json"):
         expected = (tmp_path / "whole" / config.name / name).read_text()

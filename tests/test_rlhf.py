@@ -12,7 +12,6 @@ import pytest
 
 from configs import rlhf as rlhf_configs
 from kltrust.objectives import preference
-from kltrust.tasks import text
 from kltrust.train import pipeline, rlhf
 from kltrust.train import tokens as tok
 
@@ -43,8 +42,8 @@ def tiny(preset: str):
 def stages(tmp_path_factory):
     root = tmp_path_factory.mktemp("rlhf")
     config = tiny("ppo")
-    ref_params = pipeline.run_sft(config, root)
-    rm_params = pipeline.run_reward_model(config, root)
+    ref_params = pipeline.run_sft(pipeline.spec_from_config(config), root)
+    rm_params = pipeline.run_reward_model(pipeline.spec_from_config(config), root)
     return root, ref_params, rm_params
 
 
@@ -71,11 +70,11 @@ def test_reward_model_beats_chance_on_held_out_pairs(stages):
 def test_finished_stages_are_reused_and_a_different_config_is_refused(stages):
     root, ref_params, _ = stages
     config = tiny("ppo")
-    again = pipeline.run_sft(config, root)
+    again = pipeline.run_sft(pipeline.spec_from_config(config), root)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), again, ref_params))
     config.model.width = 32
     with pytest.raises(ValueError, match="different config"):
-        pipeline.run_sft(config, root)
+        pipeline.run_sft(pipeline.spec_from_config(config), root)
 
 
 METHOD_PRESETS = ["ppo", "ppo_kl_loss", "ppo_nokl", "grpo", "grpo_kl_reward", "rloo", "trpo",
@@ -92,7 +91,8 @@ def test_each_method_runs_a_few_updates_without_nan(stages, preset):
     config = tiny(preset)
     if placement:
         config.rl.kl_placement = placement
-    result = pipeline.run_policy(config, root, ref_params, rm_params, write=False)
+    result = pipeline.run_policy(pipeline.spec_from_config(config),
+                                 root, ref_params, rm_params, write=False)
     for name, values in result.train_metrics.items():
         assert values.shape == (2, 2), name
         assert np.all(np.isfinite(values)), name
@@ -105,7 +105,8 @@ def test_each_method_runs_a_few_updates_without_nan(stages, preset):
 
 def test_best_of_n_reports_the_analytic_kl(stages):
     root, ref_params, rm_params = stages
-    result = pipeline.run_policy(tiny("best_of_n"), root, ref_params, rm_params, write=False)
+    result = pipeline.run_policy(pipeline.spec_from_config(tiny("best_of_n")),
+                                 root, ref_params, rm_params, write=False)
     by_n = {row["n"]: row for row in result.evals if row["seed"] == 0}
     assert by_n[1]["kl"] == pytest.approx(0.0, abs=1e-7)
     assert by_n[4]["kl"] == pytest.approx(math.log(4) - 3 / 4, rel=1e-6)
@@ -117,10 +118,9 @@ def _ppo_program(stages, **rl):
     config = tiny("ppo")
     config.rl.update(**rl)
     pipeline.validate(config)
-    language = text.make_language(tok.language_spec(config))
-    prompts = pipeline._synthetic(config, "prompts", root, 64, 16)
-    frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(prompts[0]["prompt"]),
-                        jnp.asarray(prompts[1]["prompt"]), language)
+    task = pipeline.synthetic_task(pipeline.spec_from_config(config), root)
+    frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(task.prompts("train")),
+                        jnp.asarray(task.prompts("test")), task)
     trainer = rlhf.Trainer(pipeline.static_from_config(config))
     return config, trainer, frozen
 
@@ -163,13 +163,12 @@ def test_a_reference_free_preference_loss_never_runs_the_reference_in_training(s
         config = tiny(preset)
         config.rl.update(updates_per_eval=1, num_updates=1)
         pipeline.validate(config)
-        language = text.make_language(tok.language_spec(config))
-        prompts = pipeline._synthetic(config, "prompts", root, 64, 16)
-        pairs = {k: jnp.asarray(v) for k, v in pipeline.preference_data(config, root)[0].items()
+        task = pipeline.synthetic_task(pipeline.spec_from_config(config), root)
+        pairs = {k: jnp.asarray(v) for k, v in task.preference_pairs("train").items()
                  if k in ("prompt", "chosen", "chosen_mask", "rejected", "rejected_mask")}
         poisoned = jax.tree.map(lambda x: x * jnp.nan, ref_params)
-        frozen = tok.Frozen(poisoned, rm_params, jnp.asarray(prompts[0]["prompt"]),
-                            jnp.asarray(prompts[1]["prompt"]), language, pairs)
+        frozen = tok.Frozen(poisoned, rm_params, jnp.asarray(task.prompts("train")),
+                            jnp.asarray(task.prompts("test")), task, pairs)
         trainer = rlhf.Trainer(pipeline.static_from_config(config))
         hp = pipeline.hparams_from_config(config, 1)
         # Initialised from healthy reference weights; only the frozen reference is poisoned.
@@ -222,7 +221,7 @@ def test_policy_stage_writes_its_outputs_and_refuses_to_overwrite(stages):
     root, ref_params, rm_params = stages
     config = tiny("dpo")
     config.name = "dpo_outputs"
-    pipeline.run_policy(config, root, ref_params, rm_params)
+    pipeline.run_policy(pipeline.spec_from_config(config), root, ref_params, rm_params)
     out = root / "dpo_outputs"
     for name in ("metrics.jsonl", "eval.jsonl", "results.json", "gold_proxy_vs_kl.png",
                  "params.msgpack", "config.json"):
@@ -231,7 +230,7 @@ def test_policy_stage_writes_its_outputs_and_refuses_to_overwrite(stages):
     assert {row["seed"] for row in final} == {0, 1}
     before = (out / "eval.jsonl").read_text()
     with pytest.raises(ValueError, match="already holds results"):
-        pipeline.run_policy(config, root, ref_params, rm_params)
+        pipeline.run_policy(pipeline.spec_from_config(config), root, ref_params, rm_params)
     assert (out / "eval.jsonl").read_text() == before
 
 
@@ -242,7 +241,7 @@ def test_real_text_sft_runs_on_mocked_tfds_data(tmp_path):
     config = tiny("sft_shakespeare")
     config.sft.update(steps=40, eval_every=20, batch_size=8)
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
-        params = pipeline.run(config, tmp_path)
+        params = pipeline.run(pipeline.spec_from_config(config), tmp_path)
     rows = _rows(tmp_path / "sft" / "metrics.jsonl")
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[0]["train_loss"] < math.log(259) + 0.5  # cross-entropy over 259 byte tokens

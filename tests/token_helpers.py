@@ -4,11 +4,13 @@ that exercise the policy stage's machinery (sharding, guards, resume) rather tha
 from __future__ import annotations
 
 import jax
+import ml_collections
 import numpy as np
 
 from configs import rlhf as rlhf_configs
-from kltrust.train import reward_model
+from kltrust.train import reward_model, token_config
 from kltrust.train import tokens as tok
+from kltrust.train.token_spec import TokenSpec
 
 
 def tiny_token_config(preset: str = "ppo", *, num_seeds: int = 1, num_heads: int = 2, **rl):
@@ -24,9 +26,11 @@ def tiny_token_config(preset: str = "ppo", *, num_seeds: int = 1, num_heads: int
     return config
 
 
-def random_models(config):
-    """(reference params, proxy reward-model params), freshly initialised from fixed seeds."""
-    ref_params = tok.Policy(tok.policy_config(config)).init(jax.random.PRNGKey(1))
-    pairs = {"prompt": np.zeros((1, config.task.prompt_len), np.int32),
-             "chosen": np.zeros((1, config.task.response_len), np.int32)}
-    return ref_params, reward_model.init_params(tok.reward_model_config(config), pairs, 2)
+def random_models(run: TokenSpec | ml_collections.ConfigDict):
+    """(reference params, proxy reward-model params) of a run (its `TokenSpec`, or a config, read
+    here), freshly initialised from fixed seeds."""
+    spec = run if isinstance(run, TokenSpec) else token_config.spec_from_config(run)
+    ref_params = tok.Policy(spec.policy).init(jax.random.PRNGKey(1))
+    pairs = {"prompt": np.zeros((1, spec.language.prompt_len), np.int32),
+             "chosen": np.zeros((1, spec.language.response_len), np.int32)}
+    return ref_params, reward_model.init_params(spec.reward_model, pairs, 2)

@@ -52,6 +52,15 @@ class TokenTask(Protocol):
       pad_id: the token after EOS (mask 0).
       traceable_gold: whether ``gold_reward`` is jax.numpy, safe under ``jit`` and ``vmap``; if
         not, it is host Python and `gold_reward` (the module function) reaches it by callback.
+
+    Optional (not part of the protocol's checked members; a trainer looks for it by name):
+      metrics(prompts [B, P], responses [B, L], mask [B, L]) -> {name: array [B]}: the task's own
+        per-response evaluation metrics (e.g. the synthetic language's ``grammatical``), jax and
+        safe under ``jit`` and ``vmap``; the trainer reports each one's batch mean. A task without
+        it reports none.
+
+    A task that is a pytree (as `SyntheticTask` is) can be passed to compiled programs as an
+    argument, its arrays as inputs; the trainers read only the members above.
     """
 
     @property

@@ -1,11 +1,12 @@
 """The token policy stage's KL guard: roll a run back when its KL to the reference runs away.
 
-Off by default (``config.guards.max_sequence_kl`` and ``kl_jump`` are 0). After each evaluation a run
-whose exact sequence KL to the reference exceeds ``max_sequence_kl``, or grows more than ``kl_jump``-fold
-over its last passing evaluation (once that was at least ``kl_jump_from`` nats), or is not finite,
-goes back to the state of its last passing evaluation with a stronger anchor
-(`rlhf.Trainer.back_off`, by ``kl_backoff``). Each rollback is an event (a warning, and a row of
-``events.jsonl``); more than ``max_rollbacks`` for one run stop the stage with `KLGuardError`.
+Off by default (the `GuardSpec`'s ``max_sequence_kl`` and ``kl_jump``, from ``config.guards``, are
+0). After each evaluation a run whose exact sequence KL to the reference exceeds
+``max_sequence_kl``, or grows more than ``kl_jump``-fold over its last passing evaluation (once
+that was at least ``kl_jump_from`` nats), or is not finite, goes back to the state of its last
+passing evaluation with a stronger anchor (`rlhf.Trainer.back_off`, by ``kl_backoff``). Each
+rollback is an event (a warning, and a row of ``events.jsonl``); more than ``max_rollbacks`` for
+one run stop the stage with `KLGuardError`.
 
 The last passing state is kept in memory and carried in the stage's checkpoints (`carry` /
 `uncarry`), so a resumed stage rolls back exactly as an uninterrupted one would.
@@ -22,16 +23,17 @@ import numpy as np
 
 from kltrust import guards, sharding
 from kltrust.train import rlhf
+from kltrust.train.token_spec import GuardSpec
 
 
 class KLGuard:
     """The KL guard of one policy stage (all its runs at once; see the module doc)."""
 
-    def __init__(self, config, trainer: rlhf.Trainer, state, state_shardings, num_runs: int):
-        g = config.guards
+    def __init__(self, g: GuardSpec, trainer: rlhf.Trainer, state, state_shardings,
+                 num_runs: int):
         self.budget, self.jump, self.jump_from = g.max_sequence_kl, g.kl_jump, g.kl_jump_from
         self.backoff, self.max_rollbacks = g.kl_backoff, g.max_rollbacks
-        self.active = self.budget > 0 or self.jump > 0
+        self.active = g.kl_guard_active
         self.num_runs, self.events = num_runs, []
         if not self.active:
             return

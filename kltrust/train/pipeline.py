@@ -1,11 +1,13 @@
 """The host side of the token RLHF pipeline: data, stage order, outputs. Thin by design.
 
-``run(config, root)`` makes sure the stages a preset needs exist under ``root`` and runs its own:
+``run(spec, root)`` makes sure the stages a preset needs exist under ``root`` and runs its own (the
+`TokenSpec` comes from `kltrust.train.token_config.spec_from_config`, which validates the config
+at the boundary; nothing here reads the config dict):
 
     root/tfds/           the TFDS data sets (ArrayRecord), built once from the config
     root/sft/            reference policy: params.msgpack, metrics.jsonl, stage_config.json
     root/reward_model/   proxy reward model: the same files
-    root/NAME/           a policy stage (``config.name``, the preset's name by default):
+    root/NAME/           a policy stage (``spec.name``, the preset's name by default):
                          metrics.jsonl, eval.jsonl, events.jsonl, checkpoints, results.json,
                          gold_proxy_vs_kl.png, params.msgpack (`kltrust.train.policy_outputs`)
 
@@ -19,7 +21,6 @@ cleanly on SIGTERM. Config errors are raised before any data are generated or an
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 from collections.abc import Callable
@@ -27,57 +28,45 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from kltrust import processes, sharding
 from kltrust import workdir as workdirs
-from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks import text, text_data
+from kltrust.tasks.interface import PAIR_KEYS, SPLITS
+from kltrust.tasks.synthetic.task import SyntheticTask
 from kltrust.train import host, policy_outputs, reward_model, rlhf, sft
 from kltrust.train.kl_guard import KLGuard
 from kltrust.train.methods import METHODS
 from kltrust.train.policy_outputs import PolicyResult
-from kltrust.train.token_config import (  # noqa: F401 (defaults, STAGES: re-exported)
-    STAGES, defaults, hparams_from_config, static_from_config, validate)
+from kltrust.train.token_config import (  # noqa: F401 (the config layer, re-exported)
+    STAGE_KEYS, STAGES, defaults, hparams_from_config, spec_from_config, stage_json,
+    static_from_config, validate)
+from kltrust.train.token_spec import TokenSpec
 from kltrust.train import tokens as tok
-
-STAGE_KEYS = {  # the config parts each prerequisite stage depends on
-    "sft": ("seed", "task", "data", "model", "sft"),
-    "reward_model": ("seed", "task", "data", "reward_model", "rm"),
-}
 
 
 # ---------------------------------------------------------------- data
 
 
-def _synthetic(config, kind: str, root: pathlib.Path, num_train: int, num_test: int,
-               **extra) -> tuple[dict, dict]:
+def synthetic_task(spec: TokenSpec, root: pathlib.Path) -> SyntheticTask:
+    """The run's `TokenTask`: the synthetic language with the run's data sets, read through its
+    TFDS builders under ``root/tfds`` (written on first use)."""
+    return spec.task(data_dir=str(root / "tfds"))
+
+
+def load_splits(task: SyntheticTask, kind: str) -> tuple[Any, Any]:
+    """(train, test) of one of the task's data sets (``kind``: "prompts", "sft_corpus" or
+    "preference_pairs", its `TokenTask` method). Process 0 prepares the TFDS builder first; the
+    others then read what it wrote."""
     tfds.disable_progress_bar()
-    cfg = text_data.SyntheticConfig(language=tok.language_spec(config), num_train=num_train,
-                                    num_test=num_test, seed=config.seed, **extra)
-    builder = {"prompts": text_data.SyntheticPrompts, "sft": text_data.SyntheticSFT,
-               "preferences": text_data.SyntheticPreferences}[kind]
-    data_dir = str(root / "tfds")
-    load = lambda: tuple(text_data.load_arrays(builder, cfg, split=s, data_dir=data_dir)  # noqa: E731
-                         for s in ("train", "test"))
-    return processes.primary_first(f"tfds.{kind}", load)
-
-
-def preference_data(config, root):
-    return _synthetic(config, "preferences", root, config.data.num_pairs,
-                      config.data.num_eval_pairs, label_noise=float(config.data.label_noise),
-                      bt_temperature=float(config.data.bt_temperature))
+    load = lambda: tuple(getattr(task, kind)(s) for s in SPLITS)  # noqa: E731
+    barrier = {"prompts": "prompts", "sft_corpus": "sft", "preference_pairs": "preferences"}[kind]
+    return processes.primary_first(f"tfds.{barrier}", load)
 
 
 # ---------------------------------------------------------------- stages
-
-
-def stage_json(config, stage: str) -> str:
-    """The config parts a prerequisite stage depends on, as canonical JSON."""
-    return json.dumps({k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
-                       for k in STAGE_KEYS[stage]}, sort_keys=True, default=str)
 
 
 # A prerequisite stage's directory: a finished stage of the same config is reused; an unfinished one
@@ -88,28 +77,29 @@ STAGE_RULES = workdirs.Rules(
     config_file="stage_config.json", finished=tok.is_done, resumable=False)
 
 
-def _claim_stage(directory: pathlib.Path, stage: str, config, overwrite: bool) -> bool:
+def _claim_stage(directory: pathlib.Path, stage: str, spec: TokenSpec, overwrite: bool) -> bool:
     """Whether the finished stage in ``directory`` is reused; if not, it is claimed for a fresh run
     (every process agrees, then process 0 records this config)."""
     return workdirs.claim_workdir(f"prepare.{directory.name}", directory,
-                                  stage_json(config, stage), STAGE_RULES,
+                                  spec.stage_json[stage], STAGE_RULES,
                                   overwrite=overwrite) is workdirs.Claim.DONE
 
 
-def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
+def run_sft(spec: TokenSpec, root: pathlib.Path, overwrite: bool = False) -> Any:
     """Trains the reference (or loads it when done). Returns its params."""
     out = root / "sft"
-    policy = tok.Policy(tok.policy_config(config))
-    if _claim_stage(out, "sft", config, overwrite):
+    policy = tok.Policy(spec.policy)
+    if _claim_stage(out, "sft", spec, overwrite):
         return tok.load_params(out, policy.init(jax.random.PRNGKey(0)))
-    if config.data.source.startswith("tfds:"):
-        return _run_sft_real_text(config, out)
-    train, test = _synthetic(config, "sft", root, config.data.num_sft, 1024)
+    if spec.data.source.startswith("tfds:"):
+        return _run_sft_real_text(spec, out)
+    task = synthetic_task(spec, root)
+    train, test = load_splits(task, "sft_corpus")
     train_tokens, train_mask = sft.corpus_arrays(train["prompt"], train["response"], train["mask"])
     test_tokens, test_mask = sft.corpus_arrays(test["prompt"], test["response"], test["mask"])
-    language = text.make_language(tok.language_spec(config))
     prompt_len = test["prompt"].shape[1]
-    true_logp = np.asarray(text.true_log_prob(language, test["prompt"], test["response"],
+    # The synthetic language's known likelihood (the task the pipeline builds), for kl_true.
+    true_logp = np.asarray(text.true_log_prob(task.language, test["prompt"], test["response"],
                                               test["mask"]))
 
     @jax.jit
@@ -125,48 +115,44 @@ def run_sft(config, root: pathlib.Path, overwrite: bool = False) -> Any:
         loss, kl_true = held_out(params)
         return {"test_loss": float(loss), "kl_true": float(kl_true)}
 
-    params, rows = sft.train(policy, train_tokens, train_mask, steps=config.sft.steps,
-                             batch_size=config.sft.batch_size,
-                             learning_rate=config.sft.learning_rate, seed=config.seed,
-                             eval_every=config.sft.eval_every, eval_fn=eval_fn,
-                             mesh=sharding.mesh_from_config(config))
+    params, rows = sft.train(policy, train_tokens, train_mask, steps=spec.sft.steps,
+                             batch_size=spec.sft.batch_size,
+                             learning_rate=spec.sft.learning_rate, seed=spec.seed,
+                             eval_every=spec.sft.eval_every, eval_fn=eval_fn, mesh=spec.mesh())
     tok.append_jsonl(out / "metrics.jsonl", rows)
     tok.save_params(out, params)
     return params
 
 
-def _run_sft_real_text(config, out: pathlib.Path) -> Any:
+def _run_sft_real_text(spec: TokenSpec, out: pathlib.Path) -> Any:
     """Byte-level SFT on a TFDS text data set that is already prepared (nothing is downloaded)."""
-    name = config.data.source.split(":", 1)[1]
-    rows = text_data.byte_corpus(name, "train", config.data.seq_len, data_dir=config.data.get(
-        "tfds_dir") or None)
-    policy = tok.Policy(TransformerConfig(
-        vocab_size=text_data.BYTE_VOCAB_SIZE, num_layers=config.model.num_layers,
-        width=config.model.width, num_heads=config.model.num_heads, max_len=config.data.seq_len,
-        critic="none"))
+    name = spec.data.source.split(":", 1)[1]
+    rows = text_data.byte_corpus(name, "train", spec.data.seq_len,
+                                 data_dir=spec.data.tfds_dir or None)
+    policy = tok.Policy(spec.text_model)
     loss_mask = (rows[:, 1:] != text.PAD).astype(np.float32)
-    params, metrics = sft.train(policy, rows, loss_mask, steps=config.sft.steps,
-                                batch_size=config.sft.batch_size,
-                                learning_rate=config.sft.learning_rate, seed=config.seed,
-                                eval_every=config.sft.eval_every, eval_fn=lambda p: {},
-                                mesh=sharding.mesh_from_config(config))
+    params, metrics = sft.train(policy, rows, loss_mask, steps=spec.sft.steps,
+                                batch_size=spec.sft.batch_size,
+                                learning_rate=spec.sft.learning_rate, seed=spec.seed,
+                                eval_every=spec.sft.eval_every, eval_fn=lambda p: {},
+                                mesh=spec.mesh())
     tok.append_jsonl(out / "metrics.jsonl", metrics)
     tok.save_params(out, params)
     return params
 
 
-def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any:
+def run_reward_model(spec: TokenSpec, root: pathlib.Path, overwrite: bool = False) -> Any:
+    """Trains the proxy reward model (or loads it when done). Returns its params."""
     out = root / "reward_model"
-    rm_config = tok.reward_model_config(config)
-    train, test = preference_data(config, root)
-    if _claim_stage(out, "reward_model", config, overwrite):
+    rm_config = spec.reward_model
+    train, test = load_splits(synthetic_task(spec, root), "preference_pairs")
+    if _claim_stage(out, "reward_model", spec, overwrite):
         return tok.load_params(out, reward_model.init_params(rm_config, train, 0))
     params, rows = reward_model.train(
-        rm_config, train, steps=config.rm.steps, batch_size=config.rm.batch_size,
-        learning_rate=config.rm.learning_rate, seed=config.seed,
-        eval_every=config.rm.eval_every, weight_decay=config.rm.weight_decay,
-        eval_fn=lambda p: reward_model.accuracy(rm_config, p, test),
-        mesh=sharding.mesh_from_config(config))
+        rm_config, train, steps=spec.rm.steps, batch_size=spec.rm.batch_size,
+        learning_rate=spec.rm.learning_rate, seed=spec.seed,
+        eval_every=spec.rm.eval_every, weight_decay=spec.rm.weight_decay,
+        eval_fn=lambda p: reward_model.accuracy(rm_config, p, test), mesh=spec.mesh())
     tok.append_jsonl(out / "metrics.jsonl", rows)
     tok.save_params(out, params)
     return params
@@ -175,42 +161,40 @@ def run_reward_model(config, root: pathlib.Path, overwrite: bool = False) -> Any
 # ---------------------------------------------------------------- policy stage
 
 
-def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool = True,
+def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, write: bool = True,
                overwrite: bool = False, runs: tuple[np.ndarray, rlhf.HParams] | None = None,
                on_chunk: Callable[[int], None] | None = None) -> PolicyResult:
     """Runs a policy stage: all seeds vmapped in one program; evaluations between chunks.
 
-    ``runs = (seeds [R], HParams with leaves [R])`` replaces the config's seeds and hyperparameters
+    ``runs = (seeds [R], HParams with leaves [R])`` replaces the spec's seeds and hyperparameters
     by R arbitrary runs of the same static config (a sweep's group); evaluation rows then carry
     ``index``, the run's position. ``on_chunk(updates)`` is called after every compiled chunk.
     """
-    out = root / config.name
-    spec = tok.language_spec(config)
-    language = text.make_language(spec)
-    prompts_train, prompts_test = _synthetic(config, "prompts", root, config.data.num_prompts,
-                                             config.data.num_eval_prompts)
+    out = root / spec.name
+    task = synthetic_task(spec, root)
+    prompts_train, prompts_test = load_splits(task, "prompts")
     pairs = None
-    method = METHODS.get(config.rl.method)
+    method = METHODS.get(spec.method)
     if method.offline_pairs:
-        pairs = {k: jnp.asarray(v) for k, v in preference_data(config, root)[0].items()
-                 if k in reward_model.PAIR_KEYS}
-    frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(prompts_train["prompt"]),
-                        jnp.asarray(prompts_test["prompt"]), language, pairs)
+        pairs = {k: jnp.asarray(v) for k, v in load_splits(task, "preference_pairs")[0].items()
+                 if k in PAIR_KEYS}
+    frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(prompts_train),
+                        jnp.asarray(prompts_test), task, pairs)
     resume = False
     if write:
         claim = workdirs.claim_workdir(
-            f"prepare.{out.name}", out, config.to_json_best_effort(indent=2, sort_keys=True),
+            f"prepare.{out.name}", out, spec.config_json,
             policy_outputs.claim_rules(resumable=method.trains), overwrite=overwrite)
         resume = claim is workdirs.Claim.RESUME
     if not method.trains:
-        return policy_outputs.run_best_of_n(config, out, frozen, write)
+        return policy_outputs.run_best_of_n(spec, out, frozen, write)
 
-    static = static_from_config(config)
-    mesh = sharding.mesh_from_config(config)
+    static = spec.static
+    mesh = spec.mesh()
     trainer = rlhf.Trainer(static, mesh)
     if runs is None:
-        seeds = np.arange(config.num_seeds, dtype=np.int32) + config.seed
-        hp = hparams_from_config(config, config.num_seeds)
+        seeds = np.arange(spec.num_seeds, dtype=np.int32) + spec.seed
+        hp = spec.hparams(spec.num_seeds)
     else:
         seeds, hp = np.asarray(runs[0], np.int32), runs[1]
     # The run axis is split over the mesh's ``runs`` axis: pad it to a multiple (copies of the last
@@ -231,7 +215,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     init = jax.jit(init, out_shardings=state_shardings)
     chunk = jax.jit(sharding.vmap_runs(trainer.run_chunk, in_axes=(0, 0, None)),
                     out_shardings=(state_shardings, None))
-    with_kl = bool(config.rl.eval_kl)
+    with_kl = spec.eval_kl
     evaluate = jax.jit(sharding.vmap_runs(
         lambda st, key: trainer.evaluate(st, frozen, key, with_kl), in_axes=(0, 0)))
 
@@ -243,9 +227,9 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     eval_c = evaluate.lower(state, eval_keys).compile()
     compile_seconds = time.perf_counter() - t0
 
-    upe = config.rl.updates_per_eval
-    num_chunks = config.rl.num_updates // upe
-    kl_guard = KLGuard(config, trainer, state, state_shardings, num_runs)
+    upe = spec.updates_per_eval
+    num_chunks = spec.num_updates // upe
+    kl_guard = KLGuard(spec.guards, trainer, state, state_shardings, num_runs)
     evals: list[dict] = []
 
     def evaluation(i: int, state) -> tuple[dict, list[dict]]:
@@ -255,8 +239,8 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
         for r, seed in enumerate(np.asarray(seeds)):
             rows.append({"update": i * upe, "seed": int(seed), "index": r,
                          **tok.scalars({k: v[r] for k, v in metrics.items()}),
-                         **tok.diversity(np.asarray(responses[r])),
-                         "samples": [text.decode(responses[r][j], language) for j in range(3)]})
+                         **tok.diversity(np.asarray(responses[r]), task.pad_id),
+                         "samples": [task.decode(responses[r][j]) for j in range(3)]})
         return metrics, rows
 
     def between(i: int, carry):
@@ -299,7 +283,7 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     # the evaluation at the checkpoint (and its guard events) is redone, so rows are kept up to it.
     chunks = host.Chunks(
         name="policy", advance=advance, num_chunks=num_chunks, updates_per_chunk=upe, seeds=seeds,
-        max_nonfinite_updates=config.guards.max_nonfinite_updates, write_rows=write_rows,
+        max_nonfinite_updates=spec.guards.max_nonfinite_updates, write_rows=write_rows,
         rows_files=(host.RowsFile("eval.jsonl", "update", lambda done: done - 1, evals.extend),
                     host.RowsFile("events.jsonl", "evaluation", lambda done: done // upe - 1,
                                   resumed_events)),
@@ -309,29 +293,28 @@ def run_policy(config, root: pathlib.Path, ref_params, rm_params, *, write: bool
     ran = host.run(chunks, (state, hp), workdir=out if write else None, resume=resume,
                    on_chunk=on_chunk)
 
-    final = [row for row in evals if row["update"] == config.rl.num_updates]
+    final = [row for row in evals if row["update"] == spec.num_updates]
     # Offline DPO samples nothing while training (only in evaluations, which are not timed).
     tokens_sampled = 0 if method.offline_pairs else (
-        config.rl.num_updates * static.batch_size * spec.response_len * len(seeds))
+        spec.num_updates * static.batch_size * task.response_len * len(seeds))
     params = ran.carry[0].params
     if len(index) > num_runs:
         params = jax.tree.map(lambda x: x[:num_runs], params)
     result = PolicyResult(ran.metrics, evals, final, params, compile_seconds, ran.chunk_seconds,
                           tokens_sampled, kl_guard.events, preempted=ran.preempted)
     if write and not ran.preempted:
-        policy_outputs.write_policy(out, config, result)
+        policy_outputs.write_policy(out, spec.name, result)
     return result
 
 
-def run(config: ml_collections.ConfigDict, root: str | pathlib.Path, overwrite: bool = False):
-    """Validates, then runs the prerequisites and the preset's own stage under ``root``."""
-    validate(config)
+def run(spec: TokenSpec, root: str | pathlib.Path, overwrite: bool = False):
+    """Runs the prerequisites and the spec's own stage under ``root``."""
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    if config.stage == "sft":
-        return run_sft(config, root, overwrite)
-    ref_params = run_sft(config, root)
-    if config.stage == "reward_model":
-        return run_reward_model(config, root, overwrite)
-    rm_params = run_reward_model(config, root)
-    return run_policy(config, root, ref_params, rm_params, overwrite=overwrite)
+    if spec.stage == "sft":
+        return run_sft(spec, root, overwrite)
+    ref_params = run_sft(spec, root)
+    if spec.stage == "reward_model":
+        return run_reward_model(spec, root, overwrite)
+    rm_params = run_reward_model(spec, root)
+    return run_policy(spec, root, ref_params, rm_params, overwrite=overwrite)

@@ -25,9 +25,9 @@ import numpy as np
 
 from kltrust import processes, sharding
 from kltrust import workdir as workdirs
-from kltrust.tasks import text
 from kltrust.train import rlhf
 from kltrust.train import tokens as tok
+from kltrust.train.token_spec import TokenSpec
 
 
 @dataclasses.dataclass
@@ -62,43 +62,44 @@ def claim_rules(resumable: bool) -> workdirs.Rules:
         resumable=resumable)
 
 
-def write_policy(out: pathlib.Path, config, result: PolicyResult) -> None:
-    """The stage's summary files (metrics.jsonl, eval.jsonl, events.jsonl were written as it went);
-    params.msgpack last, as the completion marker."""
+def write_policy(out: pathlib.Path, name: str, result: PolicyResult) -> None:
+    """The stage's summary files (metrics.jsonl, eval.jsonl, events.jsonl were written as it went;
+    ``name`` titles the plot); params.msgpack last, as the completion marker."""
     params = sharding.to_host(result.params)  # every process: gathering shards is collective
     if not processes.is_primary():
         return
     (out / "results.json").write_text(json.dumps({
         "final": result.final, "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds, "tokens_sampled": result.tokens_sampled}, indent=2))
-    plot_gold_proxy_vs_kl(result.evals, out / "gold_proxy_vs_kl.png", config.name)
+    plot_gold_proxy_vs_kl(result.evals, out / "gold_proxy_vs_kl.png", name)
     tok.save_params(out, params)  # last: the stage's completion marker
 
 
-def run_best_of_n(config, out: pathlib.Path, frozen: tok.Frozen, write: bool) -> PolicyResult:
+def run_best_of_n(spec: TokenSpec, out: pathlib.Path, frozen: tok.Frozen,
+                  write: bool) -> PolicyResult:
     """Best-of-n sampling from the reference against the proxy, for every n of
-    ``config.rl.best_of_n`` and every seed; evaluation rows only."""
-    reference = tok.Policy(tok.policy_config(config))
-    rm_config = tok.reward_model_config(config)
-    language = frozen.language
+    ``spec.best_of_n`` and every seed; evaluation rows only."""
+    reference = spec.static.reference
+    rm_config = spec.reward_model
+    task = frozen.task
     evals = []
     t0 = time.perf_counter()
-    for n in config.rl.best_of_n:
+    for n in spec.best_of_n:
         fn = jax.jit(lambda key, n=n: rlhf.best_of_n(reference, rm_config, frozen, key, n))
-        for r in range(config.num_seeds):
-            seed = config.seed + r
+        for r in range(spec.num_seeds):
+            seed = spec.seed + r
             out_n = jax.device_get(fn(jax.random.fold_in(jax.random.PRNGKey(seed), n)))
             responses = np.asarray(out_n.pop("responses"))
             evals.append({"n": n, "seed": seed, **tok.scalars(out_n),
-                          **tok.diversity(responses),
-                          "samples": [text.decode(responses[j], language) for j in range(3)]})
-    result = PolicyResult({}, evals, [e for e in evals if e["n"] == max(config.rl.best_of_n)],
+                          **tok.diversity(responses, task.pad_id),
+                          "samples": [task.decode(responses[j]) for j in range(3)]})
+    result = PolicyResult({}, evals, [e for e in evals if e["n"] == max(spec.best_of_n)],
                           None, 0.0, time.perf_counter() - t0, 0)
     if write:
         tok.append_jsonl(out / "eval.jsonl", evals)
         (out / "results.json").write_text(json.dumps({"final": result.final, "all": evals},
                                                      indent=2))
-        plot_gold_proxy_vs_kl(evals, out / "gold_proxy_vs_kl.png", config.name)
+        plot_gold_proxy_vs_kl(evals, out / "gold_proxy_vs_kl.png", spec.name)
     return result
 
 

@@ -42,9 +42,10 @@ import optax
 
 from kltrust import controllers, guards, kl, sharding
 from kltrust import rollout as rollouts
+from kltrust.models.interface import LanguageModel
 from kltrust.models.transformer import TransformerConfig
 from kltrust.objectives import grpo, preference
-from kltrust.tasks import text
+from kltrust.tasks import interface as tasks
 from kltrust.train import tokens as tok
 from kltrust.train.methods import METHODS
 
@@ -73,11 +74,14 @@ class HParams:
 
 @dataclasses.dataclass(frozen=True)
 class Static:
+    """Everything a policy program is compiled for. The policy and the reference are
+    `kltrust.models.interface.LanguageModel` s (hashable), used through that protocol's members
+    only; the task's sizes and token ids come from the `TokenTask` in `tok.Frozen`."""
+
     method: str
-    policy: TransformerConfig
-    reference: TransformerConfig
-    reward_model: TransformerConfig
-    spec: text.LanguageSpec
+    policy: LanguageModel
+    reference: LanguageModel
+    reward_model: TransformerConfig  # the proxy's scorer (`tok.score`)
     kl_placement: str
     kl_estimator: str
     controller: str
@@ -123,8 +127,9 @@ def init_controller(static: Static, hp: HParams) -> controllers.ControllerState:
 class Trainer:
     """One method's pure functions. With a ``mesh``, sequences (prompts, rollouts, minibatches,
     pairs) are split over data × fsdp and the policy's parameters and Adam state are laid out by
-    `sharding.param_constraint` (FSDP when the mesh's fsdp axis is > 1); without one, nothing is
-    constrained (one device)."""
+    the policy's own ``param_shardings`` (the small decoder's: FSDP when the mesh's fsdp axis is
+    > 1); without one, nothing is constrained (one device). The task (prompts' sizes, EOS/PAD, the
+    gold reward) is read from ``frozen.task`` through `kltrust.tasks.interface.TokenTask`."""
 
     static: Static
     mesh: jax.sharding.Mesh | None = None
@@ -135,15 +140,17 @@ class Trainer:
 
     def constrain_params(self, tree: Any) -> Any:
         """``tree`` laid out like the policy's parameters (FSDP or replicated)."""
-        return tree if self.mesh is None else sharding.param_constraint(self.mesh)(tree)
+        if self.mesh is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, self.policy.param_shardings(self.mesh, tree))
 
     @property
-    def policy(self) -> tok.Policy:
-        return tok.Policy(self.static.policy)
+    def policy(self) -> LanguageModel:
+        return self.static.policy
 
     @property
-    def reference(self) -> tok.Policy:
-        return tok.Policy(self.static.reference)
+    def reference(self) -> LanguageModel:
+        return self.static.reference
 
     def optimizer(self) -> optax.GradientTransformation:
         return tok.adam(self.static.max_grad_norm)
@@ -163,11 +170,11 @@ class Trainer:
     def rollout(self, params, prompts, key, frozen, with_reference: bool):
         """Samples responses to ``prompts`` (`kltrust.rollout.token_rollout`), the reference
         evaluated alongside only ``with_reference``."""
-        s = self.static
+        task = frozen.task
         return rollouts.token_rollout(
             self.policy.decode, self.policy.sequence, params, prompts,
-            self.policy.empty_cache(prompts.shape[0]), key, max_new_tokens=s.spec.response_len,
-            eos_id=text.EOS, pad_id=text.PAD,
+            self.policy.empty_cache(prompts.shape[0]), key, max_new_tokens=task.response_len,
+            eos_id=task.eos_id, pad_id=task.pad_id,
             ref_sequence_fn=self.reference.sequence if with_reference else None,
             ref_params=frozen.ref_params if with_reference else None)
 
@@ -228,7 +235,7 @@ class Trainer:
         sequence KL of a rollout."""
         metrics = {
             "proxy": proxy.mean(),
-            "gold": text.gold_reward(frozen.language, ro.prompt, ro.response, ro.mask).mean(),
+            "gold": tasks.gold_reward(frozen.task, ro.prompt, ro.response, ro.mask).mean(),
             "entropy": kl.mean_per_token(ro.entropy, ro.mask),
             "length": ro.mask.sum(-1).mean(),
             "beta": beta,
@@ -309,19 +316,19 @@ class Trainer:
                             frozen, key, with_kl=with_kl)
 
 
-def best_of_n(reference: tok.Policy, rm_config: TransformerConfig, frozen: tok.Frozen,
+def best_of_n(reference: LanguageModel, rm_config: TransformerConfig, frozen: tok.Frozen,
               key: jax.Array, n: int) -> dict[str, jax.Array]:
     """Best-of-n against the proxy: n samples of the reference per held-out prompt, keep the one
     the proxy scores highest. Its KL to the reference is the analytic log n − (n−1)/n (an upper
     bound that is tight when rewards are untied, `grpo.best_of_n_kl`)."""
-    spec = frozen.language.spec
+    task = frozen.task
     prompts = jnp.repeat(frozen.eval_prompts, n, axis=0)
     ro = rollouts.token_rollout(
         reference.decode, reference.sequence, frozen.ref_params, prompts,
-        reference.empty_cache(prompts.shape[0]), key, max_new_tokens=spec.response_len,
-        eos_id=text.EOS, pad_id=text.PAD)
+        reference.empty_cache(prompts.shape[0]), key, max_new_tokens=task.response_len,
+        eos_id=task.eos_id, pad_id=task.pad_id)
     proxy = tok.score(rm_config, frozen.rm_params, prompts, ro.response, ro.mask)
-    gold = text.gold_reward(frozen.language, prompts, ro.response, ro.mask)
+    gold = tasks.gold_reward(task, prompts, ro.response, ro.mask)
     pick = grpo.best_of_n_select(proxy.reshape(-1, n))
     rows = jnp.arange(pick.shape[0]) * n + pick
     return {"gold": gold[rows].mean(), "proxy": proxy[rows].mean(),

@@ -1,6 +1,7 @@
 """The token RLHF config: its schema (`defaults`), its checks (`validate`, before any data are
-generated or anything compiled) and the static `rlhf.Static` / array `rlhf.HParams` of a policy
-stage. The registries decide what is allowed: token methods (`kltrust.train.methods`), preference
+generated or anything compiled), and the one place a config becomes the typed `TokenSpec` the
+library takes (`spec_from_config`; with the static `rlhf.Static` / array `rlhf.HParams` of a policy
+stage). The registries decide what is allowed: token methods (`kltrust.train.methods`), preference
 losses (`kltrust.objectives.preference`), KL estimators (`kltrust.kl`), β controllers
 (`kltrust.controllers`).
 """
@@ -8,6 +9,7 @@ losses (`kltrust.objectives.preference`), KL estimators (`kltrust.kl`), β contr
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +18,15 @@ import numpy as np
 
 from kltrust import components, controllers, kl
 from kltrust.errors import from_field_error, is_finite, is_int
+from kltrust.models.transformer import TransformerConfig
 from kltrust.objectives import grpo, preference
+from kltrust.tasks import text, text_data
 from kltrust.train import rlhf
 from kltrust.train import tokens as tok
 from kltrust.train.common import (check, check_choice, check_finite, check_keys, check_range,
                                   inf_knobs, mesh_batch_shards)
 from kltrust.train.methods import METHODS
+from kltrust.train.token_spec import DataSpec, FitSpec, GuardSpec, TokenSpec
 
 
 
@@ -82,6 +87,10 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 STAGES = ("policy", "sft", "reward_model")
+STAGE_KEYS = {  # the config parts each prerequisite stage depends on
+    "sft": ("seed", "task", "data", "model", "sft"),
+    "reward_model": ("seed", "task", "data", "reward_model", "rm"),
+}
 # Directories of the pipeline root that a policy stage's ``config.name`` must not take.
 RESERVED_NAMES = ("sft", "reward_model", "tfds", "pipelines", ".", "..")
 
@@ -99,7 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "an integer in [0, 2**31)")
     check(is_int(config.num_seeds, 1), "num_seeds", config.num_seeds, "an integer >= 1")
     try:
-        tok.language_spec(config)
+        language_spec(config)
     except (TypeError, ValueError) as e:
         raise from_field_error(e, "task") from None
     source = config.data.source
@@ -218,12 +227,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 
+def language_spec(config: ml_collections.ConfigDict) -> text.LanguageSpec:
+    """The synthetic language of ``config.task`` (checked by `text.LanguageSpec`)."""
+    return text.LanguageSpec(**config.task.to_dict())
+
+
+def _model(config, part: str, critic: str = "none") -> TransformerConfig:
+    m = config[part]
+    return tok.transformer_config(language_spec(config), num_layers=m.num_layers, width=m.width,
+                                  num_heads=m.num_heads, critic=critic)
+
+
+def stage_json(config: ml_collections.ConfigDict, stage: str) -> str:
+    """The config parts a prerequisite stage depends on (`STAGE_KEYS`), as canonical JSON: the
+    stage's ``stage_config.json``, compared byte for byte when a stage directory is reused."""
+    return json.dumps({k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
+                       for k in STAGE_KEYS[stage]}, sort_keys=True, default=str)
+
+
 def static_from_config(config) -> rlhf.Static:
+    """The policy stage's `rlhf.Static` (models as `LanguageModel` s, method settings)."""
     rl = config.rl
     critic = config.model.critic if METHODS.get(rl.method).critic else "none"
     return rlhf.Static(
-        method=rl.method, policy=tok.policy_config(config, critic), reference=tok.policy_config(config),
-        reward_model=tok.reward_model_config(config), spec=tok.language_spec(config),
+        method=rl.method, policy=tok.Policy(_model(config, "model", critic)),
+        reference=tok.Policy(_model(config, "model")),
+        reward_model=_model(config, "reward_model"),
         kl_placement=rl.kl_placement, kl_estimator=rl.kl_estimator, controller=rl.controller,
         batch_prompts=rl.batch_prompts, group_size=rl.group_size, epochs=rl.epochs,
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
@@ -231,15 +260,50 @@ def static_from_config(config) -> rlhf.Static:
         max_backtracks=rl.max_backtracks, token_average=rl.token_average)
 
 
-def hparams_from_config(config, num_runs: int) -> rlhf.HParams:
-    """HParams with a leading run axis of ``num_runs`` (scalars are broadcast); the knobs of the
-    chosen preference loss and β controller."""
+def _hparams_values(config) -> rlhf.HParams:
+    """The policy stage's HParams as the config's scalars; the knobs of the chosen preference loss
+    and β controller."""
     hp = config.rl.hparams
     groups = ("preference", "controller")
     names = [f.name for f in dataclasses.fields(rlhf.HParams) if f.name not in groups]
-    grow = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (num_runs,))  # noqa: E731
     loss = components.chosen_hparams(preference.LOSSES, hp.preference, config.rl.preference_loss)
     controller = components.chosen_hparams(controllers.REGISTRY, hp.controller,
                                            config.rl.controller)
-    return rlhf.HParams(**{n: grow(hp[n]) for n in names}, preference=jax.tree.map(grow, loss),
-                        controller=jax.tree.map(grow, controller))
+    return rlhf.HParams(**{n: hp[n] for n in names}, preference=loss, controller=controller)
+
+
+def hparams_from_config(config, num_runs: int) -> rlhf.HParams:
+    """HParams with a leading run axis of ``num_runs`` (scalars are broadcast)."""
+    grow = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (num_runs,))  # noqa: E731
+    return jax.tree.map(grow, _hparams_values(config))
+
+
+def spec_from_config(config: ml_collections.ConfigDict) -> TokenSpec:
+    """The run ``config`` describes, validated (`validate`: a `ConfigError` before anything runs)
+    and read once into a `TokenSpec`: the only place below ``experiments/`` that reads a token
+    config's fields."""
+    validate(config)
+    data, rl, g = config.data, config.rl, config.guards
+    policy_stage = config.stage == "policy"
+    fit = lambda c, **extra: FitSpec(steps=c.steps, batch_size=c.batch_size,  # noqa: E731
+                                     learning_rate=c.learning_rate, eval_every=c.eval_every,
+                                     **extra)
+    return TokenSpec(
+        preset=config.preset, name=config.name, stage=config.stage, seed=config.seed,
+        num_seeds=config.num_seeds, language=language_spec(config),
+        data=DataSpec(**{f.name: data[f.name] for f in dataclasses.fields(DataSpec)}),
+        policy=_model(config, "model"), reward_model=_model(config, "reward_model"),
+        text_model=TransformerConfig(
+            vocab_size=text_data.BYTE_VOCAB_SIZE, num_layers=config.model.num_layers,
+            width=config.model.width, num_heads=config.model.num_heads, max_len=data.seq_len,
+            critic="none"),
+        sft=fit(config.sft), rm=fit(config.rm, weight_decay=config.rm.weight_decay),
+        method=rl.method,
+        static=static_from_config(config) if policy_stage else None,
+        hparams_values=_hparams_values(config) if policy_stage else None,
+        mesh_sizes=config.mesh.to_dict(),
+        guards=GuardSpec(**{f.name: g[f.name] for f in dataclasses.fields(GuardSpec)}),
+        num_updates=rl.num_updates, updates_per_eval=rl.updates_per_eval,
+        eval_kl=bool(rl.eval_kl), best_of_n=tuple(rl.best_of_n),
+        stage_json={stage: stage_json(config, stage) for stage in STAGE_KEYS},
+        config_json=config.to_json_best_effort(indent=2, sort_keys=True))

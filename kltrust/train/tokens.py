@@ -24,13 +24,14 @@ import flax.serialization
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from kltrust import kl, processes, sharding
 from kltrust import rollout as rollouts
+from kltrust.models.interface import LanguageModel
 from kltrust.models.transformer import SequenceScorer, TransformerConfig, TransformerLM
+from kltrust.tasks import interface as tasks
 from kltrust.tasks import text
 
 PARAMS_FILE = "params.msgpack"
@@ -39,25 +40,13 @@ PARAMS_FILE = "params.msgpack"
 # ---------------------------------------------------------------- models
 
 
-def language_spec(config: ml_collections.ConfigDict) -> text.LanguageSpec:
-    """The synthetic language of ``config.task`` (validated by `text.LanguageSpec`)."""
-    return text.LanguageSpec(**config.task.to_dict())
-
-
-def policy_config(config: ml_collections.ConfigDict, critic: str = "none") -> TransformerConfig:
-    spec = language_spec(config)
+def transformer_config(language: text.LanguageSpec, *, num_layers: int, width: int,
+                       num_heads: int, critic: str = "none") -> TransformerConfig:
+    """A transformer of these sizes for the synthetic ``language``: its vocabulary, and room for a
+    prompt and a whole response."""
     return TransformerConfig(
-        vocab_size=spec.num_words + 3, num_layers=config.model.num_layers,
-        width=config.model.width, num_heads=config.model.num_heads,
-        max_len=spec.prompt_len + spec.response_len, critic=critic)
-
-
-def reward_model_config(config: ml_collections.ConfigDict) -> TransformerConfig:
-    spec = language_spec(config)
-    return TransformerConfig(
-        vocab_size=spec.num_words + 3, num_layers=config.reward_model.num_layers,
-        width=config.reward_model.width, num_heads=config.reward_model.num_heads,
-        max_len=spec.prompt_len + spec.response_len, critic="none")
+        vocab_size=language.num_words + 3, num_layers=num_layers, width=width,
+        num_heads=num_heads, max_len=language.prompt_len + language.response_len, critic=critic)
 
 
 # A transformer policy's pure functions; defined with the model, where it is the first
@@ -110,35 +99,48 @@ class Frozen:
     rm_params: Any  # the proxy reward model
     prompts: jax.Array  # [N, P] training prompts
     eval_prompts: jax.Array  # [M, P] held-out prompts
-    language: Any  # text.Language, for the gold reward
+    # The `kltrust.tasks.interface.TokenTask` (its response length, EOS/PAD ids, gold reward). A
+    # pytree: the synthetic language's arrays are leaves, so they enter programs as arguments.
+    task: Any
     pairs: Any = None  # the preference data set (offline DPO only)
 
 
-def evaluate(policy: Policy, reference: Policy, rm_config: TransformerConfig, params: Any,
-             frozen: Frozen, key: jax.Array, *, with_kl: bool = True) -> tuple[dict, jax.Array]:
+def task_metrics(task: Any, prompts: jax.Array, responses: jax.Array,
+                 mask: jax.Array) -> dict[str, jax.Array]:
+    """The task's own evaluation metrics (the optional ``TokenTask.metrics`` hook, e.g. the
+    synthetic language's ``grammatical``), each averaged over the batch; {} for a task without it."""
+    hook = getattr(task, "metrics", None)
+    if hook is None:
+        return {}
+    return {name: jnp.mean(value) for name, value in hook(prompts, responses, mask).items()}
+
+
+def evaluate(policy: LanguageModel, reference: LanguageModel, rm_config: TransformerConfig,
+             params: Any, frozen: Frozen, key: jax.Array, *,
+             with_kl: bool = True) -> tuple[dict, jax.Array]:
     """Samples one response per held-out prompt and measures it.
 
     Returns (metrics, responses [M, L]) with metrics: ``gold``, ``proxy`` (means), ``kl`` (the exact
     sequence KL Σ_t KL(π(·|prefix) ‖ π_ref(·|prefix)), mean over prompts; only if ``with_kl``),
     ``kl_k1`` (Σ_t log π/π_ref at the samples, its unbiased estimate), ``entropy`` (per token),
-    ``length`` (response tokens incl. EOS), ``grammatical`` (fraction with no zero-probability
-    transition under the true language).
+    ``length`` (response tokens incl. EOS), and the task's own metrics (`task_metrics`; the
+    synthetic language's ``grammatical``: the fraction with no zero-probability transition).
     """
-    spec = frozen.language.spec
+    task = frozen.task
     prompts = frozen.eval_prompts
     ro = rollouts.token_rollout(
         policy.decode, policy.sequence, params, prompts, policy.empty_cache(prompts.shape[0]), key,
-        max_new_tokens=spec.response_len, eos_id=text.EOS, pad_id=text.PAD,
+        max_new_tokens=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         ref_sequence_fn=reference.sequence if with_kl else None,
         ref_params=frozen.ref_params if with_kl else None)
-    gold = text.gold_reward(frozen.language, prompts, ro.response, ro.mask)
+    gold = tasks.gold_reward(task, prompts, ro.response, ro.mask)
     proxy = score(rm_config, frozen.rm_params, prompts, ro.response, ro.mask)
     metrics = {
         "gold": gold.mean(),
         "proxy": proxy.mean(),
         "entropy": kl.mean_per_token(ro.entropy, ro.mask),
         "length": ro.mask.sum(-1).mean(),
-        "grammatical": text.grammatical(frozen.language, prompts, ro.response, ro.mask).mean(),
+        **task_metrics(task, prompts, ro.response, ro.mask),
     }
     if with_kl:
         metrics["kl"] = kl.sum_per_sequence(ro.kl, ro.mask).mean()
@@ -147,9 +149,9 @@ def evaluate(policy: Policy, reference: Policy, rm_config: TransformerConfig, pa
     return metrics, ro.response * ro.mask.astype(ro.response.dtype)
 
 
-def diversity(responses: np.ndarray) -> dict[str, float]:
-    """distinct-1 and distinct-2 of a batch of (PAD-masked) responses."""
-    mask = (responses != text.PAD).astype(np.float32)
+def diversity(responses: np.ndarray, pad_id: int) -> dict[str, float]:
+    """distinct-1 and distinct-2 of a batch of responses, masked where they hold ``pad_id``."""
+    mask = (responses != pad_id).astype(np.float32)
     return {f"distinct_{n}": float(text.distinct_n(responses, mask, n)) for n in (1, 2)}
 
 

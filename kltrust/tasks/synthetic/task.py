@@ -164,6 +164,12 @@ class SyntheticTask:
         """`gold.gold_reward` on this language: float32 [...], jax (safe under jit and vmap)."""
         return gold.gold_reward(self.language, prompts, responses, mask)
 
+    def metrics(self, prompts: jax.Array, responses: jax.Array,
+                mask: jax.Array) -> dict[str, jax.Array]:
+        """The optional `TokenTask` hook: ``grammatical``, bool [B], whether a response has no
+        zero-probability transition under the true language (jax, safe under jit and vmap)."""
+        return {"grammatical": gold.grammatical(self.language, prompts, responses, mask)}
+
     def decode(self, tokens: np.ndarray | jax.Array) -> str:
         """Tokens as words, good words in capitals (`display.decode`)."""
         return decode(tokens, self.language)
