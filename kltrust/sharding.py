@@ -8,7 +8,8 @@ Every training program runs on one ``Mesh`` with three named axes (`AXES`):
     fsdp  parameters and optimiser state split over devices (ZeRO-3 / FSDP); the batch is split
           over it too, so an fsdp device holds a slice of the weights *and* of the batch
 
-Sizes come from ``config.mesh`` (`mesh_config`); one size may be -1, "every device left". Programs
+Sizes come from a preset's ``mesh`` block (`mesh_config`), read into a spec and made a mesh by
+`mesh_from_sizes`; one size may be -1, "every device left". Programs
 apply the layouts with `jax.lax.with_sharding_constraint` inside jit (`batch_constraint`,
 `param_constraint`); vmapping with ``spmd_axis_name=RUN_AXIS`` (`vmap_runs`) prefixes every such
 constraint with the run axis. XLA inserts the collectives. Nothing here is device-specific: the
@@ -100,11 +101,6 @@ def mesh_from_sizes(sizes: Mapping[str, int], key: str = "mesh") -> Mesh:
     """The mesh of axis ``sizes`` (a preset's ``mesh`` block as a dict; one size may be -1; an
     axis left out has size 1, or every device left for ``data``) on this process's devices."""
     return _mesh(mesh_shape(dict(sizes), jax.device_count(), key))
-
-
-def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh:
-    """The mesh of ``config.mesh`` (every device on ``data`` if the config has no mesh block)."""
-    return mesh_from_sizes(config.mesh.to_dict() if "mesh" in config else {})
 
 
 def _mesh(shape: dict[str, int]) -> Mesh:

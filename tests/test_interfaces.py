@@ -129,12 +129,12 @@ def test_tfds_path_equals_what_the_pipeline_loads(task, tmp_path):
         np.testing.assert_equal(task.prompts(split), expected)
 
 
-def test_from_config_is_the_pipelines_data():
+def test_the_specs_task_is_the_pipelines_data():
     from kltrust.train import pipeline, token_config
 
     config = pipeline.defaults()
     config.seed, config.data.num_pairs, config.data.label_noise = 2, 64, 0.2
-    task = SyntheticTask.from_config(config)
+    task = token_config.spec_from_config(config).task()
     language = token_config.language_spec(config)
     assert task.spec == language
     # The configs the pipeline has always built for each kind (SFT test split: 1024 rows).

@@ -40,7 +40,7 @@ def _static(default: Any) -> Any:
 class SyntheticTask:
     """The synthetic language with its data sets, as a `TokenTask`.
 
-    Build it with `create` (or `from_config`); the defaults are the pipeline's.
+    Build it with `create` (a token run's is `kltrust.train.token_spec.TokenSpec.task`).
 
     Attributes:
       language: the `Language` (its ``spec`` fixes prompt and response lengths and the gold).
@@ -73,19 +73,6 @@ class SyntheticTask:
         for kind in _BUILDERS:
             task.data_config(kind)
         return task
-
-    @classmethod
-    def from_config(cls, config: Any, data_dir: str | None = None) -> SyntheticTask:
-        """The task a token RLHF config (`kltrust.train.pipeline.defaults`) trains on: the language
-        of ``config.task``, the sizes of ``config.data``, the seed ``config.seed``; the same data
-        sets the pipeline loads (whose SFT test split has 1024 rows)."""
-        data = config.data
-        return cls.create(
-            LanguageSpec(**config.task.to_dict()), seed=config.seed,
-            num_prompts=data.num_prompts, num_eval_prompts=data.num_eval_prompts,
-            num_sft=data.num_sft, num_eval_sft=1024, num_pairs=data.num_pairs,
-            num_eval_pairs=data.num_eval_pairs, label_noise=float(data.label_noise),
-            bt_temperature=float(data.bt_temperature), data_dir=data_dir)
 
     # ------------------------------------------------------------ the TokenTask attributes
 
