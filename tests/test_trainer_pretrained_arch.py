@@ -1,0 +1,227 @@
+"""A real-LM stack through the token trainer: a LoRA-adapted tiny llama (`kltrust.models.lora`,
+`kltrust.models.pretrained.tiny`) as the policy, its base as the reference, and `SentimentTask`
+(VADER gold, host Python through `jax.pure_callback`) as the task, run through `rlhf.Trainer`.
+
+What holds (one update of grpo, dpo_online and trpo, then an evaluation):
+  * at initialisation the LoRA B matrices are 0, so the policy's logits are bit-identical to the
+    reference's and the evaluation's exact KL is exactly 0.0 (not merely small);
+  * after the update the adapters moved, the base leaves inside the policy's params are
+    bit-identical to the reference's (Adam on a zero gradient adds -0.0: the base never moves);
+  * the evaluated gold is VADER recomputed here on the decoded responses;
+  * the KL after the update is finite and > 0.
+
+What the unchanged trainer does NOT take (xfail, strict, with the reason):
+  * ``Trainer.init`` (kltrust/train/rlhf.py:162) builds the policy's params as
+    ``tok.with_pretrained(policy.init(key), frozen.ref_params)`` and `tok.with_pretrained`
+    (kltrust/train/tokens.py:65-76) assumes the flax layout ``{"params": {...}}`` of a
+    `TransformerLM`: it reads ``pretrained["params"]`` (KeyError on the pretrained decoder's
+    ``{"embed", "layers", ...}``) and ``fresh["params"]`` (absent from LoRA's ``{"base", "lora"}``).
+    The other tests therefore use `_LoRATrainer`, which overrides ``init`` alone with
+    ``LoRAModel.wrap(frozen.ref_params, key)`` (the reference's arrays as the base, no copy); the
+    updates, the optimiser and the evaluation are the unchanged trainer's.
+  * ppo: a pretrained decoder has no value head (``PretrainedLM.sequence`` returns values None)
+    and PPO's update hands ``ro.value`` = None to ``rollouts.token_gae`` (kltrust/train/methods/
+    ppo.py:22 → kltrust/rollout.py:334, ``value[:, 1:]``): TypeError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import rlhf as rlhf_configs
+from kltrust.models import lora, pretrained
+from kltrust.models.interface import LanguageModel, Tokenizer
+from kltrust.models.transformer import TransformerConfig
+from kltrust.tasks.interface import TokenTask
+from kltrust.tasks.sentiment import SentimentTask, prompt_rows
+from kltrust.tasks.sentiment.gold import vader
+from kltrust.train import pipeline, reward_model, rlhf
+from kltrust.train import tokens as tok
+
+pytestmark = pytest.mark.slow
+
+PROMPT_LEN, RESPONSE_LEN = 6, 5
+SENTIMENT_WORDS = ("it was great good wonderful terrible awful bad boring not very fine okay and "
+                   "the food film i loved hated ! .").split()
+
+
+class WordTokenizer:
+    """Word-level `Tokenizer` over the prompts' words and `SENTIMENT_WORDS` (as in
+    tests/test_sentiment_task.py): <pad> 0, <s> 1 (BOS), </s> 2 (EOS); decode joins with spaces."""
+
+    def __init__(self):
+        words = {w for split in ("train", "test") for t in prompt_rows(split)["text"]
+                 for w in self.split(t)}
+        self.words = ["<pad>", "<s>", "</s>"] + sorted(words | set(SENTIMENT_WORDS))
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return re.findall(r"\w+|[^\w\s]", text)
+
+    vocab_size = property(lambda self: len(self.words))
+    bos_id = property(lambda self: 1)
+    eos_id = property(lambda self: 2)
+    pad_id = property(lambda self: 0)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[w] for w in self.split(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.words[i] for i in ids if i != 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoRATrainer(rlhf.Trainer):
+    """`rlhf.Trainer` with ``init`` alone replaced (rlhf.py:162's `tok.with_pretrained` assumes a
+    `TransformerLM`'s ``{"params": ...}``): the policy is the reference's arrays plus fresh
+    adapters. Everything else (updates, optimiser, evaluation) is the trainer's own."""
+
+    def init(self, seed, hp, frozen):
+        key, init_key = jax.random.split(jax.random.PRNGKey(seed))
+        params = self.constrain_params(self.policy.wrap(frozen.ref_params, init_key))
+        opt_state = self.constrain_params(
+            tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate))
+        return rlhf.TrainState(params, opt_state, rlhf.init_controller(self.static, hp), key,
+                               jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+@functools.lru_cache(maxsize=None)
+def _stack():
+    """(task, policy, reference, proxy config, frozen inputs), built once per process."""
+    tokenizer = WordTokenizer()
+    assert isinstance(tokenizer, Tokenizer)
+    task = SentimentTask.create(tokenizer, prompt_len=PROMPT_LEN, response_len=RESPONSE_LEN)
+    assert isinstance(task, TokenTask)
+    base = pretrained.tiny("llama", vocab_size=tokenizer.vocab_size,
+                           max_len=PROMPT_LEN + RESPONSE_LEN)
+    policy = lora.LoRAModel(base, lora.LoRAConfig(
+        rank=2, alpha=4.0, targets=lora.PRETRAINED_ATTENTION + lora.PRETRAINED_MLP))
+    assert isinstance(policy, LanguageModel) and isinstance(base, LanguageModel)
+    rm = TransformerConfig(vocab_size=tokenizer.vocab_size, num_layers=1, width=16, num_heads=2,
+                           max_len=PROMPT_LEN + RESPONSE_LEN)
+    pairs = {"prompt": np.zeros((1, PROMPT_LEN), np.int32),
+             "chosen": np.zeros((1, RESPONSE_LEN), np.int32)}
+    frozen = tok.Frozen(base.init(jax.random.PRNGKey(1)), reward_model.init_params(rm, pairs, 2),
+                        jnp.asarray(task.prompts("train")), jnp.asarray(task.prompts("test")[:16]),
+                        task)
+    return task, policy, base, rm, frozen
+
+
+def _trainer(preset: str, cls=_LoRATrainer) -> tuple[rlhf.Trainer, rlhf.HParams]:
+    """The preset's method and hyperparameters (tiny batches) on the LoRA llama stack."""
+    _, policy, base, rm, _ = _stack()
+    config = rlhf_configs.get_config(preset)
+    config.rl.update(batch_prompts=4, minibatches=1, epochs=1)
+    if config.rl.group_size > 2:
+        config.rl.group_size = 2
+    spec = pipeline.spec_from_config(config)
+    static = dataclasses.replace(spec.static, policy=policy, reference=base, reward_model=rm)
+    return cls(static), jax.tree.map(lambda x: x[0], spec.hparams(1))
+
+
+def _bits(tree) -> list[np.ndarray]:
+    return [np.asarray(x).view(np.uint32) for x in jax.tree.leaves(tree)]
+
+
+def _vader_of(task: SentimentTask, responses: np.ndarray) -> np.ndarray:
+    """VADER recomputed here: each response's ids before its first EOS, decoded, scored."""
+    scores = []
+    for row in responses:
+        ids = row.tolist()
+        ids = ids[:ids.index(task.eos_id)] if task.eos_id in ids else ids
+        scores.append(vader().polarity_scores(task.tokenizer.decode(ids))["compound"])
+    return np.asarray(scores, np.float32)
+
+
+@pytest.fixture(scope="module")
+def initial():
+    """(trainer, hp, initial state, its evaluation metrics, responses): grpo's trainer."""
+    _, _, _, _, frozen = _stack()
+    trainer, hp = _trainer("grpo")
+    state = jax.jit(trainer.init)(jnp.int32(0), hp, frozen)
+    metrics, responses = jax.jit(trainer.evaluate)(state, frozen, jax.random.PRNGKey(2))
+    return trainer, hp, state, metrics, np.asarray(responses)
+
+
+@pytest.mark.xfail(raises=KeyError, strict=True, reason=(
+    "kltrust/train/rlhf.py:162 Trainer.init calls tok.with_pretrained(policy.init(key), "
+    "frozen.ref_params); kltrust/train/tokens.py:70 reads pretrained['params'] (a TransformerLM's "
+    "flax layout): the pretrained decoder's params are {'embed', 'layers', ...} and LoRA's are "
+    "{'base', 'lora'}, so the unchanged init raises KeyError('params')."))
+def test_unchanged_trainer_init_takes_lora_over_a_pretrained_decoder():
+    _, _, _, _, frozen = _stack()
+    trainer, hp = _trainer("grpo", cls=rlhf.Trainer)
+    jax.eval_shape(trainer.init, jnp.int32(0), hp, frozen)
+
+
+def test_at_init_the_policy_is_the_reference_and_the_exact_kl_is_zero(initial):
+    _, policy, base, _, frozen = _stack()
+    _, _, state, metrics, _ = initial
+    # The base inside the policy is the reference's arrays (init wraps them, no new values).
+    assert all(np.array_equal(a, b) for a, b in zip(_bits(state.params["base"]),
+                                                    _bits(frozen.ref_params)))
+    b_leaves = [v["b"] for v in _adapter_nodes(state.params["lora"])]
+    assert b_leaves and all(not np.any(np.asarray(b)) for b in b_leaves)
+    # B = 0 → W + s·A@0 = W bit for bit → the same logits bit for bit → KL exactly 0 (no
+    # tolerance needed: log π − log π_ref is 0.0 at every token).
+    tokens = jnp.concatenate([frozen.eval_prompts, frozen.eval_prompts[:, :RESPONSE_LEN]], axis=1)
+    pol = jax.jit(policy.sequence)(state.params, tokens)[0]
+    ref = jax.jit(base.sequence)(frozen.ref_params, tokens)[0]
+    np.testing.assert_array_equal(np.asarray(pol).view(np.uint32), np.asarray(ref).view(np.uint32))
+    assert float(metrics["kl"]) == 0.0
+    assert np.isfinite(float(metrics["gold"]))
+
+
+def _adapter_nodes(tree):
+    """Every {"a", "b"} node of a LoRA adapter tree."""
+    if isinstance(tree, dict) and set(tree) == {"a", "b"}:
+        return [tree]
+    return [n for v in tree.values() for n in _adapter_nodes(v)]
+
+
+def test_initial_evaluation_gold_is_vader_of_the_decoded_responses(initial):
+    task, *_ = _stack()
+    _, _, _, metrics, responses = initial
+    assert responses.shape == (16, RESPONSE_LEN)
+    assert float(metrics["gold"]) == pytest.approx(float(_vader_of(task, responses).mean()),
+                                                   abs=1e-6)
+
+
+@pytest.mark.parametrize("preset", [
+    "grpo", "dpo_online", "trpo",
+    pytest.param("ppo", marks=pytest.mark.xfail(raises=TypeError, strict=True, reason=(
+        "PPO needs a value head: PretrainedLM.sequence returns values None "
+        "(kltrust/models/pretrained/model.py:221-223), and kltrust/train/methods/ppo.py:22 passes "
+        "ro.value=None to rollouts.token_gae, which indexes it (kltrust/rollout.py:334)."))),
+])
+def test_one_update_moves_the_adapters_only(preset, initial):
+    task, _, _, _, frozen = _stack()
+    trainer, hp = _trainer(preset)
+    state = jax.jit(trainer.init)(jnp.int32(0), hp, frozen)
+    b0 = [np.asarray(n["b"]) for n in _adapter_nodes(state.params["lora"])]
+    state, train_metrics = jax.jit(trainer.update)(state, hp, frozen)
+    assert int(state.update_step) == 1 and int(state.bad_updates) == 0, train_metrics
+
+    # The adapters moved (B leaves the 0 it started at) ...
+    b1 = [np.asarray(n["b"]) for n in _adapter_nodes(state.params["lora"])]
+    assert any(not np.array_equal(x, y) for x, y in zip(b0, b1))
+    # ... and the base did not: bit-identical to the reference after the trainer's optimiser step.
+    base_bits, ref_bits = _bits(state.params["base"]), _bits(frozen.ref_params)
+    assert len(base_bits) == len(ref_bits)
+    assert all(np.array_equal(a, b) for a, b in zip(base_bits, ref_bits))
+
+    metrics, responses = jax.jit(trainer.evaluate)(state, frozen, jax.random.PRNGKey(2))
+    responses = np.asarray(responses)
+    kl_after = float(metrics["kl"])
+    assert np.isfinite(kl_after) and kl_after > 0.0
+    assert float(metrics["gold"]) == pytest.approx(float(_vader_of(task, responses).mean()),
+                                                   abs=1e-6)
