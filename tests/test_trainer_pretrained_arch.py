@@ -2,7 +2,7 @@
 `kltrust.models.pretrained.tiny`) as the policy, its base as the reference, and `SentimentTask`
 (VADER gold, host Python through `jax.pure_callback`) as the task, run through `rlhf.Trainer`.
 
-What holds (one update of grpo, dpo_online and trpo, then an evaluation):
+What holds (one update of grpo and trpo, then an evaluation):
   * at initialisation the LoRA B matrices are 0, so the policy's logits are bit-identical to the
     reference's and the evaluation's exact KL is exactly 0.0 (not merely small);
   * after the update the adapters moved, the base leaves inside the policy's params are
@@ -21,7 +21,7 @@ What the unchanged trainer does NOT take (xfail, strict, with the reason):
     updates, the optimiser and the evaluation are the unchanged trainer's.
   * ppo: a pretrained decoder has no value head (``PretrainedLM.sequence`` returns values None)
     and PPO's update hands ``ro.value`` = None to ``rollouts.token_gae`` (kltrust/train/methods/
-    ppo.py:22 → kltrust/rollout.py:334, ``value[:, 1:]``): TypeError.
+    ppo.py:24 → kltrust/rollout.py:334, ``value[:, 1:]``): TypeError.
 """
 
 from __future__ import annotations
@@ -110,7 +110,10 @@ def _stack():
                            max_len=PROMPT_LEN + RESPONSE_LEN)
     pairs = {"prompt": np.zeros((1, PROMPT_LEN), np.int32),
              "chosen": np.zeros((1, RESPONSE_LEN), np.int32)}
-    frozen = tok.Frozen(base.init(jax.random.PRNGKey(1)), reward_model.init_params(rm, pairs, 2),
+    # Jitted: one compile each instead of an eager dispatch per op (seconds on a loaded CPU).
+    ref_params = jax.jit(base.init)(jax.random.PRNGKey(1))
+    rm_params = jax.jit(functools.partial(reward_model.init_params, rm, pairs, 2))()
+    frozen = tok.Frozen(ref_params, rm_params,
                         jnp.asarray(task.prompts("train")), jnp.asarray(task.prompts("test")[:16]),
                         task)
     return task, policy, base, rm, frozen
@@ -126,6 +129,15 @@ def _trainer(preset: str, cls=_LoRATrainer) -> tuple[rlhf.Trainer, rlhf.HParams]
     spec = pipeline.spec_from_config(config)
     static = dataclasses.replace(spec.static, policy=policy, reference=base, reward_model=rm)
     return cls(static), jax.tree.map(lambda x: x[0], spec.hparams(1))
+
+
+@functools.lru_cache(maxsize=None)
+def _evaluate():
+    """`rlhf.Trainer.evaluate`, compiled once for every method: it reads only ``state.params`` and
+    the policy, reference and proxy, which all the methods here share."""
+    trainer, _ = _trainer("grpo")
+    return jax.jit(lambda params, frozen, key: trainer.evaluate(
+        rlhf.TrainState(params, None, None, None, None, None), frozen, key))
 
 
 def _bits(tree) -> list[np.ndarray]:
@@ -148,7 +160,7 @@ def initial():
     _, _, _, _, frozen = _stack()
     trainer, hp = _trainer("grpo")
     state = jax.jit(trainer.init)(jnp.int32(0), hp, frozen)
-    metrics, responses = jax.jit(trainer.evaluate)(state, frozen, jax.random.PRNGKey(2))
+    metrics, responses = _evaluate()(state.params, frozen, jax.random.PRNGKey(2))
     return trainer, hp, state, metrics, np.asarray(responses)
 
 
@@ -197,10 +209,13 @@ def test_initial_evaluation_gold_is_vader_of_the_decoded_responses(initial):
 
 
 @pytest.mark.parametrize("preset", [
-    "grpo", "dpo_online", "trpo",
+    # Two distinct update paths: Adam through `Trainer.minibatch_sgd` (grpo), and TRPO's natural-
+    # gradient step on the raveled whole tree (base included: its coordinates get exactly 0).
+    # dpo_online also passes (Adam applied directly); left out for time (~30 s compile on 2 cores).
+    "grpo", "trpo",
     pytest.param("ppo", marks=pytest.mark.xfail(raises=TypeError, strict=True, reason=(
         "PPO needs a value head: PretrainedLM.sequence returns values None "
-        "(kltrust/models/pretrained/model.py:221-223), and kltrust/train/methods/ppo.py:22 passes "
+        "(kltrust/models/pretrained/model.py:221-223), and kltrust/train/methods/ppo.py:24 passes "
         "ro.value=None to rollouts.token_gae, which indexes it (kltrust/rollout.py:334)."))),
 ])
 def test_one_update_moves_the_adapters_only(preset, initial):
@@ -219,7 +234,7 @@ def test_one_update_moves_the_adapters_only(preset, initial):
     assert len(base_bits) == len(ref_bits)
     assert all(np.array_equal(a, b) for a, b in zip(base_bits, ref_bits))
 
-    metrics, responses = jax.jit(trainer.evaluate)(state, frozen, jax.random.PRNGKey(2))
+    metrics, responses = _evaluate()(state.params, frozen, jax.random.PRNGKey(2))
     responses = np.asarray(responses)
     kl_after = float(metrics["kl"])
     assert np.isfinite(kl_after) and kl_after > 0.0
