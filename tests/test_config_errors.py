@@ -12,6 +12,7 @@ import math
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from configs import bandit as bandit_configs
@@ -23,7 +24,7 @@ from kltrust import sweep as sweeps
 from kltrust.errors import ConfigError
 from kltrust.objectives import grpo, ppo, preference
 from kltrust.train import bandit as bandit_train
-from kltrust.train import control_config, loop, pipeline
+from kltrust.train import control_config, loop, pipeline, rlhf
 
 INF, NAN = float("inf"), float("nan")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -354,3 +355,51 @@ def test_sweep_overrides_refuse_non_finite_values(monkeypatch):
     with pytest.raises(ValueError, match=r"sweep.arms\[0\] \(PPO clip\), grid point \{\}: "
                                          r"config.hparams.learning_rate = inf: must be in"):
         sweeps.expand(sweep, {"hparams.learning_rate": INF})
+
+
+# ---------------------------------------------------------------- token knobs, from declarations
+
+
+def _token_bounds():
+    """For every knob `rlhf.HParams` declares: a value just outside each finite bound, and the
+    interval as the token checks have always printed it (``(0.0, inf)``, ``[0.0, 1.0]``)."""
+    cases = []
+    for name, spec in components.knobs(rlhf.HParams).items():
+        top_open = spec.high_open or (spec.high == math.inf and not spec.allow_inf)
+        interval = (f"{'(' if spec.low_open else '['}{spec.low}, {spec.high}"
+                    f"{')' if top_open else ']'}")
+        if spec.low > -math.inf:
+            cases.append((name, spec.low if spec.low_open else float(np.nextafter(spec.low, -1)),
+                          interval))
+        if spec.high < math.inf:
+            cases.append((name, spec.high if spec.high_open else float(np.nextafter(spec.high, 2)),
+                          interval))
+    return cases
+
+
+def test_token_defaults_come_from_the_knob_declarations():
+    hp = pipeline.defaults().rl.hparams
+    declared = {name: spec.default for name, spec in components.knobs(rlhf.HParams).items()}
+    assert {k: v for k, v in hp.to_dict().items() if k not in ("controller", "preference")} \
+        == declared
+    assert hp.controller.to_dict() == components.group_defaults(controllers.REGISTRY).to_dict()
+    assert hp.preference.to_dict() == components.group_defaults(preference.LOSSES).to_dict()
+    # The values the presets always had (a changed declaration would silently move every run).
+    assert declared == dict(learning_rate=1e-4, beta=0.1, clip_eps=0.2, gamma=1.0, gae_lambda=0.95,
+                            vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1,
+                            damping=0.1)
+    assert set(components.groups(rlhf.HParams)) == {"controller", "preference"}
+
+
+@pytest.mark.parametrize("name,value,interval", _token_bounds())
+def test_every_declared_token_knob_range_is_enforced(name, value, interval):
+    """Each knob is range-checked whichever method runs (ppo with the fixed controller: β may be
+    0), a value just outside a bound refused naming ``config.rl.hparams.NAME``."""
+    config = rlhf_configs.get_config("ppo")
+    assert config.rl.controller == "fixed"
+    pipeline.validate(config)
+    config.rl.hparams[name] = value
+    with pytest.raises(ConfigError) as error:
+        pipeline.spec_from_config(config)
+    assert str(error.value) == f"config.rl.hparams.{name} = {value!r}: must be in {interval}."
+

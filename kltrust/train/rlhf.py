@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kltrust import controllers, guards, kl, sharding
+from kltrust import components, controllers, guards, kl, sharding
 from kltrust import rollout as rollouts
 from kltrust.models.interface import LanguageModel
 from kltrust.models.transformer import TransformerConfig
@@ -54,22 +54,40 @@ def kl_estimators() -> tuple[str, ...]:
     return ("exact",) + kl.estimators()
 
 
-@flax.struct.dataclass
+@components.hparams
 class HParams:
-    """Every numeric knob, a float32 array (leading run axis in sweeps)."""
+    """Every numeric knob, a float32 array (leading run axis in sweeps).
 
-    learning_rate: jax.Array
-    beta: jax.Array  # initial β of the controller (PPO/GRPO/RLOO) or DPO's β
-    controller: Any  # the knobs of the controller ``Static.controller`` (its module's HParams)
-    clip_eps: jax.Array
-    gamma: jax.Array
-    gae_lambda: jax.Array
-    vf_coef: jax.Array
-    ent_coef: jax.Array
-    delta: jax.Array  # TRPO trust region
-    kl_budget_per_token: jax.Array  # TRPO: budget on the mean per-token KL to the reference, nats
-    damping: jax.Array
-    preference: Any  # the knobs of ``Static.preference_loss`` (dpo, dpo_online)
+    Each knob declares its config default (``config.rl.hparams.NAME``) and allowed range once; the
+    config layer (`kltrust.train.token_config`) derives ``defaults()``, the range checks and the
+    parsing from these declarations, and keeps the method-dependent rules (β > 0 for DPO and a
+    multiplicative controller) beside them. The field order is the pytree's leaf order: keep it.
+    """
+
+    learning_rate: jax.Array = components.knob(
+        1e-4, "Adam's step size of the policy (and its value head)", low=0, low_open=True)
+    beta: jax.Array = components.knob(
+        0.1, "the controller's initial β (PPO/GRPO/RLOO) or the preference loss's β (DPO); "
+        "> 0 for DPO and a multiplicative controller", low=0)
+    # The knobs of the β controller ``Static.controller`` (its module's HParams); in the config
+    # every registered controller's group, so --config.rl.hparams.controller.pid.kp=1 always parses.
+    controller: Any = components.group(controllers.REGISTRY, "the β controller's knobs")
+    clip_eps: jax.Array = components.knob(
+        0.2, "ε of the clipped ratio 1 ± ε (PPO, GRPO, RLOO)", low=0, low_open=True)
+    gamma: jax.Array = components.knob(1.0, "discount γ over tokens (PPO's GAE)", low=0, high=1)
+    gae_lambda: jax.Array = components.knob(0.95, "GAE λ over tokens (PPO)", low=0, high=1)
+    vf_coef: jax.Array = components.knob(0.5, "weight of the value loss (PPO)", low=0)
+    ent_coef: jax.Array = components.knob(0.0, "weight of the entropy bonus (PPO)", low=0)
+    delta: jax.Array = components.knob(
+        0.01, "TRPO's trust region: KL(π_old‖π_θ) ≤ δ, the per-token mean", low=0, low_open=True)
+    kl_budget_per_token: jax.Array = components.knob(
+        0.1, "TRPO's budget on the mean per-token KL to the reference, nats", low=0,
+        low_open=True)
+    damping: jax.Array = components.knob(
+        0.1, "TRPO's damping of the Fisher-vector product", low=0)
+    # The knobs of the preference loss ``Static.preference_loss`` (dpo, dpo_online); in the config
+    # every registered loss's group (e.g. preference.simpo.gamma).
+    preference: Any = components.group(preference.LOSSES, "the preference loss's knobs")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,15 +17,15 @@ import ml_collections
 import numpy as np
 
 from kltrust import components, controllers, kl
-from kltrust.errors import from_field_error, is_finite, is_int
+from kltrust.errors import check, check_choice, from_field_error, is_finite, is_int
 from kltrust.models.transformer import TransformerConfig
 from kltrust.objectives import grpo, preference
 from kltrust.tasks import text, text_data
 from kltrust.train import rlhf
 from kltrust.train import tokens as tok
-from kltrust.train.common import (check, check_choice, check_finite, check_keys, check_range,
-                                  inf_knobs, mesh_batch_shards)
-from kltrust.train.methods import METHODS
+from kltrust.train.config_checks import (check_finite, check_keys, check_knobs, check_range,
+                                         inf_fields, mesh_batch_shards)
+from kltrust.train.methods import METHODS, TokenMethod
 from kltrust.train.token_spec import DataSpec, FitSpec, GuardSpec, TokenSpec
 
 
@@ -67,14 +67,10 @@ def defaults() -> ml_collections.ConfigDict:
         updates_per_eval=10, max_grad_norm=1.0, preference_loss="sigmoid", cg_iters=10,
         max_backtracks=10, token_average="sequence", eval_kl=True,
         best_of_n=(1, 2, 4, 8, 16, 32, 64),
-        hparams=ml_collections.ConfigDict(dict(
-            learning_rate=1e-4, beta=0.1, clip_eps=0.2, gamma=1.0, gae_lambda=0.95, vf_coef=0.5,
-            ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1, damping=0.1,
-            # Every registered β controller's knobs; rl.controller chooses whose are read.
-            controller=components.group_defaults(controllers.REGISTRY),
-            # The knobs of every registered preference loss (dpo, dpo_online read
-            # rl.preference_loss's): e.g. preference.sigmoid.label_smoothing, preference.simpo.gamma.
-            preference=components.group_defaults(preference.LOSSES)))))
+        # `rlhf.HParams`'s declared knobs, with every registered β controller's group (rl.controller
+        # chooses whose are read) and every registered preference loss's (dpo, dpo_online read
+        # rl.preference_loss's): e.g. preference.sigmoid.label_smoothing, preference.simpo.gamma.
+        hparams=components.config_defaults(rlhf.HParams)))
     # Devices: runs (the seeds) × data (prompts, sequences, pairs) × fsdp (transformer weights and
     # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
     c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
@@ -204,27 +200,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"over the mesh's data × fsdp = {shards}")
     check(rl.num_updates % rl.updates_per_eval == 0, "rl.updates_per_eval", rl.updates_per_eval,
           f"a divisor of rl.num_updates = {rl.num_updates}")
-    hp = rl.hparams
-    check_rl = lambda name, *a, **k: check_range(hp, name, *a, prefix="rl.hparams", **k)  # noqa: E731
-    check_rl("learning_rate", 0.0, low_open=True)
-    check_rl("beta", 0.0, low_open=method.anchor == "preference_beta" or
-             controllers.get(rl.controller).beta_positive)
-    components.validate_groups(controllers.REGISTRY, hp.controller, "rl.hparams.controller",
-                               chosen=rl.controller)
-    check_rl("clip_eps", 0.0, low_open=True)
-    check_rl("gamma", 0.0, 1.0)
-    check_rl("gae_lambda", 0.0, 1.0)
-    check_rl("vf_coef", 0.0)
-    check_rl("ent_coef", 0.0)
-    check_rl("delta", 0.0, low_open=True)
-    check_rl("kl_budget_per_token", 0.0, low_open=True)
-    check_rl("damping", 0.0)
-    check_finite(hp, prefix="rl.hparams", allow_inf=inf_knobs(controllers.REGISTRY, "controller")
-                 + inf_knobs(preference.LOSSES, "preference"))
+    _check_hparams(rl, method)
     if rl.kl_placement == "none":
         check(rl.controller == "fixed", "rl.controller", rl.controller,
               "'fixed' when rl.kl_placement is 'none' (there is no KL to control)")
 
+
+def _check_hparams(rl: ml_collections.ConfigDict, method: TokenMethod) -> None:
+    """``rl.hparams`` against `rlhf.HParams`'s declared knobs, in declaration order (the chosen
+    controller's group where it is declared), with `check_range`'s message (``config.rl.hparams.
+    NAME = V: must be in (0.0, inf).``). Every knob is range-checked whichever method runs (as the
+    token program always has); the preference group is checked in `validate`, with
+    rl.preference_loss, and then only needs to be finite here."""
+    hp = rl.hparams
+    # Method-dependent: β must be > 0 for DPO (the preference loss's β) and for a multiplicative
+    # controller (it cannot leave β = 0); otherwise its declared [0, inf) holds.
+    positive = (method.anchor == "preference_beta"
+                or controllers.get(rl.controller).beta_positive)
+    fields = [f.name for f in dataclasses.fields(rlhf.HParams)]
+    head = fields[:fields.index("controller")]  # the knobs declared before the controller group
+    tail = tuple(name for name in fields if name not in head)
+    # check_knobs skips the knobs named in ``unread``: the head, the controller group, the tail.
+    check_knobs(rlhf.HParams, hp, prefix="rl.hparams",
+                unread=tail + (("beta",) if positive else ()))
+    if positive:
+        check_range(hp, "beta", 0.0, low_open=True, prefix="rl.hparams")
+    components.validate_groups(controllers.REGISTRY, hp.controller, "rl.hparams.controller",
+                               chosen=rl.controller)
+    check_knobs(rlhf.HParams, hp, prefix="rl.hparams", unread=tuple(head))
+    # nan and ±inf everywhere, the unchosen controllers' and preference losses' groups included.
+    check_finite(hp, prefix="rl.hparams", allow_inf=inf_fields(rlhf.HParams))
 
 
 def language_spec(config: ml_collections.ConfigDict) -> text.LanguageSpec:
@@ -261,15 +266,13 @@ def static_from_config(config) -> rlhf.Static:
 
 
 def _hparams_values(config) -> rlhf.HParams:
-    """The policy stage's HParams as the config's scalars; the knobs of the chosen preference loss
-    and β controller."""
+    """The policy stage's HParams as the config's scalars (`rlhf.HParams`'s declared knobs); the
+    knobs of the chosen preference loss and β controller (its `components.group` fields)."""
     hp = config.rl.hparams
-    groups = ("preference", "controller")
-    names = [f.name for f in dataclasses.fields(rlhf.HParams) if f.name not in groups]
-    loss = components.chosen_hparams(preference.LOSSES, hp.preference, config.rl.preference_loss)
-    controller = components.chosen_hparams(controllers.REGISTRY, hp.controller,
-                                           config.rl.controller)
-    return rlhf.HParams(**{n: hp[n] for n in names}, preference=loss, controller=controller)
+    chosen = {"preference": config.rl.preference_loss, "controller": config.rl.controller}
+    groups = {name: components.chosen_hparams(registry, hp[name], chosen[name])
+              for name, registry in components.groups(rlhf.HParams).items()}
+    return rlhf.HParams(**{n: hp[n] for n in components.knobs(rlhf.HParams)}, **groups)
 
 
 def hparams_from_config(config, num_runs: int) -> rlhf.HParams:
