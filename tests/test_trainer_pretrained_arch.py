@@ -10,15 +10,10 @@ What holds (one update of grpo and trpo, then an evaluation):
   * the evaluated gold is VADER recomputed here on the decoded responses;
   * the KL after the update is finite and > 0.
 
+The trainer starts the policy with ``policy.start_from(ref_params, key)`` (the
+`LanguageModel` protocol): for LoRA, the reference's arrays as the base plus fresh adapters.
+
 What the unchanged trainer does NOT take (xfail, strict, with the reason):
-  * ``Trainer.init`` (kltrust/train/rlhf.py:162) builds the policy's params as
-    ``tok.with_pretrained(policy.init(key), frozen.ref_params)`` and `tok.with_pretrained`
-    (kltrust/train/tokens.py:65-76) assumes the flax layout ``{"params": {...}}`` of a
-    `TransformerLM`: it reads ``pretrained["params"]`` (KeyError on the pretrained decoder's
-    ``{"embed", "layers", ...}``) and ``fresh["params"]`` (absent from LoRA's ``{"base", "lora"}``).
-    The other tests therefore use `_LoRATrainer`, which overrides ``init`` alone with
-    ``LoRAModel.wrap(frozen.ref_params, key)`` (the reference's arrays as the base, no copy); the
-    updates, the optimiser and the evaluation are the unchanged trainer's.
   * ppo: a pretrained decoder has no value head (``PretrainedLM.sequence`` returns values None)
     and PPO's update hands ``ro.value`` = None to ``rollouts.token_gae`` (kltrust/train/methods/
     ppo.py:24 → kltrust/rollout.py:334, ``value[:, 1:]``): TypeError.
@@ -79,21 +74,6 @@ class WordTokenizer:
         return " ".join(self.words[i] for i in ids if i != 0)
 
 
-@dataclasses.dataclass(frozen=True)
-class _LoRATrainer(rlhf.Trainer):
-    """`rlhf.Trainer` with ``init`` alone replaced (rlhf.py:162's `tok.with_pretrained` assumes a
-    `TransformerLM`'s ``{"params": ...}``): the policy is the reference's arrays plus fresh
-    adapters. Everything else (updates, optimiser, evaluation) is the trainer's own."""
-
-    def init(self, seed, hp, frozen):
-        key, init_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = self.constrain_params(self.policy.wrap(frozen.ref_params, init_key))
-        opt_state = self.constrain_params(
-            tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate))
-        return rlhf.TrainState(params, opt_state, rlhf.init_controller(self.static, hp), key,
-                               jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-
-
 @functools.lru_cache(maxsize=None)
 def _stack():
     """(task, policy, reference, proxy config, frozen inputs), built once per process."""
@@ -119,7 +99,7 @@ def _stack():
     return task, policy, base, rm, frozen
 
 
-def _trainer(preset: str, cls=_LoRATrainer) -> tuple[rlhf.Trainer, rlhf.HParams]:
+def _trainer(preset: str) -> tuple[rlhf.Trainer, rlhf.HParams]:
     """The preset's method and hyperparameters (tiny batches) on the LoRA llama stack."""
     _, policy, base, rm, _ = _stack()
     config = rlhf_configs.get_config(preset)
@@ -128,7 +108,7 @@ def _trainer(preset: str, cls=_LoRATrainer) -> tuple[rlhf.Trainer, rlhf.HParams]
         config.rl.group_size = 2
     spec = pipeline.spec_from_config(config)
     static = dataclasses.replace(spec.static, policy=policy, reference=base, reward_model=rm)
-    return cls(static), jax.tree.map(lambda x: x[0], spec.hparams(1))
+    return rlhf.Trainer(static), jax.tree.map(lambda x: x[0], spec.hparams(1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,15 +144,13 @@ def initial():
     return trainer, hp, state, metrics, np.asarray(responses)
 
 
-@pytest.mark.xfail(raises=KeyError, strict=True, reason=(
-    "kltrust/train/rlhf.py:162 Trainer.init calls tok.with_pretrained(policy.init(key), "
-    "frozen.ref_params); kltrust/train/tokens.py:70 reads pretrained['params'] (a TransformerLM's "
-    "flax layout): the pretrained decoder's params are {'embed', 'layers', ...} and LoRA's are "
-    "{'base', 'lora'}, so the unchanged init raises KeyError('params')."))
-def test_unchanged_trainer_init_takes_lora_over_a_pretrained_decoder():
-    _, _, _, _, frozen = _stack()
-    trainer, hp = _trainer("grpo", cls=rlhf.Trainer)
-    jax.eval_shape(trainer.init, jnp.int32(0), hp, frozen)
+def test_trainer_init_starts_the_lora_policy_at_the_reference_without_a_copy():
+    """`Trainer.init` goes through ``policy.start_from``: the base inside the policy's params is
+    the reference's own arrays (same objects before any jit), with adapters beside them."""
+    _, policy, _, _, frozen = _stack()
+    params = policy.start_from(frozen.ref_params, jax.random.PRNGKey(0))
+    assert params["base"] is frozen.ref_params
+    assert set(params) == {"base", "lora"}
 
 
 def test_at_init_the_policy_is_the_reference_and_the_exact_kl_is_zero(initial):

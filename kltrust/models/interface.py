@@ -10,6 +10,7 @@ Every member is a pure function of its arguments (the model object itself is sta
 a jitted program can close over it), and every array is batch-major:
 
     init(key)                          -> params (a pytree)
+    start_from(ref_params, key)        -> params of a policy that starts at its reference
     sequence(params, tokens [B, T])    -> logits [B, T, V], values [B, T] or None
     empty_cache(batch)                 -> cache (a pytree with room for max_len positions)
     decode(params, tokens [B, T], cache) -> logits [B, T, V], cache advanced by T positions
@@ -89,6 +90,13 @@ class LanguageModel(Protocol):
     def init(self, key: jax.Array) -> Params:
         """Parameters: drawn from ``key`` for a fresh model; a pretrained model returns its
         loaded weights (from an installed package; nothing downloads) and draws only new heads."""
+        ...
+
+    def start_from(self, reference_params: Params, key: jax.Array) -> Params:
+        """A policy's initial parameters given its reference's: RLHF starts the policy at the
+        reference. The small decoder copies the reference's trunk and head into fresh params (a new
+        value head keeps its draw); a pretrained model returns ``reference_params`` themselves; a
+        LoRA model wraps them with fresh zero-effect adapters (the same arrays, no copy)."""
         ...
 
     def sequence(self, params: Params, tokens: jax.Array) -> tuple[jax.Array, jax.Array | None]:

@@ -316,6 +316,11 @@ class LoRAModel:
         """{"base": base_params (the same arrays, not copied), "lora": fresh adapters}."""
         return {"base": base_params, "lora": init_adapters(self.config, base_params, key)}
 
+    def start_from(self, reference_params: Params, key: jax.Array) -> Params:
+        """`wrap`: the reference's arrays as the base plus fresh adapters (B = 0, so the policy
+        starts exactly at the reference; nothing is copied)."""
+        return self.wrap(reference_params, key)
+
     def merged(self, params: Params) -> Params:
         """Parameters of ``self.base`` with the adapters folded in (base gets no gradient)."""
         return merge(jax.lax.stop_gradient(params["base"]), params["lora"], self.config)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.core
 import flax.linen as nn
 import flax.struct
 import jax
@@ -214,6 +215,18 @@ class TransformerLM:
 
     def init(self, key: jax.Array) -> Any:
         return self.module.init(key, jnp.zeros((1, self.config.max_len), jnp.int32))
+
+    def start_from(self, reference_params: Any, key: jax.Array) -> Any:
+        """Fresh params from ``key`` with every subtree the reference also has replaced by its
+        values (the SFT trunk and LM head; a new value head or critic trunk keeps its fresh init,
+        except that a separate critic trunk starts from the SFT trunk, as is usual in RLHF)."""
+        fresh = flax.core.unfreeze(self.init(key))
+        pre = flax.core.unfreeze(reference_params)["params"]
+        out = dict(fresh["params"])
+        out.update(pre)
+        if "critic_trunk" in out and "trunk" in pre:
+            out["critic_trunk"] = pre["trunk"]
+        return {"params": out}
 
     def sequence(self, params: Any, tokens: jax.Array):
         """(logits [B, T, V], values [B, T] or None)."""

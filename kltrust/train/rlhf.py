@@ -177,7 +177,7 @@ class Trainer:
 
     def init(self, seed: jax.Array, hp: HParams, frozen: tok.Frozen) -> TrainState:
         key, init_key = jax.random.split(jax.random.PRNGKey(seed))
-        params = self.constrain_params(tok.with_pretrained(self.policy.init(init_key), frozen.ref_params))
+        params = self.constrain_params(self.policy.start_from(frozen.ref_params, init_key))
         opt_state = self.constrain_params(
             tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate))
         return TrainState(params, opt_state, init_controller(self.static, hp), key,

@@ -62,20 +62,6 @@ def score(rm_config: TransformerConfig, rm_params: Any, prompts: jax.Array, resp
     return SequenceScorer(rm_config).apply(rm_params, tokens, full_mask)
 
 
-def with_pretrained(fresh: Any, pretrained: Any) -> Any:
-    """``fresh`` params with every subtree that ``pretrained`` also has replaced by its values
-    (the SFT trunk and LM head; a new value head or critic trunk keeps its fresh init, except that a
-    separate critic trunk starts from the SFT trunk, as is usual in RLHF)."""
-    fresh = flax.core.unfreeze(fresh)
-    pre = flax.core.unfreeze(pretrained)["params"]
-    out = dict(fresh["params"])
-    for name, value in pre.items():
-        out[name] = value
-    if "critic_trunk" in out and "trunk" in pre:
-        out["critic_trunk"] = pre["trunk"]
-    return {"params": out}
-
-
 def adam(max_grad_norm: float) -> optax.GradientTransformation:
     """Adam with global-norm clipping and the learning rate as a hyperparameter array."""
     return optax.inject_hyperparams(

@@ -218,6 +218,12 @@ class PretrainedLM:
             return random_params(self.config, key)
         return cast(self.weights, self.config.dtype)
 
+    def start_from(self, reference_params: Params, key: jax.Array) -> Params:
+        """The reference's parameters themselves (``key`` unused): a policy of this model that
+        starts at its reference is the reference."""
+        del key
+        return reference_params
+
     def sequence(self, params: Params, tokens: jax.Array) -> tuple[jax.Array, None]:
         """(logits [B, T, V], None): a pretrained policy has no value head."""
         return forward(self.config, params, tokens)[0], None
