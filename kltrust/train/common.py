@@ -18,11 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kltrust import sharding
-from kltrust.errors import check, check_choice  # noqa: F401 (check_choice: re-exported)
+from kltrust.errors import check
 from kltrust.models import ActorCritic
-# Re-exported: `kltrust.train.token_config` imports these config checks from here.
-from kltrust.train.config_checks import (  # noqa: F401
-    check_finite, check_keys, check_range, inf_knobs, mesh_batch_shards)
 
 ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
 
