@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
     static = token_config.static_from_config(config)
     policy = static.reference
     params = policy.init(jax.random.PRNGKey(0))
-    rm_config = static.reward_model
+    rm_config = static.reward_model.config
     length = spec.prompt_len + spec.response_len
     rm_params = SequenceScorer(rm_config).init(jax.random.PRNGKey(1),
                                                jnp.zeros((1, length), jnp.int32),

@@ -73,7 +73,7 @@ def _trainer(task: CountTask, preset: str) -> tuple[rlhf.Trainer, rlhf.HParams]:
     critic = spec.static.policy.config.critic
     static = dataclasses.replace(
         spec.static, policy=tok.Policy(dataclasses.replace(model, critic=critic)),
-        reference=tok.Policy(model), reward_model=model)
+        reference=tok.Policy(model), reward_model=reward_model.Scorer(model))
     return rlhf.Trainer(static), jax.tree.map(lambda x: x[0], spec.hparams(1))
 
 
@@ -85,7 +85,7 @@ def test_a_toy_task_with_a_host_gold_runs_through_the_trainer(preset):
     ref_params = trainer.reference.init(jax.random.PRNGKey(1))
     pairs = {"prompt": np.zeros((1, task.prompt_len), np.int32),
              "chosen": np.zeros((1, task.response_len), np.int32)}
-    rm_params = reward_model.init_params(trainer.static.reward_model, pairs, 2)
+    rm_params = reward_model.init_params(trainer.static.reward_model.config, pairs, 2)
     frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(task.prompts("train")),
                         jnp.asarray(task.prompts("test")), task)
 

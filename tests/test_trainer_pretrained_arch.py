@@ -107,7 +107,8 @@ def _trainer(preset: str) -> tuple[rlhf.Trainer, rlhf.HParams]:
     if config.rl.group_size > 2:
         config.rl.group_size = 2
     spec = pipeline.spec_from_config(config)
-    static = dataclasses.replace(spec.static, policy=policy, reference=base, reward_model=rm)
+    static = dataclasses.replace(spec.static, policy=policy, reference=base,
+                                 reward_model=reward_model.Scorer(rm))
     return rlhf.Trainer(static), jax.tree.map(lambda x: x[0], spec.hparams(1))
 
 

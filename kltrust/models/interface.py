@@ -34,7 +34,7 @@ Params = Any
 Cache = Any
 """A model's KV cache: any pytree of arrays (explicit, so `lax.scan` can carry it)."""
 
-__all__ = ["Cache", "LanguageModel", "Params", "Tokenizer"]
+__all__ = ["Cache", "LanguageModel", "Params", "RewardModel", "Tokenizer"]
 
 
 @runtime_checkable
@@ -116,4 +116,20 @@ class LanguageModel(Protocol):
     def param_shardings(self, mesh: jax.sharding.Mesh, params: Params) -> Any:
         """A `jax.sharding.NamedSharding` per leaf of ``params`` (or of an optimiser state shaped
         like it) on ``mesh`` (axes `kltrust.sharding.AXES`): the model's sharding rules."""
+        ...
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """A learned (proxy) reward: one scalar per (prompt, response), as a pure function of its
+    parameters. Hashable and static like a `LanguageModel`; the trainers call only ``score``.
+
+    Implementations: the small decoder's Bradley–Terry scorer (`kltrust.train.reward_model.Scorer`)
+    and a head on a pretrained trunk (`kltrust.models.heads.TrunkReward`).
+    """
+
+    def score(self, params: Params, prompts: jax.Array, response: jax.Array,
+              mask: jax.Array) -> jax.Array:
+        """r(x, y) [B] for prompts [B, P] and responses [B, L] (``mask`` [B, L]: 1 on the
+        response's real tokens, EOS included)."""
         ...

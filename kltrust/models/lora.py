@@ -333,6 +333,14 @@ class LoRAModel:
     def sequence(self, params: Params, tokens: jax.Array):
         return self.base.sequence(self.merged(params), tokens)
 
+    def features(self, params: Params, tokens: jax.Array):
+        """The base's ``features`` (logits, hidden states) under the adapted weights."""
+        return self.base.features(self.merged(params), tokens)
+
+    @property
+    def width(self) -> int:
+        return self.base.width
+
     def decode(self, params: Params, tokens: jax.Array, cache: Cache):
         return self.base.decode(self.merged(params), tokens, cache)
 

@@ -80,12 +80,12 @@ def run_best_of_n(spec: TokenSpec, out: pathlib.Path, frozen: tok.Frozen,
     """Best-of-n sampling from the reference against the proxy, for every n of
     ``spec.best_of_n`` and every seed; evaluation rows only."""
     reference = spec.static.reference
-    rm_config = spec.reward_model
+    reward = spec.static.reward_model
     task = frozen.task
     evals = []
     t0 = time.perf_counter()
     for n in spec.best_of_n:
-        fn = jax.jit(lambda key, n=n: rlhf.best_of_n(reference, rm_config, frozen, key, n))
+        fn = jax.jit(lambda key, n=n: rlhf.best_of_n(reference, reward, frozen, key, n))
         for r in range(spec.num_seeds):
             seed = spec.seed + r
             out_n = jax.device_get(fn(jax.random.fold_in(jax.random.PRNGKey(seed), n)))

@@ -10,6 +10,7 @@ is agreement with the data set's own (noisy) labels.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -19,6 +20,19 @@ import optax
 
 from kltrust.models.transformer import SequenceScorer, TransformerConfig
 from kltrust.train import tokens as tok
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """The small decoder's scorer (``config``) as a `kltrust.models.interface.RewardModel`: what
+    the token trainers call for the proxy reward."""
+
+    config: TransformerConfig
+
+    def score(self, params: Any, prompts: jax.Array, response: jax.Array,
+              mask: jax.Array) -> jax.Array:
+        """The scorer read at the last real token (`kltrust.train.tokens.score`) [B]."""
+        return tok.score(self.config, params, prompts, response, mask)
 
 
 def pair_scores(config: TransformerConfig, params: Any, pairs: dict) -> tuple[jax.Array, jax.Array]:

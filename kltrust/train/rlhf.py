@@ -42,8 +42,7 @@ import optax
 
 from kltrust import components, controllers, guards, kl, sharding
 from kltrust import rollout as rollouts
-from kltrust.models.interface import LanguageModel
-from kltrust.models.transformer import TransformerConfig
+from kltrust.models.interface import LanguageModel, RewardModel
 from kltrust.objectives import grpo, preference
 from kltrust.tasks import interface as tasks
 from kltrust.train import tokens as tok
@@ -99,7 +98,7 @@ class Static:
     method: str
     policy: LanguageModel
     reference: LanguageModel
-    reward_model: TransformerConfig  # the proxy's scorer (`tok.score`)
+    reward_model: RewardModel  # the proxy reward (its ``score``)
     kl_placement: str
     kl_estimator: str
     controller: str
@@ -245,7 +244,7 @@ class Trainer:
         prompts = self.sample_prompts(frozen, k_prompt)
         ro = self.rollout(state.params, prompts, k_sample, frozen, with_reference)
         s = self.static
-        proxy = tok.score(s.reward_model, frozen.rm_params, prompts, ro.response, ro.mask)
+        proxy = s.reward_model.score(frozen.rm_params, prompts, ro.response, ro.mask)
         return key, rest, prompts, ro, proxy
 
     def common_metrics(self, ro, proxy, frozen, beta) -> dict[str, jax.Array]:
@@ -334,7 +333,7 @@ class Trainer:
                             frozen, key, with_kl=with_kl)
 
 
-def best_of_n(reference: LanguageModel, rm_config: TransformerConfig, frozen: tok.Frozen,
+def best_of_n(reference: LanguageModel, reward: RewardModel, frozen: tok.Frozen,
               key: jax.Array, n: int) -> dict[str, jax.Array]:
     """Best-of-n against the proxy: n samples of the reference per held-out prompt, keep the one
     the proxy scores highest. Its KL to the reference is the analytic log n − (n−1)/n (an upper
@@ -345,7 +344,7 @@ def best_of_n(reference: LanguageModel, rm_config: TransformerConfig, frozen: to
         reference.decode, reference.sequence, frozen.ref_params, prompts,
         reference.empty_cache(prompts.shape[0]), key, max_new_tokens=task.response_len,
         eos_id=task.eos_id, pad_id=task.pad_id)
-    proxy = tok.score(rm_config, frozen.rm_params, prompts, ro.response, ro.mask)
+    proxy = reward.score(frozen.rm_params, prompts, ro.response, ro.mask)
     gold = tasks.gold_reward(task, prompts, ro.response, ro.mask)
     pick = grpo.best_of_n_select(proxy.reshape(-1, n))
     rows = jnp.arange(pick.shape[0]) * n + pick

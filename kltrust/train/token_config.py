@@ -21,7 +21,7 @@ from kltrust.errors import check, check_choice, from_field_error, is_finite, is_
 from kltrust.models.transformer import TransformerConfig
 from kltrust.objectives import grpo, preference
 from kltrust.tasks import text, text_data
-from kltrust.train import rlhf
+from kltrust.train import reward_model, rlhf
 from kltrust.train import tokens as tok
 from kltrust.train.config_checks import (check_finite, check_keys, check_knobs, check_range,
                                          inf_fields, mesh_batch_shards)
@@ -257,7 +257,7 @@ def static_from_config(config) -> rlhf.Static:
     return rlhf.Static(
         method=rl.method, policy=tok.Policy(_model(config, "model", critic)),
         reference=tok.Policy(_model(config, "model")),
-        reward_model=_model(config, "reward_model"),
+        reward_model=reward_model.Scorer(_model(config, "reward_model")),
         kl_placement=rl.kl_placement, kl_estimator=rl.kl_estimator, controller=rl.controller,
         batch_prompts=rl.batch_prompts, group_size=rl.group_size, epochs=rl.epochs,
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,

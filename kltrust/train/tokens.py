@@ -29,7 +29,7 @@ import optax
 
 from kltrust import kl, processes, sharding
 from kltrust import rollout as rollouts
-from kltrust.models.interface import LanguageModel
+from kltrust.models.interface import LanguageModel, RewardModel
 from kltrust.models.transformer import SequenceScorer, TransformerConfig, TransformerLM
 from kltrust.tasks import interface as tasks
 from kltrust.tasks import text
@@ -101,7 +101,7 @@ def task_metrics(task: Any, prompts: jax.Array, responses: jax.Array,
     return {name: jnp.mean(value) for name, value in hook(prompts, responses, mask).items()}
 
 
-def evaluate(policy: LanguageModel, reference: LanguageModel, rm_config: TransformerConfig,
+def evaluate(policy: LanguageModel, reference: LanguageModel, reward: RewardModel,
              params: Any, frozen: Frozen, key: jax.Array, *,
              with_kl: bool = True) -> tuple[dict, jax.Array]:
     """Samples one response per held-out prompt and measures it.
@@ -120,7 +120,7 @@ def evaluate(policy: LanguageModel, reference: LanguageModel, rm_config: Transfo
         ref_sequence_fn=reference.sequence if with_kl else None,
         ref_params=frozen.ref_params if with_kl else None)
     gold = tasks.gold_reward(task, prompts, ro.response, ro.mask)
-    proxy = score(rm_config, frozen.rm_params, prompts, ro.response, ro.mask)
+    proxy = reward.score(frozen.rm_params, prompts, ro.response, ro.mask)
     metrics = {
         "gold": gold.mean(),
         "proxy": proxy.mean(),

@@ -130,6 +130,14 @@ def _layer(cfg: ArchConfig, x: jax.Array, p: Params, const: dict[str, jax.Array]
 def forward(cfg: ArchConfig, params: Params, tokens: jax.Array,
             cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
     """Logits [B, T, V] (float32) of ``tokens`` [B, T] at positions after ``cache`` (or from 0)."""
+    hidden, new_cache = trunk(cfg, params, tokens, cache)
+    return lm_head(cfg, params, hidden), new_cache
+
+
+def trunk(cfg: ArchConfig, params: Params, tokens: jax.Array,
+          cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    """The final-normed hidden states [B, T, W] of ``tokens`` (what the LM head reads; value
+    heads and reward heads read them too), and the advanced cache."""
     start = jnp.zeros((), jnp.int32) if cache is None else cache.length
     positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)
     embed = params["embed"]
@@ -150,12 +158,16 @@ def forward(cfg: ArchConfig, params: Params, tokens: jax.Array,
         x, (keys, values) = jax.lax.scan(body, x, (params["layers"], consts, cache.key,
                                                    cache.value))
         new_cache = KVCache(keys, values, start + tokens.shape[1])
-    x = rms_norm(x, params["final_norm"], cfg.norm_eps)
-    head = embed if cfg.tied_embeddings else params["lm_head"]  # [V, W] either way
-    logits = jnp.einsum("btw,vw->btv", x, head, preferred_element_type=jnp.float32)
+    return rms_norm(x, params["final_norm"], cfg.norm_eps), new_cache
+
+
+def lm_head(cfg: ArchConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """Logits [B, T, V] (float32) from `trunk`'s hidden states: h Eᵀ [soft-capped]."""
+    head = params["embed"] if cfg.tied_embeddings else params["lm_head"]  # [V, W] either way
+    logits = jnp.einsum("btw,vw->btv", hidden, head, preferred_element_type=jnp.float32)
     if cfg.final_softcap:
         logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
-    return logits, new_cache
+    return logits
 
 
 def random_params(cfg: ArchConfig, key: jax.Array) -> Params:
@@ -227,6 +239,17 @@ class PretrainedLM:
     def sequence(self, params: Params, tokens: jax.Array) -> tuple[jax.Array, None]:
         """(logits [B, T, V], None): a pretrained policy has no value head."""
         return forward(self.config, params, tokens)[0], None
+
+    def features(self, params: Params, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(logits [B, T, V], the final hidden states [B, T, W] they are read from): what a
+        value head or a reward head on this trunk takes (`kltrust.models.heads`)."""
+        hidden, _ = trunk(self.config, params, tokens)
+        return lm_head(self.config, params, hidden), hidden
+
+    @property
+    def width(self) -> int:
+        """W, the width of `features`' hidden states."""
+        return self.config.width
 
     def decode(self, params: Params, tokens: jax.Array,
                cache: KVCache) -> tuple[jax.Array, KVCache]:
