@@ -125,7 +125,7 @@ class RewardModel(Protocol):
     parameters. Hashable and static like a `LanguageModel`; the trainers call only ``score``.
 
     Implementations: the small decoder's Bradley–Terry scorer (`kltrust.train.reward_model.Scorer`)
-    and a head on a pretrained trunk (`kltrust.models.heads.TrunkReward`).
+    and a head on a pretrained trunk (`kltrust.models.trunk_reward.TrunkReward`).
     """
 
     def score(self, params: Params, prompts: jax.Array, response: jax.Array,

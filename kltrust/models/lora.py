@@ -321,6 +321,13 @@ class LoRAModel:
         starts exactly at the reference; nothing is copied)."""
         return self.wrap(reference_params, key)
 
+    @staticmethod
+    def param_labels(params: Params) -> Any:
+        """"frozen" on every base leaf, "train" on every adapter (the optional `LanguageModel`
+        member the token trainer's optimiser reads: no Adam state for the base)."""
+        return {"base": jax.tree_util.tree_map(lambda _: "frozen", params["base"]),
+                "lora": jax.tree_util.tree_map(lambda _: "train", params["lora"])}
+
     def merged(self, params: Params) -> Params:
         """Parameters of ``self.base`` with the adapters folded in (base gets no gradient)."""
         return merge(jax.lax.stop_gradient(params["base"]), params["lora"], self.config)

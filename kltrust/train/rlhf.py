@@ -170,7 +170,9 @@ class Trainer:
         return self.static.reference
 
     def optimizer(self) -> optax.GradientTransformation:
-        return tok.adam(self.static.max_grad_norm)
+        """Adam (`tok.adam`); a policy with the optional ``param_labels`` member (a LoRA model)
+        gets no optimiser state and no update on the leaves it labels "frozen"."""
+        return tok.adam(self.static.max_grad_norm, getattr(self.policy, "param_labels", None))
 
     # ------------------------------------------------------------ init
 

@@ -157,7 +157,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         return
     check(config.data.num_eval_prompts % shards == 0, "data.num_eval_prompts",
           config.data.num_eval_prompts, f"a multiple of the mesh's data × fsdp = {shards}")
-    rl = config.rl
+    validate_rl(config.rl, g, shards)
+
+
+def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, shards: int) -> None:
+    """The policy stage's ``config.rl`` (with the guards it depends on, ``g``), on a mesh whose
+    data × fsdp is ``shards``: the checks shared by every token program (the synthetic pipeline and
+    the real-model one, `kltrust.train.real_config`)."""
     method = METHODS.get(rl.method, "rl.method")
     if not method.trains:  # best-of-n: samples from the reference only
         check(len(rl.best_of_n) >= 1 and all(is_int(n, 1) for n in rl.best_of_n), "rl.best_of_n",
@@ -254,10 +260,16 @@ def static_from_config(config) -> rlhf.Static:
     """The policy stage's `rlhf.Static` (models as `LanguageModel` s, method settings)."""
     rl = config.rl
     critic = config.model.critic if METHODS.get(rl.method).critic else "none"
+    return static_from_rl(rl, tok.Policy(_model(config, "model", critic)),
+                          tok.Policy(_model(config, "model")),
+                          reward_model.Scorer(_model(config, "reward_model")))
+
+
+def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> rlhf.Static:
+    """`rlhf.Static` of a validated ``config.rl`` (`validate_rl`) with these models: a
+    `LanguageModel` policy and reference and a `RewardModel` proxy."""
     return rlhf.Static(
-        method=rl.method, policy=tok.Policy(_model(config, "model", critic)),
-        reference=tok.Policy(_model(config, "model")),
-        reward_model=reward_model.Scorer(_model(config, "reward_model")),
+        method=rl.method, policy=policy, reference=reference, reward_model=reward,
         kl_placement=rl.kl_placement, kl_estimator=rl.kl_estimator, controller=rl.controller,
         batch_prompts=rl.batch_prompts, group_size=rl.group_size, epochs=rl.epochs,
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
@@ -266,10 +278,14 @@ def static_from_config(config) -> rlhf.Static:
 
 
 def _hparams_values(config) -> rlhf.HParams:
-    """The policy stage's HParams as the config's scalars (`rlhf.HParams`'s declared knobs); the
-    knobs of the chosen preference loss and β controller (its `components.group` fields)."""
-    hp = config.rl.hparams
-    chosen = {"preference": config.rl.preference_loss, "controller": config.rl.controller}
+    return hparams_values(config.rl)
+
+
+def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:
+    """The policy stage's HParams as ``config.rl``'s scalars (`rlhf.HParams`'s declared knobs);
+    the knobs of the chosen preference loss and β controller (its `components.group` fields)."""
+    hp = rl.hparams
+    chosen = {"preference": rl.preference_loss, "controller": rl.controller}
     groups = {name: components.chosen_hparams(registry, hp[name], chosen[name])
               for name, registry in components.groups(rlhf.HParams).items()}
     return rlhf.HParams(**{n: hp[n] for n in components.knobs(rlhf.HParams)}, **groups)

@@ -62,11 +62,22 @@ def score(rm_config: TransformerConfig, rm_params: Any, prompts: jax.Array, resp
     return SequenceScorer(rm_config).apply(rm_params, tokens, full_mask)
 
 
-def adam(max_grad_norm: float) -> optax.GradientTransformation:
-    """Adam with global-norm clipping and the learning rate as a hyperparameter array."""
-    return optax.inject_hyperparams(
-        lambda learning_rate: optax.chain(optax.clip_by_global_norm(max_grad_norm),
-                                          optax.adam(learning_rate)))(learning_rate=1e-3)
+def adam(max_grad_norm: float,
+         param_labels: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
+    """Adam with global-norm clipping and the learning rate as a hyperparameter array.
+
+    ``param_labels(params)`` (a model's optional member: "train" or "frozen" per leaf, e.g. a LoRA
+    model's base is frozen) keeps Adam's moments for the trained leaves only and gives every frozen
+    leaf the update −0.0, so w + (−0.0) = w bit for bit and no base-sized optimiser state exists.
+    """
+    def make(learning_rate):
+        inner = optax.adam(learning_rate)
+        if param_labels is not None:
+            frozen = optax.stateless(lambda updates, params: jax.tree.map(
+                lambda u: -jnp.zeros_like(u), updates))
+            inner = optax.multi_transform({"train": inner, "frozen": frozen}, param_labels)
+        return optax.chain(optax.clip_by_global_norm(max_grad_norm), inner)
+    return optax.inject_hyperparams(make)(learning_rate=1e-3)
 
 
 def set_learning_rate(opt_state: Any, learning_rate: jax.Array) -> Any:

@@ -21,13 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kltrust.models import pretrained
+from kltrust.models.pretrained.text import HELD_OUT_ENGLISH, perplexity
 
-SENTENCES = [
-    "The cat sat on the mat and looked out of the window at the birds.",
-    "Water boils at one hundred degrees Celsius at sea level.",
-    "She opened the door, took off her coat and sat down by the fire.",
-    "The train to London leaves from the station every morning at eight.",
-]
+SENTENCES = list(HELD_OUT_ENGLISH[:4])  # the figures in docs/pretrained.md are on these four
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -38,22 +34,6 @@ def _median_time(fn, repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def perplexity(model, params, texts: list[str]) -> float:
-    """exp(mean NLL per predicted token), BOS first where the model uses one."""
-    tok = model.tokenizer
-    bos = [tok.bos_id] if tok.bos_id is not None else []
-    rows = [bos + tok.encode(t) for t in texts]
-    width = max(map(len, rows))
-    tokens = np.full((len(rows), width), tok.pad_id, np.int32)
-    mask = np.zeros((len(rows), width - 1))
-    for i, row in enumerate(rows):
-        tokens[i, :len(row)] = row
-        mask[i, :len(row) - 1] = 1
-    logits = jax.jit(model.sequence)(params, jnp.asarray(tokens))[0][:, :-1]
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(tokens)[:, 1:, None], -1)
-    return float(np.exp(-(np.asarray(logp[..., 0]) * mask).sum() / mask.sum()))
 
 
 def greedy(model, params, prompt: str, new: int) -> str:
