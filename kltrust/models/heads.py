@@ -7,8 +7,8 @@ A trunk is any `kltrust.models.interface.LanguageModel` that also has
 
     h_t · w + b,
 
-computed in float32 whatever the trunk's dtype (a bfloat16 dot of width W would round each
-product to 8 bits of mantissa; the head's parameters are kept in float32 for the same reason).
+computed and returned in float32 whatever the trunk's dtype, with float32 head parameters: a
+bfloat16 value keeps 8 significant bits, coarse next to the returns and advantages it enters.
 
 `ValueHead` puts a critic V(s_t) = h_t · w + b on the policy's own trunk so that token PPO
 (`kltrust.train.methods.ppo`) runs on a pretrained (or LoRA) policy.
@@ -59,9 +59,9 @@ class ValueHead:
     Shared trunk: the value loss's gradient flows into the trunk, ∂L/∂h_t += ∂L/∂V_t · w, as with
     Ziegler et al.'s scalar head on the policy's own transformer and the small decoder's
     ``critic="shared"``. With a LoRA inner model that gradient lands on the adapters only (the
-    base is stop-gradiented inside `LoRAModel`). It is 0 while w = 0, so the first step's trunk
-    update is the policy loss's alone. ``detach_trunk=True`` stop-gradients h for the value (the
-    critic is then a linear probe on the policy's features and cannot pull the policy's
+    base is stop-gradiented inside `LoRAModel`). It is 0 while w = 0, so the first optimiser
+    step's trunk update is the policy loss's alone. ``detach_trunk=True`` stop-gradients h for the
+    value (the critic is then a linear probe on the policy's features and cannot pull the policy's
     representation toward predicting returns); the logits' gradient is unaffected either way.
 
     Hashable when ``model`` is (static in compiled programs, like every `LanguageModel`).
