@@ -1,22 +1,23 @@
 """A real-LM stack through the token trainer: a LoRA-adapted tiny llama (`kltrust.models.lora`,
 `kltrust.models.pretrained.tiny`) as the policy, its base as the reference, and `SentimentTask`
 (VADER gold, host Python through `jax.pure_callback`) as the task, run through `rlhf.Trainer`.
+A method with a critic (ppo) gets the same LoRA policy under a value head
+(`kltrust.models.heads.ValueHead`: params {"model": {"base", "lora"}, "value": {"w", "b"}}, values
+h·w + b from the trunk's final hidden states, w = b = 0 at the start); grpo and trpo take the plain
+LoRA policy (params {"base", "lora"}). The reference is the bare base model in every case.
 
-What holds (one update of grpo and trpo, then an evaluation):
+What holds (one update of grpo, trpo and ppo, then an evaluation):
   * at initialisation the LoRA B matrices are 0, so the policy's logits are bit-identical to the
     reference's and the evaluation's exact KL is exactly 0.0 (not merely small);
   * after the update the adapters moved, the base leaves inside the policy's params are
-    bit-identical to the reference's (Adam on a zero gradient adds -0.0: the base never moves);
+    bit-identical to the reference's (Adam on a zero gradient adds -0.0: the base never moves),
+    and for ppo the value head moved off its zero start;
   * the evaluated gold is VADER recomputed here on the decoded responses;
   * the KL after the update is finite and > 0.
 
 The trainer starts the policy with ``policy.start_from(ref_params, key)`` (the
-`LanguageModel` protocol): for LoRA, the reference's arrays as the base plus fresh adapters.
-
-What the unchanged trainer does NOT take (xfail, strict, with the reason):
-  * ppo: a pretrained decoder has no value head (``PretrainedLM.sequence`` returns values None)
-    and PPO's update hands ``ro.value`` = None to ``rollouts.token_gae`` (kltrust/train/methods/
-    ppo.py:24 → kltrust/rollout.py:334, ``value[:, 1:]``): TypeError.
+`LanguageModel` protocol): for LoRA, the reference's arrays as the base plus fresh adapters; under
+a value head, that plus a zero head.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ import numpy as np
 import pytest
 
 from configs import rlhf as rlhf_configs
-from kltrust.models import lora, pretrained
+from kltrust.models import heads, lora, pretrained
 from kltrust.models.interface import LanguageModel, Tokenizer
 from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks.interface import TokenTask
 from kltrust.tasks.sentiment import SentimentTask, prompt_rows
 from kltrust.tasks.sentiment.gold import vader
 from kltrust.train import pipeline, reward_model, rlhf
+from kltrust.train.methods import METHODS
 from kltrust.train import tokens as tok
 
 pytestmark = pytest.mark.slow
@@ -100,12 +102,15 @@ def _stack():
 
 
 def _trainer(preset: str) -> tuple[rlhf.Trainer, rlhf.HParams]:
-    """The preset's method and hyperparameters (tiny batches) on the LoRA llama stack."""
+    """The preset's method and hyperparameters (tiny batches) on the LoRA llama stack; a method
+    with a critic (PPO) gets the LoRA policy under a `heads.ValueHead`."""
     _, policy, base, rm, _ = _stack()
     config = rlhf_configs.get_config(preset)
     config.rl.update(batch_prompts=4, minibatches=1, epochs=1)
     if config.rl.group_size > 2:
         config.rl.group_size = 2
+    if METHODS.get(config.rl.method).critic:
+        policy = heads.ValueHead(policy)
     spec = pipeline.spec_from_config(config)
     static = dataclasses.replace(spec.static, policy=policy, reference=base,
                                  reward_model=reward_model.Scorer(rm))
@@ -172,6 +177,11 @@ def test_at_init_the_policy_is_the_reference_and_the_exact_kl_is_zero(initial):
     assert np.isfinite(float(metrics["gold"]))
 
 
+def _lora_params(params):
+    """The LoRA policy's {"base", "lora"} inside ``params``: under a value head, params["model"]."""
+    return params["model"] if set(params) == {"model", "value"} else params
+
+
 def _adapter_nodes(tree):
     """Every {"a", "b"} node of a LoRA adapter tree."""
     if isinstance(tree, dict) and set(tree) == {"a", "b"}:
@@ -191,29 +201,39 @@ def test_initial_evaluation_gold_is_vader_of_the_decoded_responses(initial):
     # Two distinct update paths: Adam through `Trainer.minibatch_sgd` (grpo), and TRPO's natural-
     # gradient step on the raveled whole tree (base included: its coordinates get exactly 0).
     # dpo_online also passes (Adam applied directly); left out for time (~30 s compile on 2 cores).
-    "grpo", "trpo",
-    pytest.param("ppo", marks=pytest.mark.xfail(raises=TypeError, strict=True, reason=(
-        "PPO needs a value head: PretrainedLM.sequence returns values None "
-        "(kltrust/models/pretrained/model.py:221-223), and kltrust/train/methods/ppo.py:24 passes "
-        "ro.value=None to rollouts.token_gae, which indexes it (kltrust/rollout.py:334)."))),
+    # ppo: Adam through `minibatch_sgd` again, on {"model": {"base", "lora"}, "value"}, with GAE on
+    # the value head's values (all 0 at the start: the advantages are the rewards-to-go).
+    "grpo", "trpo", "ppo",
 ])
 def test_one_update_moves_the_adapters_only(preset, initial):
     task, _, _, _, frozen = _stack()
     trainer, hp = _trainer(preset)
     state = jax.jit(trainer.init)(jnp.int32(0), hp, frozen)
-    b0 = [np.asarray(n["b"]) for n in _adapter_nodes(state.params["lora"])]
+    critic = METHODS.get(trainer.static.method).critic
+    assert set(state.params) == ({"model", "value"} if critic else {"base", "lora"})
+    b0 = [np.asarray(n["b"]) for n in _adapter_nodes(_lora_params(state.params)["lora"])]
+    head0 = [np.asarray(x) for x in jax.tree.leaves(state.params.get("value", {}))]
+    assert all(not np.any(x) for x in head0)  # a fresh value head starts at w = 0, b = 0
     state, train_metrics = jax.jit(trainer.update)(state, hp, frozen)
     assert int(state.update_step) == 1 and int(state.bad_updates) == 0, train_metrics
+    params = _lora_params(state.params)
 
     # The adapters moved (B leaves the 0 it started at) ...
-    b1 = [np.asarray(n["b"]) for n in _adapter_nodes(state.params["lora"])]
+    b1 = [np.asarray(n["b"]) for n in _adapter_nodes(params["lora"])]
     assert any(not np.array_equal(x, y) for x, y in zip(b0, b1))
+    # ... and so did the value head (∂L/∂w = Σ ∂L/∂V·h ≠ 0 even at w = 0) ...
+    if critic:
+        assert all(np.any(np.asarray(x)) for x in jax.tree.leaves(state.params["value"]))
     # ... and the base did not: bit-identical to the reference after the trainer's optimiser step.
-    base_bits, ref_bits = _bits(state.params["base"]), _bits(frozen.ref_params)
+    base_bits, ref_bits = _bits(params["base"]), _bits(frozen.ref_params)
     assert len(base_bits) == len(ref_bits)
     assert all(np.array_equal(a, b) for a, b in zip(base_bits, ref_bits))
 
-    metrics, responses = _evaluate()(state.params, frozen, jax.random.PRNGKey(2))
+    # Evaluated with grpo's compiled evaluation of the plain LoRA policy on {"base", "lora"}: the
+    # evaluation samples with ``decode`` and reads logits only, and a value head's decode is the
+    # inner model's and its logits are the inner model's bit for bit (tests/test_value_head.py),
+    # so this is the PPO policy's evaluation too, without a second compile.
+    metrics, responses = _evaluate()(params, frozen, jax.random.PRNGKey(2))
     responses = np.asarray(responses)
     kl_after = float(metrics["kl"])
     assert np.isfinite(kl_after) and kl_after > 0.0
