@@ -17,7 +17,7 @@ endif
 comma := ,
 
 .PHONY: demo test test-fast notebooks kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
-  bench-tokens bench-sharding ppo-table1 ppo-table1-full rlhf-frontier overoptimization sweep-timing clean
+  bench-tokens bench-sharding ppo-table1 ppo-table1-full rlhf-frontier overoptimization sweep-timing real-frontier clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ trpo-tables: $(VENV)/.installed
 # Every method on the exact bandit testbed, placed on the exact reward–KL frontier (docs/bandit.md).
 bandit-frontier: $(VENV)/.installed
 	$(BIN)/python -m experiments.bandit_frontier --config=configs/bandit.py --workdir=runs/bandit_frontier --overwrite
+
+# Real model (SmolLM2-135M, LoRA): gold vs exact KL for every method arm (docs/real_models.md).
+real-frontier: $(VENV)/.installed
+	$(BIN)/python -m experiments.real_frontier --workdir=runs/real
 
 # Token RLHF: SFT reference, proxy reward model, then every method with 3 seeds (docs/rlhf.md).
 rlhf-tables: $(VENV)/.installed

@@ -104,6 +104,15 @@ class ValueHead:
         return {"model": self.model.start_from(reference_params, key),
                 "value": linear_head_init(self.width)}
 
+    def param_labels(self, params: Params) -> Any:
+        """"train" / "frozen" per leaf (the optional member the token trainer's optimiser reads,
+        `kltrust.train.tokens.adam`): the inner model's labels (a LoRA base: frozen), or "train"
+        on every leaf of an inner model without them; the head is trained."""
+        inner = getattr(self.model, "param_labels", None)
+        return {"model": inner(params["model"]) if inner is not None
+                else jax.tree.map(lambda _: "train", params["model"]),
+                "value": jax.tree.map(lambda _: "train", params["value"])}
+
     def param_shardings(self, mesh: jax.sharding.Mesh, params: Any) -> Any:
         """The inner model's rules on "model", the head replicated (W + 1 floats).
 

@@ -42,6 +42,7 @@ from kltrust import rollout as rollouts
 from kltrust import workdir as workdirs
 from kltrust.errors import ConfigError
 from kltrust.models import lora, pretrained
+from kltrust.models.heads import ValueHead
 from kltrust.models.pretrained.config import ArchConfig
 from kltrust.models.pretrained.text import HELD_OUT_ENGLISH, perplexity
 from kltrust.models.trunk_reward import TrunkReward, fit_head, head_accuracy, pair_features
@@ -196,7 +197,6 @@ def policy_model(spec: RealSpec, base: pretrained.PretrainedLM):
     model = lora.LoRAModel(base, spec.lora)
     if not METHODS.get(spec.method).critic:
         return model
-    from kltrust.models.heads import ValueHead  # TODO(merge): top-level import
     return ValueHead(model)
 
 
