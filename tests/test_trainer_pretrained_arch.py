@@ -24,20 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from word_tokenizer import WordTokenizer
 
 from configs import rlhf as rlhf_configs
 from kltrust.models import heads, lora, pretrained
 from kltrust.models.interface import LanguageModel, Tokenizer
 from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks.interface import TokenTask
-from kltrust.tasks.sentiment import SentimentTask, prompt_rows
+from kltrust.tasks.sentiment import SentimentTask
 from kltrust.tasks.sentiment.gold import vader
 from kltrust.train import pipeline, reward_model, rlhf
 from kltrust.train.methods import METHODS
@@ -46,34 +45,6 @@ from kltrust.train import tokens as tok
 pytestmark = pytest.mark.slow
 
 PROMPT_LEN, RESPONSE_LEN = 6, 5
-SENTIMENT_WORDS = ("it was great good wonderful terrible awful bad boring not very fine okay and "
-                   "the food film i loved hated ! .").split()
-
-
-class WordTokenizer:
-    """Word-level `Tokenizer` over the prompts' words and `SENTIMENT_WORDS` (as in
-    tests/test_sentiment_task.py): <pad> 0, <s> 1 (BOS), </s> 2 (EOS); decode joins with spaces."""
-
-    def __init__(self):
-        words = {w for split in ("train", "test") for t in prompt_rows(split)["text"]
-                 for w in self.split(t)}
-        self.words = ["<pad>", "<s>", "</s>"] + sorted(words | set(SENTIMENT_WORDS))
-        self.index = {w: i for i, w in enumerate(self.words)}
-
-    @staticmethod
-    def split(text: str) -> list[str]:
-        return re.findall(r"\w+|[^\w\s]", text)
-
-    vocab_size = property(lambda self: len(self.words))
-    bos_id = property(lambda self: 1)
-    eos_id = property(lambda self: 2)
-    pad_id = property(lambda self: 0)
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index[w] for w in self.split(text)]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return " ".join(self.words[i] for i in ids if i != 0)
 
 
 @functools.lru_cache(maxsize=None)

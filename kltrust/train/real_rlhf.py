@@ -91,7 +91,7 @@ def reference_pairs(spec: RealSpec, stack: Stack, ref_params: Any,
     """(train, test) preference pairs: two reference samples per prompt (prompts drawn without
     replacement from each split by the seed), labelled by `SentimentTask.label_samples`."""
     out = root / "pairs"
-    settings = {"model": spec.model_name, "dtype": spec.dtype, "seed": spec.seed,
+    settings = {"model": stack.base.name, "dtype": spec.dtype, "seed": spec.seed,
                 "prompt_len": stack.task.prompt_len, "response_len": stack.task.response_len,
                 **dataclasses.asdict(spec.pairs)}
     if _refuse_other(out / "summary.json", settings):
@@ -313,11 +313,13 @@ def _best_of_n(spec: RealSpec, stack: Stack, static: rlhf.Static, frozen: tok.Fr
     return results
 
 
-def run(spec: RealSpec, root: str | pathlib.Path, overwrite: bool = False) -> dict:
-    """Every stage the spec needs under ``root``, then its own (module docstring)."""
+def run(spec: RealSpec, root: str | pathlib.Path, overwrite: bool = False,
+        stack: Stack | None = None) -> dict:
+    """Every stage the spec needs under ``root``, then its own (module docstring). ``stack``
+    replaces the loaded model and task (tests: a tiny random decoder with its own tokenizer)."""
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    stack = load_stack(spec, root)
+    stack = stack or load_stack(spec, root)
     ref_params = jax.tree.map(jnp.asarray, stack.base.init(jax.random.PRNGKey(0)))
     pairs = reference_pairs(spec, stack, ref_params, root)
     head = reward_model(spec, stack, ref_params, pairs, root)
