@@ -94,6 +94,13 @@ def test_rollout_against_the_base_as_reference_has_zero_kl_at_init(params):
     assert rules["base"] == BASE.param_shardings(mesh, params["base"])
     assert jax.tree_util.tree_structure(rules["lora"]) == jax.tree_util.tree_structure(params["lora"])
     assert all(r.spec == jax.sharding.PartitionSpec() for r in jax.tree_util.tree_leaves(rules["lora"]))
+    # The trainer passes (params, optimiser state) together: the moments shaped like params get the
+    # same rules, other leaves (the step count) are replicated. (Indexing params["base"] on that
+    # tuple raised TypeError before.)
+    opt_state = optax.adam(1e-3).init(params)
+    both = MODEL.param_shardings(mesh, (params, opt_state))
+    assert both[0] == rules and both[1][0].mu == rules and both[1][0].nu == rules
+    assert both[1][0].count.spec == jax.sharding.PartitionSpec()
 
 
 def test_merge_equals_float64_numpy(params):

@@ -354,8 +354,22 @@ class LoRAModel:
     def empty_cache(self, batch: int) -> Cache:
         return self.base.empty_cache(batch)
 
-    def param_shardings(self, mesh: jax.sharding.Mesh, params: Params) -> Any:
-        """The base's rules for the base; the adapters replicated (they are small: r·(in + out))."""
+    def param_shardings(self, mesh: jax.sharding.Mesh, params: Any) -> Any:
+        """The base's rules for the base; the adapters replicated (they are small: r·(in + out)).
+
+        Works on any tree holding {"base", "lora"} subtrees (params, an Adam state whose moments
+        are shaped like them, or a tuple of both, as `kltrust.train.rlhf.Trainer` passes); every
+        other leaf (a step count, an injected learning rate) is replicated."""
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return {"base": self.base.param_shardings(mesh, params["base"]),
-                "lora": jax.tree_util.tree_map(lambda _: replicated, params["lora"])}
+
+        def rules(node: Any) -> Any:
+            if _is_lora_params(node):
+                return {"base": self.base.param_shardings(mesh, node["base"]),
+                        "lora": jax.tree_util.tree_map(lambda _: replicated, node["lora"])}
+            return replicated
+
+        return jax.tree_util.tree_map(rules, params, is_leaf=_is_lora_params)
+
+
+def _is_lora_params(node: Any) -> bool:
+    return isinstance(node, dict) and set(node) == {"base", "lora"}
