@@ -54,7 +54,7 @@ def _stack(pooling: str = "mean") -> real_rlhf.Stack:
 def _config(preset: str, **rl):
     c = real_configs.get_config(preset)
     c.pairs.update(num_train=24, num_test=8, batch_size=8)
-    c.rm.steps = 100
+    c.rm.update(steps=100, l2_grid=(0.1, 10.0), cv_folds=2)
     c.task.num_eval_prompts = 8
     c.rl.update(dict(num_updates=2, updates_per_eval=1, **rl))
     if c.rl.method in ("grpo", "rloo"):
@@ -140,6 +140,7 @@ def test_reward_model_metrics_and_refusal_of_other_settings(grpo_root):
         assert 0.0 <= metrics[split]["accuracy_labels"] <= 1.0
     # 100 Adam steps from w = 0 lower the training BT loss from log 2.
     assert metrics["fit_losses"][-1] < math.log(2)
+    assert metrics["l2"] in (0.1, 10.0) and [row["l2"] for row in metrics["cv"]] == [0.1, 10.0]
     before = (root / "pairs" / "pairs.npz").read_bytes()
     config = _config("grpo")
     config.pairs.temperature = 0.5

@@ -45,7 +45,8 @@ from kltrust.models import lora, pretrained
 from kltrust.models.heads import ValueHead
 from kltrust.models.pretrained.config import ArchConfig
 from kltrust.models.pretrained.text import HELD_OUT_ENGLISH, perplexity
-from kltrust.models.trunk_reward import TrunkReward, fit_head, head_accuracy, pair_features
+from kltrust.models.trunk_reward import (TrunkReward, fit_head, head_accuracy, pair_features,
+                                         select_l2)
 from kltrust.tasks.interface import PAIR_KEYS
 from kltrust.tasks.sentiment import SentimentTask
 from kltrust.train import host, policy_outputs, rlhf
@@ -166,10 +167,11 @@ def reward_model(spec: RealSpec, stack: Stack, ref_params: Any, pairs: tuple[dic
         np.savez(cached, train_chosen=train[0], train_rejected=train[1], test_chosen=test[0],
                  test_rejected=test[1])
     features_seconds = time.perf_counter() - t0
-    head, losses = fit_head(*train, l2=spec.rm.l2, steps=spec.rm.steps,
-                            learning_rate=spec.rm.learning_rate)
+    l2, cv = select_l2(*train, spec.rm.l2_grid, folds=spec.rm.cv_folds, steps=spec.rm.steps,
+                       learning_rate=spec.rm.learning_rate, seed=spec.seed)
+    head, losses = fit_head(*train, l2=l2, steps=spec.rm.steps, learning_rate=spec.rm.learning_rate)
     margin = lambda p: p["gold_chosen"] - p["gold_rejected"]  # noqa: E731
-    metrics = {"settings": settings, "features_seconds": features_seconds,
+    metrics = {"settings": settings, "features_seconds": features_seconds, "l2": l2, "cv": cv,
                "train": head_accuracy(head, *train, margin(pairs[0])),
                "test": head_accuracy(head, *test, margin(pairs[1])), "fit_losses": losses}
     out.mkdir(parents=True, exist_ok=True)

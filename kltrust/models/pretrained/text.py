@@ -5,7 +5,7 @@ every text (BOS first where the tokenizer has one; the first token is not predic
 of one compiled shape. `HELD_OUT_ENGLISH` are plain sentences on everyday topics, written for this
 purpose: not reviews, stories or messages (the sentiment task's prompts), and mostly without
 sentiment words, so a policy tuned toward positive continuations is measured on text it was not
-tuned for. Tests restate the NLL in float64 NumPy (tests/test_pretrained.py).
+tuned for. tests/test_pretrained_text.py restates the NLL in float64 NumPy.
 """
 
 from __future__ import annotations
