@@ -37,7 +37,8 @@ F32_RTOL = 5e-5
 
 @dataclasses.dataclass(frozen=True)
 class CharTokenizer:
-    """One id per character of CHARS after three specials: PAD 0, BOS 1, EOS 2. Frozen (hashable)."""
+    """One id per character of CHARS after three specials: PAD 0, BOS 1, EOS 2. Frozen, so
+    hashable."""
 
     chars: str = CHARS
 
