@@ -101,10 +101,12 @@ def reference_pairs(spec: RealSpec, stack: Stack, ref_params: Any,
         return split("train"), split("test")
     base, task, b = stack.base, stack.task, spec.pairs.batch_size
 
+    # Every jitted function here takes the weights as an argument: closed over, they would be
+    # compiled in as constants (slow to compile, and XLA constant-folds the 100 MB embedding).
     @jax.jit
-    def sample(prompts, key):
+    def sample(params, prompts, key):
         response, mask, _ = rollouts.sample_tokens(
-            base.decode, ref_params, prompts, base.empty_cache(prompts.shape[0]), key,
+            base.decode, params, prompts, base.empty_cache(prompts.shape[0]), key,
             max_new_tokens=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id)
         return response, mask
 
@@ -121,7 +123,7 @@ def reference_pairs(spec: RealSpec, stack: Stack, ref_params: Any,
             for start in range(0, n, b):
                 idx = np.arange(start, start + b) % n  # one compiled shape
                 key, sub = jax.random.split(key)
-                r, m = sample(jnp.asarray(prompts[idx]), sub)
+                r, m = sample(ref_params, jnp.asarray(prompts[idx]), sub)
                 keep = min(b, n - start)
                 rows.append(np.asarray(r)[:keep])
                 masks.append(np.asarray(m)[:keep])
@@ -233,14 +235,14 @@ def run_policy(spec: RealSpec, stack: Stack, ref_params: Any, head: dict, pairs:
         state, hp, frozen).compile()
     eval_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 7919))(
         jnp.asarray(seeds))
-    evaluate = jax.jit(jax.vmap(lambda st, key: trainer.evaluate(st, frozen, key))).lower(
-        state, eval_keys).compile()
+    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, None, 0))).lower(
+        state, frozen, eval_keys).compile()
     compile_seconds = time.perf_counter() - t0
     upe, evals = spec.updates_per_eval, []
 
     def between(i: int, carry):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, i)
-        metrics, responses = jax.device_get(evaluate(carry[0], keys))
+        metrics, responses = jax.device_get(evaluate(carry[0], frozen, keys))
         rows = [{"update": i * upe, "seed": int(seed), **tok.scalars({k: v[r] for k, v in metrics.items()}),
                  **tok.diversity(np.asarray(responses[r]), task.pad_id),
                  "samples": [task.decode(np.concatenate([eval_prompts[j], responses[r][j]]))
@@ -299,10 +301,12 @@ def _best_of_n(spec: RealSpec, stack: Stack, static: rlhf.Static, frozen: tok.Fr
     task, rows = stack.task, []
     t0 = time.perf_counter()
     for n in spec.best_of_n:
-        fn = jax.jit(lambda key, n=n: rlhf.best_of_n(static.reference, static.reward_model,
-                                                     frozen, key, n))
+        # The frozen inputs (the base weights) are an argument: closed over, they would be
+        # compiled in as constants (XLA then constant-folds 100 MB matrices for minutes).
+        fn = jax.jit(lambda frozen, key, n=n: rlhf.best_of_n(static.reference, static.reward_model,
+                                                             frozen, key, n))
         for seed in range(spec.seed, spec.seed + spec.num_seeds):
-            got = jax.device_get(fn(jax.random.fold_in(jax.random.PRNGKey(seed), n)))
+            got = jax.device_get(fn(frozen, jax.random.fold_in(jax.random.PRNGKey(seed), n)))
             responses = np.asarray(got.pop("responses"))
             rows.append({"n": n, "seed": seed, **tok.scalars(got),
                          **tok.diversity(responses, task.pad_id),
