@@ -184,3 +184,20 @@ def test_best_of_n_records_the_reference_and_the_bound(grpo_root):
     assert by_n[1]["kl"] == 0.0
     assert by_n[4]["kl"] == pytest.approx(math.log(4) - 3 / 4, rel=1e-6)
     assert all(np.isfinite(row["gold"]) and np.isfinite(row["proxy"]) for row in by_n.values())
+
+
+@pytest.mark.slow  # trains on a tiny model
+def test_a_bfloat16_base_trains(tmp_path):
+    """model.dtype bfloat16: the base (and reference) in bfloat16, adapters and head in float32;
+    the exact KL before any update is still 0.0 (B = 0: W + s·A@0 rounds back to W exactly)."""
+    stack = _stack()
+    base = dataclasses.replace(stack.base, config=dataclasses.replace(stack.base.config,
+                                                                      dtype="bfloat16"))
+    stack = real_rlhf.Stack(base, stack.task, TrunkReward(base))
+    config = _config("grpo")
+    config.model.dtype = "bfloat16"
+    real_rlhf.run(real_config.spec_from_config(config), tmp_path, stack=stack)
+    rows = [json.loads(line) for line in (tmp_path / "grpo" / "eval.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0.0
+    data = np.load(tmp_path / "pairs" / "pairs.npz")
+    assert np.isfinite(data["train/gold_chosen"]).all()
