@@ -55,7 +55,7 @@ def _hf_config(cfg, **extra):
 
 
 def _to_hf(cfg, params):
-    """Our params → HF tensor names and layouts (torch Linear [out, in]; gemma norms w = g − 1)."""
+    """Our params → HF names and layouts (torch Linear [out, in]; gemma3 norms w = g − 1)."""
     W, H, K, D = cfg.width, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     shift = np.float32(1.0) if cfg.is_gemma else np.float32(0.0)
     out = {"model.embed_tokens.weight": params["embed"],
@@ -160,11 +160,13 @@ def test_missing_unknown_and_misshapen_tensors_are_named(tmp_path):
     del tensors["model.layers.1.mlp.up_proj.weight"]
     tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(32, np.float32)
     directory = _write(tmp_path / "a", _hf_config(model.config), tensors)
-    with pytest.raises(ValueError, match=r"missing tensors \['model.layers.1.mlp.up_proj.weight'\]"
-                                         r"; unknown tensors \['model.layers.0.self_attn.q_proj.bias"):
+    with pytest.raises(ValueError, match=(
+            r"missing tensors \['model.layers.1.mlp.up_proj.weight'\]; "
+            r"unknown tensors \['model.layers.0.self_attn.q_proj.bias'\]")):
         pretrained.load(directory)
     tensors = _to_hf(model.config, params)
-    tensors["model.layers.0.mlp.down_proj.weight"] = tensors["model.layers.0.mlp.down_proj.weight"].T
+    down = "model.layers.0.mlp.down_proj.weight"
+    tensors[down] = tensors[down].T
     with pytest.raises(ValueError, match="down_proj.weight has shape"):
         pretrained.load(_write(tmp_path / "b", _hf_config(model.config), tensors))
 

@@ -150,7 +150,8 @@ def config_from_hf(hf: Mapping[str, Any], max_len: int, dtype: str = "float32") 
         theta, scale = _rope({**(hf.get("rope_scaling") or {}), **full},
                              float(hf["rope_theta"]), "full_attention rope")
         local_theta, local_scale = _rope(rope_params.get("sliding_attention", {}),
-                                         float(hf["rope_local_base_freq"]), "sliding_attention rope")
+                                         float(hf["rope_local_base_freq"]),
+                                         "sliding_attention rope")
         if local_scale != 1.0:
             raise NotImplementedError("rope scaling on sliding-window layers")
         has_local, global_every = _layer_pattern(hf, num_layers)
@@ -176,7 +177,8 @@ def _layer_names(cfg: ArchConfig) -> dict[str, tuple[str, str]]:
     names = {"self_attn.q_proj.weight": ("q", "q"), "self_attn.k_proj.weight": ("k", "kv"),
              "self_attn.v_proj.weight": ("v", "kv"), "self_attn.o_proj.weight": ("o", "out"),
              "mlp.gate_proj.weight": ("gate", "in"), "mlp.up_proj.weight": ("up", "in"),
-             "mlp.down_proj.weight": ("down", "in"), "input_layernorm.weight": ("attn_norm", "norm")}
+             "mlp.down_proj.weight": ("down", "in"),
+             "input_layernorm.weight": ("attn_norm", "norm")}
     if cfg.is_gemma:
         names.update({"post_attention_layernorm.weight": ("post_attn_norm", "norm"),
                       "pre_feedforward_layernorm.weight": ("ffn_norm", "norm"),
