@@ -127,6 +127,13 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.peers $(BENCH_FLAGS)
 
+# kltrust vs TRL (DPOTrainer, GRPOTrainer; transformers' GGUF loading, peft LoRA) on SmolLM2-135M:
+# one DPO and one GRPO step, tokens/s and the ratio (benchmarks/README.md). Both sides in this venv,
+# each its own process; writes runs/bench_trl/summary.json. About 10 minutes on 2 idle cores.
+.PHONY: bench-trl
+bench-trl: $(VENV)/.installed-bench $(VENV)/.installed-dev
+	$(BIN)/python -m benchmarks.trl_real --trl_python=$(BIN)/python $(BENCH_TRL_FLAGS)
+
 # The five notebooks executed headless on their full settings; copies with outputs in runs/notebooks/.
 notebooks: $(VENV)/.installed-dev
 	$(BIN)/python -m experiments.notebooks --out=runs/notebooks
