@@ -265,11 +265,7 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
         state, metrics = chunk_c(state, hp, frozen)
         return (state, hp), metrics
 
-    def write_rows(metrics: dict[str, np.ndarray], updates_before: int) -> None:
-        tok.append_jsonl(out / "metrics.jsonl", [
-            {"update": updates_before + u + 1, "seed": int(seed),
-             **tok.scalars({k: v[r, u] for k, v in metrics.items()})}
-            for u in range(upe) for r, seed in enumerate(np.asarray(seeds))])
+    write_rows = tok.update_rows_writer(out / "metrics.jsonl", seeds, upe)
 
     def restored(saved: dict):
         kl_guard.uncarry(saved)

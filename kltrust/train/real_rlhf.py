@@ -251,11 +251,7 @@ def run_policy(spec: RealSpec, stack: Stack, ref_params: Any, head: dict, pairs:
         tok.append_jsonl(out / "eval.jsonl", rows)
         return carry
 
-    def write_rows(metrics: dict[str, np.ndarray], updates_before: int) -> None:
-        tok.append_jsonl(out / "metrics.jsonl", [
-            {"update": updates_before + u + 1, "seed": int(seed),
-             **tok.scalars({k: v[r, u] for k, v in metrics.items()})}
-            for u in range(upe) for r, seed in enumerate(seeds)])
+    write_rows = tok.update_rows_writer(out / "metrics.jsonl", seeds, upe)
 
     def advance(carry):
         state, metrics = chunk(carry[0], carry[1], frozen)

@@ -189,6 +189,18 @@ def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def update_rows_writer(path: pathlib.Path, seeds: np.ndarray, updates_per_chunk: int
+                       ) -> Callable[[dict[str, np.ndarray], int], None]:
+    """A policy stage's `kltrust.train.host.Chunks.write_rows`: one JSON row per update and seed
+    ({"update", "seed", metrics...}) appended to ``path``, from metrics [runs, updates]."""
+    def write_rows(metrics: dict[str, np.ndarray], updates_before: int) -> None:
+        append_jsonl(path, [
+            {"update": updates_before + u + 1, "seed": int(seed),
+             **scalars({k: v[r, u] for k, v in metrics.items()})}
+            for u in range(updates_per_chunk) for r, seed in enumerate(np.asarray(seeds))])
+    return write_rows
+
+
 def scalars(tree: dict) -> dict[str, float]:
     """Host floats of a dict of scalar arrays (NaN/inf as None, valid JSON)."""
     out = {}
