@@ -277,10 +277,6 @@ def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> 
         max_backtracks=rl.max_backtracks, token_average=rl.token_average)
 
 
-def _hparams_values(config) -> rlhf.HParams:
-    return hparams_values(config.rl)
-
-
 def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:
     """The policy stage's HParams as ``config.rl``'s scalars (`rlhf.HParams`'s declared knobs);
     the knobs of the chosen preference loss and β controller (its `components.group` fields)."""
@@ -294,7 +290,7 @@ def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:
 def hparams_from_config(config, num_runs: int) -> rlhf.HParams:
     """HParams with a leading run axis of ``num_runs`` (scalars are broadcast)."""
     grow = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (num_runs,))  # noqa: E731
-    return jax.tree.map(grow, _hparams_values(config))
+    return jax.tree.map(grow, hparams_values(config.rl))
 
 
 def spec_from_config(config: ml_collections.ConfigDict) -> TokenSpec:
@@ -319,7 +315,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> TokenSpec:
         sft=fit(config.sft), rm=fit(config.rm, weight_decay=config.rm.weight_decay),
         method=rl.method,
         static=static_from_config(config) if policy_stage else None,
-        hparams_values=_hparams_values(config) if policy_stage else None,
+        hparams_values=hparams_values(config.rl) if policy_stage else None,
         mesh_sizes=config.mesh.to_dict(),
         guards=GuardSpec(**{f.name: g[f.name] for f in dataclasses.fields(GuardSpec)}),
         num_updates=rl.num_updates, updates_per_eval=rl.updates_per_eval,
