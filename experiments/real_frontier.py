@@ -1,6 +1,10 @@
 """The DPO paper's Fig. 2 analogue on a real model: gold (VADER) against the exact sequence KL.
 
     python -m experiments.real_frontier --workdir=runs/real [--model=smollm2-135m] [--gpu]
+        [--seed=0] [--arms=grpo,ppo,...]
+
+``--seed`` seeds everything of the root: the reference pairs, the proxy and every arm, so a
+second seed is a second root (a replicate of the whole pipeline, not only of the policy stage).
 
 runs every arm below under one root (one set of reference pairs and one proxy, shared), each
 finished arm reused, then writes ``frontier.md`` (the table recorded in docs/real_models.md) and
@@ -31,6 +35,8 @@ from kltrust.train import real_config, real_rlhf
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root of the arms' stages.", required=True)
 _MODEL = flags.DEFINE_string("model", "smollm2-135m", "model.name of every arm.")
 _GPU = flags.DEFINE_bool("gpu", False, "The *_gpu presets (sizes for an accelerator).")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of every arm (pairs, proxy and policy).")
+_ARMS = flags.DEFINE_list("arms", [], "Run only these arms (names below); default: all.")
 
 ARMS = (  # (name, preset, rl.hparams overrides)
     ("best_of_n", "best_of_n", {}),
@@ -44,9 +50,10 @@ ARMS = (  # (name, preset, rl.hparams overrides)
 )
 
 
-def arm_config(name: str, preset: str, hparams: dict, model: str, gpu: bool):
+def arm_config(name: str, preset: str, hparams: dict, model: str, gpu: bool, seed: int = 0):
     config = real_configs.get_config(preset + ("_gpu" if gpu else ""))
     config.name = name
+    config.seed = seed
     config.model.name = model
     config.rl.hparams.update(hparams)
     return config
@@ -113,9 +120,14 @@ def plot(root: pathlib.Path, names: Sequence[str]) -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     root = pathlib.Path(_WORKDIR.value)
+    known = [n for n, _, _ in ARMS]
+    for name in _ARMS.value:
+        if name not in known:
+            cli.fail(f"--arms: {name!r} is not an arm; allowed: {', '.join(known)}")
+    arms = [a for a in ARMS if not _ARMS.value or a[0] in _ARMS.value]
     # Every arm's config is checked before the first one runs (a ConfigError: exit status 2).
-    specs = [real_config.spec_from_config(arm_config(n, p, h, _MODEL.value, _GPU.value))
-             for n, p, h in ARMS]
+    specs = [real_config.spec_from_config(arm_config(n, p, h, _MODEL.value, _GPU.value,
+                                                     _SEED.value)) for n, p, h in arms]
     for spec in specs:
         if not (root / spec.name / "results.json").exists():
             real_rlhf.run(spec, root)  # an interrupted arm resumes from its checkpoint
