@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from kltrust import kl
 from kltrust.distributions import Categorical, Distribution
+from kltrust.models import chunked
 
 PolicyFn = Callable[[Any, jax.Array], tuple[Distribution, jax.Array]]
 """(params, obs [N, ...]) -> (action distribution [N], value [N])."""
@@ -278,11 +279,11 @@ class TokenRollout:
     mask: jax.Array
     log_prob: jax.Array  # under the sampling policy, recomputed teacher-forced
     sampled_log_prob: jax.Array  # as returned by the sampler (must equal log_prob)
-    logits: jax.Array  # [B, L, V] policy logits (temperature applied)
+    logits: jax.Array | None  # [B, L, V] policy logits (temperature applied); None if chunked
     value: jax.Array | None
     entropy: jax.Array
     ref_log_prob: jax.Array | None
-    ref_logits: jax.Array | None  # [B, L, V], temperature applied
+    ref_logits: jax.Array | None  # [B, L, V], temperature applied; None if chunked
     kl: jax.Array | None  # exact per-token KL(π(·|prefix) ‖ π_ref(·|prefix)) from full logits
 
 
@@ -300,14 +301,28 @@ def token_rollout(
     temperature: jax.Array | float = 1.0,
     ref_sequence_fn: SequenceFn | None = None,
     ref_params: Any = None,
+    stats_chunk: int = 0,
 ) -> TokenRollout:
     """Samples responses, then scores them teacher-forced under the policy and (if given) the
     reference: per-token log-probs, values, entropy and the exact per-token KL via
     `kltrust.kl.categorical`. The reference's logits are divided by the same temperature, so the KL
-    compares the two distributions at the temperature that sampled."""
+    compares the two distributions at the temperature that sampled.
+
+    ``stats_chunk`` > 0 scores ``chunked.rows_per_chunk(stats_chunk, B)`` rows at a time
+    (`kltrust.models.chunked.token_stats`: the same statistics, without the two [B, L, V] logits
+    arrays), and the rollout then carries no logits (``logits`` and ``ref_logits`` are None): a
+    method that needs full distributions recomputes them per minibatch.
+    """
     response, mask, sampled_log_prob = sample_tokens(
         decode_fn, params, prompts, cache, key, max_new_tokens=max_new_tokens,
         temperature=temperature, eos_id=eos_id, pad_id=pad_id)
+    if stats_chunk:
+        stats = chunked.token_stats(
+            sequence_fn, params, jnp.concatenate([prompts, response], axis=1), mask,
+            start=prompts.shape[1], chunk=chunked.rows_per_chunk(stats_chunk, prompts.shape[0]),
+            ref_sequence_fn=ref_sequence_fn, ref_params=ref_params, temperature=temperature)
+        return TokenRollout(prompts, response, mask, stats.log_prob, sampled_log_prob, None,
+                            stats.value, stats.entropy, stats.ref_log_prob, None, stats.kl)
     logits, value = response_logits(sequence_fn, params, prompts, response)
     logits = logits / temperature
     log_prob = token_log_probs(logits, response, mask)

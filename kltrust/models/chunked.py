@@ -40,7 +40,7 @@ residuals bring the whole batch's logits back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.struct
 import jax
@@ -48,9 +48,20 @@ import jax.numpy as jnp
 
 from kltrust import kl
 from kltrust.distributions import Categorical
-from kltrust.rollout import SequenceFn
 
-__all__ = ["TokenStats", "token_stats"]
+if TYPE_CHECKING:  # kltrust.rollout imports this module: the type only, not a cycle
+    from kltrust.rollout import SequenceFn
+
+__all__ = ["TokenStats", "rows_per_chunk", "token_stats"]
+
+
+def rows_per_chunk(limit: int, batch: int) -> int:
+    """The largest divisor of ``batch`` that is ≤ ``limit`` (``limit`` ≥ 1): the chunk a program
+    uses for a batch that ``limit`` does not divide (an evaluation's prompt count, best-of-n's
+    M·n), so one setting serves every batch of a run. 1 always qualifies."""
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"chunked.rows_per_chunk: limit = {limit!r} must be an integer >= 1.")
+    return max(d for d in range(1, min(limit, batch) + 1) if batch % d == 0)
 
 
 @flax.struct.dataclass
@@ -89,14 +100,14 @@ def _stats(sequence_fn, params, ref_sequence_fn, ref_params, tokens, mask, start
 
 
 def token_stats(
-    sequence_fn: SequenceFn,
+    sequence_fn: "SequenceFn",
     params: Any,
     tokens: jax.Array,
     mask: jax.Array,
     *,
     start: int,
     chunk: int,
-    ref_sequence_fn: SequenceFn | None = None,
+    ref_sequence_fn: "SequenceFn | None" = None,
     ref_params: Any = None,
     temperature: jax.Array | float = 1.0,
 ) -> TokenStats:

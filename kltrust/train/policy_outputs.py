@@ -85,7 +85,8 @@ def run_best_of_n(spec: TokenSpec, out: pathlib.Path, frozen: tok.Frozen,
     evals = []
     t0 = time.perf_counter()
     for n in spec.best_of_n:
-        fn = jax.jit(lambda key, n=n: rlhf.best_of_n(reference, reward, frozen, key, n))
+        fn = jax.jit(lambda key, n=n: rlhf.best_of_n(reference, reward, frozen, key, n,
+                                                     spec.static.stats_chunk))
         for r in range(spec.num_seeds):
             seed = spec.seed + r
             out_n = jax.device_get(fn(jax.random.fold_in(jax.random.PRNGKey(seed), n)))

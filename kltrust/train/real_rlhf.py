@@ -300,7 +300,8 @@ def _best_of_n(spec: RealSpec, stack: Stack, static: rlhf.Static, frozen: tok.Fr
         # The frozen inputs (the base weights) are an argument: closed over, they would be
         # compiled in as constants (XLA then constant-folds 100 MB matrices for minutes).
         fn = jax.jit(lambda frozen, key, n=n: rlhf.best_of_n(static.reference, static.reward_model,
-                                                             frozen, key, n))
+                                                             frozen, key, n,
+                                                             static.stats_chunk))
         for seed in range(spec.seed, spec.seed + spec.num_seeds):
             got = jax.device_get(fn(frozen, jax.random.fold_in(jax.random.PRNGKey(seed), n)))
             responses = np.asarray(got.pop("responses"))

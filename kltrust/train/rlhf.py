@@ -112,6 +112,10 @@ class Static:
     cg_iters: int = 10
     max_backtracks: int = 10
     token_average: str = "sequence"
+    # Rows per chunk of the teacher-forced statistics (`kltrust.models.chunked`); 0: whole batch.
+    # > 0 keeps the [B, L, V] logits of the policy and the reference out of the rollout (a large
+    # vocabulary's memory); methods that need full distributions recompute them per minibatch.
+    stats_chunk: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -195,7 +199,16 @@ class Trainer:
             self.policy.empty_cache(prompts.shape[0]), key, max_new_tokens=task.response_len,
             eos_id=task.eos_id, pad_id=task.pad_id,
             ref_sequence_fn=self.reference.sequence if with_reference else None,
-            ref_params=frozen.ref_params if with_reference else None)
+            ref_params=frozen.ref_params if with_reference else None,
+            stats_chunk=self.static.stats_chunk)
+
+    def full_logits(self, params, frozen: tok.Frozen, prompts, response, reference: bool):
+        """[B, L, V] logits of the policy at ``params`` (or, ``reference``, of the reference) at
+        every response position, constant under differentiation: the full distributions a method
+        needs after a chunked rollout (``stats_chunk`` > 0 keeps none), for a minibatch's rows."""
+        model, p = (self.reference, frozen.ref_params) if reference else (self.policy, params)
+        logits, _ = rollouts.response_logits(model.sequence, p, prompts, response)
+        return jax.lax.stop_gradient(logits)
 
     def token_kl(self, ro: rollouts.TokenRollout) -> jax.Array:
         """The per-token KL value the method applies (``kl_estimator``), 0 at padding."""
@@ -332,20 +345,21 @@ class Trainer:
     def evaluate(self, state: TrainState, frozen: tok.Frozen, key: jax.Array, with_kl: bool = True):
         frozen = frozen.replace(eval_prompts=self.constrain_batch(frozen.eval_prompts))
         return tok.evaluate(self.policy, self.reference, self.static.reward_model, state.params,
-                            frozen, key, with_kl=with_kl)
+                            frozen, key, with_kl=with_kl, stats_chunk=self.static.stats_chunk)
 
 
 def best_of_n(reference: LanguageModel, reward: RewardModel, frozen: tok.Frozen,
-              key: jax.Array, n: int) -> dict[str, jax.Array]:
+              key: jax.Array, n: int, stats_chunk: int = 0) -> dict[str, jax.Array]:
     """Best-of-n against the proxy: n samples of the reference per held-out prompt, keep the one
     the proxy scores highest. Its KL to the reference is the analytic log n − (n−1)/n (an upper
-    bound that is tight when rewards are untied, `grpo.best_of_n_kl`)."""
+    bound that is tight when rewards are untied, `grpo.best_of_n_kl`). ``stats_chunk``: as
+    `Static.stats_chunk` (the M·n rows' teacher-forced pass, chunked)."""
     task = frozen.task
     prompts = jnp.repeat(frozen.eval_prompts, n, axis=0)
     ro = rollouts.token_rollout(
         reference.decode, reference.sequence, frozen.ref_params, prompts,
         reference.empty_cache(prompts.shape[0]), key, max_new_tokens=task.response_len,
-        eos_id=task.eos_id, pad_id=task.pad_id)
+        eos_id=task.eos_id, pad_id=task.pad_id, stats_chunk=stats_chunk)
     proxy = reward.score(frozen.rm_params, prompts, ro.response, ro.mask)
     gold = tasks.gold_reward(task, prompts, ro.response, ro.mask)
     pick = grpo.best_of_n_select(proxy.reshape(-1, n))

@@ -66,6 +66,9 @@ def defaults() -> ml_collections.ConfigDict:
         batch_prompts=64, group_size=1, epochs=2, minibatches=4, num_updates=200,
         updates_per_eval=10, max_grad_norm=1.0, preference_loss="sigmoid", cg_iters=10,
         max_backtracks=10, token_average="sequence", eval_kl=True,
+        # Rows per chunk of the teacher-forced log-probs / exact KL / entropy pass (0: the whole
+        # batch at once): bounds the [rows, L, V] logits of a large vocabulary (rlhf.Static).
+        stats_chunk=0,
         best_of_n=(1, 2, 4, 8, 16, 32, 64),
         # `rlhf.HParams`'s declared knobs, with every registered β controller's group (rl.controller
         # chooses whose are read) and every registered preference loss's (dpo, dpo_online read
@@ -165,6 +168,11 @@ def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, sha
     data × fsdp is ``shards``: the checks shared by every token program (the synthetic pipeline and
     the real-model one, `kltrust.train.real_config`)."""
     method = METHODS.get(rl.method, "rl.method")
+    check(is_int(rl.stats_chunk, 0), "rl.stats_chunk", rl.stats_chunk,
+          "an integer >= 0 (rows per chunk of the teacher-forced statistics; 0: the whole batch)")
+    if rl.stats_chunk:
+        check(method.chunked_stats, "rl.stats_chunk", rl.stats_chunk,
+              f"0 for method {rl.method!r} (it needs the whole batch's logits at once)")
     if not method.trains:  # best-of-n: samples from the reference only
         check(len(rl.best_of_n) >= 1 and all(is_int(n, 1) for n in rl.best_of_n), "rl.best_of_n",
               rl.best_of_n, "a non-empty tuple of integers >= 1")
@@ -274,7 +282,8 @@ def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> 
         batch_prompts=rl.batch_prompts, group_size=rl.group_size, epochs=rl.epochs,
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
         max_grad_norm=rl.max_grad_norm, preference_loss=rl.preference_loss, cg_iters=rl.cg_iters,
-        max_backtracks=rl.max_backtracks, token_average=rl.token_average)
+        max_backtracks=rl.max_backtracks, token_average=rl.token_average,
+        stats_chunk=rl.stats_chunk)
 
 
 def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:

@@ -114,7 +114,7 @@ def task_metrics(task: Any, prompts: jax.Array, responses: jax.Array,
 
 def evaluate(policy: LanguageModel, reference: LanguageModel, reward: RewardModel,
              params: Any, frozen: Frozen, key: jax.Array, *,
-             with_kl: bool = True) -> tuple[dict, jax.Array]:
+             with_kl: bool = True, stats_chunk: int = 0) -> tuple[dict, jax.Array]:
     """Samples one response per held-out prompt and measures it.
 
     Returns (metrics, responses [M, L]) with metrics: ``gold``, ``proxy`` (means), ``kl`` (the exact
@@ -122,6 +122,7 @@ def evaluate(policy: LanguageModel, reference: LanguageModel, reward: RewardMode
     ``kl_k1`` (Σ_t log π/π_ref at the samples, its unbiased estimate), ``entropy`` (per token),
     ``length`` (response tokens incl. EOS), and the task's own metrics (`task_metrics`; the
     synthetic language's ``grammatical``: the fraction with no zero-probability transition).
+    ``stats_chunk``: rows per chunk of the teacher-forced pass (`rlhf.Static.stats_chunk`).
     """
     task = frozen.task
     prompts = frozen.eval_prompts
@@ -129,7 +130,7 @@ def evaluate(policy: LanguageModel, reference: LanguageModel, reward: RewardMode
         policy.decode, policy.sequence, params, prompts, policy.empty_cache(prompts.shape[0]), key,
         max_new_tokens=task.response_len, eos_id=task.eos_id, pad_id=task.pad_id,
         ref_sequence_fn=reference.sequence if with_kl else None,
-        ref_params=frozen.ref_params if with_kl else None)
+        ref_params=frozen.ref_params if with_kl else None, stats_chunk=stats_chunk)
     gold = tasks.gold_reward(task, prompts, ro.response, ro.mask)
     proxy = reward.score(frozen.rm_params, prompts, ro.response, ro.mask)
     metrics = {

@@ -38,6 +38,8 @@ class TokenMethod:
         if it needs exactly that many.
       kl_in_loss_needs_gradient: a KL placed in this method's loss must be an estimator whose
         expected gradient is the KL's (not k1, not the exact value).
+      chunked_stats: it runs after a chunked rollout (``rl.stats_chunk`` > 0, no [B, L, V]
+        logits kept), recomputing what full distributions it needs per minibatch.
       validate: extra checks of the ``rl`` group, raising `ConfigError`.
       doc: one line.
     """
@@ -51,6 +53,7 @@ class TokenMethod:
     min_group: int = 1
     exact_group: bool = False
     kl_in_loss_needs_gradient: bool = False
+    chunked_stats: bool = True
     validate: Callable[[Any], None] | None = None
     doc: str = ""
 

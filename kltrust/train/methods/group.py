@@ -28,7 +28,9 @@ def _update(baseline: str, trainer, state, hp, frozen):
     batch = {"prompt": prompts, "response": ro.response, "mask": ro.mask,
              "old_logp": ro.log_prob, "advantage": advantage}
     if s.uses_reference:
-        batch.update(ref_logp=ro.ref_log_prob, ref_logits=ro.ref_logits)
+        batch.update(ref_logp=ro.ref_log_prob)
+    if ro.ref_logits is not None:  # only for the kl_exact_* diagnostics: not recomputed if chunked
+        batch.update(ref_logits=ro.ref_logits)
 
     def loss_fn(params, mb):
         logits, _ = trainer.logits(params, mb["prompt"], mb["response"])

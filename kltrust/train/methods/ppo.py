@@ -25,8 +25,8 @@ def update(trainer, state, hp, frozen):
     in_loss = s.kl_placement == "loss"
     batch = ppo.Batch(
         obs=jnp.concatenate([prompts, ro.response], axis=1), action=ro.response,
-        log_prob=ro.log_prob, policy=Categorical(ro.logits), advantage=advantage,
-        target=target, reference=Categorical(ro.ref_logits) if in_loss else None,
+        log_prob=ro.log_prob, policy=_categorical(ro.logits), advantage=advantage,
+        target=target, reference=_categorical(ro.ref_logits) if in_loss else None,
         weight=ro.mask)
     variant = ppo.Variant(clip=True, kl_penalty="fixed" if in_loss else "none",
                           kl_anchor="reference",
@@ -40,12 +40,31 @@ def update(trainer, state, hp, frozen):
         return Categorical(logits), values
 
     def loss_fn(params, mb):
+        if ro.logits is None:  # a chunked rollout (``stats_chunk``) kept no logits: recomputed
+            mb = _with_distributions(trainer, state, frozen, mb, prompt_len, in_loss)
         return ppo.loss(params, mb, coefs, apply_fn=apply_fn, variant=variant)
 
     params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
     metrics = {**trainer.common_metrics(ro, proxy, frozen, beta), **sgd}
     observed = metrics.get("kl")
     return trainer.finish(state, params, opt_state, key, metrics, observed)
+
+
+def _categorical(logits):
+    return None if logits is None else Categorical(logits)
+
+
+def _with_distributions(trainer, state, frozen, mb: ppo.Batch, prompt_len: int,
+                        in_loss: bool) -> ppo.Batch:
+    """The minibatch with π_old (for the reported KL(π_old‖π_θ)) and, when the KL is in the loss,
+    π_ref as full distributions over its rows, recomputed (constants) from the sampling params and
+    the reference: after a chunked rollout only [minibatch, L, V] of each exists."""
+    prompt, response = mb.obs[:, :prompt_len], mb.obs[:, prompt_len:]
+    old = trainer.full_logits(state.params, frozen, prompt, response, reference=False)
+    ref = None
+    if in_loss:
+        ref = Categorical(trainer.full_logits(None, frozen, prompt, response, reference=True))
+    return mb.replace(policy=Categorical(old), reference=ref)
 
 
 register("ppo", TokenMethod(update, placements=("reward", "loss", "none"), anchor="controller",

@@ -11,6 +11,7 @@ import optax
 
 from kltrust import kl
 from kltrust import rollout as rollouts
+from kltrust.models import chunked
 from kltrust.objectives import preference
 from kltrust.train.methods import TokenMethod, register
 
@@ -30,6 +31,14 @@ def _dpo_loss(trainer, hp, params, prompts, chosen, chosen_mask, rejected, rejec
 
 
 def _ref_seq_logp(trainer, frozen, prompts, response, mask):
+    """Σ_t log π_ref(y_t | x, y_<t) per pair; ``stats_chunk`` rows at a time if set."""
+    chunk = trainer.static.stats_chunk
+    if chunk:
+        stats = chunked.token_stats(
+            trainer.reference.sequence, frozen.ref_params,
+            jnp.concatenate([prompts, response], axis=1), mask, start=prompts.shape[1],
+            chunk=chunked.rows_per_chunk(chunk, prompts.shape[0]))
+        return jnp.sum(stats.log_prob, axis=-1)
     logits, _ = rollouts.response_logits(trainer.reference.sequence, frozen.ref_params, prompts,
                                          response)
     return jnp.sum(rollouts.token_log_probs(logits, response, mask), axis=-1)

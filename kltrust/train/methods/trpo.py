@@ -43,5 +43,8 @@ def update(trainer, state, hp, frozen):
     return trainer.finish(state, unravel(new_flat), state.opt_state, key, metrics, None)
 
 
+# chunked_stats=False: the Fisher products and the line search take KL(π_old‖π_θ) over the whole
+# batch at once, so a chunked rollout would save nothing (its logits would be recomputed whole).
 register("trpo", TokenMethod(update, placements=("budget", "none"), anchor="trust_region",
-                             min_group=2, doc="TRPO with a hard KL budget to the reference"))
+                             min_group=2, chunked_stats=False,
+                             doc="TRPO with a hard KL budget to the reference"))
