@@ -11,8 +11,9 @@ one run stop the stage with `KLGuardError`.
 The last passing state is kept in memory and carried in the stage's checkpoints (`saved` /
 `restored`), so a resumed stage rolls back exactly as an uninterrupted one would.
 
-A token policy stage (`kltrust.train.pipeline`) plugs the guard into the host loop
-(`kltrust.train.host`) through the methods below: `between` (evaluate, check, write events), `rows_file` (the
+Both token policy stages (the synthetic pipeline's, `kltrust.train.pipeline`, and the real-model
+program's, `kltrust.train.real_rlhf`) plug the guard into the host loop (`kltrust.train.host`) the
+same way, through the methods below: `between` (evaluate, check, write events), `rows_file` (the
 events a resume cuts back), `saved` / `restored` (the checkpoint of their carry ``(state, hp)``).
 """
 
