@@ -81,7 +81,8 @@ def test_every_preset_validates(preset):
     ("rm.pooling", "max", "config.rm.pooling = 'max'"),
     ("rl.kl_placement", "reward", "config.rl.kl_placement = 'reward'"),  # dpo has no reward KL
     # the KL guard's keys: token_config's checks
-    ("guards.max_sequence_kl", -1.0, "config.guards.max_sequence_kl = -1.0: must be finite and >= 0"),
+    ("guards.max_sequence_kl", -1.0,
+     "config.guards.max_sequence_kl = -1.0: must be finite and >= 0"),
     ("guards.kl_backoff", 1.0, "config.guards.kl_backoff = 1.0: must be finite and > 1"),
     ("guards.max_rollbacks", -1, "config.guards.max_rollbacks = -1: must be an integer >= 0"),
 ])
