@@ -284,3 +284,23 @@ def test_the_kl_guard_rolls_the_real_program_back_and_resumes_it(grpo_root, monk
     with pytest.warns(RuntimeWarning, match="KL guard"):
         real_rlhf.run(spec, root, stack=stack)
     assert {name: (out / name).read_bytes() for name in files} == before
+
+
+@pytest.mark.slow  # trains on a tiny model
+def test_a_kl_guard_rollback_before_the_last_evaluation_trains_on_with_the_raised_beta(grpo_root):
+    """A budget no update can keep (1e-9 nats): both evaluations roll the run back to the start
+    (the reference: LoRA B = 0); update 2 trains with β × kl_backoff, and the final evaluation is
+    of the reference again (exact KL 0.0)."""
+    root, stack, _ = grpo_root
+    config = _config("grpo")
+    config.name = "grpo_guard_every"
+    config.guards.max_sequence_kl = 1e-9
+    with pytest.warns(RuntimeWarning, match="KL guard"):
+        real_rlhf.run(real_config.spec_from_config(config), root, stack=stack)
+    out = root / "grpo_guard_every"
+    events = _lines(out / "events.jsonl")
+    assert [(e["evaluation"], e["last_passing_kl"], e["rollback"]) for e in events] == [
+        (1, 0.0, 1), (2, 0.0, 2)]
+    beta = {row["update"]: row["beta"] for row in _lines(out / "metrics.jsonl")}
+    assert beta == {1: float(np.float32(0.05)), 2: float(np.float32(0.05) * np.float32(2.0))}
+    assert [row["kl"] for row in _lines(out / "eval.jsonl")][::2] == [0.0, 0.0]
