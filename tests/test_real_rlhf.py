@@ -13,7 +13,10 @@ What holds:
     (LoRA B = 0 and the reference is the base: the same logits bit for bit), later ones > 0; the
     adapters are saved without the base; the perplexity recorded for the reference equals
     `perplexity` recomputed here;
-  * best-of-n: n = 1 is the reference (KL 0), larger n record log n − (n − 1)/n.
+  * best-of-n: n = 1 is the reference (KL 0), larger n record log n − (n − 1)/n;
+  * the KL guard (off by default; token_config's keys and checks): a run over budget goes back to
+    its last passing checkpoint's state, bit for bit, with β × kl_backoff, an events.jsonl row,
+    and a resume from the checkpoint after it ends the same.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import flax.serialization
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from word_tokenizer import WordTokenizer
 
@@ -37,7 +41,7 @@ from kltrust.models.pretrained.text import HELD_OUT_ENGLISH, perplexity
 from kltrust.models.trunk_reward import TrunkReward
 from kltrust.tasks.sentiment import SentimentTask
 from kltrust.tasks.sentiment.gold import vader
-from kltrust.train import real_config, real_rlhf
+from kltrust.train import kl_guard, real_config, real_rlhf
 
 PROMPT_LEN, RESPONSE_LEN = 6, 5
 
@@ -76,6 +80,11 @@ def test_every_preset_validates(preset):
     ("pairs.label_noise", 0.5, "config.pairs.label_noise = 0.5"),
     ("rm.pooling", "max", "config.rm.pooling = 'max'"),
     ("rl.kl_placement", "reward", "config.rl.kl_placement = 'reward'"),  # dpo has no reward KL
+    # the KL guard's keys: token_config's checks
+    ("guards.max_sequence_kl", -1.0,
+     "config.guards.max_sequence_kl = -1.0: must be finite and >= 0"),
+    ("guards.kl_backoff", 1.0, "config.guards.kl_backoff = 1.0: must be finite and > 1"),
+    ("guards.max_rollbacks", -1, "config.guards.max_rollbacks = -1: must be an integer >= 0"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(key, value, needle):
     config = real_configs.get_config("dpo")
@@ -88,13 +97,17 @@ def test_bad_values_are_one_line_errors_naming_the_key(key, value, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_cli_exits_2_before_loading_anything(tmp_path):
+@pytest.mark.parametrize("flag, needle", [
+    ("--config.model.lora_rank=0", "config.model.lora_rank = 0"),
+    ("--config.guards.max_sequence_kl=nan", "config.guards.max_sequence_kl = nan: must be finite"),
+])
+def test_cli_exits_2_before_loading_anything(flag, needle, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.real_rlhf", "--config=configs/real.py:grpo",
-         f"--workdir={tmp_path}", "--config.model.lora_rank=0"],
+         f"--workdir={tmp_path}", flag],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "model.lora_rank" in proc.stderr
+    assert needle in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -201,3 +214,93 @@ def test_a_bfloat16_base_trains(tmp_path):
     assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0.0
     data = np.load(tmp_path / "pairs" / "pairs.npz")
     assert np.isfinite(data["train/gold_chosen"]).all()
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow  # trains on a tiny model
+def test_the_kl_guard_rolls_the_real_program_back_and_resumes_it(grpo_root, monkeypatch):
+    """A KL budget between the unguarded GRPO run's exact KL at evaluations 1 and 2 (a guard whose
+    checks pass changes nothing, so the guarded run is that run up to evaluation 2): evaluation 2
+    breaks it, and the run goes back to the state of evaluation 1 with β × kl_backoff; that state
+    is evaluated again as the final one. The guard's state is checkpointed: a resume from the last
+    checkpoint redoes the rollback and ends with the same files."""
+    root, stack, _ = grpo_root
+    kl = [row["kl"] for row in _lines(root / "grpo" / "eval.jsonl")]
+    assert kl[2] > kl[1] > 0.0, kl
+    config = _config("grpo")
+    config.name = "grpo_guard"  # the same root: the pairs and the proxy are reused
+    config.guards.update(max_sequence_kl=(kl[1] + kl[2]) / 2, kl_backoff=4.0)
+    spec = real_config.spec_from_config(config)
+    checked = []  # (evaluation, state checked, state returned), on the host
+    check = kl_guard.KLGuard.check
+
+    def spy(self, state, hp, kls, i, seeds):
+        got = check(self, state, hp, kls, i, seeds)
+        checked.append((i, jax.device_get(state), jax.device_get(got[0])))
+        return got
+
+    monkeypatch.setattr(kl_guard.KLGuard, "check", spy)
+    with pytest.warns(RuntimeWarning, match="KL guard"):
+        result = real_rlhf.run(spec, root, stack=stack)
+    out = root / "grpo_guard"
+    assert _lines(out / "events.jsonl") == [
+        {"evaluation": 2, "seed": 0, "index": 0, "kl": kl[2], "last_passing_kl": kl[1],
+         "reason": "budget", "rollback": 1}]
+    assert [i for i, _, _ in checked] == [1, 2]
+    (_, passed, _), (_, broke, rolled) = checked
+    # β of the fixed controller: 0.05 × 4 is exact in float32.
+    assert broke.controller.beta[0] == np.float32(0.05)
+    assert rolled.controller.beta[0] == np.float32(0.05) * np.float32(4.0)
+    # The state after the rollback is the last passing checkpoint's (step 1, the older of the two
+    # kept), bit for bit; the newest (step 2) holds the state that broke the budget.
+    lora = lambda params: params["lora"]  # noqa: E731
+    checkpoints = ocp.CheckpointManager(out / "checkpoints",
+                                        item_handlers=ocp.StandardCheckpointHandler())
+    assert sorted(checkpoints.all_steps()) == [1, 2]
+    at = {step: checkpoints.restore(step) for step in (1, 2)}
+    checkpoints.close()
+    jax.tree.map(np.testing.assert_array_equal, lora(rolled.params), lora(passed.params))
+    jax.tree.map(np.testing.assert_array_equal, lora(rolled.params),
+                 lora(at[1]["state"]["params"]))
+    jax.tree.map(np.testing.assert_array_equal, lora(broke.params), lora(at[2]["state"]["params"]))
+    jax.tree.map(np.testing.assert_array_equal, lora(rolled.params),
+                 lora(at[2]["guard"]["good"]["params"]))
+    assert not np.array_equal(jax.tree.leaves(lora(rolled.params))[0],
+                              jax.tree.leaves(lora(broke.params))[0])
+    adapters = flax.serialization.msgpack_restore((out / "adapters.msgpack").read_bytes())
+    jax.tree.map(np.testing.assert_array_equal, adapters["lora"], lora(rolled.params))
+    assert [row["update"] for row in _lines(out / "eval.jsonl")] == [0, 1, 2]
+    assert result["final"][0]["kl"] == _lines(out / "eval.jsonl")[-1]["kl"]
+
+    # Resume from the newest checkpoint (step 2): its evaluation is redone with the guard's state
+    # restored (last passing state and KL), so the same rollback happens and the files match.
+    files = ("metrics.jsonl", "eval.jsonl", "events.jsonl", "adapters.msgpack")
+    before = {name: (out / name).read_bytes() for name in files}
+    (out / "results.json").unlink()
+    (out / "adapters.msgpack").unlink()
+    with pytest.warns(RuntimeWarning, match="KL guard"):
+        real_rlhf.run(spec, root, stack=stack)
+    assert {name: (out / name).read_bytes() for name in files} == before
+
+
+@pytest.mark.slow  # trains on a tiny model
+def test_a_kl_guard_rollback_before_the_last_evaluation_trains_on_with_the_raised_beta(grpo_root):
+    """A budget no update can keep (1e-9 nats): both evaluations roll the run back to the start
+    (the reference: LoRA B = 0); update 2 trains with β × kl_backoff, and the final evaluation is
+    of the reference again (exact KL 0.0)."""
+    root, stack, _ = grpo_root
+    config = _config("grpo")
+    config.name = "grpo_guard_every"
+    config.guards.max_sequence_kl = 1e-9
+    with pytest.warns(RuntimeWarning, match="KL guard"):
+        real_rlhf.run(real_config.spec_from_config(config), root, stack=stack)
+    out = root / "grpo_guard_every"
+    events = _lines(out / "events.jsonl")
+    assert [(e["evaluation"], e["last_passing_kl"], e["rollback"]) for e in events] == [
+        (1, 0.0, 1), (2, 0.0, 2)]
+    beta = {row["update"]: row["beta"] for row in _lines(out / "metrics.jsonl")}
+    assert beta == {1: float(np.float32(0.05)), 2: float(np.float32(0.05) * np.float32(2.0))}
+    assert [row["kl"] for row in _lines(out / "eval.jsonl")][::2] == [0.0, 0.0]

@@ -8,13 +8,20 @@ passing evaluation with a stronger anchor (`rlhf.Trainer.back_off`, by ``kl_back
 rollback is an event (a warning, and a row of ``events.jsonl``); more than ``max_rollbacks`` for
 one run stop the stage with `KLGuardError`.
 
-The last passing state is kept in memory and carried in the stage's checkpoints (`carry` /
-`uncarry`), so a resumed stage rolls back exactly as an uninterrupted one would.
+The last passing state is kept in memory and carried in the stage's checkpoints (`saved` /
+`restored`), so a resumed stage rolls back exactly as an uninterrupted one would.
+
+Both token policy stages (the synthetic pipeline's, `kltrust.train.pipeline`, and the real-model
+program's, `kltrust.train.real_rlhf`) plug the guard into the host loop (`kltrust.train.host`) the
+same way, through the methods below: `between` (evaluate, check, write events), `rows_file` (the
+events a resume cuts back), `saved` / `restored` (the checkpoint of their carry ``(state, hp)``).
 """
 
 from __future__ import annotations
 
+import pathlib
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,12 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from kltrust import guards, sharding
-from kltrust.train import rlhf
+from kltrust.train import host, rlhf
+from kltrust.train import tokens as tok
 from kltrust.train.token_spec import GuardSpec
 
 
 class KLGuard:
-    """The KL guard of one policy stage (all its runs at once; see the module doc)."""
+    """The KL guard of one policy stage (all its runs at once; see the module doc).
+
+    ``state_shardings`` pins the layout of the states it returns (jit's ``out_shardings``, as the
+    stage's chunks expect); None where the stage has no mesh (one device: where jit puts them).
+    """
 
     def __init__(self, g: GuardSpec, trainer: rlhf.Trainer, state, state_shardings,
                  num_runs: int):
@@ -39,12 +51,13 @@ class KLGuard:
             return
         self.good, self.good_kl = state, np.zeros(len(jax.tree.leaves(state)[0]))
         self.rollbacks = np.zeros_like(self.good_kl, dtype=int)
+        pinned = lambda out: {} if state_shardings is None else {"out_shardings": out}  # noqa: E731
         self._back_off = jax.jit(sharding.vmap_runs(trainer.back_off, in_axes=(0, 0, 0, 0, None)),
-                                 out_shardings=(state_shardings, None))
+                                 **pinned((state_shardings, None)))
         self._keep = jax.jit(
             lambda keep, new, old: jax.tree.map(
                 lambda n, o: jnp.where(keep.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old),
-            out_shardings=state_shardings)
+            **pinned(state_shardings))
 
     def check(self, state, hp, kl: np.ndarray, i: int, seeds: np.ndarray):
         """(state, hp, whether any run was rolled back) after the evaluation of chunk ``i``."""
@@ -79,17 +92,51 @@ class KLGuard:
         self.good_kl = np.where(bad, self.good_kl, kl)
         return state, hp, bool(bad.any())
 
-    def carry(self) -> dict[str, Any]:
-        """The guard's part of a checkpoint ({} when off): last passing state, its KL, rollbacks."""
-        if not self.active:
-            return {}
-        return {"guard": {"good": self.good, "good_kl": jnp.asarray(self.good_kl),
-                          "rollbacks": jnp.asarray(self.rollbacks)}}
+    def between(self, evaluation: Callable[[int, Any], tuple[dict, list[dict]]], i: int, carry,
+                seeds: np.ndarray, last: int, events_file: pathlib.Path | None):
+        """The host loop's ``between`` of a guarded stage: ``evaluation(i, state) -> (metrics with
+        "kl" [runs], rows)`` after ``i`` chunks, then `check`. A run rolled back at the last
+        evaluation (``i == last``) ends on its last passing state, which is evaluated again: that
+        is the final evaluation. New events are appended to ``events_file`` (None: not written).
+        Returns (carry, the evaluation's rows)."""
+        state, hp = carry
+        metrics, rows = evaluation(i, state)
+        if i and self.active:
+            before = len(self.events)
+            state, hp, rolled = self.check(state, hp, metrics["kl"], i, seeds)
+            if rolled and i == last:
+                metrics, rows = evaluation(i, state)
+            if events_file is not None:
+                tok.append_jsonl(events_file, self.events[before:])
+        return (state, hp), rows
 
-    def uncarry(self, carry: dict[str, Any]) -> None:
-        """Takes the guard's part back from a restored checkpoint."""
+    def rows_file(self, updates_per_eval: int) -> host.RowsFile:
+        """events.jsonl as a resume cuts it back: the evaluation at the checkpoint is redone (with
+        its check), so the events kept are those of the evaluations before it."""
+
+        def resumed(rows: list[dict]) -> None:
+            self.events = rows
+
+        return host.RowsFile("events.jsonl", "evaluation",
+                             lambda done: done // updates_per_eval - 1, resumed)
+
+    def saved(self, carry, strip: Callable[[Any], Any] = lambda state: state) -> dict[str, Any]:
+        """What a checkpoint of the carry ``(state, hp)`` holds: the state and the guard's last
+        passing state, each ``strip`` ped (e.g. of frozen weights), the hyperparameters the guard
+        may have changed, and (when on) the last passing KL and the rollback counts."""
+        state, hp = carry
+        saved = {"state": strip(state), "hp": jax.tree.map(jnp.asarray, hp)}
         if self.active:
-            self.good = carry["guard"]["good"]
-            self.good_kl = np.asarray(carry["guard"]["good_kl"])
+            saved["guard"] = {"good": strip(self.good), "good_kl": jnp.asarray(self.good_kl),
+                              "rollbacks": jnp.asarray(self.rollbacks)}
+        return saved
+
+    def restored(self, saved: dict[str, Any], unstrip: Callable[[Any], Any] = lambda state: state):
+        """`saved`'s inverse (``unstrip`` undoes its ``strip``): the carry; the guard takes its part
+        back."""
+        if self.active:
+            self.good = unstrip(saved["guard"]["good"])
+            self.good_kl = np.asarray(saved["guard"]["good_kl"])
             # A copy: a restored array's NumPy view is read-only, and `check` adds to it in place.
-            self.rollbacks = np.array(carry["guard"]["rollbacks"])
+            self.rollbacks = np.array(saved["guard"]["rollbacks"])
+        return unstrip(saved["state"]), jax.tree.map(np.asarray, saved["hp"])

@@ -245,20 +245,12 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
 
     def between(i: int, carry):
         """The evaluation after ``i`` chunks, then the KL guard, which may roll runs back."""
-        state, hp = carry
-        metrics, rows = evaluation(i, state)
-        if i and kl_guard.active:
-            events = len(kl_guard.events)
-            state, hp, rolled = kl_guard.check(state, hp, metrics["kl"], i, seeds)
-            if rolled and i == num_chunks:
-                # The run ends on its last passing state: that is the final evaluation.
-                metrics, rows = evaluation(i, state)
-            if write:
-                tok.append_jsonl(out / "events.jsonl", kl_guard.events[events:])
+        carry, rows = kl_guard.between(evaluation, i, carry, seeds, num_chunks,
+                                       out / "events.jsonl" if write else None)
         evals.extend(rows)
         if write:
             tok.append_jsonl(out / "eval.jsonl", rows)
-        return state, hp
+        return carry
 
     def advance(carry):
         state, hp = carry
@@ -267,13 +259,6 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
 
     write_rows = tok.update_rows_writer(out / "metrics.jsonl", seeds, upe)
 
-    def restored(saved: dict):
-        kl_guard.uncarry(saved)
-        return saved["state"], jax.tree.map(np.asarray, saved["hp"])
-
-    def resumed_events(rows: list[dict]) -> None:
-        kl_guard.events = rows
-
     # A checkpoint after every chunk holds everything the loop carries: the state, the
     # hyperparameters the KL guard may have changed, and the guard's last passing state. On resume
     # the evaluation at the checkpoint (and its guard events) is redone, so rows are kept up to it.
@@ -281,11 +266,8 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
         name="policy", advance=advance, num_chunks=num_chunks, updates_per_chunk=upe, seeds=seeds,
         max_nonfinite_updates=spec.guards.max_nonfinite_updates, write_rows=write_rows,
         rows_files=(host.RowsFile("eval.jsonl", "update", lambda done: done - 1, evals.extend),
-                    host.RowsFile("events.jsonl", "evaluation", lambda done: done // upe - 1,
-                                  resumed_events)),
-        saved=lambda carry: {"state": carry[0], "hp": jax.tree.map(jnp.asarray, carry[1]),
-                             **kl_guard.carry()},
-        restored=restored, between=between, keep_checkpoints=2)
+                    kl_guard.rows_file(upe)),
+        saved=kl_guard.saved, restored=kl_guard.restored, between=between, keep_checkpoints=2)
     ran = host.run(chunks, (state, hp), workdir=out if write else None, resume=resume,
                    on_chunk=on_chunk)
 

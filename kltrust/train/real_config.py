@@ -5,9 +5,11 @@ installed package (`kltrust.models.pretrained`) on the controlled-sentiment task
 (`kltrust.tasks.sentiment`, VADER gold), against a proxy reward on the model's own trunk
 (`kltrust.models.trunk_reward`), with the reference = the base weights. Its ``rl`` block is the
 token programs' own (`kltrust.train.token_config`: the same methods, placements, estimators,
-controllers and `rlhf.HParams` knobs, checked by the same `validate_rl`); the rest is read here,
-once, into a frozen `RealSpec`. A bad key or value is a `ConfigError` naming it, before any model
-is loaded or anything compiles.
+controllers and `rlhf.HParams` knobs, checked by the same `validate_rl`), and so is its
+``guards`` block (`token_config.guard_defaults` / `validate_guards`: the KL guard of
+`kltrust.train.kl_guard`, off by default); the rest is read here, once, into a frozen
+`RealSpec`. A bad key or value is a `ConfigError` naming it, before any model is loaded or
+anything compiles.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kltrust.models.pretrained.config import DTYPES
 from kltrust.models.trunk_reward import POOLINGS
 from kltrust.train import rlhf, token_config
 from kltrust.train.config_checks import check_keys
+from kltrust.train.token_spec import GuardSpec
 
 LORA_TARGETS = {"attention": lora.PRETRAINED_ATTENTION, "mlp": lora.PRETRAINED_MLP,
                 "all": lora.PRETRAINED_ATTENTION + lora.PRETRAINED_MLP}
@@ -57,8 +60,10 @@ def defaults() -> ml_collections.ConfigDict:
                    best_of_n=(1, 4, 16)))
     rl.hparams.update(dict(beta=0.05, learning_rate=1e-3))
     c.rl = rl
-    # Only the non-finite guard: the KL guard (token_config's guards) is not wired in here yet.
-    c.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
+    # The token programs' guards, with their defaults (`token_config.guard_defaults`): the
+    # non-finite guard, and the KL guard, off unless a budget or a jump factor is set, e.g.
+    # --config.guards.max_sequence_kl=20 (nats of sequence KL; `kltrust.train.kl_guard`).
+    c.guards = token_config.guard_defaults()
     return c
 
 
@@ -103,7 +108,7 @@ class RealSpec:
     num_updates: int
     updates_per_eval: int
     best_of_n: tuple[int, ...]
-    max_nonfinite_updates: int
+    guards: GuardSpec
     config_json: str
 
 
@@ -139,11 +144,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(is_int(r.steps, 1), "rm.steps", r.steps, "an integer >= 1")
     check(is_finite(r.learning_rate) and r.learning_rate > 0, "rm.learning_rate", r.learning_rate,
           "finite and > 0")
-    check(is_int(config.guards.max_nonfinite_updates, 1), "guards.max_nonfinite_updates",
-          config.guards.max_nonfinite_updates, "an integer >= 1")
-    # The token programs' rl checks, with the KL guard off and one device (shards = 1).
-    off = ml_collections.ConfigDict(dict(max_sequence_kl=0.0, kl_jump=0.0))
-    token_config.validate_rl(config.rl, off, shards=1)
+    # The token programs' guard and rl checks, on one device (shards = 1).
+    token_config.validate_guards(config.guards)
+    token_config.validate_rl(config.rl, config.guards, shards=1)
 
 
 def spec_from_config(config: ml_collections.ConfigDict) -> RealSpec:
@@ -162,5 +165,5 @@ def spec_from_config(config: ml_collections.ConfigDict) -> RealSpec:
         method=rl.method, static=token_config.static_from_rl(rl, None, None, None),
         hparams_values=token_config.hparams_values(rl), num_updates=rl.num_updates,
         updates_per_eval=rl.updates_per_eval, best_of_n=tuple(rl.best_of_n),
-        max_nonfinite_updates=config.guards.max_nonfinite_updates,
+        guards=token_config.guard_spec(config.guards),
         config_json=config.to_json_best_effort(indent=2, sort_keys=True))

@@ -8,10 +8,12 @@
     root/reward_model/  the proxy: a linear head on the frozen trunk's pooled hidden states
                         (`kltrust.models.trunk_reward`), head.npz and metrics.json (held-out
                         accuracy against the labels and against the noiseless gold ordering)
-    root/NAME/          the policy stage (``spec.name``): metrics.jsonl, eval.jsonl, checkpoints,
-                        results.json (final evaluation, the alignment tax: perplexity of held-out
-                        English under the policy and the reference; diversity; samples),
-                        adapters.msgpack (the trained parameters without the base weights)
+    root/NAME/          the policy stage (``spec.name``): metrics.jsonl, eval.jsonl, events.jsonl
+                        (the KL guard's rollbacks, `kltrust.train.kl_guard`, when it is on),
+                        checkpoints, results.json (final evaluation, the alignment tax: perplexity
+                        of held-out English under the policy and the reference; diversity;
+                        samples), adapters.msgpack (the trained parameters without the base
+                        weights)
 
 There is no SFT stage: the pretrained model is the reference as it is, and the policy starts at it
 (`LanguageModel.start_from`: LoRA B = 0, the base's own arrays; PPO's value head wraps it,
@@ -51,6 +53,7 @@ from kltrust.tasks.interface import PAIR_KEYS
 from kltrust.tasks.sentiment import SentimentTask
 from kltrust.train import host, policy_outputs, rlhf
 from kltrust.train import tokens as tok
+from kltrust.train.kl_guard import KLGuard
 from kltrust.train.methods import METHODS
 from kltrust.train.real_config import RealSpec
 
@@ -239,14 +242,22 @@ def run_policy(spec: RealSpec, stack: Stack, ref_params: Any, head: dict, pairs:
         state, frozen, eval_keys).compile()
     compile_seconds = time.perf_counter() - t0
     upe, evals = spec.updates_per_eval, []
+    num_chunks = spec.num_updates // upe
+    kl_guard = KLGuard(spec.guards, trainer, state, None, len(seeds))  # None: one device, no mesh
 
-    def between(i: int, carry):
+    def evaluation(i: int, state) -> tuple[dict, list[dict]]:
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, i)
-        metrics, responses = jax.device_get(evaluate(carry[0], frozen, keys))
+        metrics, responses = jax.device_get(evaluate(state, frozen, keys))
         rows = [{"update": i * upe, "seed": int(seed), **tok.scalars({k: v[r] for k, v in metrics.items()}),
                  **tok.diversity(np.asarray(responses[r]), task.pad_id),
                  "samples": [task.decode(np.concatenate([eval_prompts[j], responses[r][j]]))
                              for j in range(3)]} for r, seed in enumerate(seeds)]
+        return metrics, rows
+
+    def between(i: int, carry):
+        """The evaluation after ``i`` chunks, then the KL guard, which may roll runs back."""
+        carry, rows = kl_guard.between(evaluation, i, carry, seeds, num_chunks,
+                                       out / "events.jsonl")
         evals.extend(rows)
         tok.append_jsonl(out / "eval.jsonl", rows)
         return carry
@@ -258,18 +269,20 @@ def run_policy(spec: RealSpec, stack: Stack, ref_params: Any, head: dict, pairs:
         return (state, carry[1]), metrics
 
     # Checkpoints leave the base out (it never changes and the optimiser holds no state for it,
-    # `tok.adam`): the adapters, value head, Adam moments and counters only; restored around the
-    # base of the initial state.
+    # `tok.adam`): the adapters, value head, Adam moments and counters only (of the state and of
+    # the KL guard's last passing one), with the hyperparameters the guard may have changed;
+    # restored around the base of the initial state. Two are kept: with the guard on, the older
+    # one is the last passing evaluation's when the newest fails.
+    strip = lambda st: st.replace(params=without_base(st.params))  # noqa: E731
+    unstrip = lambda st: st.replace(params=with_base(st.params, state.params))  # noqa: E731
     chunks = host.Chunks(
-        name="policy", advance=advance,
-        num_chunks=spec.num_updates // upe, updates_per_chunk=upe, seeds=seeds,
-        max_nonfinite_updates=spec.max_nonfinite_updates, write_rows=write_rows,
-        rows_files=(host.RowsFile("eval.jsonl", "update", lambda done: done - 1, evals.extend),),
-        saved=lambda carry: {"state": carry[0].replace(params=without_base(carry[0].params)),
-                             "hp": carry[1]},
-        restored=lambda saved: (saved["state"].replace(
-            params=with_base(saved["state"].params, state.params)), saved["hp"]),
-        between=between, keep_checkpoints=1)
+        name="policy", advance=advance, num_chunks=num_chunks, updates_per_chunk=upe, seeds=seeds,
+        max_nonfinite_updates=spec.guards.max_nonfinite_updates, write_rows=write_rows,
+        rows_files=(host.RowsFile("eval.jsonl", "update", lambda done: done - 1, evals.extend),
+                    kl_guard.rows_file(upe)),
+        saved=lambda carry: kl_guard.saved(carry, strip),
+        restored=lambda saved: kl_guard.restored(saved, unstrip),
+        between=between, keep_checkpoints=2)
     ran = host.run(chunks, (state, hp), workdir=out, resume=claim is workdirs.Claim.RESUME)
     if ran.preempted:
         return {"preempted": True}

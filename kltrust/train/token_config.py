@@ -77,12 +77,18 @@ def defaults() -> ml_collections.ConfigDict:
     # Devices: runs (the seeds) × data (prompts, sequences, pairs) × fsdp (transformer weights and
     # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
     c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
-    # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
-    # The KL guard (off by default): see `kltrust.train.kl_guard`; budgets are sequence KLs in nats.
-    c.guards = ml_collections.ConfigDict(dict(
+    c.guards = guard_defaults()
+    return c
+
+
+def guard_defaults() -> ml_collections.ConfigDict:
+    """``config.guards`` of every token program (the synthetic pipeline and the real-model one,
+    `kltrust.train.real_config`). A non-finite update is skipped; ``max_nonfinite_updates`` in a row
+    stop the run (`kltrust.guards`). The KL guard (off by default: `kltrust.train.kl_guard`) rolls
+    a run back; its budgets are sequence KLs in nats."""
+    return ml_collections.ConfigDict(dict(
         max_nonfinite_updates=10, max_sequence_kl=0.0, kl_jump=0.0, kl_jump_from=0.5, kl_backoff=2.0,
         max_rollbacks=3))
-    return c
 
 
 STAGES = ("policy", "sft", "reward_model")
@@ -124,18 +130,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
               f"divisible by {part}.num_heads = {config[part].num_heads}")
     check_choice(config.model.critic, ("shared", "separate"), "model.critic")
     g = config.guards
-    check(is_int(g.max_nonfinite_updates, 1), "guards.max_nonfinite_updates",
-          g.max_nonfinite_updates, "an integer >= 1")
-    check(is_finite(g.max_sequence_kl) and g.max_sequence_kl >= 0, "guards.max_sequence_kl",
-          g.max_sequence_kl,
-          "finite and >= 0 (0 turns the budget off)")
-    check(g.kl_jump == 0 or (is_finite(g.kl_jump) and g.kl_jump > 1), "guards.kl_jump", g.kl_jump,
-          "0 (off) or a finite number > 1 (a factor)")
-    check(is_finite(g.kl_jump_from) and g.kl_jump_from > 0, "guards.kl_jump_from", g.kl_jump_from,
-          "finite and > 0")
-    check(is_finite(g.kl_backoff) and g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff,
-          "finite and > 1")
-    check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
+    validate_guards(g)
     for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
         check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
@@ -161,6 +156,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.data.num_eval_prompts % shards == 0, "data.num_eval_prompts",
           config.data.num_eval_prompts, f"a multiple of the mesh's data × fsdp = {shards}")
     validate_rl(config.rl, g, shards)
+
+
+def validate_guards(g: ml_collections.ConfigDict) -> None:
+    """``config.guards`` (`guard_defaults`) of every token program."""
+    check(is_int(g.max_nonfinite_updates, 1), "guards.max_nonfinite_updates",
+          g.max_nonfinite_updates, "an integer >= 1")
+    check(is_finite(g.max_sequence_kl) and g.max_sequence_kl >= 0, "guards.max_sequence_kl",
+          g.max_sequence_kl,
+          "finite and >= 0 (0 turns the budget off)")
+    check(g.kl_jump == 0 or (is_finite(g.kl_jump) and g.kl_jump > 1), "guards.kl_jump", g.kl_jump,
+          "0 (off) or a finite number > 1 (a factor)")
+    check(is_finite(g.kl_jump_from) and g.kl_jump_from > 0, "guards.kl_jump_from", g.kl_jump_from,
+          "finite and > 0")
+    check(is_finite(g.kl_backoff) and g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff,
+          "finite and > 1")
+    check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
+
+
+def guard_spec(g: ml_collections.ConfigDict) -> GuardSpec:
+    """The `GuardSpec` of a validated ``config.guards`` (`validate_guards`)."""
+    return GuardSpec(**{f.name: g[f.name] for f in dataclasses.fields(GuardSpec)})
 
 
 def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, shards: int) -> None:
@@ -307,7 +323,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> TokenSpec:
     and read once into a `TokenSpec`: the only place below ``experiments/`` that reads a token
     config's fields."""
     validate(config)
-    data, rl, g = config.data, config.rl, config.guards
+    data, rl = config.data, config.rl
     policy_stage = config.stage == "policy"
     fit = lambda c, **extra: FitSpec(steps=c.steps, batch_size=c.batch_size,  # noqa: E731
                                      learning_rate=c.learning_rate, eval_every=c.eval_every,
@@ -326,7 +342,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> TokenSpec:
         static=static_from_config(config) if policy_stage else None,
         hparams_values=hparams_values(config.rl) if policy_stage else None,
         mesh_sizes=config.mesh.to_dict(),
-        guards=GuardSpec(**{f.name: g[f.name] for f in dataclasses.fields(GuardSpec)}),
+        guards=guard_spec(config.guards),
         num_updates=rl.num_updates, updates_per_eval=rl.updates_per_eval,
         eval_kl=bool(rl.eval_kl), best_of_n=tuple(rl.best_of_n),
         stage_json={stage: stage_json(config, stage) for stage in STAGE_KEYS},
