@@ -15,6 +15,9 @@ prompts per update, tens of updates (``*_gpu`` presets: the sizes for an acceler
     ppo_nokl      PPO without any KL (the reference is evaluated only)
     dpo           offline DPO on the reference pairs, β = 0.1
     dpo_online    online DPO, pairs from the policy labelled by the proxy, β = 0.1
+    gemma_grpo    GRPO on Gemma-3-270M as run on 2 cores (docs/real_models.md): chunked statistics
+                  (rl.stats_chunk = 4), 128 / 64 pairs, 10 updates, 16 evaluation prompts; its own
+                  root (its pairs differ from the SmolLM2 presets')
 
 Gemma (``--config.model.name=gemma3-270m``) falls under the Gemma Terms of Use bundled with its
 package: keep its runs local.
@@ -43,11 +46,28 @@ PRESETS = {
 }
 
 
+# Presets on another model or at other sizes: a base preset and dotted overrides of the config.
+VARIANTS = {
+    "gemma_grpo": ("grpo", {"model.name": "gemma3-270m", "rl.stats_chunk": 4,
+                            "pairs.num_train": 128, "pairs.num_test": 64, "pairs.batch_size": 32,
+                            "rl.num_updates": 10, "task.num_eval_prompts": 16}),
+}
+
+
 def get_config(preset: str = "grpo") -> ml_collections.ConfigDict:
+    if preset in VARIANTS:
+        base, overrides = VARIANTS[preset]
+        c = get_config(base)
+        c.preset = c.name = preset
+        for dotted, value in overrides.items():
+            group, key = dotted.split(".")
+            c[group][key] = value
+        return c
     gpu = preset.endswith("_gpu")
     name = preset[:-4] if gpu else preset
     if name not in PRESETS:
-        raise unknown_preset("configs/real.py", preset, list(PRESETS) + [p + "_gpu" for p in PRESETS])
+        raise unknown_preset("configs/real.py", preset,
+                             list(PRESETS) + [p + "_gpu" for p in PRESETS] + list(VARIANTS))
     c = real_config.defaults()
     c.preset = c.name = preset
     fields = dict(PRESETS[name])

@@ -68,7 +68,8 @@ def _config(preset: str, **rl):
     return c
 
 
-@pytest.mark.parametrize("preset", list(real_configs.PRESETS) + ["grpo_gpu", "ppo_gpu"])
+@pytest.mark.parametrize("preset", list(real_configs.PRESETS) + ["grpo_gpu", "ppo_gpu"]
+                         + list(real_configs.VARIANTS))
 def test_every_preset_validates(preset):
     spec = real_config.spec_from_config(real_configs.get_config(preset))
     assert spec.name == preset and spec.static.policy is None
