@@ -17,16 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kltrust import sharding
+from kltrust import envs, sharding
 from kltrust.errors import check
 from kltrust.models import ActorCritic
 
-ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
+# The gymnax names; `kltrust.envs` holds every family (brax's "brax:NAME" too) and checks names.
+ENV_NAMES = envs.GYMNAX_NAMES
 
 
 def model_and_env(env_name: str, hidden: tuple[int, ...], activation: str):
-    """(ActorCritic, gymnax env, env params) with a categorical or Gaussian head to match the env."""
-    env, env_params = gymnax.make(env_name)
+    """(ActorCritic, env, env params) with a categorical or Gaussian head to match the env; the
+    env has gymnax's interface whatever its family (`kltrust.envs.make`)."""
+    env, env_params = envs.make(env_name)
     space = env.action_space(env_params)
     discrete = isinstance(space, gymnax.environments.spaces.Discrete)
     action_dim = space.n if discrete else int(np.prod(space.shape))
@@ -37,9 +39,10 @@ def random_policy_score(env_name: str, num_episodes: int = 100, seed: int = 0) -
     """Mean return of ``num_episodes`` episodes of uniformly random actions.
 
     The zero of the PPO paper's normalised score. Each episode runs in its own environment for
-    the time limit; rewards after its first ``done`` are masked out (gymnax auto-resets).
+    the time limit; rewards after its first ``done`` are masked out (gymnax auto-resets). Any
+    name `kltrust.envs.make` knows (a brax env samples its Box [-1, 1]).
     """
-    env, env_params = gymnax.make(env_name)
+    env, env_params = envs.make(env_name)
     space = env.action_space(env_params)
 
     def episode(key: jax.Array) -> jax.Array:

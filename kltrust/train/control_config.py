@@ -1,4 +1,5 @@
-"""The control programs' configuration layer: where PPO and TRPO on gymnax read a config, once.
+"""The control programs' configuration layer: where PPO and TRPO on gymnax or brax environments
+read a config, once.
 
 A run's ml_collections config (a preset from configs/ppo.py or configs/trpo.py, with flags) is
 turned into a typed, frozen `kltrust.train.loop.ControlSpec` at the boundary (`spec_from_config`:
@@ -19,11 +20,11 @@ from typing import Any
 
 import ml_collections
 
-from kltrust import components, controllers
+from kltrust import components, controllers, envs
 from kltrust.errors import check, check_choice, is_int
 from kltrust.objectives import ppo as ppo_objective
 from kltrust.objectives import trpo as trpo_objective
-from kltrust.train import common, loop, ppo, trpo
+from kltrust.train import loop, ppo, trpo
 from kltrust.train.config_checks import (check_finite, check_keys, check_knobs, check_range,
                                          inf_fields, mesh_batch_shards, variant_error)
 
@@ -69,7 +70,7 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
     """
     if batch_shards is None:
         batch_shards = mesh_batch_shards(config)
-    check_choice(config.env_name, common.ENV_NAMES, "env_name")
+    envs.check_name(config.env_name, "env_name")  # a brax name: imports brax, loads its model
     for key in ("num_envs", "num_steps", "updates_per_chunk", "checkpoint_every_chunks",
                 "keep_checkpoints"):
         check(is_int(config[key], 1), key, config[key], "an integer >= 1")
