@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("brax", reason="brax is an optional extra: pip install 'kltrust[brax]'")
 
 from configs import ppo as ppo_configs  # noqa: E402
-from kltrust import envs, rollout  # noqa: E402
+from kltrust import checkpoint, envs, rollout  # noqa: E402
 from kltrust.distributions import DiagGaussian  # noqa: E402
 from kltrust.envs import brax_env  # noqa: E402
 from kltrust.errors import ConfigError  # noqa: E402
@@ -108,6 +108,23 @@ def test_a_fall_is_terminal_with_the_terminal_observation():
     np.testing.assert_array_equal(final[fall], raw_obs[fall])
     np.testing.assert_array_equal(obs[fall], raw_reset(keys[fall]).obs)
     assert time[fall] == 0
+
+
+def test_state_checkpoints_and_restores_bit_identically(tmp_path):
+    # brax's MJX state holds zero-size arrays (orbax refuses those): the adapter's state keeps
+    # them as static layout, and the restored state steps exactly like the original.
+    key, *step_keys = jax.random.split(jax.random.PRNGKey(4), STEPS + 1)
+    _, state = reset(key, PARAMS)
+    assert any(leaf.size == 0 for leaf in jax.tree.leaves(state.brax_state))
+    store = checkpoint.Checkpoints(tmp_path, keep=1)
+    store.save(0, state)
+    store.close()
+    step, restored = checkpoint.Checkpoints(tmp_path, keep=1).restore_latest(state)
+    assert step == 0
+    jax.tree.map(np.testing.assert_array_equal, restored, state)
+    actions, step_keys = jnp.zeros((STEPS, 1)), jnp.stack(step_keys)
+    jax.tree.map(np.testing.assert_array_equal, adapter_run(restored, actions, step_keys),
+                 adapter_run(state, actions, step_keys))
 
 
 def test_actions_are_clipped_to_the_box():

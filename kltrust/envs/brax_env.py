@@ -70,10 +70,36 @@ class BraxParams:
 
 @flax.struct.dataclass
 class BraxEnvState:
-    """brax's own ``State`` of the running episode and how many steps it has taken."""
+    """brax's own ``State`` of the running episode and how many steps it has taken.
 
-    brax_state: Any
+    brax's state holds zero-size arrays (an MJX model without actuator activations has ``act``
+    of shape (0,)), which orbax refuses to checkpoint. So the state keeps only brax's non-empty
+    leaves as arrays; the tree structure and the empty leaves' shapes and dtypes (fixed by the
+    model) are static metadata, and `brax_state` rebuilds brax's ``State``. Build with `pack`,
+    and read `brax_state` of one environment's state (inside the vmap, as the rollout does).
+    """
+
+    arrays: tuple[jax.Array, ...]  # brax's non-empty leaves, in tree order
     time: jax.Array  # int32 steps since the episode's reset
+    layout: Any = flax.struct.field(pytree_node=False)  # (treedef, ((index, shape, dtype), ...))
+
+    @classmethod
+    def pack(cls, brax_state: Any, time: jax.Array) -> BraxEnvState:
+        leaves, treedef = jax.tree.flatten(brax_state)
+        leaves = [jnp.asarray(leaf) for leaf in leaves]
+        empty = tuple((i, leaf.shape, leaf.dtype) for i, leaf in enumerate(leaves)
+                      if leaf.size == 0)
+        arrays = tuple(leaf for leaf in leaves if leaf.size)
+        return cls(arrays, time, (treedef, empty))
+
+    @property
+    def brax_state(self) -> Any:
+        treedef, empty = self.layout
+        arrays = iter(self.arrays)
+        empty_at = {i: (shape, dtype) for i, shape, dtype in empty}
+        leaves = [jnp.zeros(*empty_at[i]) if i in empty_at else next(arrays)
+                  for i in range(treedef.num_leaves)]
+        return jax.tree.unflatten(treedef, leaves)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,8 +134,8 @@ class BraxEnv:
               ) -> tuple[jax.Array, BraxEnvState]:
         """A fresh episode drawn from ``key``: (obs, state)."""
         brax_state = self.env.reset(key)
-        return brax_state.obs.astype(jnp.float32), BraxEnvState(brax_state,
-                                                               jnp.zeros((), jnp.int32))
+        return (brax_state.obs.astype(jnp.float32),
+                BraxEnvState.pack(brax_state, jnp.zeros((), jnp.int32)))
 
     def step(self, key: jax.Array, state: BraxEnvState, action: jax.Array,
              params: BraxParams | None = None):
@@ -133,5 +159,5 @@ class BraxEnv:
         info = {"final_observation": final_obs, "terminated": terminated,
                 "truncated": truncated, "discount": 1.0 - terminated.astype(jnp.float32)}
         return (brax_state.obs.astype(jnp.float32),
-                BraxEnvState(brax_state, jnp.where(done, 0, time).astype(jnp.int32)),
+                BraxEnvState.pack(brax_state, jnp.where(done, 0, time).astype(jnp.int32)),
                 jnp.asarray(stepped.reward, jnp.float32), terminated, truncated, info)
