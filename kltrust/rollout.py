@@ -317,9 +317,8 @@ def token_rollout(
         decode_fn, params, prompts, cache, key, max_new_tokens=max_new_tokens,
         temperature=temperature, eos_id=eos_id, pad_id=pad_id)
     if stats_chunk:
-        stats = chunked.token_stats(
-            sequence_fn, params, jnp.concatenate([prompts, response], axis=1), mask,
-            start=prompts.shape[1], chunk=chunked.rows_per_chunk(stats_chunk, prompts.shape[0]),
+        stats = chunked.response_stats(
+            sequence_fn, params, prompts, response, mask, max_rows=stats_chunk,
             ref_sequence_fn=ref_sequence_fn, ref_params=ref_params, temperature=temperature)
         return TokenRollout(prompts, response, mask, stats.log_prob, sampled_log_prob, None,
                             stats.value, stats.entropy, stats.ref_log_prob, None, stats.kl)

@@ -52,7 +52,7 @@ from kltrust.distributions import Categorical
 if TYPE_CHECKING:  # kltrust.rollout imports this module: the type only, not a cycle
     from kltrust.rollout import SequenceFn
 
-__all__ = ["TokenStats", "rows_per_chunk", "token_stats"]
+__all__ = ["TokenStats", "response_stats", "rows_per_chunk", "token_stats"]
 
 
 def rows_per_chunk(limit: int, batch: int) -> int:
@@ -150,3 +150,24 @@ def token_stats(
     rows = (tokens.reshape(count, chunk, length), mask.reshape(count, chunk, length - start))
     stacked = jax.lax.map(body, rows)
     return jax.tree_util.tree_map(lambda x: x.reshape((batch,) + x.shape[2:]), stacked)
+
+
+def response_stats(
+    sequence_fn: "SequenceFn",
+    params: Any,
+    prompts: jax.Array,
+    response: jax.Array,
+    mask: jax.Array,
+    *,
+    max_rows: int,
+    ref_sequence_fn: "SequenceFn | None" = None,
+    ref_params: Any = None,
+    temperature: jax.Array | float = 1.0,
+) -> TokenStats:
+    """`token_stats` of ``response`` [B, L] after ``prompts`` [B, P] (mask [B, L]), in chunks of
+    ``rows_per_chunk(max_rows, B)`` rows: how the token programs call it, where one setting
+    (``rl.stats_chunk``) serves batches it need not divide."""
+    return token_stats(sequence_fn, params, jnp.concatenate([prompts, response], axis=1), mask,
+                       start=prompts.shape[1], chunk=rows_per_chunk(max_rows, prompts.shape[0]),
+                       ref_sequence_fn=ref_sequence_fn, ref_params=ref_params,
+                       temperature=temperature)

@@ -173,10 +173,16 @@ class Trainer:
     def reference(self) -> LanguageModel:
         return self.static.reference
 
+    @property
+    def param_labels(self):
+        """The policy's optional ``param_labels`` member ("train" / "frozen" per leaf; a LoRA
+        model's base is frozen), None for a policy that trains every leaf."""
+        return getattr(self.policy, "param_labels", None)
+
     def optimizer(self) -> optax.GradientTransformation:
         """Adam (`tok.adam`); a policy with the optional ``param_labels`` member (a LoRA model)
         gets no optimiser state and no update on the leaves it labels "frozen"."""
-        return tok.adam(self.static.max_grad_norm, getattr(self.policy, "param_labels", None))
+        return tok.adam(self.static.max_grad_norm, self.param_labels)
 
     # ------------------------------------------------------------ init
 

@@ -34,10 +34,8 @@ def _ref_seq_logp(trainer, frozen, prompts, response, mask):
     """Σ_t log π_ref(y_t | x, y_<t) per pair; ``stats_chunk`` rows at a time if set."""
     chunk = trainer.static.stats_chunk
     if chunk:
-        stats = chunked.token_stats(
-            trainer.reference.sequence, frozen.ref_params,
-            jnp.concatenate([prompts, response], axis=1), mask, start=prompts.shape[1],
-            chunk=chunked.rows_per_chunk(chunk, prompts.shape[0]))
+        stats = chunked.response_stats(trainer.reference.sequence, frozen.ref_params, prompts,
+                                       response, mask, max_rows=chunk)
         return jnp.sum(stats.log_prob, axis=-1)
     logits, _ = rollouts.response_logits(trainer.reference.sequence, frozen.ref_params, prompts,
                                          response)

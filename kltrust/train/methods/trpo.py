@@ -58,7 +58,7 @@ def update(trainer, state, hp, frozen):
     s = trainer.static
     key, _, prompts, ro, proxy = trainer.sample_and_score(state, frozen, 3, s.uses_reference)
     advantage = grpo.group_advantages(proxy, s.group_size, baseline="rloo")
-    flat, to_params = ravel_trainable(state.params, getattr(trainer.policy, "param_labels", None))
+    flat, to_params = ravel_trainable(state.params, trainer.param_labels)
     prompt_len = prompts.shape[1]
 
     def policy_fn(flat_params, tokens):
