@@ -1,8 +1,14 @@
-"""PPO presets: TASK_VARIANT, e.g. ``--config=configs/ppo.py:cartpole_clip``.
+"""PPO presets: TASK_VARIANT, e.g. ``--config=configs/ppo.py:cartpole_clip`` or
+``--config=configs/ppo.py:inverted_pendulum_kl_adaptive``.
 
 Tasks: cartpole, acrobot, pendulum, mountaincar (gymnax CartPole-v1, Acrobot-v1, Pendulum-v1,
-MountainCarContinuous-v0). Variants, the PPO paper's comparison (Schulman et al. 2017, §6.1) plus
-controllers from later work:
+MountainCarContinuous-v0), and the PPO paper's seven MuJoCo tasks through brax (`MUJOCO_TASKS`:
+halfcheetah, hopper, inverted_double_pendulum, inverted_pendulum, reacher, swimmer, walker2d; the
+``brax`` extra) with the paper's Table 3 settings: one environment × 2048 steps per update, 10
+epochs of minibatches of 64, Adam 3e-4, γ = 0.99, λ = 0.95, 1M steps (999,424 = 488 updates),
+observations normalised and clipped to ±5 (as in the baselines code the paper ran), no entropy
+bonus, no gradient clipping; the step size is annealed linearly, as baselines' ``run_mujoco`` did.
+Variants, the PPO paper's comparison (Schulman et al. 2017, §6.1) plus controllers from later work:
 
     none            no clipping, no penalty
     clip            clipped surrogate, ε = 0.2
@@ -52,6 +58,31 @@ TASKS = {
     ),
 }
 
+
+def _mujoco(env_name: str) -> dict:
+    """The PPO paper's Table 3 on one brax task (module docstring)."""
+    return dict(
+        env_name=env_name, num_envs=1, num_steps=2048, num_epochs=10, num_minibatches=32,
+        total_timesteps=999_424, updates_per_chunk=61, normalize_observations=True,
+        hparams=dict(learning_rate=3e-4, gamma=0.99, gae_lambda=0.95, ent_coef=0.0,
+                     max_grad_norm=float("inf"), obs_clip=5.0),
+    )
+
+
+# The brax environment of each of the paper's tasks; MuJoCo's dynamics (mjx) wherever brax has
+# them. swimmer exists only on brax's 'generalized' backend.
+MUJOCO_ENVS = {
+    "halfcheetah": "brax:halfcheetah",
+    "hopper": "brax:hopper",
+    "inverted_double_pendulum": "brax:inverted_double_pendulum",
+    "inverted_pendulum": "brax:inverted_pendulum",
+    "reacher": "brax:reacher",
+    "swimmer": "brax:swimmer,backend=generalized",
+    "walker2d": "brax:walker2d",
+}
+MUJOCO_TASKS = tuple(MUJOCO_ENVS)
+TASKS.update({task: _mujoco(env_name) for task, env_name in MUJOCO_ENVS.items()})
+
 # ``controller``: knobs set in ``hparams.controller.<kl_penalty>``; the others keep the controller's
 # own defaults (`kltrust.controllers`).
 VARIANTS = {
@@ -76,11 +107,20 @@ def base_config() -> ml_collections.ConfigDict:
     return control_config.ppo_defaults()
 
 
+def split_preset(preset: str, tasks, variants) -> tuple[str, str] | None:
+    """(task, variant) of ``preset`` = TASK_VARIANT (task names may hold underscores), or None."""
+    for task in sorted(tasks, key=len, reverse=True):
+        if preset.startswith(task + "_") and preset[len(task) + 1:] in variants:
+            return task, preset[len(task) + 1:]
+    return None
+
+
 def get_config(preset: str = "cartpole_clip") -> ml_collections.ConfigDict:
     """The config of ``preset`` (TASK_VARIANT); see the module docstring."""
-    task, _, variant = preset.partition("_")
-    if task not in TASKS or variant not in VARIANTS:
+    parts = split_preset(preset, TASKS, VARIANTS)
+    if parts is None:
         raise unknown_preset("PPO", preset, PRESETS)
+    task, variant = parts
     config = base_config()
     task_fields = dict(TASKS[task])
     config.hparams.update(task_fields.pop("hparams"))

@@ -1,7 +1,10 @@
 """TRPO presets: TASK_VARIANT, e.g. ``--config=configs/trpo.py:cartpole_trpo``.
 
 Tasks: cartpole, acrobot, pendulum, mountaincar (the PPO presets' gymnax environments, with the same
-environment counts and total steps so the two families compare on equal data). Variants:
+environment counts and total steps so the two families compare on equal data), and the seven MuJoCo
+tasks through brax (configs/ppo.py's ``MUJOCO_ENVS``) with the PPO paper's batch (one environment ×
+2048 steps), γ = 0.99, λ = 0.95, 1M steps and the same observation normalisation, so the TRPO row of
+its Table 1 sees the PPO rows' data. Variants:
 
     trpo      hard trust region KL(π_old ‖ π_θ) ≤ δ = 0.01, CG + backtracking line search
               (Schulman et al. 2015; defaults as in OpenAI Spinning Up's TRPO)
@@ -15,6 +18,7 @@ everything else is static. Override anything with ``--config.key=value``.
 
 import ml_collections
 
+from configs.ppo import MUJOCO_ENVS, split_preset
 from kltrust.errors import unknown_preset
 from kltrust.train import control_config
 
@@ -40,6 +44,12 @@ TASKS = {
     ),
 }
 
+TASKS.update({
+    task: dict(env_name=env_name, num_envs=1, num_steps=2048, total_timesteps=999_424,
+               updates_per_chunk=61, normalize_observations=True,
+               hparams=dict(gamma=0.99, gae_lambda=0.95, obs_clip=5.0))
+    for task, env_name in MUJOCO_ENVS.items()})
+
 VARIANTS = {
     "trpo": dict(line_search=True, kl_anchor="old"),
     "npg": dict(line_search=False, kl_anchor="old"),
@@ -56,9 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 def get_config(preset: str = "cartpole_trpo") -> ml_collections.ConfigDict:
     """The config of ``preset`` (TASK_VARIANT); see the module docstring."""
-    task, _, variant = preset.partition("_")
-    if task not in TASKS or variant not in VARIANTS:
+    parts = split_preset(preset, TASKS, VARIANTS)
+    if parts is None:
         raise unknown_preset("TRPO", preset, PRESETS)
+    task, variant = parts
     config = base_config()
     task_fields = dict(TASKS[task])
     config.hparams.update(task_fields.pop("hparams"))

@@ -94,6 +94,22 @@ def test_adaptive_ignores_n_and_compounds():
     np.testing.assert_array_equal([t.beta for t in trace], [2.0, 4.0, 2.0, 2.0, 4.0])
 
 
+def test_adaptive_factor_scales_the_step_and_one_is_the_fixed_rule():
+    kls, ns = [1.0, 1.0, 1e-4, 0.01, 0.02, 1e-6], [1.0] * 6
+    tripled = _run("adaptive", controllers.get("adaptive").init(1.0, kl_target=0.01, factor=3.0),
+                   kls, ns)
+    np.testing.assert_allclose([t.beta for t in tripled], [3.0, 9.0, 3.0, 3.0, 9.0, 3.0],
+                               rtol=1e-7)  # x/3·3 is x to within one float32 rounding
+    # factor = 1: the paper's fixed-β rows as points of the adaptive program, bit for bit.
+    betas = np.array([0.3, 1.0, 3.0, 10.0], np.float32)
+    held = _run("adaptive", controllers.get("adaptive").init(
+        jnp.asarray(betas), kl_target=jnp.full(4, 0.01), factor=jnp.ones(4)), kls, ns)
+    fixed = _run("fixed", controllers.get("fixed").init(jnp.asarray(betas)), kls, ns)
+    for a, b in zip(held, fixed):
+        np.testing.assert_array_equal(a.beta, b.beta)
+    np.testing.assert_array_equal(held[-1].beta, betas)
+
+
 # ---------------------------------------------------------------- proportional (Ziegler et al.)
 
 
@@ -375,7 +391,7 @@ def test_init_validation_messages(call, message):
 
 def test_init_refuses_unknown_knobs_and_mixed_forms():
     with pytest.raises(TypeError, match=r"kltrust.controllers.adaptive: unknown knob 'horizon'; "
-                                        r"its knobs are \('kl_target',\)"):
+                                        r"its knobs are \('kl_target', 'factor'\)"):
         controllers.get("adaptive").init(0.1, horizon=1.0)
     hp = components.create(controllers.get("adaptive").hparams)
     with pytest.raises(TypeError, match="not both"):

@@ -19,9 +19,11 @@ so a truncated episode could not be bootstrapped from V(final observation). Here
   baselines do (the log-probability stays that of the unclipped sample);
 - observations and rewards are float32.
 
-Known snag: brax's ``swimmer`` exists only on the ``generalized`` backend, and its fluid model
-(``brax/fluid.py``) calls ``jp.clip(..., a_min=...)``, a keyword jax 0.10 removed: stepping
-``brax:swimmer,backend=generalized`` raises a TypeError until brax or a shim fixes that call.
+Known snag, shimmed: brax's ``swimmer`` exists only on the ``generalized`` backend, and its fluid
+model (``brax/fluid.py``, brax 0.14.2) calls ``jp.clip(..., a_min=...)``, a keyword jax 0.10
+removed. `import_brax` points that one module's ``jp`` at `_ClipCompat`, which maps
+``a_min``/``a_max`` to ``min``/``max`` (the same function under its new argument names); nothing
+else in brax or jax is touched.
 
 brax is imported lazily (`import_brax`), so kltrust works without it; a run that asks for a brax
 environment without brax installed gets a one-line error naming what to install.
@@ -43,13 +45,34 @@ DEFAULT_EPISODE_LENGTH = 1000
 INSTALL_HINT = "pip install 'kltrust[brax]' (brax==0.14.2 with mujoco and mujoco-mjx 3.17.0)"
 
 
+class _ClipCompat:
+    """``jax.numpy`` as brax 0.14.2's fluid model expects it: ``clip`` still takes the
+    ``a_min``/``a_max`` keywords jax 0.10 removed (renamed ``min``/``max``); every other name is
+    ``jax.numpy``'s own."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(jnp, name)
+
+    @staticmethod
+    def clip(x: Any, a_min: Any = None, a_max: Any = None, **kwargs: Any) -> jax.Array:
+        kwargs.setdefault("min", a_min)
+        kwargs.setdefault("max", a_max)
+        return jnp.clip(x, **kwargs)
+
+
 def import_brax() -> Any:
-    """``brax.envs``, or an ImportError whose one line says what to install."""
+    """``brax.envs``, or an ImportError whose one line says what to install.
+
+    Also applies the swimmer's compatibility shim (module docstring) to ``brax.fluid``.
+    """
     try:
         from brax import envs  # noqa: PLC0415 - lazy on purpose: brax is an optional extra
+        from brax import fluid  # noqa: PLC0415
     except ImportError as error:
         raise ImportError(f"brax environments need brax, which is not installed ({error}); "
                           f"{INSTALL_HINT}.") from None
+    if fluid.jp is jnp:  # brax 0.14.2 imports jax.numpy as jp there; leave any other binding be
+        fluid.jp = _ClipCompat()
     return envs
 
 

@@ -3,10 +3,13 @@
 One pure loss serves every variant of the PPO paper's comparison; the variant is static
 (`Variant`), the coefficients are arrays (`LossCoefs`), so sweeps over ε and β vmap.
 
-    L(θ) = −E[S_t(θ)] + β·E[KL_t(θ)] + c_v·E[½(V_θ(s_t) − R_t)²] − c_e·E[H(π_θ(·|s_t))]
+    L(θ) = −E[S_t(θ)] + β·E[KL_t(θ)] + c_v·E[L^V_t(θ)] − c_e·E[H(π_θ(·|s_t))]
 
 with ρ_t = π_θ(a_t|s_t)/π_old(a_t|s_t) and
-    S_t = min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t)   if ``variant.clip``,   else ρ_t·A_t.
+    S_t = min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t)   if ``variant.clip``,   else ρ_t·A_t,
+    L^V_t = ½(V_θ(s_t) − R_t)², or with ``variant.clip_value`` (OpenAI baselines' ``ppo2``)
+    L^V_t = ½·max((V_θ − R_t)², (V_old + clip(V_θ − V_old, −ε_v, ε_v) − R_t)²),
+where V_old is the rollout's value prediction and ε_v = ``coefs.vf_clip_eps``.
 
 The KL term (only if ``variant.kl_penalty != "none"``) is, by ``variant.kl_anchor``:
     "old":        KL(π_old(·|s) ‖ π_θ(·|s)), the PPO paper's penalty (eq. 8), trust-region style;
@@ -57,6 +60,7 @@ class Variant:
     kl_anchor: str = "old"
     kl_estimator: str = "exact"
     normalize_advantages: bool = True
+    clip_value: bool = False  # the value loss clipped around the rollout's values (docstring)
 
     def __post_init__(self):
         for name, allowed in (
@@ -86,6 +90,7 @@ class LossCoefs:
     beta: jax.Array
     vf_coef: jax.Array
     ent_coef: jax.Array
+    vf_clip_eps: jax.Array | None = None  # ε_v, read only if ``variant.clip_value``
 
 
 @flax.struct.dataclass
@@ -102,6 +107,7 @@ class Batch:
     # Optional 0/1 (or non-negative) weights shaped like ``action``'s batch axes: the token programs
     # pass the response mask, so padding after EOS counts for nothing. None = plain means.
     weight: jax.Array | None = None
+    value: jax.Array | None = None  # V_old(s), the rollout's; needed only if variant.clip_value
 
 
 def _mean(values: jax.Array, batch: Batch) -> jax.Array:
@@ -149,7 +155,11 @@ def loss(
     else:
         surrogate = ratio * advantage
     policy_loss = -_mean(surrogate, batch)
-    value_loss = 0.5 * _mean(jnp.square(value - batch.target), batch)
+    value_error = jnp.square(value - batch.target)
+    if variant.clip_value:
+        moved = jnp.clip(value - batch.value, -coefs.vf_clip_eps, coefs.vf_clip_eps)
+        value_error = jnp.maximum(value_error, jnp.square(batch.value + moved - batch.target))
+    value_loss = 0.5 * _mean(value_error, batch)
     entropy = _mean(new.entropy(), batch)
     total = policy_loss + coefs.vf_coef * value_loss - coefs.ent_coef * entropy
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from kltrust import envs, sharding
 from kltrust.errors import check
+from kltrust.envs.normalize import RunningStats
 from kltrust.models import ActorCritic
 
 # The gymnax names; `kltrust.envs` holds every family (brax's "brax:NAME" too) and checks names.
@@ -96,7 +97,8 @@ def check_fits_mesh(num_envs: int, mesh: jax.sharding.Mesh) -> None:
 class ControlTrainer:
     """What PPO's and TRPO's trainers share; subclasses add ``init(seed, hp, params)`` and ``update``.
 
-    ``static`` must carry ``env_name``, ``hidden``, ``activation`` and ``updates_per_chunk``.
+    ``static`` must carry ``env_name``, ``hidden``, ``activation``, ``updates_per_chunk`` and
+    ``normalize_observations``.
     """
 
     static: Any
@@ -109,6 +111,24 @@ class ControlTrainer:
     def apply_fn(self, params: Any, obs: jax.Array):
         model, _, _ = self._model_and_env
         return model.apply(params, obs)
+
+    def init_obs_stats(self) -> RunningStats | None:
+        """Empty running observation statistics, or None when observations are not normalised
+        (the train state then holds no statistics and the program is unchanged)."""
+        if not self.static.normalize_observations:
+            return None
+        _, env, env_params = self._model_and_env
+        return RunningStats.init(tuple(env.observation_space(env_params).shape))
+
+    @staticmethod
+    def observe(stats: RunningStats | None, obs: jax.Array, clip: jax.Array) -> jax.Array:
+        """What the networks see of ``obs``: normalised by ``stats`` (`kltrust.envs.normalize`),
+        or ``obs`` itself when ``stats`` is None."""
+        return obs if stats is None else stats.normalize(obs, clip)
+
+    def observed_policy(self, stats: RunningStats | None, clip: jax.Array) -> Callable:
+        """``apply_fn`` behind `observe`: the policy the rollout samples from raw observations."""
+        return lambda params, obs: self.apply_fn(params, self.observe(stats, obs, clip))
 
     def initial_params(self, seeds: jax.Array) -> Any:
         """Initial parameters per seed (leading axis = seed); eager, see `initial_params`."""

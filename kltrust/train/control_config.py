@@ -45,6 +45,9 @@ def control_defaults(algorithm: str, **fields: Any) -> ml_collections.ConfigDict
     config.total_timesteps = 500_000
     config.updates_per_chunk = 50  # updates per compiled call; metrics/checkpoints between calls
     config.model = ml_collections.ConfigDict(dict(hidden=(64, 64), activation="tanh"))
+    # Running mean/variance normalisation of the observations (kltrust.envs.normalize), clipped
+    # to ±hparams.obs_clip: the PPO paper's MuJoCo setting.
+    config.normalize_observations = False
     config.checkpoint_every_chunks = 1
     config.keep_checkpoints = 2
     # Devices: runs (a sweep's run axis) × data (the batch) × fsdp (parameters); -1 = the rest.
@@ -88,6 +91,8 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
               f"a divisor of the number of updates, {updates} = total_timesteps // "
               f"(num_envs * num_steps); nearest divisors: {near}")
     check(config.num_seeds >= 1, "num_seeds", config.num_seeds, ">= 1")
+    check(isinstance(config.normalize_observations, bool), "normalize_observations",
+          config.normalize_observations, "True or False")
     limit = config.guards.max_nonfinite_updates
     check(isinstance(limit, int) and limit >= 1, "guards.max_nonfinite_updates", limit,
           "an integer >= 1")
@@ -110,7 +115,7 @@ def ppo_defaults() -> ml_collections.ConfigDict:
         anneal_lr=True,
         early_stop=False,  # stop the epoch loop once KL(π_old ‖ π_θ) > 1.5 · target_kl
         variant=dict(clip=True, kl_penalty="none", kl_anchor="old", kl_estimator="exact",
-                     normalize_advantages=True),
+                     normalize_advantages=True, clip_value=False),
         hparams=components.config_defaults(ppo.HParams),
     )
 
@@ -132,7 +137,7 @@ def ppo_validate(config: ml_collections.ConfigDict, batch_shards: int | None = N
     penalised = variant.kl_penalty != "none"
     # Multiplicative rules cannot leave β = 0: β's interval is then open at 0.
     positive = penalised and controllers.get(variant.kl_penalty).beta_positive
-    unread = ppo.unread_knobs(variant, config.early_stop)
+    unread = ppo.unread_knobs(variant, config.early_stop, config.normalize_observations)
     check_knobs(ppo.HParams, config.hparams, unread=unread + (("beta",) if positive else ()))
     if positive:
         check_range(config.hparams, "beta", 0.0, low_open=True)
@@ -158,6 +163,7 @@ def ppo_static(config: ml_collections.ConfigDict) -> ppo.Static:
         anneal_lr=config.anneal_lr,
         early_stop=config.early_stop,
         variant=_variant(ppo_objective.Variant, config),
+        normalize_observations=config.normalize_observations,
     )
 
 
@@ -208,7 +214,8 @@ def trpo_validate(config: ml_collections.ConfigDict, batch_shards: int | None = 
     check(config.fvp_subsample <= batch, "fvp_subsample", config.fvp_subsample,
           f"<= num_envs * num_steps = {batch}")
     variant = _variant(trpo_objective.Variant, config)
-    check_knobs(trpo.HParams, config.hparams, unread=trpo.unread_knobs(variant))
+    check_knobs(trpo.HParams, config.hparams,
+                unread=trpo.unread_knobs(variant, config.normalize_observations))
     check_finite(config.hparams, allow_inf=inf_fields(trpo.HParams))  # the unread ones too
 
 
@@ -228,6 +235,7 @@ def trpo_static(config: ml_collections.ConfigDict) -> trpo.Static:
         vf_epochs=config.vf_epochs,
         vf_minibatches=config.vf_minibatches,
         variant=_variant(trpo_objective.Variant, config),
+        normalize_observations=config.normalize_observations,
     )
 
 
@@ -311,5 +319,7 @@ def _variant(cls: type, config: ml_collections.ConfigDict) -> Any:
 
 
 def _describe(variant: Any) -> str:
+    # The optional extras (value clipping) are named only when switched on.
     return " ".join(f"{f.name}={getattr(variant, f.name)}" for f in dataclasses.fields(variant)
-                    if f.name != "normalize_advantages")
+                    if f.name != "normalize_advantages"
+                    and not (f.name == "clip_value" and not variant.clip_value))

@@ -42,7 +42,8 @@ class HParams:
     learning_rate: jax.Array = components.knob(
         2.5e-4, "Adam's step size (annealed linearly to 0 if anneal_lr)", low=0, low_open=True)
     clip_eps: jax.Array = components.knob(
-        0.2, "ε of the clipped ratio 1 ± ε (read if variant.clip)", low=0, low_open=True)
+        0.2, "ε of the clipped ratio 1 ± ε (read if variant.clip; inf: the unclipped surrogate "
+        "exactly)", low=0, low_open=True, allow_inf=True)
     beta: jax.Array = components.knob(
         1.0, "fixed β, or the initial β of a controller (read if variant.kl_penalty != 'none'; "
         "> 0 for a multiplicative controller)", low=0)
@@ -57,6 +58,12 @@ class HParams:
         low_open=True)
     reward_scale: jax.Array = components.knob(1.0, "rewards are multiplied by this", low=0,
                                               low_open=True)
+    obs_clip: jax.Array = components.knob(
+        5.0, "normalised observations are clipped to ±obs_clip (read if normalize_observations; "
+        "inf: no clipping)", low=0, low_open=True, allow_inf=True)
+    vf_clip_eps: jax.Array = components.knob(
+        0.2, "the value prediction may move by at most this from the rollout's (read if "
+        "variant.clip_value)", low=0, low_open=True)
     # The knobs of the β controller ``variant.controller`` (its module's HParams); in the config
     # every registered controller's group, so --config.hparams.controller.pid.kp=1 always parses.
     controller: Any = components.group(controllers.REGISTRY, "the β controller's knobs")
@@ -78,6 +85,7 @@ class Static:
     anneal_lr: bool
     early_stop: bool
     variant: ppo.Variant
+    normalize_observations: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -95,12 +103,19 @@ class TrainState:
     update_step: jax.Array
     ref_params: Any  # frozen reference policy, None unless the variant penalises KL to it
     bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
+    # Running observation statistics (`kltrust.envs.normalize`), None unless normalised.
+    obs_stats: Any = None
 
 
-def unread_knobs(variant: ppo.Variant, early_stop: bool) -> tuple[str, ...]:
+def unread_knobs(variant: ppo.Variant, early_stop: bool,
+                 normalize_observations: bool = False) -> tuple[str, ...]:
     """The knobs of `HParams` a run of ``variant`` never reads (their range is not checked, only
     that they are finite numbers)."""
     unread = []
+    if not normalize_observations:
+        unread.append("obs_clip")
+    if not variant.clip_value:
+        unread.append("vf_clip_eps")
     if not variant.clip:
         unread.append("clip_eps")
     if variant.kl_penalty == "none":
@@ -144,6 +159,7 @@ class Trainer(common.ControlTrainer):
             update_step=jnp.zeros((), jnp.int32),
             ref_params=params if variant.uses_reference else None,
             bad_updates=jnp.zeros((), jnp.int32),
+            obs_stats=self.init_obs_stats(),
         )
 
     def update(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -154,18 +170,21 @@ class Trainer(common.ControlTrainer):
         key, key_rollout, key_epochs = jax.random.split(state.key, 3)
 
         runner, episodes, traj, last_value = rollout.rollout(
-            self.apply_fn, state.params, state.runner, state.episodes, key_rollout, env, env_params,
-            static.num_steps, constrain,
+            self.observed_policy(state.obs_stats, hp.obs_clip), state.params, state.runner,
+            state.episodes, key_rollout, env, env_params, static.num_steps, constrain,
         )
         advantage, target = rollout.gae(traj, last_value, hp.gamma, hp.gae_lambda, hp.reward_scale)
-        reference = (
-            self.apply_fn(state.ref_params, traj.obs)[0] if variant.uses_reference else None
-        )
+        # The networks' inputs exactly as the behaviour policy saw them; the statistics then
+        # absorb this rollout's raw observations, for the next one (`kltrust.envs.normalize`).
+        obs = self.observe(state.obs_stats, traj.obs, hp.obs_clip)
+        obs_stats = None if state.obs_stats is None else state.obs_stats.update(traj.obs)
+        reference = self.apply_fn(state.ref_params, obs)[0] if variant.uses_reference else None
         # [T, N] -> [T·N]: time-major flattening keeps each device's environments contiguous.
         flat = lambda x: x.reshape((static.batch_size,) + x.shape[2:])
         batch = jax.tree.map(flat, ppo.Batch(
-            obs=traj.obs, action=traj.action, log_prob=traj.log_prob, policy=traj.policy,
+            obs=obs, action=traj.action, log_prob=traj.log_prob, policy=traj.policy,
             advantage=advantage, target=target, reference=reference,
+            value=traj.value if variant.clip_value else None,
         ))
         batch = constrain(batch)
 
@@ -174,7 +193,8 @@ class Trainer(common.ControlTrainer):
             hyperparams={**state.opt_state.hyperparams, "learning_rate": hp.learning_rate * frac}
         )
         optimizer = self._optimizer(hp)
-        coefs = ppo.LossCoefs(hp.clip_eps, state.controller.beta, hp.vf_coef, hp.ent_coef)
+        coefs = ppo.LossCoefs(hp.clip_eps, state.controller.beta, hp.vf_coef, hp.ent_coef,
+                              hp.vf_clip_eps)
         grad_fn = jax.value_and_grad(
             lambda p, mb: ppo.loss(p, mb, coefs, apply_fn=self.apply_fn, variant=variant),
             has_aux=True,
@@ -231,10 +251,11 @@ class Trainer(common.ControlTrainer):
         metrics["learning_rate"] = opt_state.hyperparams["learning_rate"]
         # A non-finite update (a NaN reward, an overflow) is skipped: the learning state and the
         # episode statistics stay as they were; the environments move on.
-        (params, opt_state, controller_state, episodes), bad_updates, metrics = (
+        (params, opt_state, controller_state, episodes, obs_stats), bad_updates, metrics = (
             guards.skip_nonfinite(
-                (state.params, state.opt_state, state.controller, state.episodes),
-                (params, opt_state, controller_state, episodes), metrics, state.bad_updates))
+                (state.params, state.opt_state, state.controller, state.episodes, state.obs_stats),
+                (params, opt_state, controller_state, episodes, obs_stats), metrics,
+                state.bad_updates))
         metrics["episode_return"] = episodes.mean_return()  # last 100 episodes (NaN before any)
         metrics["episodes_completed"] = jnp.sum(traj.done)
         # The layout the run started with (FSDP or replicated) is kept across updates and chunks.
@@ -242,7 +263,7 @@ class Trainer(common.ControlTrainer):
         new_state = TrainState(
             params=params, opt_state=opt_state, controller=controller_state, runner=runner,
             episodes=episodes, key=key, update_step=state.update_step + 1, ref_params=state.ref_params,
-            bad_updates=bad_updates,
+            bad_updates=bad_updates, obs_stats=obs_stats,
         )
         return new_state, metrics
 

@@ -54,6 +54,9 @@ class HParams:
     gae_lambda: jax.Array = components.knob(0.97, "GAE λ", low=0, high=1)
     reward_scale: jax.Array = components.knob(1.0, "rewards are multiplied by this", low=0,
                                               low_open=True)
+    obs_clip: jax.Array = components.knob(
+        5.0, "normalised observations are clipped to ±obs_clip (read if normalize_observations; "
+        "inf: no clipping)", low=0, low_open=True, allow_inf=True)
 
     def step_coefs(self) -> trpo.StepCoefs:
         return trpo.StepCoefs(self.delta, self.kl_budget, self.damping, self.backtrack_factor,
@@ -77,6 +80,7 @@ class Static:
     vf_epochs: int
     vf_minibatches: int
     variant: trpo.Variant
+    normalize_observations: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -93,12 +97,15 @@ class TrainState:
     update_step: jax.Array
     ref_params: Any  # frozen reference policy, None unless kl_anchor = "reference"
     bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
+    # Running observation statistics (`kltrust.envs.normalize`), None unless normalised.
+    obs_stats: Any = None
 
 
-def unread_knobs(variant: trpo.Variant) -> tuple[str, ...]:
+def unread_knobs(variant: trpo.Variant, normalize_observations: bool = False) -> tuple[str, ...]:
     """The knobs of `HParams` a run of ``variant`` never reads (their range is not checked, only
     that they are finite numbers)."""
-    return () if variant.uses_reference else ("kl_budget",)
+    return ((() if variant.uses_reference else ("kl_budget",))
+            + (() if normalize_observations else ("obs_clip",)))
 
 
 def split_params(params: Any) -> tuple[Any, Any]:
@@ -138,6 +145,7 @@ class Trainer(common.ControlTrainer):
             update_step=jnp.zeros((), jnp.int32),
             bad_updates=jnp.zeros((), jnp.int32),
             ref_params=params if self.static.variant.uses_reference else None,
+            obs_stats=self.init_obs_stats(),
         )
 
     def update(self, state: TrainState, hp: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -148,14 +156,17 @@ class Trainer(common.ControlTrainer):
         key, key_rollout, key_vf = jax.random.split(state.key, 3)
 
         runner, episodes, traj, last_value = rollout.rollout(
-            self.apply_fn, state.params, state.runner, state.episodes, key_rollout, env, env_params,
-            static.num_steps, constrain,
+            self.observed_policy(state.obs_stats, hp.obs_clip), state.params, state.runner,
+            state.episodes, key_rollout, env, env_params, static.num_steps, constrain,
         )
         advantage, target = rollout.gae(traj, last_value, hp.gamma, hp.gae_lambda, hp.reward_scale)
-        reference = self.apply_fn(state.ref_params, traj.obs)[0] if variant.uses_reference else None
+        # As in PPO: optimise on the inputs the behaviour policy saw, then update the statistics.
+        obs = self.observe(state.obs_stats, traj.obs, hp.obs_clip)
+        obs_stats = None if state.obs_stats is None else state.obs_stats.update(traj.obs)
+        reference = self.apply_fn(state.ref_params, obs)[0] if variant.uses_reference else None
         flat = lambda x: x.reshape((static.batch_size,) + x.shape[2:])
         batch = constrain(jax.tree.map(flat, trpo.Batch(
-            obs=traj.obs, action=traj.action, log_prob=traj.log_prob, policy=traj.policy,
+            obs=obs, action=traj.action, log_prob=traj.log_prob, policy=traj.policy,
             advantage=advantage, reference=reference,
         )))
         target = constrain(flat(target))
@@ -180,9 +191,10 @@ class Trainer(common.ControlTrainer):
         metrics["ratio_max"], metrics["ratio_min"] = ratio.max(), ratio.min()
         # A non-finite update is skipped (the line search already rejects a NaN surrogate; the
         # critic's Adam would not). CG's diagnostics may be NaN by design (0/0 on a zero gradient).
-        (new_params, vf_opt_state, episodes), bad_updates, metrics = guards.skip_nonfinite(
-            (state.params, state.vf_opt_state, state.episodes),
-            (merge_params(new_policy_params, critic_params), vf_opt_state, episodes), metrics,
+        (new_params, vf_opt_state, episodes, obs_stats), bad_updates, metrics = guards.skip_nonfinite(
+            (state.params, state.vf_opt_state, state.episodes, state.obs_stats),
+            (merge_params(new_policy_params, critic_params), vf_opt_state, episodes, obs_stats),
+            metrics,
             state.bad_updates, checked=("grad_norm", "value_loss", "entropy", "kl_old"))
         metrics["episode_return"] = episodes.mean_return()  # last 100 episodes
         metrics["episodes_completed"] = jnp.sum(traj.done)
@@ -191,7 +203,7 @@ class Trainer(common.ControlTrainer):
         new_state = TrainState(
             params=new_params, vf_opt_state=vf_opt_state,
             runner=runner, episodes=episodes, key=key, update_step=state.update_step + 1,
-            ref_params=state.ref_params, bad_updates=bad_updates,
+            ref_params=state.ref_params, bad_updates=bad_updates, obs_stats=obs_stats,
         )
         return new_state, metrics
 
