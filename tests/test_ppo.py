@@ -211,6 +211,15 @@ def test_table1_rows_as_points_of_another_program(preset, point, twin):
                  a.state.params, b.state.params)
 
 
+def test_unclipped_gradients_take_every_update():
+    # max_grad_norm = inf means no clipping; it once sat in the optimiser state as inf, where the
+    # non-finite guard saw it and skipped every update. It must equal an enormous finite norm.
+    unclipped = _train(**{"hparams.max_grad_norm": float("inf")})
+    huge = _train(**{"hparams.max_grad_norm": 1e30})
+    assert not unclipped.metrics["skipped_nonfinite"].any()
+    jax.tree.map(np.testing.assert_array_equal, unclipped.state.params, huge.state.params)
+
+
 def test_vmapped_seeds_equal_separate_runs():
     both = _train(num_seeds=2, seed=3)
     # Independence, exactly: seed 4 is the second run of the pair (3, 4) and the first of (4, 5),

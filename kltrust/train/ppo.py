@@ -136,8 +136,12 @@ class Trainer(common.ControlTrainer):
     static: Static
 
     def _optimizer(self, hp: HParams) -> optax.GradientTransformation:
+        # max_grad_norm = inf (no clipping) is injected as float32's largest finite value: the
+        # same optimiser (a finite norm never exceeds it), but the optimiser state stays finite,
+        # which the non-finite guard checks every update (an inf there skipped every update).
+        max_grad_norm = jnp.minimum(hp.max_grad_norm, jnp.finfo(jnp.float32).max)
         return optax.inject_hyperparams(_make_optimizer)(
-            learning_rate=hp.learning_rate, max_grad_norm=hp.max_grad_norm
+            learning_rate=hp.learning_rate, max_grad_norm=max_grad_norm
         )
 
     def init(self, seed: jax.Array, hp: HParams, params: Any) -> TrainState:
