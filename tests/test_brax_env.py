@@ -170,7 +170,7 @@ def test_rollout_bootstraps_truncations_from_the_final_observation_and_not_termi
 IMPROVE_ENV = "brax:inverted_pendulum,episode_length=100"
 
 
-@pytest.mark.slow  # compiling the PPO program around mjx: ~60 s on 2 loaded cores
+@pytest.mark.slow  # compiling the PPO program around mjx: ~90 s on 2 loaded cores
 def test_ppo_preset_improves_on_random_on_brax_inverted_pendulum():
     # The paper's preset (observations normalised, Table 3's losses), shrunk: 8 envs × 64 steps,
     # 16 updates; episodes cut at 100 steps so that the random baseline is cheap to measure.
@@ -187,8 +187,8 @@ def test_ppo_preset_improves_on_random_on_brax_inverted_pendulum():
     final = float(result.metrics["episode_return"][0, -1])  # mean of the last 100 episodes
     print(f"random {random:.2f}, PPO after 8192 steps {final:.2f}; "
           f"compile {result.compile_seconds:.1f} s, run {result.run_seconds:.1f} s")
-    # Measured (seed 0): random MARGIN_RANDOM, PPO MARGIN_PPO; asserting 3× random keeps a wide
-    # margin on both sides.
+    # Measured (seed 0, 2026-12-01): random 5.79, PPO 50.2 (of at most 100); 3× random leaves a
+    # wide margin on both sides.
     assert final > 3 * random
 
 
