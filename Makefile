@@ -17,7 +17,7 @@ endif
 comma := ,
 
 .PHONY: demo test test-fast notebooks kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
-  bench-tokens bench-sharding ppo-table1 ppo-table1-full rlhf-frontier overoptimization sweep-timing real-frontier clean
+  bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization sweep-timing real-frontier clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,17 @@ ppo-table1: $(VENV)/.installed
 ppo-table1-full: $(VENV)/.installed
 	$(SWEEP) --sweep=configs/sweeps/ppo_table1.py:full --workdir=runs/ppo_table1_full
 	$(call copy_report,ppo_table1_full)
+
+# The PPO paper's Table 1 on brax's MuJoCo tasks (configs/sweeps/ppo_table1_brax.py). The CPU arm
+# (five tasks, four rows + TRPO, 3 seeds, 1M steps) is hours on 2 cores; the same command resumes
+# an interrupted sweep. ppo-table1-brax-full is the whole table, for a GPU.
+ppo-table1-brax: $(VENV)/.installed-dev
+	$(SWEEP) --sweep=configs/sweeps/ppo_table1_brax.py --workdir=runs/ppo_table1_brax_cpu
+	$(call copy_report,ppo_table1_brax_cpu)
+
+ppo-table1-brax-full: $(VENV)/.installed-dev
+	$(SWEEP) --sweep=configs/sweeps/ppo_table1_brax.py:full --workdir=runs/ppo_table1_brax_full
+	$(call copy_report,ppo_table1_brax_full)
 
 rlhf-frontier: $(VENV)/.installed
 	$(SWEEP) --sweep=configs/sweeps/rlhf_frontier.py --workdir=runs/rlhf_frontier

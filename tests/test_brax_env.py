@@ -242,3 +242,28 @@ def test_kltrust_does_not_import_brax_for_gymnax():
             "common.model_and_env('CartPole-v1', (8,), 'tanh'); "
             "assert 'brax' not in sys.modules, 'brax imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_table1_sweep_runs_each_task_as_three_programs():
+    # configs/sweeps/ppo_table1_brax.py: eleven rows + TRPO per task as three vmapped programs
+    # (clip family, KL family, TRPO); only the rows' arrays differ inside a program.
+    from configs.sweeps import ppo_table1_brax
+
+    from kltrust import sweep as sweeps
+
+    config = ppo_table1_brax.get_config("table")
+    config.tasks = ("inverted_pendulum",)
+    runs = sweeps.expand(config)
+    groups = sweeps.group(runs)
+    assert len(runs) == 12 * 3 and [len(g) for g in groups] == [12, 21, 3]
+    clip, kl, trpo = groups
+    assert {r.label for r in clip} == {"no clipping or penalty", "clipping clip_eps=0.1",
+                                       "clipping clip_eps=0.2", "clipping clip_eps=0.3"}
+    none = [r for r in clip if r.label == "no clipping or penalty"][0]
+    assert none.config.hparams.clip_eps == float("inf")
+    fixed = [r for r in kl if r.label.startswith("fixed KL")]
+    assert len(fixed) == 12 and all(r.config.hparams.controller.adaptive.factor == 1.0
+                                    for r in fixed)
+    assert all(r.config.normalize_observations and r.config.env_name == "brax:inverted_pendulum"
+               and r.config.total_timesteps == 999_424 for r in runs)
+    assert {r.config.algorithm for r in trpo} == {"trpo"}

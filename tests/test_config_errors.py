@@ -36,9 +36,21 @@ CONTROL_ERRORS = [
     ("ppo", "num_envz", 8, r"config.num_envz: unknown key; did you mean 'num_envs'\?"),
     ("ppo", "num_envs", 4.5, r"config.num_envs = 4.5: must be of type int \(like its default 4\)"),
     ("ppo", "anneal_lr", "yes", r"config.anneal_lr = 'yes': must be of type bool"),
+    ("ppo", "normalize_observations", 1, r"config.normalize_observations = 1: must be of type "
+                                         r"bool"),
+    ("trpo", "normalize_observations", "on", r"config.normalize_observations = 'on': must be of "
+                                             r"type bool"),
+    # the observation normaliser's clip and the value clip: checked where read, finite elsewhere
+    ("ppo_norm", "hparams.obs_clip", 0.0, r"config.hparams.obs_clip = 0.0: must be in \(0.0, inf\]"),
+    ("ppo", "hparams.obs_clip", NAN, r"config.hparams.obs_clip = nan: must be a finite number"),
+    ("trpo_norm", "hparams.obs_clip", -1.0, r"config.hparams.obs_clip = -1.0: must be in \(0.0, "),
+    ("ppo_vclip", "hparams.vf_clip_eps", 0.0, r"config.hparams.vf_clip_eps = 0.0: must be in "
+                                              r"\(0.0, inf\)"),
+    ("ppo_adaptive", "hparams.controller.adaptive.factor", 0.5,
+     r"config.hparams.controller.adaptive.factor = 0.5: must be in \[1, inf\)"),
     # out-of-range values
     ("ppo_fixed", "hparams.beta", -0.1, r"config.hparams.beta = -0.1: must be in \[0.0, inf\)"),
-    ("ppo", "hparams.clip_eps", 0.0, r"config.hparams.clip_eps = 0.0: must be in \(0.0, inf\)"),
+    ("ppo", "hparams.clip_eps", 0.0, r"config.hparams.clip_eps = 0.0: must be in \(0.0, inf\]"),
     ("ppo", "num_steps", 0, r"config.num_steps = 0: must be an integer >= 1"),
     ("ppo", "num_minibatches", 3, r"config.num_minibatches = 3: must be a divisor of "
                                   r"num_envs \* num_steps = 512"),
@@ -53,7 +65,7 @@ CONTROL_ERRORS = [
     ("ppo", "hparams.learning_rate", (1e-3, INF),
      r"config.hparams.learning_rate = inf: must be in"),
     ("ppo", "hparams.gamma", NAN, r"config.hparams.gamma = nan: must be in \[0.0, 1.0\]"),
-    ("ppo", "hparams.clip_eps", INF, r"config.hparams.clip_eps = inf: must be in \(0.0, inf\)"),
+    ("ppo", "hparams.clip_eps", -INF, r"config.hparams.clip_eps = -inf: must be in \(0.0, inf\]"),
     ("ppo", "hparams.ent_coef", -INF, r"config.hparams.ent_coef = -inf: must be in \[0.0, inf\)"),
     ("ppo_fixed", "hparams.beta", INF, r"config.hparams.beta = inf: must be in \[0.0, inf\)"),
     ("trpo", "hparams.delta", INF, r"config.hparams.delta = inf: must be in \(0.0, inf\)"),
@@ -80,9 +92,15 @@ CONTROL_ERRORS = [
 
 
 def _control(family):
-    presets = {"ppo": "cartpole_clip", "ppo_fixed": "cartpole_kl_fixed", "trpo": "cartpole_trpo"}
-    module = trpo_configs if family == "trpo" else ppo_configs
-    return module.get_config(presets[family])
+    presets = {"ppo": "cartpole_clip", "ppo_fixed": "cartpole_kl_fixed", "trpo": "cartpole_trpo",
+               "ppo_norm": "cartpole_clip", "trpo_norm": "cartpole_trpo", "ppo_vclip": "cartpole_clip",
+               "ppo_adaptive": "cartpole_kl_adaptive"}
+    module = trpo_configs if family.startswith("trpo") else ppo_configs
+    config = module.get_config(presets[family])
+    config.normalize_observations = family.endswith("_norm")
+    if family == "ppo_vclip":
+        config.variant.clip_value = True
+    return config
 
 
 def _set(config, path, value):

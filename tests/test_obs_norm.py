@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from configs import ppo as ppo_configs
+from configs import trpo as trpo_configs
 
 from kltrust import rollout
+from kltrust import train as programs
 from kltrust.distributions import DiagGaussian
 from kltrust.envs.normalize import RunningStats
 from kltrust.objectives import ppo as ppo_objective
@@ -66,9 +68,14 @@ def test_update_pools_every_leading_axis_and_normalize_clips():
 # ---------------------------------------------------------------- in the PPO program
 
 
-def _config(**overrides):
-    config = ppo_configs.get_config("cartpole_clip")
-    config.num_envs, config.num_steps, config.num_epochs, config.num_minibatches = 4, 32, 2, 2
+def _config(algorithm="ppo", **overrides):
+    if algorithm == "ppo":
+        config = ppo_configs.get_config("cartpole_clip")
+        config.num_epochs, config.num_minibatches = 2, 2
+    else:
+        config = trpo_configs.get_config("cartpole_trpo")
+        config.vf_epochs, config.vf_minibatches = 1, 2
+    config.num_envs, config.num_steps = 4, 32
     config.total_timesteps, config.updates_per_chunk = 4 * 32 * 4, 2
     config.normalize_observations = True
     config.hparams.obs_clip = 3.0
@@ -76,9 +83,10 @@ def _config(**overrides):
     return config
 
 
-def test_ppo_statistics_are_those_of_every_observation_the_rollouts_saw():
-    spec = control_config.spec_from_config(_config())
-    trainer = ppo_program.make_trainer(spec.static)
+@pytest.mark.parametrize("algorithm", ["ppo", "trpo"])
+def test_statistics_are_those_of_every_observation_the_rollouts_saw(algorithm):
+    spec = control_config.spec_from_config(_config(algorithm))
+    trainer = programs.program(algorithm).make_trainer(spec.static)
     hp = spec.hparams
     _, env, env_params = trainer._model_and_env
     params = jax.tree.map(lambda x: x[0], trainer.initial_params(np.array([0])))
@@ -86,7 +94,8 @@ def test_ppo_statistics_are_those_of_every_observation_the_rollouts_saw():
     update = jax.jit(trainer.update)
 
     @jax.jit
-    def replay(state):  # the rollout `update` ran, from the same state and key
+    def replay(state):  # the rollout `update` ran, from the same state and key (both programs
+        # split the state's key into (next key, rollout key, the rest)
         _, key_rollout, _ = jax.random.split(state.key, 3)
         return rollout.rollout(trainer.observed_policy(state.obs_stats, hp.obs_clip), state.params,
                                state.runner, state.episodes, key_rollout, env, env_params,

@@ -145,7 +145,7 @@ def _tiny(preset="cartpole_clip", **overrides):
     "overrides,message",
     [
         ({"hparams.beta": -1.0, "variant.kl_penalty": "fixed"}, r"config.hparams.beta = -1.0: must be in \[0.0, inf\)"),
-        ({"hparams.clip_eps": 0.0}, r"config.hparams.clip_eps = 0.0: must be in \(0.0, inf\)"),
+        ({"hparams.clip_eps": 0.0}, r"config.hparams.clip_eps = 0.0: must be in \(0.0, inf\]"),
         ({"num_minibatches": 3}, r"config.num_minibatches = 3: must be a divisor of num_envs \* num_steps = 128"),
         ({"hparams.controller.adaptive.kl_target": 0.0, "variant.kl_penalty": "adaptive"},
          r"config.hparams.controller.adaptive.kl_target = 0.0: must be in \(0, inf\)"),
