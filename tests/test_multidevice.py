@@ -156,8 +156,15 @@ def test_token_methods_agree_on_one_and_eight_devices(token_stages, preset, mesh
     for name, values in one.train_metrics.items():
         if "cg_" in name:
             continue
-        np.testing.assert_allclose(many.train_metrics[name], values, rtol=rtol, atol=atol,
-                                   err_msg=name)
+        other = many.train_metrics[name]
+        if name == "reward_accuracy":
+            # The fraction of pairs with β·h > 0, an indicator per pair. In the first update
+            # π = π_ref, so every h is 0 in exact arithmetic and its sign is round-off, which
+            # another reduction order may flip (seen: 1 pair of 8 under load). The margins
+            # themselves (reward_margin) are compared in every update; the indicator from the
+            # second update on, where the margins have moved away from 0.
+            values, other = values[:, 1:], other[:, 1:]
+        np.testing.assert_allclose(other, values, rtol=rtol, atol=atol, err_msg=name)
     for a, b in zip(one.evals, many.evals):
         assert a["samples"] == b["samples"]
         for key in ("gold", "proxy", "kl"):
