@@ -129,8 +129,11 @@ def _reading_everything(family: str) -> ml_collections.ConfigDict:
     if family == "ppo":
         config = ppo_configs.get_config("cartpole_clip_kl")
         config.variant.kl_penalty, config.early_stop = "fixed", True  # β may be 0 (not adaptive)
-        return config
-    return trpo_configs.get_config("cartpole_trpo_ref")
+        config.variant.clip_value = True  # vf_clip_eps
+    else:
+        config = trpo_configs.get_config("cartpole_trpo_ref")
+    config.normalize_observations = True  # obs_clip
+    return config
 
 
 @pytest.mark.parametrize("family,name,value,interval", _knob_cases())
@@ -145,9 +148,11 @@ def test_every_declared_knob_is_range_checked_with_the_old_message(family, name,
 
 def test_unread_knobs_are_only_required_to_be_finite():
     """As before the declarations: clip_eps without clipping, β without a penalty, target_kl
-    without early stopping and TRPO's kl_budget without the reference are not range-checked."""
+    without early stopping and TRPO's kl_budget without the reference are not range-checked;
+    nor are obs_clip without normalisation and vf_clip_eps without value clipping."""
     config = ppo_configs.get_config("cartpole_none")
     config.hparams.clip_eps, config.hparams.beta, config.hparams.target_kl = 0.0, -1.0, 0.0
+    config.hparams.obs_clip, config.hparams.vf_clip_eps = 0.0, -1.0
     control_config.spec_from_config(config)
     config.hparams.target_kl = math.nan
     with pytest.raises(ConfigError, match=r"^config.hparams.target_kl = nan: must be a finite "
