@@ -30,6 +30,8 @@ Sizes:
 
 import ml_collections
 
+from configs.sweeps import ppo_table1
+
 # Cheapest first (env steps/s of a 12-run PPO program on 2 cores), so that an interrupted sweep has
 # finished the cheap tasks; the same command resumes the rest.
 CPU_TASKS = ("inverted_pendulum", "inverted_double_pendulum", "swimmer", "reacher", "hopper")
@@ -69,9 +71,5 @@ def get_config(size: str = "cpu") -> ml_collections.ConfigDict:
              grid={"hparams.beta": grid["beta"]}),
         dict(name="TRPO", base="configs/trpo.py:{task}_trpo", set={"hparams.delta": 0.01}),
     ]
-    sweep.report = dict(
-        scores=dict(score="episode_return", by="label", task="task", random="measure"),
-        curves=dict(x="env_steps", ys=["episode_return", "kl_old"], by=["task", "label"],
-                    band="sem", logy=["kl_old"]),
-    )
+    sweep.report = ppo_table1.REPORT
     return sweep
