@@ -126,6 +126,15 @@ class ControlTrainer:
         or ``obs`` itself when ``stats`` is None."""
         return obs if stats is None else stats.normalize(obs, clip)
 
+    @staticmethod
+    def absorb(stats: RunningStats | None, raw_obs: jax.Array, clip: jax.Array
+               ) -> tuple[jax.Array, RunningStats | None]:
+        """(``raw_obs`` as the behaviour policy saw them, the statistics with them merged in):
+        an update optimises on the former; the next rollout normalises with the latter."""
+        if stats is None:
+            return raw_obs, None
+        return stats.normalize(raw_obs, clip), stats.update(raw_obs)
+
     def observed_policy(self, stats: RunningStats | None, clip: jax.Array) -> Callable:
         """``apply_fn`` behind `observe`: the policy the rollout samples from raw observations."""
         return lambda params, obs: self.apply_fn(params, self.observe(stats, obs, clip))

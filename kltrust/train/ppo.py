@@ -180,8 +180,7 @@ class Trainer(common.ControlTrainer):
         advantage, target = rollout.gae(traj, last_value, hp.gamma, hp.gae_lambda, hp.reward_scale)
         # The networks' inputs exactly as the behaviour policy saw them; the statistics then
         # absorb this rollout's raw observations, for the next one (`kltrust.envs.normalize`).
-        obs = self.observe(state.obs_stats, traj.obs, hp.obs_clip)
-        obs_stats = None if state.obs_stats is None else state.obs_stats.update(traj.obs)
+        obs, obs_stats = self.absorb(state.obs_stats, traj.obs, hp.obs_clip)
         reference = self.apply_fn(state.ref_params, obs)[0] if variant.uses_reference else None
         # [T, N] -> [T·N]: time-major flattening keeps each device's environments contiguous.
         flat = lambda x: x.reshape((static.batch_size,) + x.shape[2:])

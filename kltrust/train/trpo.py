@@ -161,8 +161,7 @@ class Trainer(common.ControlTrainer):
         )
         advantage, target = rollout.gae(traj, last_value, hp.gamma, hp.gae_lambda, hp.reward_scale)
         # As in PPO: optimise on the inputs the behaviour policy saw, then update the statistics.
-        obs = self.observe(state.obs_stats, traj.obs, hp.obs_clip)
-        obs_stats = None if state.obs_stats is None else state.obs_stats.update(traj.obs)
+        obs, obs_stats = self.absorb(state.obs_stats, traj.obs, hp.obs_clip)
         reference = self.apply_fn(state.ref_params, obs)[0] if variant.uses_reference else None
         flat = lambda x: x.reshape((static.batch_size,) + x.shape[2:])
         batch = constrain(jax.tree.map(flat, trpo.Batch(
