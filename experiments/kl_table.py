@@ -1,5 +1,6 @@
-"""Bias and spread of the sample KL estimators (every one registered: `kltrust.kl.estimators()`) against
-the exact KL.
+"""Bias and spread of the sample KL estimators (every plain one registered:
+`kltrust.kl.estimators(reward_term=True)`; a corrected one's values are its base's) against the
+exact KL.
 
     python -m experiments.kl_table --config=configs/kl_table.py --workdir=runs/kl_table
 
@@ -48,7 +49,7 @@ class Row:
 
 def _stats(logp: jax.Array, logp_ref: jax.Array, true_kl: jax.Array) -> dict[str, jax.Array]:
     stats = {}
-    for name in kl.estimators():
+    for name in kl.estimators(reward_term=True):
         values = kl.estimate(logp, logp_ref, name)
         stats[name] = jnp.stack([(values.mean() - true_kl) / true_kl, values.std() / true_kl])
     return stats
@@ -135,7 +136,7 @@ def compute_rows(config: ml_collections.ConfigDict, progress: bool = True) -> li
 
 
 def to_csv(rows: Sequence[Row]) -> str:
-    names = kl.estimators()
+    names = kl.estimators(reward_term=True)
     header = ["family", "pair", "true_kl"]
     header += [f"{k}_bias_over_kl" for k in names]
     header += [f"{k}_std_over_kl" for k in names]
@@ -152,7 +153,7 @@ def to_csv(rows: Sequence[Row]) -> str:
 
 
 def to_markdown(rows: Sequence[Row]) -> str:
-    names = kl.estimators()
+    names = kl.estimators(reward_term=True)
     header = "| pair | true KL | " + " | ".join(f"{k} bias/KL | {k} std/KL" for k in names)
     lines = [header + " |", "|" + "---|" * (2 + 2 * len(names))]
     for r in rows:
@@ -171,7 +172,7 @@ def plot(rows: Sequence[Row], path: pathlib.Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     x = np.arange(len(rows))
-    names = kl.estimators()
+    names = kl.estimators(reward_term=True)
     width = 0.8 / len(names)
     for j, name in enumerate(names):
         offset = (j - (len(names) - 1) / 2) * width  # the group of bars centred on the tick

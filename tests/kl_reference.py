@@ -13,10 +13,22 @@ NUMPY_ESTIMATORS = {
     "k2": lambda d: 0.5 * d**2,
     "k3": lambda d: np.exp(-d) - 1 + d,
     "k_half": lambda d: 0.5 * np.expm1(-d) + d,  # λ(r − 1) − log r at λ = ½
+    # Corrections change gradients, not values: on-policy (ρ = p/p_old = 1) each equals its base.
+    "k1+": lambda d: d,
+    "k3+": lambda d: np.exp(-d) - 1 + d,
+    "k3_is": lambda d: np.exp(-d) - 1 + d,
 }
 
 
-def numpy_estimate(name, logp, logp_ref):
-    """The float64 restatement of estimator ``name`` at log p = ``logp``, log p_ref = ``logp_ref``."""
+# Importance-corrected estimators: ρ·k with ρ = p/p_old for samples from p_old.
+IMPORTANCE = {"k3_is"}
+
+
+def numpy_estimate(name, logp, logp_ref, logp_old=None):
+    """The float64 restatement of estimator ``name`` at log p = ``logp``, log p_ref = ``logp_ref``
+    (and, for an importance-corrected one, log p_old = ``logp_old``; None: on-policy, ρ = 1)."""
     delta = np.asarray(logp, np.float64) - np.asarray(logp_ref, np.float64)
-    return NUMPY_ESTIMATORS[name](delta)
+    value = NUMPY_ESTIMATORS[name](delta)
+    if name in IMPORTANCE and logp_old is not None:
+        value = value * np.exp(np.asarray(logp, np.float64) - np.asarray(logp_old, np.float64))
+    return value

@@ -270,6 +270,12 @@ TOKEN_ERRORS = [
     ("ppo", "rl.method", "dpo_offline", r"config.rl.method = 'dpo_offline': must be one of"),
     ("ppo", "rl.kl_estimator", "k4", r"config.rl.kl_estimator = 'k4': must be one of "
                                      + re.escape(repr(("exact",) + kl.estimators()))),
+    # corrected estimators change a loss term's gradient: refused as a reward (ppo's default)
+    ("ppo", "rl.kl_estimator", "k3+", r"config.rl.kl_estimator = 'k3\+': must be one of "
+                                      + re.escape(repr(("exact",) + kl.estimators(reward_term=True)))
+                                      + r" when rl.kl_placement is 'reward'"),
+    ("ppo", "rl.hparams.kl_value_clamp", 0.0, r"config.rl.hparams.kl_value_clamp = 0.0: must be in "
+                                              r"\(0.0, inf\]"),
     ("ppo", "rl.controller", "adaptiv", r"config.rl.controller = 'adaptiv': must be one of .*; "
                                         r"did you mean 'adaptive'\?"),
     ("ppo", "model.critic", "shraed", r"config.model.critic = 'shraed': .*did you mean 'shared'"),
@@ -405,7 +411,7 @@ def test_token_defaults_come_from_the_knob_declarations():
     # The values the presets always had (a changed declaration would silently move every run).
     assert declared == dict(learning_rate=1e-4, beta=0.1, clip_eps=0.2, gamma=1.0, gae_lambda=0.95,
                             vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1,
-                            damping=0.1)
+                            damping=0.1, kl_log_ratio_clamp=math.inf, kl_value_clamp=math.inf)
     assert set(components.groups(rlhf.HParams)) == {"controller", "preference"}
 
 

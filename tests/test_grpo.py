@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kl_reference import NUMPY_ESTIMATORS
+from kl_reference import NUMPY_ESTIMATORS, numpy_estimate
 from kltrust import kl
 from kltrust.objectives import grpo
 
@@ -117,8 +117,7 @@ def _np_loss(new, old, ref, adv, mask, eps, beta, clip, estimator, kl_in_loss, t
     ratio = np.exp(new - old)
     a = adv[:, None]
     surrogate = np.minimum(ratio * a, np.clip(ratio, 1 - eps, 1 + eps) * a) if clip else ratio * a
-    d = new - ref
-    k = NUMPY_ESTIMATORS[estimator](d)
+    k = numpy_estimate(estimator, new, ref, logp_old=old)  # tokens from π_old
     per_token = -surrogate + (beta * k if kl_in_loss else 0.0)
     per_token = np.where(real, per_token, 0.0)
     if token_average == "sequence":
@@ -166,7 +165,7 @@ def test_metrics_match_numpy():
     want = {
         "ratio_mean": token_mean(ratio),
         "clip_frac": token_mean(np.abs(ratio - 1) > 0.2),
-        **{f"kl_estimator_{name}": token_mean(NUMPY_ESTIMATORS[name](d)) for name in kl.estimators()},
+        **{f"kl_estimator_{name}": token_mean(NUMPY_ESTIMATORS[name](d)) for name in kl.estimators(reward_term=True)},
         "kl_penalty": token_mean(np.exp(-d) - 1 + d),  # "token" aggregation: the k3 token mean
         "kl_exact_token": token_mean(exact),
         "kl_exact_sequence": np.where(real, exact, 0).sum(1).mean(),
@@ -255,7 +254,7 @@ def test_kl_out_of_the_loss_adds_nothing():
     np.testing.assert_array_equal(off, zero)
     np.testing.assert_array_equal(off_grad, zero_grad)
     assert "kl_penalty" not in off_metrics and "kl_penalty" in zero_metrics
-    assert {f"kl_estimator_{name}" for name in kl.estimators()} <= set(off_metrics)
+    assert {f"kl_estimator_{name}" for name in kl.estimators(reward_term=True)} <= set(off_metrics)
     # β is never read: not even a NaN β changes anything, and ref_logp may be absent.
     (nan_beta, _), nan_grad = grad_fn(grpo.Variant(kl_in_loss=False), grpo.LossCoefs(0.2, jnp.nan))
     np.testing.assert_array_equal(nan_beta, zero)

@@ -176,6 +176,19 @@ def _expected_loss_gradient(estimator, theta, logits_ref):
     return np.asarray(jax.grad(surrogate)(theta), np.float64)
 
 
+def _expected_reward_gradient(estimator, theta, logits_ref):
+    """E_{x~p_θ}[k(x)·∇_θ log p_θ(x)]: k held constant as a reward, summed exactly over the support."""
+
+    def surrogate(t):
+        logp = jax.nn.log_softmax(t)
+        logq = jax.nn.log_softmax(logits_ref)
+        weights = jax.lax.stop_gradient(jnp.exp(logp))
+        reward = jax.lax.stop_gradient(kl.estimate(logp, logq, estimator))
+        return jnp.sum(weights * reward * logp)
+
+    return np.asarray(jax.grad(surrogate)(theta), np.float64)
+
+
 def test_gradient_semantics_of_estimators_match_docstring():
     theta = jnp.array([0.3, -1.0, 2.0, 0.0, 0.7], jnp.float32)
     logits_ref = jnp.array([1.0, 0.5, -0.5, 0.2, -1.2], jnp.float32)
@@ -245,6 +258,15 @@ def test_registered_metadata_is_exact(name):
         atol=1e-6,
     )
     assert info.loss_term == (name in kl.estimators(loss_term=True)) == bool(a or b)
+    if info.reward_gradient is not None:  # E_p[k·∇log p_θ], the score-function (reward) gradient
+        a, b = info.reward_gradient
+        np.testing.assert_allclose(
+            _expected_reward_gradient(name, theta, logits_ref), a * grad_reverse + b * grad_forward,
+            atol=1e-6,
+        )
+    else:  # k2: ½δ² is not c + aδ − b(r − 1), so no pair may claim to describe it
+        assert name == "k2" or info.base == "k2"
+    assert info.reward_term == (info.correction is None)
 
     log_ratio = jnp.concatenate([jnp.linspace(-80.0, 80.0, 16001), jnp.array([0.0, 1e-30, -1e-30])])
     grid = kl.estimate(log_ratio, jnp.zeros_like(log_ratio), name)

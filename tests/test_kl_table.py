@@ -37,7 +37,7 @@ def test_rows_reproduce_closed_forms_and_are_deterministic():
     assert cat.family == "categorical" and abs(cat.bias_over_kl["k3"]) < 0.05
     # Every registered unbiased estimator: bias within 5 standard errors of the mean (std/KL/√n).
     for row in rows:
-        for name in kl.estimators(unbiased=True):
+        for name in kl.estimators(unbiased=True, reward_term=True):
             sem = row.std_over_kl[name] / np.sqrt(_small_config().n_samples)
             assert abs(row.bias_over_kl[name]) < 5 * sem, (row.description, name)
     assert kl_table.compute_rows(_small_config(seed=1), progress=False) != rows
@@ -75,7 +75,7 @@ def test_cli_writes_table_and_plot(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["family"] for r in rows] == ["gaussian"] * 4 + ["categorical"]
     assert set(rows[0]) == {"family", "pair", "true_kl"} | {
-        f"{name}_{stat}_over_kl" for name in kl.estimators() for stat in ("bias", "std")}
+        f"{name}_{stat}_over_kl" for name in kl.estimators(reward_term=True) for stat in ("bias", "std")}
     true_kls = [float(r["true_kl"]) for r in rows[:4]]
     np.testing.assert_allclose(true_kls, [0.005, 0.5, np.log(2) + 1 / 8 - 0.5, 2.0], rtol=1e-4)
 

@@ -247,3 +247,25 @@ def test_real_text_sft_runs_on_mocked_tfds_data(tmp_path):
     assert rows[0]["train_loss"] < math.log(259) + 0.5  # cross-entropy over 259 byte tokens
     embed = params["params"]["trunk"]["token_embed"]["embedding"]
     assert embed.shape[0] == 259
+
+
+def test_group_method_reads_the_estimator_clamps_and_importance_correction(stages):
+    """GRPO with k3_is in the loss: the clamp knobs reach the compiled program as arrays (one
+    program, two runs): an output clamp v bounds every penalised term, so the penalty's mean ≤ v,
+    while the unclamped run (v = inf) penalises more once the policy has left the reference."""
+    root, ref_params, rm_params = stages
+    config = tiny("grpo")
+    config.rl.update(kl_estimator="k3_is", num_updates=3, updates_per_eval=3, epochs=2)
+    config.rl.hparams.learning_rate = 3e-2
+    pipeline.validate(config)
+    task = pipeline.synthetic_task(pipeline.spec_from_config(config), root)
+    frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(task.prompts("train")),
+                        jnp.asarray(task.prompts("test")), task)
+    trainer = rlhf.Trainer(pipeline.static_from_config(config))
+    hp = pipeline.hparams_from_config(config, 2)
+    hp = hp.replace(kl_value_clamp=jnp.array([jnp.inf, 1e-6], jnp.float32))
+    state = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))(
+        jnp.zeros((2,), jnp.int32), hp, frozen)
+    _, metrics = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))(state, hp, frozen)
+    free, clamped = np.asarray(metrics["kl_penalty"][:, -1])
+    assert clamped <= 1e-6 < free, (free, clamped)

@@ -46,8 +46,11 @@ What the *gradient* of that term is, on-policy (tokens drawn from π_θ and held
     k1: E[∇k1] = E[∇ log π_θ] = 0 — k1 in a loss adds only noise. ``Variant`` warns when an
         estimator whose expected gradient as a loss term is zero (k1; `kl.EstimatorInfo.loss_term`) is
         put in the loss; k1 belongs in the reward (score-function gradient), where it is unbiased.
+    k1+, k3+ (verl's straight-through) and k3_is (DeepSeek-V3.2's ρ·k3): ∇ KL(π_θ‖π_ref), as k2.
 Off-policy (later minibatches, π_θ ≠ π_old) the tokens come from π_old and these hold only
-approximately; GRPO does not importance-weight the KL term, and neither does this loss.
+approximately; GRPO does not importance-weight the KL term, and neither does this loss unless the
+estimator is k3_is, which is weighted by ρ = π_θ/π_old and so stays unbiased in value and gradient.
+``coefs.kl_log_ratio_clamp``/``kl_value_clamp`` clamp the estimator (`kltrust.kl.estimate`).
 
 ``variant.kl_in_loss=False`` removes the KL term entirely — β is then never read, ``ref_logp`` may be
 None, and the metrics carry no ``kl_penalty`` — so a trainer that puts the KL into the reward instead
@@ -65,9 +68,9 @@ Metrics (scalars, no gradient):
     ``policy_loss``: the aggregated −S (same aggregation as the loss);
     ``kl_penalty``: the aggregated estimator value that was penalised (same aggregation), so that
         loss = policy_loss + β·kl_penalty; present only when the KL is in the loss;
-    ``kl_estimator_NAME`` for every registered estimator NAME (``kl_estimator_k1``, ``_k2``, ``_k3``,
-        ...): per-token masked means of each estimator of KL(π_θ‖π_ref) (whenever ``ref_logp`` is
-        given). On-policy the unbiased ones (k1, k3) estimate the average per-token KL over visited
+    ``kl_estimator_NAME`` for every registered plain estimator NAME (``kl_estimator_k1``, ``_k2``,
+        ``_k3``, ...; a corrected one's on-policy value is its base's): per-token masked means of
+        each estimator of KL(π_θ‖π_ref) (whenever ``ref_logp`` is given). On-policy the unbiased ones (k1, k3) estimate the average per-token KL over visited
         prefixes; k2 is biased upwards;
     ``kl_exact_token`` / ``kl_exact_sequence`` (when ``exact_kl`` is given): the per-token masked
         mean of the exact per-token KL (from full logits via `kl.categorical`), and the mean over
@@ -221,10 +224,14 @@ class Variant:
 
 @flax.struct.dataclass
 class LossCoefs:
-    """ε (PPO clip range of the ratio) and β (coefficient of the in-loss KL), scalars or arrays."""
+    """ε (PPO clip range of the ratio) and β (coefficient of the in-loss KL), scalars or arrays;
+    the in-loss estimator's clamps (`kltrust.kl.estimate`'s ``log_ratio_clamp``/``value_clamp``;
+    None or inf: none)."""
 
     clip_eps: jax.Array
     beta: jax.Array
+    kl_log_ratio_clamp: jax.Array | None = None
+    kl_value_clamp: jax.Array | None = None
 
 
 def _check_coefs(coefs: LossCoefs, variant: Variant) -> None:
@@ -333,10 +340,13 @@ def loss(
     }
     if ref_logp is not None:
         ref = clean(jax.lax.stop_gradient(ref_logp))
-        for estimator in kl.estimators():
+        for estimator in kl.estimators(reward_term=True):  # corrected ones: the same values
             metrics[f"kl_estimator_{estimator}"] = token_mean(kl.estimate(new, ref, estimator))
         if variant.kl_in_loss:
-            kl_penalty = reduce(kl.estimate(new, ref, variant.kl_estimator))
+            # Tokens come from π_old: an importance-corrected estimator weighs by π_θ/π_old.
+            kl_penalty = reduce(kl.estimate(
+                new, ref, variant.kl_estimator, logp_old=old,
+                log_ratio_clamp=coefs.kl_log_ratio_clamp, value_clamp=coefs.kl_value_clamp))
             total = total + jnp.asarray(coefs.beta, new.dtype) * kl_penalty
             metrics["kl_penalty"] = jax.lax.stop_gradient(kl_penalty)
     if exact_kl is not None:

@@ -71,6 +71,13 @@ class Variant:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"variant.{name} must be one of {allowed}, got {value!r}.")
+        corrected = self.kl_estimator != "exact" and kl.estimator_info(self.kl_estimator).correction
+        if corrected and self.kl_anchor == "old":
+            # KL(π_old‖π_θ) differentiates the second argument; corrections are defined for the first.
+            plain = ("exact",) + kl.estimators(reward_term=True)
+            raise ValueError(
+                f"variant.kl_estimator {self.kl_estimator!r} ({corrected}) needs "
+                f"kl_anchor='reference'; with 'old' use one of {plain}.")
 
     @property
     def controller(self) -> str:
@@ -91,6 +98,9 @@ class LossCoefs:
     vf_coef: jax.Array
     ent_coef: jax.Array
     vf_clip_eps: jax.Array | None = None  # ε_v, read only if ``variant.clip_value``
+    # `kltrust.kl.estimate`'s clamps of a sample estimator's penalty; None or inf: none.
+    kl_log_ratio_clamp: jax.Array | None = None
+    kl_value_clamp: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -115,7 +125,8 @@ def _mean(values: jax.Array, batch: Batch) -> jax.Array:
 
 
 def penalised_kl(
-    variant: Variant, exact: jax.Array, new_log_prob: jax.Array, batch: Batch
+    variant: Variant, exact: jax.Array, new_log_prob: jax.Array, batch: Batch,
+    coefs: LossCoefs | None = None,
 ) -> jax.Array:
     """The per-sample KL value the loss penalises, in the direction of ``variant.kl_anchor``.
 
@@ -124,9 +135,13 @@ def penalised_kl(
     """
     if variant.kl_estimator == "exact":
         return exact
+    clamps = {} if coefs is None else dict(log_ratio_clamp=coefs.kl_log_ratio_clamp,
+                                           value_clamp=coefs.kl_value_clamp)
     if variant.kl_anchor == "old":
-        return kl.estimate(batch.log_prob, new_log_prob, variant.kl_estimator)
-    return kl.estimate(new_log_prob, batch.reference.log_prob(batch.action), variant.kl_estimator)
+        return kl.estimate(batch.log_prob, new_log_prob, variant.kl_estimator, **clamps)
+    # The actions come from π_old: an importance-corrected estimator weighs by π_θ/π_old.
+    return kl.estimate(new_log_prob, batch.reference.log_prob(batch.action), variant.kl_estimator,
+                       logp_old=batch.log_prob, **clamps)
 
 
 def loss(
@@ -173,7 +188,7 @@ def loss(
     }
     if variant.kl_penalty != "none":
         exact = kl_old if variant.kl_anchor == "old" else new.kl(batch.reference)
-        penalised = penalised_kl(variant, exact, new_log_prob, batch)
+        penalised = penalised_kl(variant, exact, new_log_prob, batch, coefs)
         total = total + coefs.beta * _mean(penalised, batch)
         metrics["kl_penalty"] = _mean(penalised, batch)
         if variant.kl_anchor == "reference":

@@ -33,6 +33,7 @@ program.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.struct
@@ -84,6 +85,13 @@ class HParams:
         low_open=True)
     damping: jax.Array = components.knob(
         0.1, "TRPO's damping of the Fisher-vector product", low=0)
+    # `kltrust.kl.estimate`'s clamps of the applied estimator (reward or loss; not "exact").
+    kl_log_ratio_clamp: jax.Array = components.knob(
+        math.inf, "the estimator's log-ratio clamp c: δ clipped to [-c, c]; inf: none", low=0,
+        low_open=True, allow_inf=True)
+    kl_value_clamp: jax.Array = components.knob(
+        math.inf, "the estimator's output clamp v: each term clipped to [-v, v]; inf: none", low=0,
+        low_open=True, allow_inf=True)
     # The knobs of the preference loss ``Static.preference_loss`` (dpo, dpo_online); in the config
     # every registered loss's group (e.g. preference.simpo.gamma).
     preference: Any = components.group(preference.LOSSES, "the preference loss's knobs")
@@ -216,11 +224,13 @@ class Trainer:
         logits, _ = rollouts.response_logits(model.sequence, p, prompts, response)
         return jax.lax.stop_gradient(logits)
 
-    def token_kl(self, ro: rollouts.TokenRollout) -> jax.Array:
+    def token_kl(self, ro: rollouts.TokenRollout, hp: HParams) -> jax.Array:
         """The per-token KL value the method applies (``kl_estimator``), 0 at padding."""
         if self.static.kl_estimator == "exact":
             return ro.kl
-        return kl.estimate(ro.log_prob, ro.ref_log_prob, self.static.kl_estimator) * ro.mask
+        return kl.estimate(ro.log_prob, ro.ref_log_prob, self.static.kl_estimator,
+                           log_ratio_clamp=hp.kl_log_ratio_clamp,
+                           value_clamp=hp.kl_value_clamp) * ro.mask
 
     def logits(self, params, prompts, response):
         """(logits, values) of the policy at every response position."""
@@ -268,7 +278,7 @@ class Trainer:
         proxy = s.reward_model.score(frozen.rm_params, prompts, ro.response, ro.mask)
         return key, rest, prompts, ro, proxy
 
-    def common_metrics(self, ro, proxy, frozen, beta) -> dict[str, jax.Array]:
+    def common_metrics(self, ro, proxy, frozen, beta, hp: HParams) -> dict[str, jax.Array]:
         """Proxy, gold, entropy, length, β and (when the reference ran) the exact and the applied
         sequence KL of a rollout."""
         metrics = {
@@ -280,7 +290,7 @@ class Trainer:
         }
         if ro.kl is not None:
             metrics["kl"] = kl.sum_per_sequence(ro.kl, ro.mask).mean()
-            metrics["kl_optimised"] = kl.sum_per_sequence(self.token_kl(ro), ro.mask).mean()
+            metrics["kl_optimised"] = kl.sum_per_sequence(self.token_kl(ro, hp), ro.mask).mean()
         return metrics
 
     def finish(self, state, params, opt_state, key, metrics, observed_kl):

@@ -201,6 +201,11 @@ def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, sha
         check(rl.kl_estimator in in_loss, "rl.kl_estimator", rl.kl_estimator,
               f"one of {in_loss} when the KL is in the {rl.method} loss (k1 has zero expected "
               "gradient there; 'exact' is not a per-sample loss term)")
+    if rl.kl_placement != "loss":  # a correction changes only a differentiated loss term
+        plain = ("exact",) + kl.estimators(reward_term=True)
+        check(rl.kl_estimator in plain, "rl.kl_estimator", rl.kl_estimator,
+              f"one of {plain} when rl.kl_placement is {rl.kl_placement!r} (a corrected "
+              "estimator changes the gradient of a loss term only; use kl_placement='loss')")
     if g.max_sequence_kl > 0 or g.kl_jump > 0:
         check(rl.eval_kl, "rl.eval_kl", rl.eval_kl,
               "True when the KL guard is on (guards.max_sequence_kl or guards.kl_jump > 0): it "

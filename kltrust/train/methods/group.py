@@ -19,12 +19,12 @@ def _update(baseline: str, trainer, state, hp, frozen):
     beta = state.controller.beta
     reward = proxy
     if s.kl_placement == "reward":
-        reward = proxy - beta * kl.sum_per_sequence(trainer.token_kl(ro), ro.mask)
+        reward = proxy - beta * kl.sum_per_sequence(trainer.token_kl(ro, hp), ro.mask)
     advantage = grpo.group_advantages(reward, s.group_size, baseline=baseline)
     in_loss = s.kl_placement == "loss"
     variant = grpo.Variant(kl_estimator=s.kl_estimator if in_loss else "k3",
                            kl_in_loss=in_loss, token_average=s.token_average)
-    coefs = grpo.LossCoefs(hp.clip_eps, beta)
+    coefs = grpo.LossCoefs(hp.clip_eps, beta, hp.kl_log_ratio_clamp, hp.kl_value_clamp)
     batch = {"prompt": prompts, "response": ro.response, "mask": ro.mask,
              "old_logp": ro.log_prob, "advantage": advantage}
     if s.uses_reference:
@@ -42,7 +42,7 @@ def _update(baseline: str, trainer, state, hp, frozen):
                          variant=variant, ref_logp=mb.get("ref_logp"), exact_kl=exact)
 
     params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
-    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta), **sgd}
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta, hp), **sgd}
     return trainer.finish(state, params, opt_state, key, metrics, metrics.get("kl"))
 
 

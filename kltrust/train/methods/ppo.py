@@ -20,7 +20,7 @@ def update(trainer, state, hp, frozen):
     last = jnp.sum(ro.mask, axis=-1).astype(jnp.int32) - 1
     reward = jax.nn.one_hot(last, ro.mask.shape[1]) * proxy[:, None]
     if s.kl_placement == "reward":
-        reward = reward - beta * trainer.token_kl(ro)
+        reward = reward - beta * trainer.token_kl(ro, hp)
     advantage, target = rollouts.token_gae(reward, ro.value, ro.mask, hp.gamma, hp.gae_lambda)
     in_loss = s.kl_placement == "loss"
     batch = ppo.Batch(
@@ -32,7 +32,8 @@ def update(trainer, state, hp, frozen):
                           kl_anchor="reference",
                           kl_estimator=s.kl_estimator if in_loss else "exact")
     coefs = ppo.LossCoefs(hp.clip_eps, beta if in_loss else jnp.zeros_like(beta),
-                          hp.vf_coef, hp.ent_coef)
+                          hp.vf_coef, hp.ent_coef, kl_log_ratio_clamp=hp.kl_log_ratio_clamp,
+                          kl_value_clamp=hp.kl_value_clamp)
     prompt_len = prompts.shape[1]
 
     def apply_fn(params, tokens):
@@ -45,7 +46,7 @@ def update(trainer, state, hp, frozen):
         return ppo.loss(params, mb, coefs, apply_fn=apply_fn, variant=variant)
 
     params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
-    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta), **sgd}
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta, hp), **sgd}
     observed = metrics.get("kl")
     return trainer.finish(state, params, opt_state, key, metrics, observed)
 

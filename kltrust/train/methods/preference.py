@@ -64,7 +64,7 @@ def _update_dpo_online(trainer, state, hp, frozen):
                               mb["ref_rejected"])
 
     params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
-    metrics = {**trainer.common_metrics(ro, proxy, frozen, hp.beta), **sgd}
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, hp.beta, hp), **sgd}
     metrics["kl_optimised"] = metrics["kl_k1"] = kl.sum_per_sequence(
         kl.estimate(ro.log_prob, ro.ref_log_prob, "k1"), ro.mask).mean()
     return trainer.finish(state, params, opt_state, key, metrics, None)

@@ -79,7 +79,7 @@ def update(trainer, state, hp, frozen):
                            normalize_advantages=True)
     new_flat, step_metrics = trpo.step(policy_fn, flat, batch, coefs, variant=variant,
                                        cg_iters=s.cg_iters, max_backtracks=s.max_backtracks)
-    metrics = {**trainer.common_metrics(ro, proxy, frozen, state.controller.beta),
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, state.controller.beta, hp),
                **{f"trpo_{k}": v for k, v in step_metrics.items()}}
     metrics["kl_optimised"] = step_metrics.get("kl_ref", step_metrics["kl_old"])
     return trainer.finish(state, to_params(new_flat), state.opt_state, key, metrics, None)
