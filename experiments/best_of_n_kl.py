@@ -113,7 +113,7 @@ def plot(rows: Sequence[dict], path: pathlib.Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ns = sorted({r["n"] for r in rows})
-    ax.plot(ns, [grpo.best_of_n_kl_bound(n) for n in ns], "k--", lw=2,
+    ax.plot(ns, [grpo.best_of_n_kl_bound(n) for n in ns], "k--", lw=2, zorder=5,
             label="log n − (n−1)/n (upper bound)")
     for table in dict.fromkeys(r["table"] for r in rows):
         sel = [r for r in rows if r["table"] == table]
