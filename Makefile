@@ -16,7 +16,7 @@ endif
 
 comma := ,
 
-.PHONY: demo test test-fast notebooks kl-table ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
+.PHONY: demo test test-fast notebooks kl-table best-of-n-kl ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
   bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization sweep-timing real-frontier clean
 
 $(BIN)/python:
@@ -157,6 +157,9 @@ notebooks: $(VENV)/.installed-dev
 
 kl-table: $(VENV)/.installed
 	$(BIN)/python -m experiments.kl_table --config=configs/sweeps/kl_estimators.py --workdir=runs/kl_table
+
+best-of-n-kl: $(VENV)/.installed
+	$(BIN)/python -m experiments.best_of_n_kl --out=runs/best_of_n_kl
 
 # Multi-device tests need XLA_FLAGS set before JAX starts, so they run in their own process first;
 # pytest's exit code 5 ("no tests selected") is not a failure there.

@@ -8,7 +8,8 @@ trunk) and then the preset's own stage in ``workdir/NAME``. Every preset of one 
 pairs and the proxy. CPU-sized: SmolLM2-135M, LoRA rank 8 on attention, 24 new tokens, a few
 prompts per update, tens of updates (``*_gpu`` presets: the sizes for an accelerator).
 
-    best_of_n     best-of-n from the reference against the proxy, n = 1 (the reference), 4, 16
+    best_of_n     best-of-n from the reference against the proxy, n = 1 (the reference), 4, 16;
+                  its "kl" is the upper bound log n − (n−1)/n (docs/best_of_n.md)
     grpo          GRPO, k3 in the loss, β = 0.05, 4 prompts × 4 samples
     rloo          RLOO, k1 in the sequence reward, β = 0.05
     ppo           PPO with a value head on the policy's trunk, k1 per token in the reward, β = 0.05

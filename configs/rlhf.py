@@ -26,7 +26,8 @@ Stages and methods (see `kltrust.train.rlhf` for what each optimises and where i
     simpo           offline SimPO (reference-free, length-normalised; β = 2, γ = 1), brought by
                     kltrust/objectives/simpo.py itself, as is any preset a preference loss declares
     dpo_online      online DPO: pairs from the current policy, labelled by the proxy
-    best_of_n       best-of-n sampling from the reference against the proxy, n = 1 … 64
+    best_of_n       best-of-n sampling from the reference against the proxy, n = 1 … 64; its "kl"
+                    is the upper bound log n − (n−1)/n (docs/best_of_n.md), not the exact KL
 
 Everything under ``rl.hparams`` is an array in the compiled program; the rest is static. The β
 controller's knobs sit in ``rl.hparams.controller.KIND`` for the kind ``rl.controller`` names.

@@ -69,7 +69,7 @@ def write_plot(results: dict, path: pathlib.Path) -> None:
         kl = [np.mean([r["kl"] for r in rows if r["n"] == n]) for n in ns]
         for key, style in (("gold", "^-"), ("proxy", "^:")):
             ax.plot(kl, [np.mean([r[key] for r in rows if r["n"] == n]) for n in ns], style,
-                    color="tab:purple", ms=4, label=f"best-of-n {key}")
+                    color="tab:purple", ms=4, label=f"best-of-n {key} (KL: upper bound)")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("exact KL(π ‖ π_ref) per sequence (nats, symlog)")
     ax.set_ylabel("reward")
@@ -130,7 +130,7 @@ def main(argv: Sequence[str]) -> None:
                      + " | – | – |")
     if "best_of_n" in results:
         rows = results["best_of_n"].evals
-        lines += ["", "| best-of-n | gold | proxy | KL = log n − (n−1)/n | distinct-2 |",
+        lines += ["", "| best-of-n | gold | proxy | KL ≤ log n − (n−1)/n (upper bound) | distinct-2 |",
                   "|---|---|---|---|---|"]
         for n in sorted({r["n"] for r in rows}):
             sel = [r for r in rows if r["n"] == n]

@@ -354,17 +354,18 @@ def test_validation(call, match):
 # ---------------------------------------------------------------- best-of-n
 
 
-def test_best_of_n_kl_closed_form():
-    assert grpo.best_of_n_kl(1) == 0.0
-    np.testing.assert_allclose(grpo.best_of_n_kl(2), math.log(2) - 0.5)
-    np.testing.assert_allclose(grpo.best_of_n_kl(16), math.log(16) - 15 / 16)
+def test_best_of_n_kl_bound_closed_form():
+    assert grpo.best_of_n_kl is grpo.best_of_n_kl_bound  # the old name, kept for callers
+    assert grpo.best_of_n_kl_bound(1) == 0.0
+    np.testing.assert_allclose(grpo.best_of_n_kl_bound(2), math.log(2) - 0.5)
+    np.testing.assert_allclose(grpo.best_of_n_kl_bound(16), math.log(16) - 15 / 16)
     np.testing.assert_allclose(
-        grpo.best_of_n_kl(jnp.array([1, 4, 64])),
+        grpo.best_of_n_kl_bound(jnp.array([1, 4, 64])),
         [0.0, math.log(4) - 0.75, math.log(64) - 63 / 64],
         rtol=1e-6,
     )
     with pytest.raises(ValueError, match="n must be"):
-        grpo.best_of_n_kl(0)
+        grpo.best_of_n_kl_bound(0)
 
 
 def test_best_of_n_select_ties_to_lowest_index():
@@ -392,7 +393,7 @@ def _kl(law, p):
 @pytest.mark.parametrize("n", [1, 2, 4, 16, 64])
 def test_analytic_best_of_n_kl_is_an_upper_bound_tight_for_large_support(n):
     rng = np.random.default_rng(n)
-    bound = grpo.best_of_n_kl(n)
+    bound = grpo.best_of_n_kl_bound(n)
     # Large support, no outcome heavier than ~1e-4: the exact KL approaches the analytic value.
     p = rng.gamma(2.0, size=20_000)
     p /= p.sum()
@@ -426,4 +427,4 @@ def test_best_of_n_monte_carlo_matches_exact_law():
     mc_kl, stderr = log_ratio.mean(), log_ratio.std() / math.sqrt(prompts)
     exact = _kl(law, p)
     assert abs(mc_kl - exact) < 4 * stderr
-    assert exact <= grpo.best_of_n_kl(n)
+    assert exact <= grpo.best_of_n_kl_bound(n)

@@ -103,7 +103,7 @@ def test_each_method_runs_a_few_updates_without_nan(stages, preset):
     assert result.evals[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # starts at the reference
 
 
-def test_best_of_n_reports_the_analytic_kl(stages):
+def test_best_of_n_reports_the_kl_upper_bound(stages):
     root, ref_params, rm_params = stages
     result = pipeline.run_policy(pipeline.spec_from_config(tiny("best_of_n")),
                                  root, ref_params, rm_params, write=False)

@@ -11,7 +11,7 @@ as one point (gold reward against the exact sequence KL to the reference, at the
     TRPO        per-token KL budget to the reference 0.03, 0.1, 0.3, 1 (δ = 0.01 per update); the
                 budget, not δ, is what bounds the distance to the reference here
     GRPO        β = 0.03, 0.1, 0.3, 1, k3 in the loss
-    best-of-n   n = 1, 4, 16, 64, 256 (KL = log n − (n − 1)/n)
+    best-of-n   n = 1, 4, 16, 64, 256 (KL reported as the upper bound log n − (n − 1)/n)
 
 One pipeline (one reference, one proxy) under ``WORKDIR/pipelines``; 2 seeds per point; each method
 is one vmapped program over its knob and seeds.

@@ -81,13 +81,14 @@ Metrics (scalars, no gradient):
 Diagnostics other than ``policy_loss`` and ``kl_penalty`` are per-token means whatever the
 aggregation, so they compare across variants.
 
-Best-of-n. ``best_of_n_select`` picks the highest-reward sample of each prompt, and ``best_of_n_kl``
-is the analytic KL(π_bon‖π_ref) = log n − (n−1)/n (Stiennon et al. 2020, "Learning to summarize from
-human feedback", appendix). It is exact when rewards are continuous (no ties); Beirami et al. 2024,
-"Theoretical guarantees on the best-of-n alignment policy", show it is an upper bound in general:
-for a discrete π_ref with distinct rewards the exact best-of-n law is P(y) = F(y)^n − F(y⁻)^n
-(F the reward CDF under π_ref) and its KL is below the formula, approaching it as the mass of every
-single outcome goes to 0.
+Best-of-n. ``best_of_n_select`` picks the highest-reward sample of each prompt, and
+``best_of_n_kl_bound`` (old name ``best_of_n_kl``) is log n − (n−1)/n (Stiennon et al. 2020,
+"Learning to summarize from human feedback", appendix), an *upper bound* on KL(π_bon‖π_ref): Beirami
+et al. 2024, "Theoretical guarantees on the best-of-n alignment policy" (arXiv 2401.01879), show
+that it is reached only for continuous, untied rewards. For a discrete π_ref the exact law is
+π_bon(y) = π_ref(y)/π_ref(C) · [F(r(y))^n − F(r(y)⁻)^n] (F the reward CDF under π_ref, C the tie
+class of y) and its KL is below the bound, far below with ties or a concentrated π_ref; the exact
+value is `kltrust.tasks.best_of_n.best_of_n_kl` (docs/best_of_n.md).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ __all__ = [
     "LossCoefs",
     "Variant",
     "best_of_n_kl",
+    "best_of_n_kl_bound",
     "best_of_n_select",
     "group_advantages",
     "loss",
@@ -359,18 +361,23 @@ def loss(
 # ---------------------------------------------------------------- best-of-n
 
 
-def best_of_n_kl(n):
-    """Analytic KL(π_bon‖π_ref) = log n − (n − 1)/n of best-of-n sampling (module docstring).
+def best_of_n_kl_bound(n):
+    """The upper bound log n − (n − 1)/n on KL(π_bon‖π_ref) of best-of-n sampling (module docstring).
 
-    Exact for continuous rewards (no ties); an upper bound on the true KL in general (Beirami et al.
-    2024). 0 for n = 1. A Python number gives a float (n ≥ 1 is checked); an array gives an array.
+    Equal to the KL only for continuous rewards (no ties); an upper bound in general (Beirami et al.
+    2024), for the exact value on a categorical reference see `kltrust.tasks.best_of_n.best_of_n_kl`.
+    0 for n = 1. A Python number gives a float (n ≥ 1 is checked); an array gives an array.
     """
     if isinstance(n, numbers.Real):
         if not n >= 1:
-            raise ValueError(f"kltrust.objectives.grpo.best_of_n_kl: n must be ≥ 1, got {n!r}.")
+            raise ValueError(f"kltrust.objectives.grpo.best_of_n_kl_bound: n must be ≥ 1, got {n!r}.")
         return math.log(n) - (n - 1) / n
     n = jnp.asarray(n, jnp.promote_types(jnp.asarray(n).dtype, jnp.float32))
     return jnp.log(n) - (n - 1.0) / n
+
+
+# The old name: the same upper bound (not the exact KL), kept for existing callers.
+best_of_n_kl = best_of_n_kl_bound
 
 
 def best_of_n_select(rewards: jax.Array) -> jax.Array:

@@ -25,8 +25,10 @@ Preferences follow Bradley–Terry with the true reward: P(y1 ≻ y2 | x) = σ(r
 optionally flipped with probability η (label noise). DPO on such preferences has the population
 optimum π*_β (Rafailov et al. 2023), which is what makes this a testbed with an exact answer.
 
-Every KL here comes from ``kltrust.kl.categorical``. Arrays are small tables ([C, A]); every
-function evaluates all contexts at once and is safe under ``jit``/``vmap``/``grad``.
+Best-of-n from π_ref has an exact law and KL too, ties included (``best_of_n_kl``, from
+``kltrust.tasks.best_of_n``). Every KL here comes from ``kltrust.kl.categorical``. Arrays are
+small tables ([C, A]); every function evaluates all contexts at once and is safe under
+``jit``/``vmap``/``grad``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kltrust import kl
+from kltrust.tasks.best_of_n import bandit_best_of_n_kl, best_of_n_kl, best_of_n_policy
 
 POLICY_KINDS: tuple[str, ...] = ("tabular", "mlp")
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu")
@@ -56,6 +59,9 @@ __all__ = [
     "Policy",
     "PolicySpec",
     "Preferences",
+    "bandit_best_of_n_kl",
+    "best_of_n_kl",
+    "best_of_n_policy",
     "exact_metrics",
     "exact_preferences",
     "expected_reward",

@@ -367,8 +367,9 @@ class Trainer:
 def best_of_n(reference: LanguageModel, reward: RewardModel, frozen: tok.Frozen,
               key: jax.Array, n: int, stats_chunk: int = 0) -> dict[str, jax.Array]:
     """Best-of-n against the proxy: n samples of the reference per held-out prompt, keep the one
-    the proxy scores highest. Its KL to the reference is the analytic log n − (n−1)/n (an upper
-    bound that is tight when rewards are untied, `grpo.best_of_n_kl`). ``stats_chunk``: as
+    the proxy scores highest. Its reported ``"kl"`` is the upper bound log n − (n−1)/n on the
+    KL to the reference (`grpo.best_of_n_kl_bound`; equal to the KL only when rewards never tie,
+    docs/best_of_n.md), not the exact KL. ``stats_chunk``: as
     `Static.stats_chunk` (the M·n rows' teacher-forced pass, chunked)."""
     task = frozen.task
     prompts = jnp.repeat(frozen.eval_prompts, n, axis=0)
@@ -381,5 +382,5 @@ def best_of_n(reference: LanguageModel, reward: RewardModel, frozen: tok.Frozen,
     pick = grpo.best_of_n_select(proxy.reshape(-1, n))
     rows = jnp.arange(pick.shape[0]) * n + pick
     return {"gold": gold[rows].mean(), "proxy": proxy[rows].mean(),
-            "kl": jnp.asarray(grpo.best_of_n_kl(n), jnp.float32),
+            "kl": jnp.asarray(grpo.best_of_n_kl_bound(n), jnp.float32),  # a bound
             "responses": ro.response[rows] * ro.mask[rows].astype(ro.response.dtype)}
