@@ -276,6 +276,10 @@ TOKEN_ERRORS = [
                                       + r" when rl.kl_placement is 'reward'"),
     ("ppo", "rl.hparams.kl_value_clamp", 0.0, r"config.rl.hparams.kl_value_clamp = 0.0: must be in "
                                               r"\(0.0, inf\]"),
+    ("ppo", "rl.ref_sync", "yes", r"config.rl.ref_sync = 'yes': must be of type bool"),
+    ("ppo_nokl", "rl.ref_sync", True, r"config.rl.ref_sync = True: must be False when the method "
+                                      r"applies no KL to a reference"),
+    ("simpo", "rl.ref_sync", True, r"config.rl.ref_sync = True: must be False when"),
     ("ppo", "rl.controller", "adaptiv", r"config.rl.controller = 'adaptiv': must be one of .*; "
                                         r"did you mean 'adaptive'\?"),
     ("ppo", "model.critic", "shraed", r"config.model.critic = 'shraed': .*did you mean 'shared'"),
@@ -411,7 +415,8 @@ def test_token_defaults_come_from_the_knob_declarations():
     # The values the presets always had (a changed declaration would silently move every run).
     assert declared == dict(learning_rate=1e-4, beta=0.1, clip_eps=0.2, gamma=1.0, gae_lambda=0.95,
                             vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1,
-                            damping=0.1, kl_log_ratio_clamp=math.inf, kl_value_clamp=math.inf)
+                            damping=0.1, kl_log_ratio_clamp=math.inf, kl_value_clamp=math.inf,
+                            ref_sync_every=512, ref_sync_alpha=0.6)
     assert set(components.groups(rlhf.HParams)) == {"controller", "preference"}
 
 

@@ -269,3 +269,33 @@ def test_group_method_reads_the_estimator_clamps_and_importance_correction(stage
     _, metrics = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))(state, hp, frozen)
     free, clamped = np.asarray(metrics["kl_penalty"][:, -1])
     assert clamped <= 1e-6 < free, (free, clamped)
+
+
+def test_a_synced_reference_follows_the_policy_in_the_compiled_program(stages):
+    """rl.ref_sync, τ swept as an array (one program, two runs, the same seed), α = 1, 3 updates.
+    Run 0 (τ = 2) syncs after update 2, so update 3 samples from a policy equal to its reference:
+    the applied KL is exactly 0 there, while run 1's is not; run 1 (τ = 3) syncs after update 3 and
+    ends with its reference equal to its policy bit for bit. Before the first sync the runs agree."""
+    root, ref_params, rm_params = stages
+    config = tiny("grpo")
+    config.rl.update(ref_sync=True, num_updates=3, updates_per_eval=3)
+    config.rl.hparams.update(learning_rate=3e-2, ref_sync_alpha=1.0)
+    pipeline.validate(config)
+    task = pipeline.synthetic_task(pipeline.spec_from_config(config), root)
+    frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(task.prompts("train")),
+                        jnp.asarray(task.prompts("test")), task)
+    trainer = rlhf.Trainer(pipeline.static_from_config(config))
+    hp = pipeline.hparams_from_config(config, 2).replace(
+        ref_sync_every=jnp.array([2.0, 3.0], jnp.float32))
+    state = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))(
+        jnp.zeros((2,), jnp.int32), hp, frozen)
+    end, metrics = jax.jit(jax.vmap(trainer.run_chunk, in_axes=(0, 0, None)))(state, hp, frozen)
+    for synced, policy, original in zip(jax.tree.leaves(end.ref_params), jax.tree.leaves(end.params),
+                                        jax.tree.leaves(ref_params)):
+        np.testing.assert_array_equal(synced[1], policy[1])
+    first = lambda tree: jax.tree.leaves(tree)[0]  # noqa: E731
+    assert not np.array_equal(first(end.ref_params)[0], first(ref_params))  # run 0 moved ...
+    assert not np.array_equal(first(end.ref_params)[0], first(end.params)[0])  # ... at update 2
+    assert metrics["kl"][0, 2] == 0.0 < metrics["kl"][1, 2]
+    for name in metrics:  # the same seed and the same reference until the first sync
+        np.testing.assert_array_equal(metrics[name][0, :2], metrics[name][1, :2], err_msg=name)

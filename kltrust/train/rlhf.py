@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from kltrust import components, controllers, guards, kl, sharding
+from kltrust import reference as references
 from kltrust import rollout as rollouts
 from kltrust.models.interface import LanguageModel, RewardModel
 from kltrust.objectives import grpo, preference
@@ -92,6 +93,12 @@ class HParams:
     kl_value_clamp: jax.Array = components.knob(
         math.inf, "the estimator's output clamp v: each term clipped to [-v, v]; inf: none", low=0,
         low_open=True, allow_inf=True)
+    # A moving reference (`Static.ref_sync`, `kltrust.reference`); TRL's defaults (512, 0.6).
+    ref_sync_every: jax.Array = components.knob(
+        512, "updates between reference syncs τ (rl.ref_sync; 1 with a small α: an EMA)", low=1)
+    ref_sync_alpha: jax.Array = components.knob(
+        0.6, "the sync's mixup α: θ_ref ← α·θ + (1 − α)·θ_ref (1: hard sync)", low=0,
+        low_open=True, high=1)
     # The knobs of the preference loss ``Static.preference_loss`` (dpo, dpo_online); in the config
     # every registered loss's group (e.g. preference.simpo.gamma).
     preference: Any = components.group(preference.LOSSES, "the preference loss's knobs")
@@ -124,6 +131,9 @@ class Static:
     # > 0 keeps the [B, L, V] logits of the policy and the reference out of the rollout (a large
     # vocabulary's memory); methods that need full distributions recompute them per minibatch.
     stats_chunk: int = 0
+    # The reference follows the policy (`kltrust.reference`: every ``hp.ref_sync_every`` updates,
+    # θ_ref ← α·θ + (1 − α)·θ_ref; TR-DPO, an EMA): kept in `TrainState.ref_params`.
+    ref_sync: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -142,6 +152,8 @@ class TrainState:
     key: jax.Array
     update_step: jax.Array
     bad_updates: jax.Array  # consecutive updates skipped as non-finite (`kltrust.guards`)
+    # The moving reference's parameters when `Static.ref_sync` (else None: `tok.Frozen`'s).
+    ref_params: Any = None
 
 
 def _controller(static: Static) -> controllers.Controller:
@@ -199,8 +211,12 @@ class Trainer:
         params = self.constrain_params(self.policy.start_from(frozen.ref_params, init_key))
         opt_state = self.constrain_params(
             tok.set_learning_rate(self.optimizer().init(params), hp.learning_rate))
+        ref_params = None
+        if self.static.ref_sync:  # checked here, at trace time: the policy must hold its leaves
+            references.as_reference(params, frozen.ref_params)
+            ref_params = frozen.ref_params
         return TrainState(params, opt_state, init_controller(self.static, hp), key,
-                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), ref_params)
 
     # ------------------------------------------------------------ shared pieces
 
@@ -307,13 +323,22 @@ class Trainer:
             metrics, state.bad_updates, checked=tuple(k for k in metrics if "cg_" not in k))
         params, opt_state = self.constrain_params((params, opt_state))
         return TrainState(params, opt_state, controller, key, state.update_step + 1,
-                          bad_updates), metrics
+                          bad_updates, state.ref_params), metrics
 
     # ------------------------------------------------------------ one update per method
 
     def update(self, state: TrainState, hp: HParams, frozen: tok.Frozen):
-        """One update of ``Static.method`` (`kltrust.train.methods.METHODS`)."""
-        return METHODS.get(self.static.method).update(self, state, hp, frozen)
+        """One update of ``Static.method`` (`kltrust.train.methods.METHODS`). With
+        ``Static.ref_sync`` the method sees the moving reference in ``frozen`` and the reference is
+        then refreshed (`kltrust.reference.refresh`) from the updated policy."""
+        method = METHODS.get(self.static.method)
+        if not self.static.ref_sync:
+            return method.update(self, state, hp, frozen)
+        state, metrics = method.update(self, state, hp,
+                                       frozen.replace(ref_params=state.ref_params))
+        ref = references.refresh(state.ref_params, state.params, state.update_step,
+                                 hp.ref_sync_every, hp.ref_sync_alpha)
+        return state.replace(ref_params=ref), metrics
 
     # ------------------------------------------------------------ the KL guard
 
@@ -349,7 +374,10 @@ class Trainer:
         opt_state = tok.set_learning_rate(opt_state, jnp.where(shrink_lr, lr / factor, lr))
         hp = hp.replace(learning_rate=jnp.where(shrink_lr, hp.learning_rate / factor,
                                                 hp.learning_rate))
-        return TrainState(params, opt_state, controller, state.key, state.update_step, bad), hp
+        ref_params = state.ref_params if good.ref_params is None else keep(good.ref_params,
+                                                                           state.ref_params)
+        return TrainState(params, opt_state, controller, state.key, state.update_step, bad,
+                          ref_params), hp
 
     # ------------------------------------------------------------ chunks and evaluation
 

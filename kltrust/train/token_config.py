@@ -69,6 +69,9 @@ def defaults() -> ml_collections.ConfigDict:
         # Rows per chunk of the teacher-forced log-probs / exact KL / entropy pass (0: the whole
         # batch at once): bounds the [rows, L, V] logits of a large vocabulary (rlhf.Static).
         stats_chunk=0,
+        # The reference follows the policy every rl.hparams.ref_sync_every updates with mixup
+        # rl.hparams.ref_sync_alpha (TR-DPO; an EMA with every = 1), `kltrust.reference`.
+        ref_sync=False,
         best_of_n=(1, 2, 4, 8, 16, 32, 64),
         # `rlhf.HParams`'s declared knobs, with every registered β controller's group (rl.controller
         # chooses whose are read) and every registered preference loss's (dpo, dpo_online read
@@ -217,6 +220,13 @@ def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, sha
     components.validate_groups(preference.LOSSES, rl.hparams.preference, "rl.hparams.preference",
                                rl.preference_loss)
     check_choice(rl.token_average, grpo.TOKEN_AVERAGES, "rl.token_average")
+    if rl.ref_sync:
+        check(rl.kl_placement != "none" and not (
+            method.placements == ("implicit",)
+            and preference.LOSSES.get(rl.preference_loss).reference_free),
+            "rl.ref_sync", rl.ref_sync,
+            "False when the method applies no KL to a reference (kl_placement 'none' or a "
+            "reference-free preference loss): there is nothing to sync")
     for key in ("batch_prompts", "group_size", "epochs", "minibatches", "num_updates",
                 "updates_per_eval", "cg_iters", "max_backtracks"):
         check(is_int(rl[key], 1), f"rl.{key}", rl[key], "an integer >= 1")
@@ -304,7 +314,7 @@ def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> 
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
         max_grad_norm=rl.max_grad_norm, preference_loss=rl.preference_loss, cg_iters=rl.cg_iters,
         max_backtracks=rl.max_backtracks, token_average=rl.token_average,
-        stats_chunk=rl.stats_chunk)
+        stats_chunk=rl.stats_chunk, ref_sync=rl.ref_sync)
 
 
 def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:
