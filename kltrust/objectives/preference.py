@@ -8,6 +8,7 @@ with y_w the chosen and y_l the rejected response and s a per-response score tha
 
     reference-based (DPO, IPO, rDPO, SLiC):   s(y) = log π_θ(y|x) − log π_ref(y|x)
     reference-free, length-normalised (SimPO): s(y) = log π_θ(y|x) / |y|
+    f-DPO: s(y) = ψ(log π_θ(y|x) − log π_ref(y|x)), ψ(u) = f′(e^u) (the loss's ``score``)
 
 β·s(y) is the loss's *implicit reward* of y. A loss registers itself in its own module:
 
@@ -38,6 +39,7 @@ from kltrust import components
 from kltrust.objectives.reduce import weighted_mean
 
 PerPair = Callable[[jax.Array, jax.Array, Any], jax.Array]
+Score = Callable[[jax.Array, Any], jax.Array]
 
 __all__ = ["LOSSES", "PreferenceLoss", "loss", "register"]
 
@@ -55,6 +57,8 @@ class PreferenceLoss:
         nested dict), added to configs/rlhf.py's presets.
       bandit_runs: run name → fields of a bandit config's run spec, added to configs/bandit.py.
       doc: one line for listings.
+      score: optional ``score(s, hp)`` applied to each response's score before the margin is
+        taken, h = ψ(s_w) − ψ(s_l) (f-DPO's ψ(u) = f′(e^u), `kltrust.objectives.fdpo`); None: ψ = id.
     """
 
     per_pair: PerPair
@@ -64,6 +68,7 @@ class PreferenceLoss:
     token_presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     bandit_runs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     doc: str = ""
+    score: Score | None = None
 
 
 LOSSES: components.Registry[PreferenceLoss] = components.Registry("preference loss",
@@ -72,14 +77,15 @@ LOSSES: components.Registry[PreferenceLoss] = components.Registry("preference lo
 
 def register(name: str, *, hparams: type, reference_free: bool = False,
              length_normalised: bool = False, token_presets: Mapping | None = None,
-             bandit_runs: Mapping | None = None) -> Callable[[PerPair], PerPair]:
+             bandit_runs: Mapping | None = None, score: Score | None = None
+             ) -> Callable[[PerPair], PerPair]:
     """Decorator: registers ``per_pair`` as the preference loss ``name`` (see `PreferenceLoss`)."""
 
     def decorate(per_pair: PerPair) -> PerPair:
         doc = (per_pair.__doc__ or "").strip().splitlines()
         LOSSES.register(name, PreferenceLoss(
             per_pair, hparams, reference_free, length_normalised, dict(token_presets or {}),
-            dict(bandit_runs or {}), doc[0] if doc else ""))
+            dict(bandit_runs or {}), doc[0] if doc else "", score))
         return per_pair
 
     return decorate
@@ -146,6 +152,8 @@ def loss(
     if entry.length_normalised and chosen_lengths is not None:
         score_c = score_c / jnp.maximum(chosen_lengths, 1).astype(score_c.dtype)
         score_r = score_r / jnp.maximum(rejected_lengths, 1).astype(score_r.dtype)
+    if entry.score is not None:
+        score_c, score_r = entry.score(score_c, hp), entry.score(score_r, hp)
     h = score_c - score_r
     losses = entry.per_pair(h, beta, hp)
 
