@@ -21,6 +21,8 @@ Stages and methods (see `kltrust.train.rlhf` for what each optimises and where i
     grpo            GRPO, k3 KL in the loss, β = 0.1, 8 samples per prompt
     grpo_kl_reward  GRPO with the same β but the KL (k1) in the sequence reward
     rloo            RLOO, KL (k1) in the reward, β = 0.1
+    dapo            DAPO: no KL, clip-higher [0.8, 1.28], token-level loss, flat groups dropped
+    gspo            GSPO: no KL, one clipped ratio per sequence, range [1 − 3e-4, 1 + 4e-4]
     trpo            TRPO with δ = 0.01 per update and a per-token KL budget of 0.1 to the reference
     dpo, ipo        offline DPO / IPO on the preference data set
     simpo           offline SimPO (reference-free, length-normalised; β = 2, γ = 1), brought by
@@ -40,8 +42,8 @@ from kltrust.objectives import preference
 from kltrust.train import pipeline
 
 PRESETS = ("sft", "sft_shakespeare", "reward_model", "ppo", "ppo_nokl", "ppo_adaptive",
-           "ppo_kl_loss", "grpo", "grpo_kl_reward", "rloo", "trpo", "dpo", "ipo", "dpo_online",
-           "best_of_n")
+           "ppo_kl_loss", "grpo", "grpo_kl_reward", "rloo", "dapo", "gspo", "trpo", "dpo", "ipo",
+           "dpo_online", "best_of_n")
 
 METHOD_OVERRIDES = {
     "ppo": dict(method="ppo", kl_placement="reward", kl_estimator="k1"),
@@ -57,6 +59,10 @@ METHOD_OVERRIDES = {
                            group_size=8, batch_prompts=8, epochs=1),
     "rloo": dict(method="rloo", kl_placement="reward", kl_estimator="k1", group_size=8,
                  batch_prompts=8, epochs=1),
+    "dapo": dict(method="dapo", kl_placement="none", group_size=8, batch_prompts=8, epochs=1,
+                 token_average="token", hparams=dict(beta=0.0, clip_eps=0.2, clip_eps_high=0.28)),
+    "gspo": dict(method="gspo", kl_placement="none", group_size=8, batch_prompts=8, epochs=1,
+                 hparams=dict(beta=0.0, clip_eps=3e-4, clip_eps_high=4e-4)),
     "trpo": dict(method="trpo", kl_placement="budget", kl_estimator="exact", group_size=8,
                  batch_prompts=8, epochs=1, minibatches=1),
     "dpo": dict(method="dpo", kl_placement="implicit", kl_estimator="exact", batch_prompts=64,

@@ -416,7 +416,7 @@ def test_token_defaults_come_from_the_knob_declarations():
     assert declared == dict(learning_rate=1e-4, beta=0.1, clip_eps=0.2, gamma=1.0, gae_lambda=0.95,
                             vf_coef=0.5, ent_coef=0.0, delta=0.01, kl_budget_per_token=0.1,
                             damping=0.1, kl_log_ratio_clamp=math.inf, kl_value_clamp=math.inf,
-                            ref_sync_every=512, ref_sync_alpha=0.6)
+                            ref_sync_every=512, ref_sync_alpha=0.6, clip_eps_high=0.28)
     assert set(components.groups(rlhf.HParams)) == {"controller", "preference"}
 
 

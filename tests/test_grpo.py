@@ -428,3 +428,60 @@ def test_best_of_n_monte_carlo_matches_exact_law():
     exact = _kl(law, p)
     assert abs(mc_kl - exact) < 4 * stderr
     assert exact <= grpo.best_of_n_kl_bound(n)
+
+
+# ---------------------------------------------------------------- GSPO and DAPO's clip-higher
+
+
+def _np_gspo(new, old, adv, mask, eps_low, eps_high):
+    """GSPO's objective (Zheng et al. 2025, eq. 5–7) in float64: s_i = exp(mean over o_i's tokens
+    of log π_θ − log π_old), loss = −(1/B) Σ_i min(s_i A_i, clip(s_i, 1 − ε_low, 1 + ε_high) A_i)."""
+    real = mask > 0
+    s = np.exp(np.where(real, new - old, 0.0).sum(1) / np.maximum(real.sum(1), 1))
+    return -np.mean(np.minimum(s * adv, np.clip(s, 1 - eps_low, 1 + eps_high) * adv))
+
+
+@pytest.mark.parametrize("eps_high", [None, 0.15])
+def test_gspo_sequence_ratio_matches_numpy(eps_high):
+    new, old, ref, adv = _inputs(3)
+    variant = _variant(ratio_level="sequence", kl_in_loss=False)
+    coefs = grpo.LossCoefs(clip_eps=0.1, beta=0.0, clip_eps_high=eps_high)
+    got, metrics = grpo.loss(*_f32(new, old, adv, MASK), coefs, variant=variant)
+    want = _np_gspo(new, old, adv, MASK, 0.1, 0.1 if eps_high is None else eps_high)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+    # Some sequences are clipped and some are not, so both branches are exercised.
+    real = MASK > 0
+    s = np.exp(np.where(real, new - old, 0.0).sum(1) / real.sum(1))
+    assert 0 < np.mean(np.abs(s - 1) > 0.1) < 1
+    # The gradient spreads over every token of a sequence (through the mean log-ratio): against
+    # central finite differences of the float64 statement.
+    grad = np.asarray(jax.grad(lambda n: grpo.loss(n, *_f32(old, adv, MASK), coefs,
+                                                   variant=variant)[0])(_f32(new)[0]))
+    h = 1e-6
+    for b, t in [(0, 0), (0, 4), (3, 2), (5, 1)]:
+        bumped = [new.copy(), new.copy()]
+        bumped[0][b, t] += h
+        bumped[1][b, t] -= h
+        fd = (_np_gspo(bumped[0], old, adv, MASK, 0.1, 0.1 if eps_high is None else eps_high)
+              - _np_gspo(bumped[1], old, adv, MASK, 0.1,
+                         0.1 if eps_high is None else eps_high)) / (2 * h)
+        # float32 gradient of terms of order 1: 1e-5 absolute; FD error O(h²·f‴) is far below.
+        np.testing.assert_allclose(grad[b, t], fd, atol=1e-5, err_msg=str((b, t)))
+
+
+def test_clip_higher_matches_numpy_and_is_asymmetric():
+    new, old, ref, adv = _inputs(4)
+    variant = _variant(kl_in_loss=False, token_average="token")
+    got, metrics = grpo.loss(*_f32(new, old, adv, MASK),
+                             grpo.LossCoefs(clip_eps=0.2, beta=0.0, clip_eps_high=0.28),
+                             variant=variant)
+    real = MASK > 0
+    ratio = np.exp(new - old)
+    a = adv[:, None]
+    per_token = -np.minimum(ratio * a, np.clip(ratio, 0.8, 1.28) * a)
+    np.testing.assert_allclose(got, per_token[real].sum() / real.sum(), rtol=2e-5, atol=1e-6)
+    outside = ((ratio < 0.8) | (ratio > 1.28))[real].mean()
+    np.testing.assert_allclose(metrics["clip_frac"], outside, atol=1e-6)
+    symmetric, _ = grpo.loss(*_f32(new, old, adv, MASK), grpo.LossCoefs(clip_eps=0.2, beta=0.0),
+                             variant=variant)
+    assert abs(float(got) - float(symmetric)) > 1e-4  # some ratio lies in (1.2, 1.28]

@@ -29,7 +29,7 @@ def tiny(preset: str):
     c.rl.update(num_updates=2, updates_per_eval=1, best_of_n=(1, 4))
     if c.rl.method in ("ppo",):
         c.rl.update(batch_prompts=8, minibatches=2)
-    elif c.rl.method in ("grpo", "rloo", "trpo"):
+    elif c.rl.method in ("grpo", "rloo", "trpo", "dapo", "gspo"):
         c.rl.update(batch_prompts=2, group_size=4, minibatches=1)
     elif c.rl.method == "dpo_online":
         c.rl.update(batch_prompts=8, minibatches=2)
@@ -77,7 +77,8 @@ def test_finished_stages_are_reused_and_a_different_config_is_refused(stages):
         pipeline.run_sft(pipeline.spec_from_config(config), root)
 
 
-METHOD_PRESETS = ["ppo", "ppo_kl_loss", "ppo_nokl", "grpo", "grpo_kl_reward", "rloo", "trpo",
+METHOD_PRESETS = ["ppo", "ppo_kl_loss", "ppo_nokl", "grpo", "grpo_kl_reward", "rloo", "dapo",
+                  "gspo", "trpo",
                   "trpo:none", "dpo", "ipo", "dpo_online"]
 # ... and every preset a registered preference loss brings (SimPO's ``simpo``).
 METHOD_PRESETS += [name for _, loss in preference.LOSSES.items() for name in loss.token_presets
@@ -96,6 +97,9 @@ def test_each_method_runs_a_few_updates_without_nan(stages, preset):
     for name, values in result.train_metrics.items():
         assert values.shape == (2, 2), name
         assert np.all(np.isfinite(values)), name
+    if preset == "dapo":  # the fraction of groups with a reward signal, all of them kept at worst
+        kept = result.train_metrics["kept_groups"]
+        assert np.all((kept >= 0) & (kept <= 1)) and np.all(kept * 2 == np.round(kept * 2))
     for row in result.evals:
         for key in ("gold", "proxy", "kl", "entropy"):
             assert row[key] is not None and np.isfinite(row[key]), (preset, key)

@@ -52,6 +52,13 @@ approximately; GRPO does not importance-weight the KL term, and neither does thi
 estimator is k3_is, which is weighted by ρ = π_θ/π_old and so stays unbiased in value and gradient.
 ``coefs.kl_log_ratio_clamp``/``kl_value_clamp`` clamp the estimator (`kltrust.kl.estimate`).
 
+Variants of the surrogate. ``coefs.clip_eps_high`` (DAPO's clip-higher, Yu et al. 2025) makes the
+range asymmetric, clip(ρ, 1 − ε, 1 + ε_high). ``variant.ratio_level="sequence"`` is GSPO (Zheng et
+al. 2025, "Group Sequence Policy Optimization", eq. 5–7): one ratio per sequence,
+s_i = (π_θ(o_i)/π_old(o_i))^{1/|o_i|} = exp(mean_t (log π_θ − log π_old)), clipped per sequence,
+S_it = min(s_i·A_i, clip(s_i, 1 − ε, 1 + ε)·A_i) on every token of o_i; with "sequence"
+aggregation the loss is GSPO's (1/B) Σ_i min(s_i A_i, clip(s_i)A_i) exactly.
+
 ``variant.kl_in_loss=False`` removes the KL term entirely — β is then never read, ``ref_logp`` may be
 None, and the metrics carry no ``kl_penalty`` — so a trainer that puts the KL into the reward instead
 (as RLOO and PPO-RLHF do) can never apply it twice.
@@ -76,7 +83,8 @@ Metrics (scalars, no gradient):
         mean of the exact per-token KL (from full logits via `kl.categorical`), and the mean over
         sequences of its per-sequence sum — the KL between the response distributions, the
         quantity an RLHF KL budget refers to;
-    ``clip_frac``: the fraction of real tokens with |ρ − 1| > ε (reported with or without clipping);
+    ``clip_frac``: the fraction of real tokens with ρ outside [1 − ε, 1 + ε_high] (reported with or
+        without clipping);
     ``ratio_mean``: the per-token masked mean of ρ.
 Diagnostics other than ``policy_loss`` and ``kl_penalty`` are per-token means whatever the
 aggregation, so they compare across variants.
@@ -109,6 +117,7 @@ from kltrust import kl
 
 BASELINES: tuple[str, ...] = ("grpo", "rloo")
 TOKEN_AVERAGES: tuple[str, ...] = ("sequence", "token")
+RATIO_LEVELS: tuple[str, ...] = ("token", "sequence")
 
 __all__ = [
     "BASELINES",
@@ -207,9 +216,11 @@ class Variant:
     kl_in_loss: bool = True
     token_average: str = "sequence"
     clip: bool = True
+    ratio_level: str = "token"  # "sequence": GSPO's length-normalised sequence ratio
 
     def __post_init__(self):
-        for name, allowed in (("kl_estimator", kl.estimators()), ("token_average", TOKEN_AVERAGES)):
+        for name, allowed in (("kl_estimator", kl.estimators()), ("token_average", TOKEN_AVERAGES),
+                              ("ratio_level", RATIO_LEVELS)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"variant.{name} must be one of {allowed}, got {value!r}.")
@@ -234,6 +245,7 @@ class LossCoefs:
     beta: jax.Array
     kl_log_ratio_clamp: jax.Array | None = None
     kl_value_clamp: jax.Array | None = None
+    clip_eps_high: jax.Array | None = None  # DAPO's ε_high: the range [1 − ε, 1 + ε_high]; None: ε
 
 
 def _check_coefs(coefs: LossCoefs, variant: Variant) -> None:
@@ -325,10 +337,16 @@ def loss(
         reduce = lambda v: kl.mean_per_token(v, mask)
     token_mean = lambda v: jax.lax.stop_gradient(kl.mean_per_token(v, mask))
 
-    ratio = jnp.exp(new - old)
+    if variant.ratio_level == "sequence":  # GSPO: one ratio per sequence, on each of its tokens
+        per_sequence = jnp.exp(kl.mean_per_sequence(new - old, mask))
+        ratio = jnp.broadcast_to(per_sequence[:, None], new.shape)
+    else:
+        ratio = jnp.exp(new - old)
     clip_eps = jnp.asarray(coefs.clip_eps, new.dtype)
+    clip_high = clip_eps if coefs.clip_eps_high is None else jnp.asarray(coefs.clip_eps_high,
+                                                                        new.dtype)
     if variant.clip:
-        clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+        clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_high)
         surrogate = jnp.minimum(ratio * adv, clipped * adv)
     else:
         surrogate = ratio * adv
@@ -337,7 +355,8 @@ def loss(
 
     metrics = {
         "policy_loss": jax.lax.stop_gradient(policy_loss),
-        "clip_frac": token_mean((jnp.abs(ratio - 1.0) > clip_eps).astype(new.dtype)),
+        "clip_frac": token_mean(((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_high))
+                                .astype(new.dtype)),
         "ratio_mean": token_mean(ratio),
     }
     if ref_logp is not None:

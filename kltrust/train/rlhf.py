@@ -99,6 +99,9 @@ class HParams:
     ref_sync_alpha: jax.Array = components.knob(
         0.6, "the sync's mixup α: θ_ref ← α·θ + (1 − α)·θ_ref (1: hard sync)", low=0,
         low_open=True, high=1)
+    clip_eps_high: jax.Array = components.knob(
+        0.28, "the upper clip ε_high of DAPO/GSPO's range [1 − ε, 1 + ε_high]", low=0,
+        low_open=True)
     # The knobs of the preference loss ``Static.preference_loss`` (dpo, dpo_online); in the config
     # every registered loss's group (e.g. preference.simpo.gamma).
     preference: Any = components.group(preference.LOSSES, "the preference loss's knobs")
