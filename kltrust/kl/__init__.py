@@ -68,6 +68,10 @@ contributing exactly 0 with zero gradient), so action or vocabulary masks are sa
 ``kl_divergence_with_log_targets`` returns NaN for such masked entries, which is why this module does
 not delegate to it.
 
+Layout: ``estimators.py`` (the registry, the estimators, corrections and clamps), ``exact.py``
+(categorical, gaussian, the masked reductions), ``_numerics.py`` (shape checks, e^x − 1 − x); this
+module re-exports their public names, so ``from kltrust import kl`` is the whole API.
+
 Shapes are checked at trace time (with chex): mismatched shapes raise ``ValueError`` naming both
 arguments rather than broadcasting silently (a [B] vs [B, 1] broadcast is a classic silent KL bug).
 ``chex.disable_asserts()`` turns these checks off too; they cost nothing at run time, so leave them on.
