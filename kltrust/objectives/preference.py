@@ -40,6 +40,9 @@ from kltrust.objectives.reduce import weighted_mean
 
 PerPair = Callable[[jax.Array, jax.Array, Any], jax.Array]
 Score = Callable[[jax.Array, Any], jax.Array]
+# per_response(s_w, s_l, z0, beta, hp) -> per-pair losses, for losses that are not a function of
+# the margin alone (KTO: each response against a reference point z0).
+PerResponse = Callable[[jax.Array, jax.Array, jax.Array, Any, Any], jax.Array]
 
 __all__ = ["LOSSES", "PreferenceLoss", "loss", "register"]
 
@@ -59,6 +62,10 @@ class PreferenceLoss:
       doc: one line for listings.
       score: optional ``score(s, hp)`` applied to each response's score before the margin is
         taken, h = ψ(s_w) − ψ(s_l) (f-DPO's ψ(u) = f′(e^u), `kltrust.objectives.fdpo`); None: ψ = id.
+      per_response: optional ``per_response(s_w, s_l, z0, beta, hp)``, used instead of
+        ``per_pair`` for a loss that scores each response against a reference point z0 (KTO,
+        `kltrust.objectives.kto`): z0 = max(0, stop_gradient(weighted mean of ½(s_w + s_l))), the
+        batch's estimate of KL(π_θ‖π_ref).
     """
 
     per_pair: PerPair
@@ -69,6 +76,7 @@ class PreferenceLoss:
     bandit_runs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     doc: str = ""
     score: Score | None = None
+    per_response: PerResponse | None = None
 
 
 LOSSES: components.Registry[PreferenceLoss] = components.Registry("preference loss",
@@ -77,15 +85,15 @@ LOSSES: components.Registry[PreferenceLoss] = components.Registry("preference lo
 
 def register(name: str, *, hparams: type, reference_free: bool = False,
              length_normalised: bool = False, token_presets: Mapping | None = None,
-             bandit_runs: Mapping | None = None, score: Score | None = None
-             ) -> Callable[[PerPair], PerPair]:
+             bandit_runs: Mapping | None = None, score: Score | None = None,
+             per_response: PerResponse | None = None) -> Callable[[PerPair], PerPair]:
     """Decorator: registers ``per_pair`` as the preference loss ``name`` (see `PreferenceLoss`)."""
 
     def decorate(per_pair: PerPair) -> PerPair:
         doc = (per_pair.__doc__ or "").strip().splitlines()
         LOSSES.register(name, PreferenceLoss(
             per_pair, hparams, reference_free, length_normalised, dict(token_presets or {}),
-            dict(bandit_runs or {}), doc[0] if doc else "", score))
+            dict(bandit_runs or {}), doc[0] if doc else "", score, per_response))
         return per_pair
 
     return decorate
@@ -155,10 +163,13 @@ def loss(
     if entry.score is not None:
         score_c, score_r = entry.score(score_c, hp), entry.score(score_r, hp)
     h = score_c - score_r
-    losses = entry.per_pair(h, beta, hp)
-
-    w = None if weights is None else jax.lax.stop_gradient(weights).astype(losses.dtype)
+    w = None if weights is None else jax.lax.stop_gradient(weights).astype(h.dtype)
     mean = lambda v: weighted_mean(v, w)  # noqa: E731
+    if entry.per_response is None:
+        losses = entry.per_pair(h, beta, hp)
+    else:
+        z0 = jnp.maximum(jax.lax.stop_gradient(mean(0.5 * (score_c + score_r))), 0.0)
+        losses = entry.per_response(score_c, score_r, z0, beta, hp)
     beta = jnp.asarray(beta, losses.dtype)
     metrics = {
         "loss": mean(losses),
