@@ -17,7 +17,8 @@ endif
 comma := ,
 
 .PHONY: demo test test-fast notebooks kl-table best-of-n-kl ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
-  bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization sweep-timing real-frontier clean
+  bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization kl-matrix-tokens dpo-overoptimization online-offline \
+  sweep-timing real-frontier clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +118,20 @@ rlhf-frontier: $(VENV)/.installed
 overoptimization: $(VENV)/.installed
 	$(SWEEP) --sweep=configs/sweeps/overoptimization.py --workdir=runs/overoptimization
 	$(call copy_report,overoptimization)
+
+# Issue 23's token reproductions: estimator x placement (GRPO), direct-alignment overoptimisation
+# over beta and epochs, online vs offline preference optimisation at matched KL.
+kl-matrix-tokens: $(VENV)/.installed
+	$(SWEEP) --sweep=configs/sweeps/kl_matrix_tokens.py --workdir=runs/kl_matrix_tokens
+	$(call copy_report,kl_matrix_tokens)
+
+dpo-overoptimization: $(VENV)/.installed
+	$(SWEEP) --sweep=configs/sweeps/dpo_overoptimization.py --workdir=runs/dpo_overoptimization
+	$(call copy_report,dpo_overoptimization)
+
+online-offline: $(VENV)/.installed
+	$(SWEEP) --sweep=configs/sweeps/online_offline.py --workdir=runs/online_offline
+	$(call copy_report,online_offline)
 
 # 4 β × 8 seeds on CartPole: one vmapped program, then the same 32 runs one by one.
 sweep-timing: $(VENV)/.installed
