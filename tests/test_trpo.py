@@ -345,3 +345,55 @@ def test_kl_budget_checked_only_when_the_reference_anchor_uses_it():
     config = _tiny("cartpole_trpo")
     config.hparams.kl_budget = 0.0
     control_config.validate(config)
+
+
+# ---------------------------------------------------------------- recovery (Achiam et al. 2017)
+
+
+def _over_budget():
+    """A batch whose policy sits over its reference budget: KL_ref(θ_old) = k0, budget = k0/2."""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    reference = policy_fn(flat - 0.6 * jnp.sign(flat), obs)
+    batch = _batch_at(policy_fn, flat, obs, reference=reference)
+    k0 = float(trpo.mean_kl_to_reference(policy_fn, flat, batch))
+    return policy_fn, flat, obs, batch, k0
+
+
+def test_recovery_steps_down_the_reference_kl_within_the_trust_region():
+    """Over the budget, plain TRPO rejects every step; the recovery step is accepted, lowers the
+    exact reference KL, keeps KL(π_old‖π_θ) ≤ δ, and its full step is −√(2δ/yᵀFy)·y with
+    y = (F + λI)⁻¹∇KL_ref (checked with dense matrices)."""
+    policy_fn, flat, obs, batch, k0 = _over_budget()
+    assert k0 > 0.05
+    coefs = _coefs(delta=0.01, kl_budget=k0 / 2)
+    _, stalled = trpo.step(policy_fn, flat, batch, coefs, variant=trpo.Variant(kl_anchor="reference"))
+    assert stalled["accepted"] == 0
+    new, metrics = trpo.step(policy_fn, flat, batch, coefs,
+                             variant=trpo.Variant(kl_anchor="reference", recovery=True))
+    assert metrics["recovery"] == 1 and metrics["accepted"] == 1
+    after = _np_mean_kl_categorical(policy_fn(new, obs).logits, batch.reference.logits)
+    assert after < k0 and metrics["kl_old"] <= 0.01
+    # The direction, against a dense solve in float64.
+    hessian = np.asarray(jax.hessian(lambda p: trpo.mean_kl_to_old(policy_fn, p, batch))(flat),
+                         np.float64) + 0.1 * np.eye(flat.size)
+    grad_ref = np.asarray(jax.grad(lambda p: trpo.mean_kl_to_reference(policy_fn, p, batch))(flat),
+                          np.float64)
+    y = np.linalg.solve(hessian, grad_ref)
+    full = -np.sqrt(2 * 0.01 / (y @ hessian @ y)) * y
+    step = np.asarray(new - flat, np.float64)
+    fraction = float(metrics["step_fraction"])
+    # CG to a 1e-10 residual on a well-damped system, then float32 steps of size ~0.1: 1e-3 relative.
+    np.testing.assert_allclose(step, fraction * full, rtol=1e-3, atol=1e-6)
+
+
+def test_recovery_changes_nothing_within_the_budget():
+    """Within the budget the recovery variant takes the ordinary step, bit for bit."""
+    policy_fn, flat, obs, batch, k0 = _over_budget()
+    coefs = _coefs(delta=0.01, kl_budget=2 * k0)
+    plain, m_plain = trpo.step(policy_fn, flat, batch, coefs, variant=trpo.Variant(kl_anchor="reference"))
+    rec, m_rec = trpo.step(policy_fn, flat, batch, coefs,
+                           variant=trpo.Variant(kl_anchor="reference", recovery=True))
+    np.testing.assert_array_equal(plain, rec)
+    assert m_rec["recovery"] == 0 and m_plain["accepted"] == 1
+    with pytest.raises(ValueError, match="recovery needs kl_anchor='reference'"):
+        trpo.Variant(recovery=True)

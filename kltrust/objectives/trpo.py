@@ -10,6 +10,13 @@ Each update maximises the surrogate L(θ) = E[π_θ(a|s)/π_old(a|s)·A] subject
        (from `kltrust.kl`) is ≤ δ and whose surrogate improves; if none qualifies, θ stays θ_old
        and the update is reported as rejected.
 
+Recovery (``Variant.recovery``, with the reference anchor; Achiam et al. 2017, "Constrained Policy
+Optimization", §6.3): once the batch's KL to the reference exceeds the budget, no step both improves
+and satisfies it, and plain TRPO stalls (every update rejected). The recovery step instead moves
+along −(F + λI)⁻¹∇KL(π_θ‖π_ref), scaled so that ½sᵀFs = δ, and backtracks until the exact
+KL(π_old‖π_θ) ≤ δ and the reference KL has decreased; the surrogate is not asked to improve. When
+the budget holds again the ordinary step resumes. Its metric ``recovery`` is 1 on those updates.
+
 ``Variant.line_search = False`` gives the natural policy gradient (Kakade 2001) ablation: the scaled
 step is taken whatever KL it produces. ``Variant.kl_anchor = "reference"`` adds an RLHF-style budget
 on the KL to a frozen reference: KL(π_θ ‖ π_ref) ≤ ``kl_budget`` must hold after every accepted step
@@ -44,10 +51,16 @@ class Variant:
     line_search: bool = True  # False: natural policy gradient, no KL check
     kl_anchor: str = "old"  # "reference": also keep KL(π_θ ‖ π_ref) ≤ kl_budget
     normalize_advantages: bool = True
+    # With kl_anchor="reference": when the batch's KL to the reference is over the budget, step
+    # along −F⁻¹∇KL_ref instead (a second CG solve; Achiam et al. 2017's recovery), see `step`.
+    recovery: bool = False
 
     def __post_init__(self):
         if self.kl_anchor not in KL_ANCHORS:
             raise ValueError(f"variant.kl_anchor must be one of {KL_ANCHORS}, got {self.kl_anchor!r}.")
+        if self.recovery and not self.uses_reference:
+            raise ValueError("variant.recovery needs kl_anchor='reference' (it recovers the "
+                             "budget on the KL to the reference).")
 
     @property
     def uses_reference(self) -> bool:
@@ -206,6 +219,17 @@ def step(
         budget_scale = (-slope + jnp.sqrt(slope**2 + 2.0 * curvature * room)) / curvature
         scale = jnp.minimum(scale, budget_scale)
     full_step = scale * direction
+    recovering = jnp.array(False)
+    if variant.recovery:
+        # Over the budget (k0 > budget) no improving step qualifies, so take the one that most
+        # reduces the reference KL within the trust region: y = (F + λI)⁻¹∇KL_ref by a second CG
+        # solve, the step −y scaled to the quadratic model's boundary ½sᵀFs = δ.
+        k0, grad_ref = jax.value_and_grad(kl_ref_fn)(flat_params)
+        recovering = k0 > coefs.kl_budget
+        down, _ = conjugate_gradient(fvp, grad_ref, cg_iters, coefs.cg_residual_tol)
+        down_curvature = jnp.maximum(jnp.vdot(down, fvp(down)), jnp.finfo(g.dtype).tiny)
+        full_step = jnp.where(recovering, -jnp.sqrt(2.0 * coefs.delta / down_curvature) * down,
+                              full_step)
     expected = jnp.vdot(g, full_step)
 
     def evaluate(fraction):
@@ -217,6 +241,9 @@ def step(
             feasible = feasible & (kls["kl_ref"] <= coefs.kl_budget)
         improvement = surrogate_fn(candidate) - old_surrogate
         ok = feasible & (improvement > 0) & jnp.isfinite(improvement)
+        if variant.recovery:  # recovering: accepted once inside the trust region and closer
+            closer = (kls["kl_old"] <= coefs.delta) & (kls["kl_ref"] < k0)
+            ok = jnp.where(recovering, closer & jnp.isfinite(kls["kl_ref"]), ok)
         return candidate, kls, improvement, ok
 
     if variant.line_search:
@@ -255,6 +282,8 @@ def step(
     }
     if variant.uses_reference:
         metrics["kl_budget"] = coefs.kl_budget
+    if variant.recovery:
+        metrics["recovery"] = recovering.astype(jnp.float32)
     return new_params, metrics
 
 
