@@ -1,26 +1,22 @@
 """The KL matrix on the bandit (issue 23, reproductions 1 and 2): `kltrust.tasks.fixed_points`,
 the ``pg_kl`` method (`kltrust.train.bandit_kl`) and its fixed points, Liu et al.'s gradient
-coefficient, and the refusals."""
+coefficient, and the refusals (the CLI's bad-flag exit is in tests/test_cli_errors.py)."""
 
 from __future__ import annotations
 
-import pathlib
 import re
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import subprocs
 from kltrust import kl
 from kltrust.tasks import bandit
 from kltrust.tasks import fixed_points as fp
 from kltrust.train import bandit as bandit_train
 from kltrust.train import bandit_kl
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TASK = bandit.make(0)
 BETAS = np.array([0.3, 1.0], np.float32)
 STEPS = 800
@@ -124,6 +120,26 @@ def test_k3_in_the_loss_reaches_the_forward_kl_optimum():
             fp.stationary_policy(TASK, beta, kl.estimator_info("k3").loss_gradient), forward)
 
 
+# pg_kl_sampled (64 contexts × 4 actions per step, 800 steps, lr 0.1 cosine, β = 1, seeds 0 and 1)
+# measured: k3_is/loss 2.9e-5 and 1.5e-4 from π*_β, k3/loss 4.1e-5 and 2.5e-5 from the forward-KL
+# optimum, each 0.23 from the other target. Tolerance 1e-3: ~7× the worst, well below 0.23.
+SAMPLED_TOL = 1e-3
+
+
+@pytest.mark.parametrize("estimator,gibbs", [("k3_is", True), ("k3", False)])
+def test_sampled_method_reaches_the_same_fixed_points(estimator, gibbs):
+    setup = bandit_train.Setup(method="pg_kl_sampled", kl_estimator=estimator,
+                               kl_placement="loss", num_steps=800, steps_per_eval=800)
+    hp = bandit_train.HParams.create(beta=np.array([1.0], np.float32), learning_rate=0.1)
+    logits = bandit_train.make_sweep(setup)(jax.random.split(jax.random.key(0), 2), TASK, hp).logits
+    gibbs_target = bandit.optimal_policy(TASK, 1.0)
+    forward = fp.forward_kl_optimum(jax.nn.log_softmax(TASK.ref_logits), TASK.rewards, 1.0)
+    target, other = (gibbs_target, forward) if gibbs else (forward, gibbs_target)
+    for final in logits[0]:
+        assert _kl_to(final, target) < SAMPLED_TOL
+        assert _kl_to(final, other) > 0.1
+
+
 DELTAS = np.array([-3.0, -1.0, -0.2, 0.0, 0.5, 1.0, 3.0], np.float32)
 CLOSED_FORMS = {  # Liu et al.'s c(δ) as a loss: f'(δ)
     "k1": lambda d: np.ones_like(d), "k2": lambda d: d, "k3": lambda d: 1 - np.exp(-d),
@@ -159,12 +175,3 @@ def test_unknown_estimator_or_placement_is_one_clear_error(field, value):
     with pytest.raises(ValueError, match=rf"^setup.{field} must be one of .*, got '{value}'.$"):
         bandit_train.Setup(method="pg_kl", **{field: value})
 
-
-def test_cli_refuses_bad_input_with_one_line_and_exit_status_2(tmp_path):
-    out = tmp_path / "out"
-    result = subprocs.run([sys.executable, "-m", "experiments.kl_matrix", "--betas=0.1,0",
-                           f"--workdir={out}"], cwd=ROOT, timeout=120)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.splitlines() == [
-        "error: --betas = '0.1,0': must be comma-separated finite numbers > 0 (e.g. 0.1,0.3,1.0)."]
-    assert not out.exists()
