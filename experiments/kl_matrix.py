@@ -184,7 +184,7 @@ def fixed_point_rows(setup, task, betas, seeds, logits, metrics, seconds, learni
         predicted = None
         if gradient is not None and gradient != (0.0, 0.0):  # the argmax: KL to it is infinite
             predicted = fixed_points.stationary_policy(task, beta, gradient)
-        per_seed = []
+        per_seed, replayed = [], None  # pg_kl is seed-independent: one replay per β
         for s, seed in enumerate(seeds):
             final = jnp.asarray(logits[h, s])
             curve = metrics["kl_to_optimum"][h, s]
@@ -201,7 +201,8 @@ def fixed_point_rows(setup, task, betas, seeds, logits, metrics, seconds, learni
                                          "kl_to_predicted", "grad_norm", "last_change",
                                          "diverged_at_step"), np.nan)
             else:  # replay the run to its last finite policy and report that
-                step, last_logits = last_finite_policy(setup, task, beta, learning_rate)
+                replayed = replayed or last_finite_policy(setup, task, beta, learning_rate)
+                step, last_logits = replayed
                 where, numbers = _reached(task, last_logits, beta, predicted,
                                           _predicted_name(gradient))
                 where = f"diverged at step {step + 1}; before it: {where}"

@@ -31,7 +31,9 @@ converges to a stationary point of, per context,
   and the step count decides how close it gets).
 * b < 0: k3 (1, −1) and k_half (1, −½) in the reward. −b·β·KL(π_ref‖π) is a bonus unbounded above
   as any π(y) → 0, while KL(π‖π_ref) stays bounded, so there is no interior maximum: the policy
-  collapses towards a vertex (measured by ``make kl-matrix``: docs/kl_matrix.md).
+  collapses towards a vertex, not always the argmax's (measured by ``make kl-matrix``:
+  docs/kl_matrix.md); in ``pg_kl`` k's value π_ref/π − ... then overflows float32 once log π(y)
+  nears −90 and the run goes non-finite.
 * k2 in the reward has no (a, b): E_π[½δ²·∇log π] = ∇E_π[½δ²] − ∇KL(π‖π_ref), so it ascends
   E_π[r] − β·(E_π[½δ²] − KL(π‖π_ref)), which is not one of the above.
 """
