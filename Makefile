@@ -16,7 +16,7 @@ endif
 
 comma := ,
 
-.PHONY: demo test test-fast notebooks kl-table best-of-n-kl ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
+.PHONY: demo test test-fast notebooks kl-table best-of-n-kl kl-matrix ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
   bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization kl-matrix-tokens dpo-overoptimization online-offline \
   sweep-timing real-frontier clean
 
@@ -175,6 +175,11 @@ kl-table: $(VENV)/.installed
 
 best-of-n-kl: $(VENV)/.installed
 	$(BIN)/python -m experiments.best_of_n_kl --out=runs/best_of_n_kl
+
+# Reproductions 1 and 2 of issue 23: every KL estimator × placement on the exact bandit, its fixed
+# point against π*_β / the forward-KL optimum / the argmax, and Liu et al.'s gradient coefficient.
+kl-matrix: $(VENV)/.installed
+	$(BIN)/python -m experiments.kl_matrix --workdir=runs/kl_matrix
 
 # Multi-device tests need XLA_FLAGS set before JAX starts, so they run in their own process first;
 # pytest's exit code 5 ("no tests selected") is not a failure there.

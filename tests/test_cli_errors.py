@@ -39,6 +39,10 @@ CASES = [
         ["experiments.sweep", "--sweep=configs/sweeps/demo.py", "--set=hparams.gamma=nan"],
         "config.hparams.gamma = nan: must be in [0.0, 1.0].",
         id="sweep-set-nan"),
+    pytest.param(
+        ["experiments.kl_matrix", "--betas=0.1,0"],
+        "error: --betas = '0.1,0': must be comma-separated finite numbers > 0 (e.g. 0.1,0.3,1.0).",
+        id="kl-matrix-betas"),
 ]
 
 

@@ -38,6 +38,11 @@ program needs to know about it; the config schema and checks are `kltrust.train.
 ``dpo_online``
     Each step draws ``batch_size`` pairs from the current policy (gradient stopped), labels them by
     Bradley–Terry with the true reward, and takes one step of the ``Setup.preference_loss`` loss.
+``pg_kl``, ``pg_kl_sampled``
+    Policy gradient with the KL through any registered estimator (``Setup.kl_estimator``) placed in
+    the reward or the loss (``Setup.kl_placement``), on exact expectations over every action or on
+    ``batch_size`` × ``group_size`` samples (`kltrust.train.bandit_kl`, which states each
+    combination's fixed point).
 
 The optimiser is Adam with the learning rate ``hparams.learning_rate``, decayed to 0 over
 ``num_steps`` by a cosine (``lr_schedule="cosine"``) so that the final policy is the optimum the
@@ -55,12 +60,13 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from kltrust import components
+from kltrust import components, kl
 from kltrust.objectives import preference
 from kltrust.tasks.bandit import Bandit, PolicySpec, Preferences
 
 PREFERENCE_MODES: tuple[str, ...] = ("sampled", "exact")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+KL_PLACEMENTS: tuple[str, ...] = ("reward", "loss")
 
 __all__ = [
     "BanditMethod",
@@ -150,14 +156,23 @@ class Setup:
     num_steps: int = 2000
     steps_per_eval: int = 100
     lr_schedule: str = "cosine"
+    kl_estimator: str = "k1"  # pg_kl*: a registered `kltrust.kl` estimator
+    kl_placement: str = "reward"  # pg_kl*: one of KL_PLACEMENTS
     policy: PolicySpec = PolicySpec()
 
     def __post_init__(self):
         for name, allowed in (("method", METHODS.names()),
                               ("preference_loss", preference.LOSSES.names()),
-                              ("preferences", PREFERENCE_MODES), ("lr_schedule", LR_SCHEDULES)):
+                              ("preferences", PREFERENCE_MODES), ("lr_schedule", LR_SCHEDULES),
+                              ("kl_estimator", kl.estimators()), ("kl_placement", KL_PLACEMENTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"setup.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.kl_placement == "reward" and self.kl_estimator not in kl.estimators(reward_term=True):
+            raise ValueError(
+                f"setup.kl_estimator = {self.kl_estimator!r} is corrected "
+                f"({kl.estimator_info(self.kl_estimator).correction}), which changes a loss term's "
+                f"gradient only, so it is refused with kl_placement 'reward'; use one of "
+                f"{kl.estimators(reward_term=True)} there, or kl_placement 'loss'.")
         for name, low in (("num_pairs", 1), ("batch_size", 0), ("group_size", 1), ("ppo_epochs", 1), ("num_steps", 1),
                           ("steps_per_eval", 1)):
             value = getattr(self, name)

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from kltrust import kl
 from kltrust.distributions import Categorical
 from kltrust.objectives import ppo, preference, trpo
 from kltrust.tasks import bandit as bandit_lib
@@ -75,27 +74,12 @@ def _pg_exact(setup: Setup) -> Method:
 @register("pg_reinforce")
 def _pg_reinforce(setup: Setup) -> Method:
     """REINFORCE with the k1 KL penalty in the reward, leave-one-out baseline"""
-    batch, group = setup.batch_size, setup.group_size
-
     def loss_fn(logits, key, data, bandit, hp):
-        del data
-        k_context, k_action = jax.random.split(key)
-        context = jax.random.categorical(k_context, jnp.log(bandit.context_probs), shape=(batch,))
-        logp = jax.nn.log_softmax(logits, axis=-1)[context]  # [B, A]
-        logp_ref = jax.nn.log_softmax(bandit.ref_logits, axis=-1)[context]
-        action = jax.random.categorical(k_action, jax.lax.stop_gradient(logp), shape=(group, batch)).T
-        logp_action = jnp.take_along_axis(logp, action, axis=-1)  # [B, G]
-        penalty = kl.estimate(jax.lax.stop_gradient(logp_action),
-                              jnp.take_along_axis(logp_ref, action, axis=-1), "k1")
-        reward = bandit.rewards[context[:, None], action]
-        shaped = reward - hp.beta * penalty
-        if group > 1:  # leave-one-out mean of the other actions of the same context
-            baseline = (shaped.sum(axis=-1, keepdims=True) - shaped) / (group - 1)
-        else:
-            baseline = jnp.zeros_like(shaped)
-        advantage = jax.lax.stop_gradient(shaped - baseline)
-        loss = -jnp.mean(advantage * logp_action)
-        return loss, {"sampled_reward": reward.mean(), "sampled_kl_k1": penalty.mean()}
+        del data  # pg_kl_sampled with k1 in the reward (bandit_kl.sampled_loss)
+        loss, metrics = bandit_kl.sampled_loss(logits, key, bandit, hp.beta, "k1", "reward",
+                                               setup.batch_size, setup.group_size)
+        return loss, {"sampled_reward": metrics["sampled_reward"],
+                      "sampled_kl_k1": metrics["kl_estimate"]}
 
     return _gradient_method(setup, loss_fn)
 
@@ -243,3 +227,8 @@ def _trpo(setup: Setup) -> Method:
     return Method(init, update)
 
 
+
+
+# Methods in modules of their own register themselves on import (after the ones above, so the
+# registry's order is unchanged); pg_reinforce reads bandit_kl.sampled_loss at trace time.
+from kltrust.train import bandit_kl  # noqa: E402  (pg_kl, pg_kl_sampled)
