@@ -54,6 +54,8 @@ VARIANTS = {
     "trpo": dict(line_search=True, kl_anchor="old"),
     "npg": dict(line_search=False, kl_anchor="old"),
     "trpo_ref": dict(line_search=True, kl_anchor="reference"),
+    # The same budget with Achiam et al.'s recovery step when the budget is exceeded.
+    "trpo_ref_recovery": dict(line_search=True, kl_anchor="reference", recovery=True),
 }
 
 PRESETS = tuple(f"{task}_{variant}" for task in TASKS for variant in VARIANTS)

@@ -84,6 +84,7 @@ CONTROL_ERRORS = [
                                         r"\('tanh', 'relu'\)"),
     ("ppo", "variant.kl_penalty", "adaptve", r"config.variant.kl_penalty must be one of"),
     ("trpo", "variant.kl_anchor", "ref", r"config.variant.kl_anchor must be one of"),
+    ("trpo", "variant.recovery", True, r"config.variant.recovery needs kl_anchor='reference'"),
     # integers the loop divides or counts by
     ("ppo", "checkpoint_every_chunks", 0,
      r"config.checkpoint_every_chunks = 0: must be an integer >= 1"),
@@ -280,6 +281,8 @@ TOKEN_ERRORS = [
     ("ppo_nokl", "rl.ref_sync", True, r"config.rl.ref_sync = True: must be False when the method "
                                       r"applies no KL to a reference"),
     ("simpo", "rl.ref_sync", True, r"config.rl.ref_sync = True: must be False when"),
+    ("grpo", "rl.trpo_recovery", True, r"config.rl.trpo_recovery = True: must be False unless "
+                                       r"rl.method is 'trpo'"),
     ("ppo", "rl.controller", "adaptiv", r"config.rl.controller = 'adaptiv': must be one of .*; "
                                         r"did you mean 'adaptive'\?"),
     ("ppo", "model.critic", "shraed", r"config.model.critic = 'shraed': .*did you mean 'shared'"),

@@ -191,7 +191,9 @@ def trpo_defaults() -> ml_collections.ConfigDict:
         fvp_subsample=1,  # Fisher-vector products on every k-th state of the batch
         vf_epochs=5,
         vf_minibatches=8,
-        variant=dict(line_search=True, kl_anchor="old", normalize_advantages=True),
+        # recovery: with kl_anchor="reference", step back toward the reference when its budget is
+        # exceeded (kltrust.objectives.trpo, Achiam et al. 2017).
+        variant=dict(line_search=True, kl_anchor="old", normalize_advantages=True, recovery=False),
         hparams=components.config_defaults(trpo.HParams),
     )
 
@@ -319,7 +321,7 @@ def _variant(cls: type, config: ml_collections.ConfigDict) -> Any:
 
 
 def _describe(variant: Any) -> str:
-    # The optional extras (value clipping) are named only when switched on.
+    # The optional extras (value clipping, TRPO's recovery) are named only when switched on.
     return " ".join(f"{f.name}={getattr(variant, f.name)}" for f in dataclasses.fields(variant)
                     if f.name != "normalize_advantages"
-                    and not (f.name == "clip_value" and not variant.clip_value))
+                    and not (f.name in ("clip_value", "recovery") and not getattr(variant, f.name)))

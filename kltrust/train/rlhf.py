@@ -137,6 +137,8 @@ class Static:
     # The reference follows the policy (`kltrust.reference`: every ``hp.ref_sync_every`` updates,
     # θ_ref ← α·θ + (1 − α)·θ_ref; TR-DPO, an EMA): kept in `TrainState.ref_params`.
     ref_sync: bool = False
+    # TRPO's recovery step when the reference budget is exceeded (`kltrust.objectives.trpo`).
+    trpo_recovery: bool = False
 
     @property
     def batch_size(self) -> int:

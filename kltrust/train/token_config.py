@@ -72,6 +72,9 @@ def defaults() -> ml_collections.ConfigDict:
         # The reference follows the policy every rl.hparams.ref_sync_every updates with mixup
         # rl.hparams.ref_sync_alpha (TR-DPO; an EMA with every = 1), `kltrust.reference`.
         ref_sync=False,
+        # TRPO with rl.kl_placement="budget": step back toward the reference when the budget is
+        # exceeded (Achiam et al. 2017's recovery), instead of rejecting every update.
+        trpo_recovery=False,
         best_of_n=(1, 2, 4, 8, 16, 32, 64),
         # `rlhf.HParams`'s declared knobs, with every registered β controller's group (rl.controller
         # chooses whose are read) and every registered preference loss's (dpo, dpo_online read
@@ -227,6 +230,10 @@ def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, sha
             "rl.ref_sync", rl.ref_sync,
             "False when the method applies no KL to a reference (kl_placement 'none' or a "
             "reference-free preference loss): there is nothing to sync")
+    if rl.trpo_recovery:
+        check(rl.method == "trpo" and rl.kl_placement == "budget", "rl.trpo_recovery",
+              rl.trpo_recovery, "False unless rl.method is 'trpo' with rl.kl_placement 'budget' "
+              "(it recovers the budget on the KL to the reference)")
     for key in ("batch_prompts", "group_size", "epochs", "minibatches", "num_updates",
                 "updates_per_eval", "cg_iters", "max_backtracks"):
         check(is_int(rl[key], 1), f"rl.{key}", rl[key], "an integer >= 1")
@@ -314,7 +321,7 @@ def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> 
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
         max_grad_norm=rl.max_grad_norm, preference_loss=rl.preference_loss, cg_iters=rl.cg_iters,
         max_backtracks=rl.max_backtracks, token_average=rl.token_average,
-        stats_chunk=rl.stats_chunk, ref_sync=rl.ref_sync)
+        stats_chunk=rl.stats_chunk, ref_sync=rl.ref_sync, trpo_recovery=rl.trpo_recovery)
 
 
 def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:

@@ -76,7 +76,7 @@ def update(trainer, state, hp, frozen):
     coefs = trpo.StepCoefs(hp.delta, hp.kl_budget_per_token, hp.damping, jnp.float32(0.8),
                            jnp.float32(1e-10))
     variant = trpo.Variant(kl_anchor="reference" if s.kl_placement == "budget" else "old",
-                           normalize_advantages=True)
+                           normalize_advantages=True, recovery=s.trpo_recovery)
     new_flat, step_metrics = trpo.step(policy_fn, flat, batch, coefs, variant=variant,
                                        cg_iters=s.cg_iters, max_backtracks=s.max_backtracks)
     metrics = {**trainer.common_metrics(ro, proxy, frozen, state.controller.beta, hp),
