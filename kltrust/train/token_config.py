@@ -225,7 +225,7 @@ def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, sha
     check_choice(rl.token_average, grpo.TOKEN_AVERAGES, "rl.token_average")
     if rl.ref_sync:
         check(rl.kl_placement != "none" and not (
-            method.placements == ("implicit",)
+            rl.kl_placement == "implicit"
             and preference.LOSSES.get(rl.preference_loss).reference_free),
             "rl.ref_sync", rl.ref_sync,
             "False when the method applies no KL to a reference (kl_placement 'none' or a "
