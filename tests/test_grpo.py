@@ -485,3 +485,32 @@ def test_clip_higher_matches_numpy_and_is_asymmetric():
     symmetric, _ = grpo.loss(*_f32(new, old, adv, MASK), grpo.LossCoefs(clip_eps=0.2, beta=0.0),
                              variant=variant)
     assert abs(float(got) - float(symmetric)) > 1e-4  # some ratio lies in (1.2, 1.28]
+
+
+def test_dapo_filter_keeps_exactly_the_groups_with_different_rewards():
+    # Groups of 3: all equal, one differs, all equal at another value, all differ, ties of floats
+    # that differ in the last bit (different, so kept).
+    tiny = np.nextafter(np.float32(0.5), np.float32(1.0))
+    rewards = np.array([1, 1, 1, 0, 0, 1, -2, -2, -2, 0.1, 0.2, 0.3, 0.5, tiny, 0.5], np.float32)
+    want = []
+    for start in range(0, len(rewards), 3):
+        group = [float(r) for r in rewards[start:start + 3]]
+        want += [len(set(group)) > 1] * 3
+    got = np.asarray(grpo.groups_with_signal(jnp.asarray(rewards), 3))
+    np.testing.assert_array_equal(got, want)
+    # A flat group's GRPO advantages are exactly 0, which is why dropping it changes a token-averaged
+    # loss only through its normaliser: with the flat groups masked the loss equals the kept groups'
+    # loss alone.
+    adv = np.asarray(grpo.group_advantages(jnp.asarray(rewards), 3))
+    np.testing.assert_array_equal(adv[~got], 0.0)
+    rng = np.random.default_rng(7)
+    new = rng.normal(-1.0, 0.3, (15, 4))
+    old = new + rng.normal(0.0, 0.2, (15, 4))
+    mask = np.ones((15, 4))
+    variant = _variant(kl_in_loss=False, token_average="token")
+    coefs = grpo.LossCoefs(clip_eps=0.2, beta=0.0, clip_eps_high=0.28)
+    masked, _ = grpo.loss(*_f32(new, old, adv, mask * got[:, None]), coefs, variant=variant)
+    kept, _ = grpo.loss(*_f32(new[got], old[got], adv[got], mask[got]), coefs, variant=variant)
+    np.testing.assert_allclose(masked, kept, rtol=1e-6)  # same float32 sums in another order
+    diluted, _ = grpo.loss(*_f32(new, old, adv, mask), coefs, variant=variant)
+    np.testing.assert_allclose(diluted, kept * got.sum() / len(got), rtol=1e-5)

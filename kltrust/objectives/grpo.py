@@ -200,6 +200,22 @@ def group_advantages(
     return advantages.reshape(-1)
 
 
+def groups_with_signal(rewards: jax.Array, group_size: int) -> jax.Array:
+    """DAPO's dynamic-sampling filter (Yu et al. 2025, eq. 11): True for every sequence whose group
+    has at least two different rewards, False for all G members of a group whose rewards are all
+    equal (its advantages are exactly 0, so it only dilutes a token-averaged loss).
+
+    Args:
+      rewards: shape [B], group-major as in `group_advantages`.
+      group_size: G, a Python int dividing B.
+
+    Returns:
+      bool, shape [B].
+    """
+    groups = jnp.asarray(rewards).reshape(-1, group_size)
+    return jnp.repeat(jnp.any(groups != groups[:, :1], axis=1), group_size)
+
+
 # ---------------------------------------------------------------- the loss
 
 

@@ -39,8 +39,7 @@ def update(baseline: str, trainer, state, hp, frozen, *, ratio_level: str = "tok
     mask = ro.mask
     extra = {}
     if drop_flat_groups:
-        groups = proxy.reshape(-1, s.group_size)  # the task's reward, as DAPO filters accuracy
-        signal = jnp.repeat(jnp.any(groups != groups[:, :1], axis=1), s.group_size)
+        signal = grpo.groups_with_signal(proxy, s.group_size)  # the task's reward, as DAPO's accuracy
         mask = mask * signal[:, None].astype(mask.dtype)
         extra["kept_groups"] = signal.astype(jnp.float32).mean()
     batch = {"prompt": prompts, "response": ro.response, "mask": mask,
