@@ -267,3 +267,8 @@ def test_table1_sweep_runs_each_task_as_three_programs():
     assert all(r.config.normalize_observations and r.config.env_name == "brax:inverted_pendulum"
                and r.config.total_timesteps == 999_424 for r in runs)
     assert {r.config.algorithm for r in trpo} == {"trpo"}
+    # The CPU arm's hopper is brax's positional backend; the full arm's is MuJoCo's (mjx).
+    env_of = lambda size: {r.task: r.config.env_name for r in  # noqa: E731
+                           sweeps.expand(ppo_table1_brax.get_config(size)) if "hopper" in r.task}
+    assert set(env_of("cpu").values()) == {"brax:hopper,backend=positional"}
+    assert set(env_of("full").values()) == {"brax:hopper"}
