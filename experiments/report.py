@@ -15,6 +15,7 @@ report's path. ``report`` is a dict holding any of these sections, drawn in the 
                     "reference_proxy": null, "reference_by": [], "by": ["arm"],
                     "forms": {"best of n": "bon", "*": "rl"}}
     "final_table": {"by": "label", "metrics": ["gold", "proxy", "kl"], "x": "update"}
+    "peaks":       {"metric": "gold", "by": "label", "x": "update", "also": ["kl"]}
 
 ``curves`` draws one PNG per task when the table has more than one task. ``x`` (elsewhere) is the
 column whose largest value marks a run's final evaluation; runs without it (best-of-n) keep every
@@ -56,9 +57,10 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "overopt": ("kl", "gold", "proxy", "reference_gold", "reference_proxy", "reference_by", "by",
                 "forms"),
     "final_table": ("by", "metrics", "x"),
+    "peaks": ("metric", "by", "x", "also"),
 }
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "curves": ("ys",), "scores": ("random",), "final_table": ("metrics",),
+    "curves": ("ys",), "scores": ("random",), "final_table": ("metrics",), "peaks": ("metric",),
 }
 # |KL| below this counts as the reference policy itself (exact KLs carry float rounding).
 REFERENCE_KL_TOL = 1e-8
@@ -127,6 +129,8 @@ def _columns(section: str, item: Mapping) -> list[str]:
     if section == "overopt":
         return [*get("kl", "kl"), *get("gold", "gold"), *get("proxy", "proxy"),
                 *get("by", ["arm"]), *get("reference_by", [])]
+    if section == "peaks":
+        return [*get("metric", ()), *get("by", "label"), *get("x", "update"), *get("also", ())]
     return [*get("by", "label"), *get("metrics", ())]
 
 
@@ -332,9 +336,17 @@ def _final_table(df: pd.DataFrame, item: Mapping, out_dir: pathlib.Path) -> str:
             f"{report.markdown(_mean_pm(agg, by, metrics))}")
 
 
+def _peaks(df: pd.DataFrame, item: Mapping, out_dir: pathlib.Path) -> str:
+    metric, x = item["metric"], item.get("x", "update")
+    table = report.peaks(df, metric, item.get("by", "label"), x, item.get("also", ()))
+    return (f"## Where {metric} peaks\n\nPer group, the seed-mean curve of {metric} against `{x}`: "
+            f"its maximum, where it is reached, and how far it has fallen by the end.\n\n"
+            f"{report.markdown(table)}\n")
+
+
 _SECTIONS: dict[str, Callable[[pd.DataFrame, Mapping, pathlib.Path], str]] = {
     "curves": _curves, "scores": _scores, "frontier": _frontier, "overopt": _overopt,
-    "final_table": _final_table,
+    "final_table": _final_table, "peaks": _peaks,
 }
 
 

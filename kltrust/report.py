@@ -93,6 +93,35 @@ def seed_summary(df: pd.DataFrame, by: str | Sequence[str],
     return out.reset_index(drop=not by)
 
 
+def peaks(df: pd.DataFrame, metric: str, by: str | Sequence[str], x: str = "update",
+          also: str | Sequence[str] = ()) -> pd.DataFrame:
+    """Where the seed-mean curve of ``metric`` peaks, per group of ``by``: a run that overoptimises
+    rises, peaks and falls along ``x``. The curve is the mean over the group's rows at each ``x``
+    (NaNs ignored); the peak is its largest value (the first ``x`` on ties), the final value is at
+    the largest ``x``.
+
+    Returns one row per group: ``by``, ``peak_{x}``, ``{metric}_peak``, ``{metric}_final``,
+    ``{metric}_drop`` (peak − final, ≥ 0) and, per column of ``also``, its mean at the peak and at
+    the end (``{a}_at_peak``, ``{a}_final``).
+    """
+    by, also = as_list(by), as_list(also)
+    require_columns(df, [*by, x, metric, *also])
+    curve = df.groupby([*by, x], dropna=False, sort=True)[[metric, *also]].mean().reset_index()
+    rows = []
+    for key, g in (curve.groupby(by, dropna=False, sort=True) if by else [((), curve)]):
+        g = g.dropna(subset=[metric]).sort_values(x)
+        if g.empty:
+            continue
+        top, last = g.loc[g[metric].idxmax()], g.iloc[-1]
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row.update({f"peak_{x}": top[x], f"{metric}_peak": top[metric],
+                    f"{metric}_final": last[metric], f"{metric}_drop": top[metric] - last[metric]})
+        for a in also:
+            row.update({f"{a}_at_peak": top[a], f"{a}_final": last[a]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _group_label(by: Sequence[str], key: tuple) -> str:
     parts = ["" if pd.isna(v) else str(v) for v in key]
     return ", ".join(p for p in parts if p) or "all"

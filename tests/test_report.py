@@ -339,6 +339,30 @@ def test_write_report_token(tmp_path):
     assert f"| best of n | 16 | 2 | {bon16.mean():.4g} ± {bon16.std(ddof=1) / math.sqrt(2):.2g} |" in text
 
 
+def test_peaks_match_a_hand_computed_curve(tmp_path):
+    # Two seeds whose mean gold is 1, 3, 2 at updates 0, 1, 2 (peak 3 at update 1, drop 1), and a
+    # second label that only rises (peak at its last update, drop 0); seed 1 misses update 2's
+    # gold, so that point's mean is seed 0's alone.
+    rows = []
+    for seed, golds in ((0, (0.5, 2.5, 2.0)), (1, (1.5, 3.5, np.nan))):
+        for update, gold in enumerate(golds):
+            rows.append({"label": "a", "run": f"a{seed}", "seed": seed, "update": update,
+                         "gold": gold, "kl": update + seed})
+            rows.append({"label": "b", "run": f"b{seed}", "seed": seed, "update": update,
+                         "gold": float(update), "kl": 2.0 * update})
+    df = pd.DataFrame(rows)
+    got = report.peaks(df, "gold", "label", "update", also="kl").set_index("label")
+    assert got.loc["a", "peak_update"] == 1 and got.loc["a", "gold_peak"] == 3.0
+    assert got.loc["a", "gold_final"] == 2.0 and got.loc["a", "gold_drop"] == 1.0
+    assert got.loc["a", "kl_at_peak"] == 1.5 and got.loc["a", "kl_final"] == 2.5
+    assert got.loc["b", "peak_update"] == 2 and got.loc["b", "gold_drop"] == 0.0
+    text = report_cli.write_report(df, {"peaks": {"metric": "gold", "also": ["kl"]}}, tmp_path,
+                                   "p").read_text()
+    assert "## Where gold peaks" in text and "| a | 1 | 3 | 2 | 1 | 1.5 | 2.5 |" in text
+    with pytest.raises(ValueError, match=r"report\['peaks'\] needs the key 'metric'"):
+        report_cli.write_report(df, {"peaks": {"by": "label"}}, tmp_path, "p")
+
+
 def test_overopt_reference_is_taken_per_pipeline(tmp_path):
     # Two pipelines whose proxies differ by a constant: per-pipeline references must cancel it.
     token = _token_df()

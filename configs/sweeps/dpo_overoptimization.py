@@ -30,8 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
              set={"rl.preference_loss": loss, **TRAINING}, grid={"rl.hparams.beta": BETAS})
         for name, loss in (("DPO", "sigmoid"), ("IPO", "ipo"), ("SLiC", "hinge"))
     ]
+    # The paper's reading (its Fig. 1/2): every checkpoint is a point of gold against KL, fitted per
+    # loss with Gao et al.'s RL form R = d(α − β log d), d = sqrt(KL); and gold along training
+    # per β, to see when it turns down.
     sweep.report = dict(
-        frontier=dict(kl="kl", rewards=["gold", "proxy"], by="label", color_by="arm"),
+        curves=dict(x="update", ys=["gold", "kl"], by="label", band="sem"),
+        frontier=dict(kl="kl", rewards=["gold"], by="label", color_by="arm", final_only=False),
+        overopt=dict(kl="kl", gold="gold", proxy="proxy", by=["arm"], forms={"*": "rl"}),
+        peaks=dict(metric="gold", by="label", x="update", also=["kl"]),
         final_table=dict(by="label", metrics=["gold", "proxy", "kl"]),
     )
     return sweep
