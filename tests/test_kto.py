@@ -49,7 +49,8 @@ def test_value_and_gradient_match_numpy(shift):
 def test_bounded_and_registered():
     """Each term lies in [0, λ]: a pair far apart contributes (almost) nothing more."""
     entry = preference.LOSSES.get("kto")
-    assert entry.per_response is not None and not entry.reference_free
+    assert entry.per_response is not None and entry.per_pair is None and not entry.reference_free
+    assert entry.doc.startswith("KTO, Ethayarajh et al. 2024")
     big = jnp.array([50.0], jnp.float32)
     zero = jnp.zeros(1, jnp.float32)
     value, _ = preference.loss(big, -big, zero, zero, 1.0, "kto")

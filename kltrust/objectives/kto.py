@@ -32,17 +32,10 @@ class HParams:
                                           low=0.0)
 
 
+@preference.register("kto", hparams=HParams, per_response=True)
 def _per_response(u_w: jax.Array, u_l: jax.Array, z0: jax.Array, beta: Any,
                   hp: HParams) -> jax.Array:
+    """KTO, Ethayarajh et al. 2024: chosen desirable, rejected undesirable, reference point z0"""
     desirable = 1.0 - jax.nn.sigmoid(beta * (u_w - z0))
     undesirable = 1.0 - jax.nn.sigmoid(beta * (z0 - u_l))
     return hp.lambda_d * desirable + hp.lambda_u * undesirable
-
-
-def _unused(h: jax.Array, beta: Any, hp: Any) -> jax.Array:
-    """KTO, Ethayarajh et al. 2024: chosen desirable, rejected undesirable, reference point z0"""
-    raise NotImplementedError("KTO is not a function of the margin alone: preference.loss calls "
-                              "its per_response")
-
-
-preference.register("kto", hparams=HParams, per_response=_per_response)(_unused)

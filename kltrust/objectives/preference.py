@@ -52,7 +52,8 @@ class PreferenceLoss:
     """A registered preference loss.
 
     Attributes:
-      per_pair: ``per_pair(h, beta, hp) -> losses``, elementwise in the margins ``h``.
+      per_pair: ``per_pair(h, beta, hp) -> losses``, elementwise in the margins ``h``; None for a
+        loss registered with ``per_response`` instead.
       hparams: its knobs (a `components.hparams` class; may have no fields).
       reference_free: the score ignores π_ref (programs then need not evaluate the reference).
       length_normalised: the score divides the sequence log-probability by the response length.
@@ -68,7 +69,7 @@ class PreferenceLoss:
         batch's estimate of KL(π_θ‖π_ref).
     """
 
-    per_pair: PerPair
+    per_pair: PerPair | None
     hparams: type
     reference_free: bool = False
     length_normalised: bool = False
@@ -86,15 +87,18 @@ LOSSES: components.Registry[PreferenceLoss] = components.Registry("preference lo
 def register(name: str, *, hparams: type, reference_free: bool = False,
              length_normalised: bool = False, token_presets: Mapping | None = None,
              bandit_runs: Mapping | None = None, score: Score | None = None,
-             per_response: PerResponse | None = None) -> Callable[[PerPair], PerPair]:
-    """Decorator: registers ``per_pair`` as the preference loss ``name`` (see `PreferenceLoss`)."""
+             per_response: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator: registers the function it decorates as the preference loss ``name`` (see
+    `PreferenceLoss`): its ``per_pair`` or, with ``per_response=True``, its ``per_response``. The
+    first line of the function's docstring is the loss's ``doc``."""
 
-    def decorate(per_pair: PerPair) -> PerPair:
-        doc = (per_pair.__doc__ or "").strip().splitlines()
+    def decorate(fn: Callable) -> Callable:
+        doc = (fn.__doc__ or "").strip().splitlines()
         LOSSES.register(name, PreferenceLoss(
-            per_pair, hparams, reference_free, length_normalised, dict(token_presets or {}),
-            dict(bandit_runs or {}), doc[0] if doc else "", score, per_response))
-        return per_pair
+            None if per_response else fn, hparams, reference_free, length_normalised,
+            dict(token_presets or {}), dict(bandit_runs or {}), doc[0] if doc else "", score,
+            fn if per_response else None))
+        return fn
 
     return decorate
 
