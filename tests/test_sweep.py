@@ -242,7 +242,7 @@ def test_random_policy_score_matches_the_closed_form_on_mountaincar():
 
 @pytest.mark.parametrize("name", ["demo", "ppo_table1", "ppo_table1:full", "rlhf_frontier",
                                   "overoptimization", "beta_seeds", "kl_matrix_tokens",
-                                  "dpo_overoptimization", "online_offline"])
+                                  "dpo_overoptimization", "online_offline", "reference_refresh"])
 def test_every_sweep_config_expands_validates_and_has_a_valid_report(name):
     from experiments import report
 

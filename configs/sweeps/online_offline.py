@@ -27,8 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
         dict(name="online DPO", base="configs/rlhf.py:dpo_online", grid={"rl.hparams.beta": BETAS}),
         dict(name="PPO", base="configs/rlhf.py:ppo", grid={"rl.hparams.beta": BETAS}),
     ]
+    # Matched KL: every evaluation along training is a (KL, gold) point, so each method traces a
+    # frontier over its β's and checkpoints; the peaks say where each run's gold turned down.
     sweep.report = dict(
-        frontier=dict(kl="kl", rewards=["gold"], by="label", color_by="arm"),
+        frontier=dict(kl="kl", rewards=["gold"], by="label", color_by="arm", final_only=False),
+        curves=dict(x="update", ys=["gold", "kl"], by="label", band="sem"),
+        peaks=dict(metric="gold", by="label", x="update", also=["kl"]),
         final_table=dict(by="label", metrics=["gold", "proxy", "kl"]),
     )
     return sweep
