@@ -257,6 +257,8 @@ TOKEN_ERRORS = [
     ("ppo", "guards.max_sequence_kl", INF, r"config.guards.max_sequence_kl = inf: must be finite and >= 0"),
     ("ppo", "guards.kl_jump", INF, r"config.guards.kl_jump = inf: must be 0 \(off\) or a finite"),
     ("ppo", "guards.kl_backoff", NAN, r"config.guards.kl_backoff = nan: must be finite and > 1"),
+    ("ppo", "guards.kl_action", "pause",
+     r"config.guards.kl_action = 'pause': must be one of \('rollback', 'stop', 'warn'\)"),
     ("ppo", "data.bt_temperature", INF, r"config.data.bt_temperature = inf: must be finite"),
     ("ppo", "data.label_noise", NAN, r"config.data.label_noise = nan: must be in \[0, 0.5\)"),
     ("ppo", "task.eos_prob", NAN, r"config.task.eos_prob = nan: must be a number in \[0, 1\)"),

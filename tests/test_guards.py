@@ -176,3 +176,38 @@ def test_too_many_rollbacks_stop_the_stage(planted_bug):
             guards.KLGuardError, match=r"evaluation \d \(run 0, seed 0\): the KL guard rolled back "
                                        r"more than guards.max_rollbacks = 0 times"):
         run(_token_config(1.0, max_rollbacks=0))
+
+
+def test_a_warning_alarm_fires_where_the_kl_breaks_the_budget_and_changes_nothing(planted_bug):
+    run, _ = planted_bug
+    free = run(_token_config(0.0)).evals
+    budget = 2.0
+    with pytest.warns(RuntimeWarning, match="KL guard: .*'action': 'warn'.*training goes on"):
+        warned = run(_token_config(budget, kl_action="warn"))
+    # Nothing rolled back: the same numbers as the unguarded run, bit for bit.
+    assert [row["kl"] for row in warned.evals] == [row["kl"] for row in free]
+    fired = [row["update"] // 2 for row in free if row["update"] and row["kl"] > budget]
+    assert fired and [e["evaluation"] for e in warned.guard_events] == fired
+    for event in warned.guard_events:
+        row = free[event["evaluation"]]
+        assert event["reason"] == "budget" and event["action"] == "warn" and "rollback" not in event
+        # The event holds what the evaluation saw: its KL, rewards and decoded samples.
+        assert (event["kl"], event["gold"], event["proxy"]) == (row["kl"], row["gold"], row["proxy"])
+        assert event["samples"] == row["samples"] and len(event["samples"]) == 3
+
+
+def test_a_stopping_alarm_writes_its_event_and_stops_the_stage(planted_bug):
+    run, root = planted_bug
+    free = run(_token_config(0.0)).evals
+    budget = 2.0
+    first = next(row["update"] // 2 for row in free if row["update"] and row["kl"] > budget)
+    config = _token_config(budget, kl_action="stop")
+    config.name = "ppo_stop"
+    with pytest.warns(RuntimeWarning, match="stopping the stage"), pytest.raises(
+            guards.KLGuardError, match=rf"evaluation {first} \(run 0, seed 0\): KL alarm "
+                                       r"\(budget, KL [0-9.]+\) with guards.kl_action = 'stop'"):
+        run(config, write=True)
+    events = [json.loads(line)
+              for line in (root / "ppo_stop" / "events.jsonl").read_text().splitlines()]
+    assert [(e["evaluation"], e["action"]) for e in events] == [(first, "stop")]
+    assert events[0]["kl"] == free[first]["kl"] and len(events[0]["samples"]) == 3

@@ -238,8 +238,8 @@ def test_the_kl_guard_rolls_the_real_program_back_and_resumes_it(grpo_root, monk
     checked = []  # (evaluation, state checked, state returned), on the host
     check = kl_guard.KLGuard.check
 
-    def spy(self, state, hp, kls, i, seeds):
-        got = check(self, state, hp, kls, i, seeds)
+    def spy(self, state, hp, kls, i, seeds, rows=None):
+        got = check(self, state, hp, kls, i, seeds, rows)
         checked.append((i, jax.device_get(state), jax.device_get(got[0])))
         return got
 
@@ -247,9 +247,14 @@ def test_the_kl_guard_rolls_the_real_program_back_and_resumes_it(grpo_root, monk
     with pytest.warns(RuntimeWarning, match="KL guard"):
         result = real_rlhf.run(spec, root, stack=stack)
     out = root / "grpo_guard"
-    assert _lines(out / "events.jsonl") == [
+    events = _lines(out / "events.jsonl")
+    evaluated = _lines(root / "grpo" / "eval.jsonl")[2]  # what the unguarded run evaluated there
+    assert [{k: e[k] for k in ("gold", "proxy", "samples")} for e in events] == [
+        {k: evaluated[k] for k in ("gold", "proxy", "samples")}]
+    assert [{k: v for k, v in e.items() if k not in ("gold", "proxy", "samples")}
+            for e in events] == [
         {"evaluation": 2, "seed": 0, "index": 0, "kl": kl[2], "last_passing_kl": kl[1],
-         "reason": "budget", "rollback": 1}]
+         "reason": "budget", "action": "rollback", "rollback": 1}]
     assert [i for i, _, _ in checked] == [1, 2]
     (_, passed, _), (_, broke, rolled) = checked
     # β of the fixed controller: 0.05 × 4 is exact in float32.

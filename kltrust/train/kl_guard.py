@@ -1,12 +1,21 @@
-"""The token policy stage's KL guard: roll a run back when its KL to the reference runs away.
+"""The token policy stage's KL guard: an alarm when a run's KL to the reference runs away, and
+what to do about it.
 
 Off by default (the `GuardSpec`'s ``max_sequence_kl`` and ``kl_jump``, from ``config.guards``, are
-0). After each evaluation a run whose exact sequence KL to the reference exceeds
-``max_sequence_kl``, or grows more than ``kl_jump``-fold over its last passing evaluation (once
-that was at least ``kl_jump_from`` nats), or is not finite, goes back to the state of its last
-passing evaluation with a stronger anchor (`rlhf.Trainer.back_off`, by ``kl_backoff``). Each
-rollback is an event (a warning, and a row of ``events.jsonl``); more than ``max_rollbacks`` for
-one run stop the stage with `KLGuardError`.
+0). After each evaluation the alarm fires for a run whose exact sequence KL to the reference
+exceeds ``max_sequence_kl``, or grows more than ``kl_jump``-fold over its last passing evaluation
+(once that was at least ``kl_jump_from`` nats: a spike), or is not finite. A sudden KL spike is
+the usual sign that the policy found a blind spot of the proxy reward (its proxy rises while the
+gold falls), so each alarm is an event (a warning, and a row of ``events.jsonl``) holding the
+run's KL, its gold and proxy reward at that evaluation and its decoded samples. Then, by
+``kl_action``:
+
+- ``"rollback"`` (default): the run goes back to the state of its last passing evaluation with a
+  stronger anchor (`rlhf.Trainer.back_off`, by ``kl_backoff``); more than ``max_rollbacks`` for
+  one run stop the stage with `KLGuardError`;
+- ``"stop"``: the stage stops with `KLGuardError` after writing the event;
+- ``"warn"``: training goes on unchanged; the run's last passing evaluation stays the one a later
+  jump is measured from.
 
 The last passing state is kept in memory and carried in the stage's checkpoints (`saved` /
 `restored`), so a resumed stage rolls back exactly as an uninterrupted one would.
@@ -45,6 +54,7 @@ class KLGuard:
                  num_runs: int):
         self.budget, self.jump, self.jump_from = g.max_sequence_kl, g.kl_jump, g.kl_jump_from
         self.backoff, self.max_rollbacks = g.kl_backoff, g.max_rollbacks
+        self.action = g.kl_action
         self.active = g.kl_guard_active
         self.num_runs, self.events = num_runs, []
         if not self.active:
@@ -59,38 +69,62 @@ class KLGuard:
                 lambda n, o: jnp.where(keep.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old),
             **pinned(state_shardings))
 
-    def check(self, state, hp, kl: np.ndarray, i: int, seeds: np.ndarray):
-        """(state, hp, whether any run was rolled back) after the evaluation of chunk ``i``."""
+    def check(self, state, hp, kl: np.ndarray, i: int, seeds: np.ndarray,
+              rows: list[dict] | None = None):
+        """(state, hp, whether any run was rolled back) after the evaluation of chunk ``i``;
+        ``rows``: that evaluation's rows (one per run, in run order), whose gold, proxy and
+        samples go into the events. Raises `KLGuardError` on an alarm with ``kl_action`` "stop",
+        or on too many rollbacks, after appending the events to ``self.events``."""
         kl = np.asarray(kl, np.float64)
         over = (self.budget > 0) & (kl > self.budget)
         jumped = ((self.jump > 0) & (self.good_kl >= self.jump_from)
                   & (kl > self.jump * self.good_kl))
         bad = over | jumped | ~np.isfinite(kl)
+        real = bad[:self.num_runs]  # runs past num_runs pad a mesh: no events of their own
+        rolled = False
         if bad.any():
-            self.rollbacks += bad
-            for r in np.flatnonzero(bad[:self.num_runs]):
+            rolling = self.action == "rollback"
+            self.rollbacks += bad if rolling else 0
+            for r in np.flatnonzero(real):
                 event = {"evaluation": i, "seed": int(seeds[r]), "index": int(r),
                          "kl": float(kl[r]) if np.isfinite(kl[r]) else None,
                          "last_passing_kl": float(self.good_kl[r]),
                          "reason": "budget" if over[r] else ("jump" if jumped[r] else
                                                              "non-finite"),
-                         "rollback": int(self.rollbacks[r])}
+                         "action": self.action}
+                if rolling:
+                    event["rollback"] = int(self.rollbacks[r])
+                row = rows[r] if rows is not None and r < len(rows) else {}
+                event.update({k: row[k] for k in ("gold", "proxy", "samples") if k in row})
                 self.events.append(event)
-                warnings.warn(f"KL guard: {event}; rolled back to the last passing evaluation "
-                              f"and strengthened the anchor by {self.backoff}×.", RuntimeWarning,
-                              stacklevel=3)
-            worst = int(np.argmax(self.rollbacks[:self.num_runs]))
-            if self.rollbacks[worst] > self.max_rollbacks:
+                then = {"rollback": "rolled back to the last passing evaluation and strengthened "
+                                    f"the anchor by {self.backoff}×",
+                        "stop": "stopping the stage", "warn": "training goes on"}[self.action]
+                shown = {k: v for k, v in event.items() if k != "samples"}
+                warnings.warn(f"KL guard: {shown}; {then}.", RuntimeWarning, stacklevel=3)
+            if self.action == "stop" and real.any():
+                first = self.events[-int(real.sum())]
                 raise guards.KLGuardError(
-                    f"evaluation {i} (run {worst}, seed {int(seeds[worst])}): the KL guard rolled "
-                    f"back more than guards.max_rollbacks = {self.max_rollbacks} times; last KL "
-                    f"{kl[worst]:.4g} against guards.max_sequence_kl = {self.budget}.")
-            state, hp = self._back_off(state, hp, self.good, jnp.asarray(bad),
-                                       jnp.float32(self.backoff))
-            hp = jax.tree.map(np.asarray, sharding.to_host(hp))  # host arrays, as chunks expect
+                    f"evaluation {i} (run {first['index']}, seed {first['seed']}): KL alarm "
+                    f"({first['reason']}, KL {first['kl']}) with guards.kl_action = 'stop'; its "
+                    "events are in events.jsonl.")
+            if rolling:
+                worst = int(np.argmax(self.rollbacks[:self.num_runs]))
+                if self.rollbacks[worst] > self.max_rollbacks:
+                    raise guards.KLGuardError(
+                        f"evaluation {i} (run {worst}, seed {int(seeds[worst])}): the KL guard "
+                        f"rolled back more than guards.max_rollbacks = {self.max_rollbacks} "
+                        f"times; last KL {kl[worst]:.4g} against guards.max_sequence_kl = "
+                        f"{self.budget}.")
+                state, hp = self._back_off(state, hp, self.good, jnp.asarray(bad),
+                                           jnp.float32(self.backoff))
+                hp = jax.tree.map(np.asarray, sharding.to_host(hp))  # host arrays, as chunks expect
+                rolled = True
+        # A run that fired keeps its last passing state and KL (rolled back to it, or, with
+        # "warn", still the one a later jump is measured from).
         self.good = self._keep(jnp.asarray(~bad), state, self.good)
         self.good_kl = np.where(bad, self.good_kl, kl)
-        return state, hp, bool(bad.any())
+        return state, hp, rolled
 
     def between(self, evaluation: Callable[[int, Any], tuple[dict, list[dict]]], i: int, carry,
                 seeds: np.ndarray, last: int, events_file: pathlib.Path | None):
@@ -103,11 +137,13 @@ class KLGuard:
         metrics, rows = evaluation(i, state)
         if i and self.active:
             before = len(self.events)
-            state, hp, rolled = self.check(state, hp, metrics["kl"], i, seeds)
+            try:
+                state, hp, rolled = self.check(state, hp, metrics["kl"], i, seeds, rows)
+            finally:  # a stopping alarm's event is written before the error leaves
+                if events_file is not None:
+                    tok.append_jsonl(events_file, self.events[before:])
             if rolled and i == last:
                 metrics, rows = evaluation(i, state)
-            if events_file is not None:
-                tok.append_jsonl(events_file, self.events[before:])
         return (state, hp), rows
 
     def rows_file(self, updates_per_eval: int) -> host.RowsFile:

@@ -26,7 +26,7 @@ from kltrust.train import tokens as tok
 from kltrust.train.config_checks import (check_finite, check_keys, check_knobs, check_range,
                                          inf_fields, mesh_batch_shards)
 from kltrust.train.methods import METHODS, TokenMethod
-from kltrust.train.token_spec import DataSpec, FitSpec, GuardSpec, TokenSpec
+from kltrust.train.token_spec import KL_ACTIONS, DataSpec, FitSpec, GuardSpec, TokenSpec
 
 
 
@@ -94,7 +94,11 @@ def guard_defaults() -> ml_collections.ConfigDict:
     a run back; its budgets are sequence KLs in nats."""
     return ml_collections.ConfigDict(dict(
         max_nonfinite_updates=10, max_sequence_kl=0.0, kl_jump=0.0, kl_jump_from=0.5, kl_backoff=2.0,
-        max_rollbacks=3))
+        max_rollbacks=3,
+        # What an alarm (a budget broken, a jump, a non-finite KL) does: "rollback" (to the last
+        # passing evaluation, anchor strengthened), "stop" (the stage ends with KLGuardError) or
+        # "warn" (training goes on); each writes an event with the run's samples.
+        kl_action="rollback"))
 
 
 STAGES = ("policy", "sft", "reward_model")
@@ -178,6 +182,7 @@ def validate_guards(g: ml_collections.ConfigDict) -> None:
     check(is_finite(g.kl_backoff) and g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff,
           "finite and > 1")
     check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
+    check(g.kl_action in KL_ACTIONS, "guards.kl_action", g.kl_action, f"one of {KL_ACTIONS}")
 
 
 def guard_spec(g: ml_collections.ConfigDict) -> GuardSpec:

@@ -49,6 +49,10 @@ class FitSpec:
     weight_decay: float = 0.0
 
 
+# What the KL guard does when it fires (`kltrust.train.kl_guard`).
+KL_ACTIONS = ("rollback", "stop", "warn")
+
+
 @dataclasses.dataclass(frozen=True)
 class GuardSpec:
     """The policy stage's guards (``config.guards``; `kltrust.train.kl_guard`)."""
@@ -59,6 +63,7 @@ class GuardSpec:
     kl_jump_from: float
     kl_backoff: float
     max_rollbacks: int
+    kl_action: str = "rollback"  # what a KL alarm does: one of `KL_ACTIONS`
 
     @property
     def kl_guard_active(self) -> bool:
