@@ -211,3 +211,38 @@ def test_a_stopping_alarm_writes_its_event_and_stops_the_stage(planted_bug):
               for line in (root / "ppo_stop" / "events.jsonl").read_text().splitlines()]
     assert [(e["evaluation"], e["action"]) for e in events] == [(first, "stop")]
     assert events[0]["kl"] == free[first]["kl"] and len(events[0]["samples"]) == 3
+
+
+def test_a_planted_proxy_bug_pays_its_bonus_per_occurrence_of_its_token():
+    from kltrust.train import token_config
+
+    config = tiny_token_config()
+    config.proxy_bug.update(token=5, bonus=0.75)
+    token_config.validate(config)
+    clean = token_config.static_from_config(tiny_token_config()).reward_model
+    buggy = token_config.static_from_config(config).reward_model
+    assert (buggy.bug_token, buggy.bug_bonus) == (5, 0.75)
+    _, rm_params = random_models(config)
+    prompts = jnp.array([[1, 3, 4], [1, 6, 7], [1, 8, 9]], jnp.int32)
+    response = jnp.array([[5, 5, 3, 5, 2, 0], [4, 6, 2, 0, 0, 0], [5, 2, 0, 5, 5, 5]], jnp.int32)
+    mask = (jnp.arange(6) <= jnp.array([[4], [2], [1]])).astype(jnp.float32)  # PAD after EOS
+    extra = np.asarray(buggy.score(rm_params, prompts, response, mask)
+                       - clean.score(rm_params, prompts, response, mask))
+    # 3, 0 and 1 occurrences of token 5 among the real tokens (the padded ones do not count).
+    np.testing.assert_allclose(extra, [2.25, 0.0, 0.75], atol=1e-5)  # float32 scores of O(1)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("token", 2, r"config.proxy_bug.token = 2: must be -1 \(no bug\) or a word's token id in "
+                 r"\[3, 13\)"),
+    ("token", 13, r"config.proxy_bug.token = 13: must be -1"),
+    ("bonus", -0.5, r"config.proxy_bug.bonus = -0.5: must be finite and >= 0"),
+])
+def test_a_proxy_bug_outside_the_vocabulary_is_refused(key, value, message):
+    from kltrust.errors import ConfigError
+    from kltrust.train import token_config
+
+    config = tiny_token_config()
+    config.proxy_bug[key] = value
+    with pytest.raises(ConfigError, match=message):
+        token_config.validate(config)

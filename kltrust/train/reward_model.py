@@ -25,14 +25,25 @@ from kltrust.train import tokens as tok
 @dataclasses.dataclass(frozen=True)
 class Scorer:
     """The small decoder's scorer (``config``) as a `kltrust.models.interface.RewardModel`: what
-    the token trainers call for the proxy reward."""
+    the token trainers call for the proxy reward.
+
+    ``bug_token`` ≥ 0 plants a reward bug (``config.proxy_bug``): the proxy pays ``bug_bonus``
+    more for every occurrence of that token in the response, a blind spot the gold reward does
+    not share (it penalises the repeats a policy makes to collect it). −1: no bug."""
 
     config: TransformerConfig
+    bug_token: int = -1
+    bug_bonus: float = 0.0
 
     def score(self, params: Any, prompts: jax.Array, response: jax.Array,
               mask: jax.Array) -> jax.Array:
-        """The scorer read at the last real token (`kltrust.train.tokens.score`) [B]."""
-        return tok.score(self.config, params, prompts, response, mask)
+        """The scorer read at the last real token (`kltrust.train.tokens.score`) [B], plus the
+        planted bonus, if any."""
+        scores = tok.score(self.config, params, prompts, response, mask)
+        if self.bug_token < 0:
+            return scores
+        hits = jnp.sum((response == self.bug_token) * mask, axis=-1).astype(scores.dtype)
+        return scores + self.bug_bonus * hits
 
 
 def pair_scores(config: TransformerConfig, params: Any, pairs: dict) -> tuple[jax.Array, jax.Array]:

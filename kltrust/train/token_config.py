@@ -84,6 +84,10 @@ def defaults() -> ml_collections.ConfigDict:
     # Adam state split over devices, the batch too); -1 = the rest. See kltrust.sharding.
     c.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
     c.guards = guard_defaults()
+    # A planted reward bug (issue 24's KL alarm test bed): the proxy pays `bonus` for every
+    # occurrence of token id `token` (a word: NUM_SPECIAL <= id < NUM_SPECIAL + task.num_words) in
+    # a response; -1 turns it off. Only the policy stage sees it (the reward model is unchanged).
+    c.proxy_bug = ml_collections.ConfigDict(dict(token=-1, bonus=0.0))
     return c
 
 
@@ -141,6 +145,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice(config.model.critic, ("shared", "separate"), "model.critic")
     g = config.guards
     validate_guards(g)
+    words = range(text.NUM_SPECIAL, text.NUM_SPECIAL + config.task.num_words)
+    check(config.proxy_bug.token == -1 or (is_int(config.proxy_bug.token, 0)
+                                           and config.proxy_bug.token in words),
+          "proxy_bug.token", config.proxy_bug.token,
+          f"-1 (no bug) or a word's token id in [{words.start}, {words.stop})")
+    check(is_finite(config.proxy_bug.bonus) and config.proxy_bug.bonus >= 0, "proxy_bug.bonus",
+          config.proxy_bug.bonus, "finite and >= 0")
     for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
         check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
@@ -313,7 +324,8 @@ def static_from_config(config) -> rlhf.Static:
     critic = config.model.critic if METHODS.get(rl.method).critic else "none"
     return static_from_rl(rl, tok.Policy(_model(config, "model", critic)),
                           tok.Policy(_model(config, "model")),
-                          reward_model.Scorer(_model(config, "reward_model")))
+                          reward_model.Scorer(_model(config, "reward_model"),
+                                              config.proxy_bug.token, float(config.proxy_bug.bonus)))
 
 
 def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> rlhf.Static:
