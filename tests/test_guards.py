@@ -246,3 +246,27 @@ def test_a_proxy_bug_outside_the_vocabulary_is_refused(key, value, message):
     config.proxy_bug[key] = value
     with pytest.raises(ConfigError, match=message):
         token_config.validate(config)
+
+
+@pytest.mark.parametrize("action,fired", [("warn", [2, 4]), ("rollback", [2, 3, 4])])
+def test_a_jump_is_measured_from_the_last_passing_evaluation(action, fired):
+    """KLs 1, 3.5, 5, 16 with kl_jump = 3: "warn" moves the baseline to every evaluation (3.5 is a
+    spike over 1, 5 is not one over 3.5, 16 is one over 5); "rollback" keeps it at the last
+    passing evaluation (1), so 3.5, 5 and 16 all fire (the rollback itself is a no-op here: the
+    state is the same array every time)."""
+    import types
+
+    from kltrust.train import kl_guard
+    from kltrust.train.token_spec import GuardSpec
+
+    spec = GuardSpec(max_nonfinite_updates=10, max_sequence_kl=0.0, kl_jump=3.0, kl_jump_from=0.5,
+                     kl_backoff=2.0, max_rollbacks=10, kl_action=action)
+    trainer = types.SimpleNamespace(back_off=lambda state, hp, good, bad, backoff: (good, hp))
+    state = {"w": jnp.zeros((1, 2))}
+    guard = kl_guard.KLGuard(spec, trainer, state, None, 1)
+    hp = {"beta": np.ones(1, np.float32)}
+    with pytest.warns(RuntimeWarning, match="KL guard"):
+        for i, kl in enumerate([1.0, 3.5, 5.0, 16.0], start=1):
+            guard.check(state, hp, np.array([kl]), i, np.array([0]))
+    assert [e["evaluation"] for e in guard.events] == fired
+    assert all(e["reason"] == "jump" and e["action"] == action for e in guard.events)

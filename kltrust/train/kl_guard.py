@@ -14,8 +14,8 @@ run's KL, its gold and proxy reward at that evaluation and its decoded samples. 
   stronger anchor (`rlhf.Trainer.back_off`, by ``kl_backoff``); more than ``max_rollbacks`` for
   one run stop the stage with `KLGuardError`;
 - ``"stop"``: the stage stops with `KLGuardError` after writing the event;
-- ``"warn"``: training goes on unchanged; the run's last passing evaluation stays the one a later
-  jump is measured from.
+- ``"warn"``: training goes on unchanged, and the evaluation that fired becomes the one a later
+  jump is measured from (one spike, one alarm).
 
 The last passing state is kept in memory and carried in the stage's checkpoints (`saved` /
 `restored`), so a resumed stage rolls back exactly as an uninterrupted one would.
@@ -120,10 +120,12 @@ class KLGuard:
                                            jnp.float32(self.backoff))
                 hp = jax.tree.map(np.asarray, sharding.to_host(hp))  # host arrays, as chunks expect
                 rolled = True
-        # A run that fired keeps its last passing state and KL (rolled back to it, or, with
-        # "warn", still the one a later jump is measured from).
-        self.good = self._keep(jnp.asarray(~bad), state, self.good)
-        self.good_kl = np.where(bad, self.good_kl, kl)
+        # A run rolled back keeps its last passing state and KL. With "warn" every finite
+        # evaluation becomes the one a later jump is measured from, so one spike is one alarm
+        # (a KL over the budget still fires at every evaluation it stays over).
+        passed = ~bad if self.action == "rollback" else np.isfinite(kl)
+        self.good = self._keep(jnp.asarray(passed), state, self.good)
+        self.good_kl = np.where(passed, kl, self.good_kl)
         return state, hp, rolled
 
     def between(self, evaluation: Callable[[int, Any], tuple[dict, list[dict]]], i: int, carry,
