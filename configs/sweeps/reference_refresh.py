@@ -15,8 +15,9 @@ epoch); α = 1 (hard sync, TR-DPO^τ) and 0.6 (soft, TR-DPO^α; TRL's default). 
 
 import ml_collections
 
+from configs.sweeps.dpo_overoptimization import TRAINING  # the same 8 epochs, evaluated as often
+
 BETAS = (0.1, 0.3)
-TRAINING = {"rl.num_updates": 512, "rl.updates_per_eval": 32}
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -193,7 +193,7 @@ def validate_guards(g: ml_collections.ConfigDict) -> None:
     check(is_finite(g.kl_backoff) and g.kl_backoff > 1, "guards.kl_backoff", g.kl_backoff,
           "finite and > 1")
     check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
-    check(g.kl_action in KL_ACTIONS, "guards.kl_action", g.kl_action, f"one of {KL_ACTIONS}")
+    check_choice(g.kl_action, KL_ACTIONS, "guards.kl_action")
 
 
 def guard_spec(g: ml_collections.ConfigDict) -> GuardSpec:
