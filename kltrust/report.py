@@ -108,7 +108,7 @@ def peaks(df: pd.DataFrame, metric: str, by: str | Sequence[str], x: str = "upda
     require_columns(df, [*by, x, metric, *also])
     curve = df.groupby([*by, x], dropna=False, sort=True)[[metric, *also]].mean().reset_index()
     rows = []
-    for key, g in (curve.groupby(by, dropna=False, sort=True) if by else [((), curve)]):
+    for key, g in _groups(curve, by):
         g = g.dropna(subset=[metric]).sort_values(x)
         if g.empty:
             continue
