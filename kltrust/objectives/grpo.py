@@ -317,7 +317,9 @@ def loss(
       old_logp: log π_old of the same tokens (the sampling policy), [B, T]; constant.
       advantage: one advantage per sequence, [B] (e.g. from ``group_advantages``); constant.
       mask: 1 (or True) for real response tokens, 0 for padding, [B, T].
-      coefs: ``LossCoefs(clip_eps, beta)``; β is read only when ``variant.kl_in_loss``.
+      coefs: ``LossCoefs(clip_eps, beta)``; β is read only when ``variant.kl_in_loss``: a scalar,
+        or one β per sequence [B] (per-domain control, `kltrust.domains`), applied inside the
+        reduction: reduce(β_i·k_it), which is β·reduce(k) for a scalar.
       variant: the static ``Variant``.
       ref_logp: log π_ref of the same tokens, [B, T]; constant. Required when ``variant.kl_in_loss``;
         otherwise optional and used only for the ``kl_estimator_*`` diagnostics.
@@ -381,10 +383,15 @@ def loss(
             metrics[f"kl_estimator_{estimator}"] = token_mean(kl.estimate(new, ref, estimator))
         if variant.kl_in_loss:
             # Tokens come from π_old: an importance-corrected estimator weighs by π_θ/π_old.
-            kl_penalty = reduce(kl.estimate(
+            kl_terms = kl.estimate(
                 new, ref, variant.kl_estimator, logp_old=old,
-                log_ratio_clamp=coefs.kl_log_ratio_clamp, value_clamp=coefs.kl_value_clamp))
-            total = total + jnp.asarray(coefs.beta, new.dtype) * kl_penalty
+                log_ratio_clamp=coefs.kl_log_ratio_clamp, value_clamp=coefs.kl_value_clamp)
+            kl_penalty = reduce(kl_terms)
+            beta = jnp.asarray(coefs.beta, new.dtype)
+            if beta.ndim == 0:
+                total = total + beta * kl_penalty
+            else:  # one β per sequence [B] (per-domain control): inside the reduction
+                total = total + reduce(beta[:, None] * kl_terms)
             metrics["kl_penalty"] = jax.lax.stop_gradient(kl_penalty)
     if exact_kl is not None:
         exact = jax.lax.stop_gradient(exact_kl)

@@ -58,6 +58,9 @@ class TokenTask(Protocol):
         per-response evaluation metrics (e.g. the synthetic language's ``grammatical``), jax and
         safe under ``jit`` and ``vmap``; the trainer reports each one's batch mean. A task without
         it reports none.
+      num_domains and domains(prompts [B, P]) -> int32 [B]: prompt domains in [0, num_domains)
+        (jax, safe under ``jit`` and ``vmap``), for per-domain metrics and KL envelopes
+        (`kltrust.domains`); a task without them has one domain.
 
     A task that is a pytree (as `SyntheticTask` is) can be passed to compiled programs as an
     argument, its arrays as inputs; the trainers read only the members above.

@@ -17,6 +17,13 @@ run's KL, its gold and proxy reward at that evaluation and its decoded samples. 
 - ``"warn"``: training goes on unchanged, and the evaluation that fired becomes the one a later
   jump is measured from (one spike, one alarm).
 
+Per domain (``domain_scale`` given: a run with ``domains.control = "per_domain"``,
+`kltrust.domains`): each prompt domain d is watched on its own evaluated KL ``kl_dD`` against its
+own budget s_d·``max_sequence_kl`` and its own last passing KL. The event names the domains that
+fired, with their KL, budget and the samples of their prompts (``samples_dD`` of the evaluation's
+rows). A rollback restores the (shared) policy and strengthens only the domains that fired: their
+β_d × ``kl_backoff`` (`rlhf.Trainer.back_off` with a per-domain factor); the others keep theirs.
+
 The last passing state is kept in memory and carried in the stage's checkpoints (`saved` /
 `restored`), so a resumed stage rolls back exactly as an uninterrupted one would.
 
@@ -51,8 +58,10 @@ class KLGuard:
     """
 
     def __init__(self, g: GuardSpec, trainer: rlhf.Trainer, state, state_shardings,
-                 num_runs: int):
+                 num_runs: int, domain_scale: np.ndarray | None = None):
         self.budget, self.jump, self.jump_from = g.max_sequence_kl, g.kl_jump, g.kl_jump_from
+        # s_d per domain (None: the run is watched as a whole).
+        self.domain_scale = None if domain_scale is None else np.asarray(domain_scale, np.float64)
         self.backoff, self.max_rollbacks = g.kl_backoff, g.max_rollbacks
         self.action = g.kl_action
         self.active = g.kl_guard_active
@@ -61,24 +70,39 @@ class KLGuard:
             return
         self.good, self.good_kl = state, np.zeros(len(jax.tree.leaves(state)[0]))
         self.rollbacks = np.zeros_like(self.good_kl, dtype=int)
+        if self.domain_scale is not None:
+            self.good_kl_domains = np.zeros((len(self.good_kl), len(self.domain_scale)))
         pinned = lambda out: {} if state_shardings is None else {"out_shardings": out}  # noqa: E731
-        self._back_off = jax.jit(sharding.vmap_runs(trainer.back_off, in_axes=(0, 0, 0, 0, None)),
+        self._back_off = jax.jit(sharding.vmap_runs(trainer.back_off, in_axes=(0, 0, 0, 0, 0)),
                                  **pinned((state_shardings, None)))
         self._keep = jax.jit(
             lambda keep, new, old: jax.tree.map(
                 lambda n, o: jnp.where(keep.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old),
             **pinned(state_shardings))
 
+    def _fired(self, kl: np.ndarray, good_kl: np.ndarray, budget) -> tuple[np.ndarray, np.ndarray]:
+        """(over the budget, jumped) elementwise; NaN (an empty domain) fires neither."""
+        with np.errstate(invalid="ignore"):
+            over = (self.budget > 0) & (kl > budget)
+            jumped = (self.jump > 0) & (good_kl >= self.jump_from) & (kl > self.jump * good_kl)
+        return over, jumped
+
     def check(self, state, hp, kl: np.ndarray, i: int, seeds: np.ndarray,
-              rows: list[dict] | None = None):
+              rows: list[dict] | None = None, domain_kl: np.ndarray | None = None):
         """(state, hp, whether any run was rolled back) after the evaluation of chunk ``i``;
         ``rows``: that evaluation's rows (one per run, in run order), whose gold, proxy and
-        samples go into the events. Raises `KLGuardError` on an alarm with ``kl_action`` "stop",
-        or on too many rollbacks, after appending the events to ``self.events``."""
+        samples go into the events; ``domain_kl`` [runs, D]: each domain's KL (watched when the
+        guard is per domain). Raises `KLGuardError` on an alarm with ``kl_action`` "stop", or on
+        too many rollbacks, after appending the events to ``self.events``."""
         kl = np.asarray(kl, np.float64)
-        over = (self.budget > 0) & (kl > self.budget)
-        jumped = ((self.jump > 0) & (self.good_kl >= self.jump_from)
-                  & (kl > self.jump * self.good_kl))
+        over, jumped = self._fired(kl, self.good_kl, self.budget)
+        fired_d = None
+        if self.domain_scale is not None:
+            domain_kl = np.asarray(domain_kl, np.float64)
+            over_d, jumped_d = self._fired(domain_kl, self.good_kl_domains,
+                                           self.budget * self.domain_scale)
+            fired_d = over_d | jumped_d
+            over, jumped = over_d.any(-1), jumped_d.any(-1)
         bad = over | jumped | ~np.isfinite(kl)
         real = bad[:self.num_runs]  # runs past num_runs pad a mesh: no events of their own
         rolled = False
@@ -96,6 +120,14 @@ class KLGuard:
                     event["rollback"] = int(self.rollbacks[r])
                 row = rows[r] if rows is not None and r < len(rows) else {}
                 event.update({k: row[k] for k in ("gold", "proxy", "samples") if k in row})
+                if fired_d is not None:  # which domains, and what their prompts drew
+                    event["domains"] = [
+                        {"domain": int(d), "kl": float(domain_kl[r, d]),
+                         "last_passing_kl": float(self.good_kl_domains[r, d]),
+                         "budget": float(self.budget * self.domain_scale[d]),
+                         **{k: row[f"{k}_d{d}"] for k in ("gold", "proxy", "samples")
+                            if f"{k}_d{d}" in row}}
+                        for d in np.flatnonzero(fired_d[r])]
                 self.events.append(event)
                 then = {"rollback": "rolled back to the last passing evaluation and strengthened "
                                     f"the anchor by {self.backoff}×",
@@ -116,8 +148,12 @@ class KLGuard:
                         f"rolled back more than guards.max_rollbacks = {self.max_rollbacks} "
                         f"times; last KL {kl[worst]:.4g} against guards.max_sequence_kl = "
                         f"{self.budget}.")
+                # The anchor is strengthened by kl_backoff: per domain, only where a domain fired.
+                factor = np.full(bad.shape, self.backoff, np.float32)
+                if fired_d is not None:
+                    factor = np.where(fired_d, self.backoff, 1.0).astype(np.float32)
                 state, hp = self._back_off(state, hp, self.good, jnp.asarray(bad),
-                                           jnp.float32(self.backoff))
+                                           jnp.asarray(factor))
                 hp = jax.tree.map(np.asarray, sharding.to_host(hp))  # host arrays, as chunks expect
                 rolled = True
         # A run rolled back keeps its last passing state and KL. With "warn" every finite
@@ -126,6 +162,9 @@ class KLGuard:
         passed = ~bad if self.action == "rollback" else np.isfinite(kl)
         self.good = self._keep(jnp.asarray(passed), state, self.good)
         self.good_kl = np.where(passed, kl, self.good_kl)
+        if fired_d is not None:  # an empty domain (NaN) keeps its last passing KL
+            self.good_kl_domains = np.where(passed[:, None] & np.isfinite(domain_kl), domain_kl,
+                                            self.good_kl_domains)
         return state, hp, rolled
 
     def between(self, evaluation: Callable[[int, Any], tuple[dict, list[dict]]], i: int, carry,
@@ -140,7 +179,12 @@ class KLGuard:
         if i and self.active:
             before = len(self.events)
             try:
-                state, hp, rolled = self.check(state, hp, metrics["kl"], i, seeds, rows)
+                domain_kl = None
+                if self.domain_scale is not None:
+                    domain_kl = np.stack([np.asarray(metrics[f"kl_d{d}"], np.float64)
+                                          for d in range(len(self.domain_scale))], -1)
+                state, hp, rolled = self.check(state, hp, metrics["kl"], i, seeds, rows,
+                                               domain_kl)
             finally:  # a stopping alarm's event is written before the error leaves
                 if events_file is not None:
                     tok.append_jsonl(events_file, self.events[before:])
@@ -167,6 +211,8 @@ class KLGuard:
         if self.active:
             saved["guard"] = {"good": strip(self.good), "good_kl": jnp.asarray(self.good_kl),
                               "rollbacks": jnp.asarray(self.rollbacks)}
+            if self.domain_scale is not None:
+                saved["guard"]["good_kl_domains"] = jnp.asarray(self.good_kl_domains)
         return saved
 
     def restored(self, saved: dict[str, Any], unstrip: Callable[[Any], Any] = lambda state: state):
@@ -177,4 +223,6 @@ class KLGuard:
             self.good_kl = np.asarray(saved["guard"]["good_kl"])
             # A copy: a restored array's NumPy view is read-only, and `check` adds to it in place.
             self.rollbacks = np.array(saved["guard"]["rollbacks"])
+            if self.domain_scale is not None:
+                self.good_kl_domains = np.array(saved["guard"]["good_kl_domains"])
         return unstrip(saved["state"]), jax.tree.map(np.asarray, saved["hp"])

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from kltrust import processes, sharding
+from kltrust import domains, processes, sharding
 from kltrust import workdir as workdirs
 from kltrust.tasks import text, text_data
 from kltrust.tasks.interface import PAIR_KEYS, SPLITS
@@ -179,7 +179,8 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
         pairs = {k: jnp.asarray(v) for k, v in load_splits(task, "preference_pairs")[0].items()
                  if k in PAIR_KEYS}
     frozen = tok.Frozen(ref_params, rm_params, jnp.asarray(prompts_train),
-                        jnp.asarray(prompts_test), task, pairs)
+                        jnp.asarray(prompts_test), task, pairs,
+                        jnp.asarray(spec.domains.kl_scale, jnp.float32))
     resume = False
     if write:
         claim = workdirs.claim_workdir(
@@ -229,8 +230,21 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
 
     upe = spec.updates_per_eval
     num_chunks = spec.num_updates // upe
-    kl_guard = KLGuard(spec.guards, trainer, state, state_shardings, num_runs)
+    kl_guard = KLGuard(spec.guards, trainer, state, state_shardings, num_runs,
+                       np.asarray(spec.domains.kl_scale) if spec.domains.per_domain else None)
     evals: list[dict] = []
+
+    eval_domains = np.asarray(domains.prompt_domains(task, frozen.eval_prompts))
+
+    def domain_samples(responses) -> dict[str, list[str]]:
+        """Up to three decoded samples of each domain's prompts (``samples_dD``), with their
+        prompts: what a per-domain KL alarm logs."""
+        if domains.num_domains(task) == 1:
+            return {}
+        eval_prompts = np.asarray(frozen.eval_prompts)
+        return {f"samples_d{d}": [f"{task.decode(eval_prompts[j])} → {task.decode(responses[j])}"
+                                  for j in np.flatnonzero(eval_domains == d)[:3]]
+                for d in range(domains.num_domains(task))}
 
     def evaluation(i: int, state) -> tuple[dict, list[dict]]:
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, i)
@@ -240,7 +254,8 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
             rows.append({"update": i * upe, "seed": int(seed), "index": r,
                          **tok.scalars({k: v[r] for k, v in metrics.items()}),
                          **tok.diversity(np.asarray(responses[r]), task.pad_id),
-                         "samples": [task.decode(responses[r][j]) for j in range(3)]})
+                         "samples": [task.decode(responses[r][j]) for j in range(3)],
+                         **domain_samples(responses[r])})
         return metrics, rows
 
     def between(i: int, carry):

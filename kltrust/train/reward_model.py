@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from kltrust.models.transformer import SequenceScorer, TransformerConfig
+from kltrust.tasks.synthetic.language import prompt_domains
 from kltrust.train import tokens as tok
 
 
@@ -29,11 +30,15 @@ class Scorer:
 
     ``bug_token`` ≥ 0 plants a reward bug (``config.proxy_bug``): the proxy pays ``bug_bonus``
     more for every occurrence of that token in the response, a blind spot the gold reward does
-    not share (it penalises the repeats a policy makes to collect it). −1: no bug."""
+    not share (it penalises the repeats a policy makes to collect it). −1: no bug. ``bug_domain``
+    ≥ 0 confines it to the prompts of that domain (`language.prompt_domains` over
+    ``num_domains``): a blind spot of one domain's proxy; −1: every prompt."""
 
     config: TransformerConfig
     bug_token: int = -1
     bug_bonus: float = 0.0
+    bug_domain: int = -1
+    num_domains: int = 1
 
     def score(self, params: Any, prompts: jax.Array, response: jax.Array,
               mask: jax.Array) -> jax.Array:
@@ -43,6 +48,8 @@ class Scorer:
         if self.bug_token < 0:
             return scores
         hits = jnp.sum((response == self.bug_token) * mask, axis=-1).astype(scores.dtype)
+        if self.bug_domain >= 0:
+            hits = hits * (prompt_domains(prompts, self.num_domains) == self.bug_domain)
         return scores + self.bug_bonus * hits
 
 

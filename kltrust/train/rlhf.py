@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kltrust import components, controllers, guards, kl, sharding
+from kltrust import components, controllers, domains, guards, kl, sharding
 from kltrust import reference as references
 from kltrust import rollout as rollouts
 from kltrust.models.interface import LanguageModel, RewardModel
@@ -139,6 +139,10 @@ class Static:
     ref_sync: bool = False
     # TRPO's recovery step when the reference budget is exceeded (`kltrust.objectives.trpo`).
     trpo_recovery: bool = False
+    # One KL envelope per prompt domain (`kltrust.domains`): one controller β per domain, steered
+    # to s_d·kl_target, or TRPO's budget s_d·kl_budget_per_token per domain, with s_d
+    # ``tok.Frozen.domain_kl_scale``. False: one global β or budget.
+    per_domain: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -165,7 +169,12 @@ def _controller(static: Static) -> controllers.Controller:
     return controllers.get(static.controller)
 
 
-def init_controller(static: Static, hp: HParams) -> controllers.ControllerState:
+def init_controller(static: Static, hp: HParams, frozen: tok.Frozen) -> controllers.ControllerState:
+    """The β controller's state: one, or with ``per_domain`` one per domain ([D] leaves, each
+    domain's target scaled by ``frozen.domain_kl_scale``, `kltrust.domains.init_controller`)."""
+    if static.per_domain:
+        return domains.init_controller(_controller(static), hp.beta, hp.controller,
+                                       frozen.domain_kl_scale)
     return _controller(static).init(hp.beta, hp.controller)
 
 
@@ -220,7 +229,7 @@ class Trainer:
         if self.static.ref_sync:  # checked here, at trace time: the policy must hold its leaves
             references.as_reference(params, frozen.ref_params)
             ref_params = frozen.ref_params
-        return TrainState(params, opt_state, init_controller(self.static, hp), key,
+        return TrainState(params, opt_state, init_controller(self.static, hp, frozen), key,
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), ref_params)
 
     # ------------------------------------------------------------ shared pieces
@@ -299,33 +308,66 @@ class Trainer:
         proxy = s.reward_model.score(frozen.rm_params, prompts, ro.response, ro.mask)
         return key, rest, prompts, ro, proxy
 
+    def row_beta(self, state: TrainState, ro: rollouts.TokenRollout, frozen: tok.Frozen
+                 ) -> jax.Array:
+        """The controller's β for each sequence of ``ro``: the global β (a scalar), or with
+        ``per_domain`` β_d of each sequence's prompt domain, [B]."""
+        beta = state.controller.beta
+        if not self.static.per_domain:
+            return beta
+        return domains.per_row(beta, domains.prompt_domains(frozen.task, ro.prompt))
+
+    def observed_kl(self, ro: rollouts.TokenRollout, frozen: tok.Frozen) -> Any:
+        """What `finish` feeds the controller: the batch's mean exact sequence KL, or with
+        ``per_domain`` (each domain's mean [D], its sequence count [D])."""
+        seq_kl = kl.sum_per_sequence(ro.kl, ro.mask)
+        if not self.static.per_domain:
+            return seq_kl.mean()
+        return domains.domain_means(seq_kl, domains.prompt_domains(frozen.task, ro.prompt),
+                                    domains.num_domains(frozen.task))
+
     def common_metrics(self, ro, proxy, frozen, beta, hp: HParams) -> dict[str, jax.Array]:
         """Proxy, gold, entropy, length, β and (when the reference ran) the exact and the applied
-        sequence KL of a rollout."""
+        sequence KL of a rollout; with prompt domains, proxy, gold and exact KL per domain too
+        (``NAME_dD``, `kltrust.domains.metrics`), and β_d when β is per domain ("beta" is then
+        their mean)."""
+        gold = tasks.gold_reward(frozen.task, ro.prompt, ro.response, ro.mask)
         metrics = {
             "proxy": proxy.mean(),
-            "gold": tasks.gold_reward(frozen.task, ro.prompt, ro.response, ro.mask).mean(),
+            "gold": gold.mean(),
             "entropy": kl.mean_per_token(ro.entropy, ro.mask),
             "length": ro.mask.sum(-1).mean(),
-            "beta": beta,
+            "beta": jnp.mean(beta),
         }
+        per_row = {"proxy": proxy, "gold": gold}
         if ro.kl is not None:
-            metrics["kl"] = kl.sum_per_sequence(ro.kl, ro.mask).mean()
+            per_row["kl"] = kl.sum_per_sequence(ro.kl, ro.mask)
+            metrics["kl"] = per_row["kl"].mean()
             metrics["kl_optimised"] = kl.sum_per_sequence(self.token_kl(ro, hp), ro.mask).mean()
+        count = domains.num_domains(frozen.task)
+        metrics.update(domains.metrics(per_row, domains.prompt_domains(frozen.task, ro.prompt),
+                                       count))
+        if jnp.ndim(beta) == 1:
+            metrics.update({f"beta_d{d}": beta[d] for d in range(count)})
         return metrics
 
     def finish(self, state, params, opt_state, key, metrics, observed_kl):
-        """The next state: the controller fed ``observed_kl`` (None: unchanged), a non-finite
-        update skipped (`kltrust.guards`), the step counted."""
+        """The next state: the controller fed ``observed_kl`` (`observed_kl`; None: unchanged), a
+        non-finite update skipped (`kltrust.guards`), the step counted."""
         controller = state.controller
-        if observed_kl is not None:
+        if observed_kl is not None and self.static.per_domain:
+            controller = domains.update_controller(_controller(self.static), controller,
+                                                   *observed_kl)
+        elif observed_kl is not None:
             controller = _controller(self.static).update(
                 controller, observed_kl, jnp.asarray(self.static.batch_size, jnp.float32))
         # A non-finite update (a NaN proxy score, an overflow) is skipped; CG's diagnostics may be
-        # NaN by design and are not watched.
+        # NaN by design, and a per-domain metric is NaN for a domain absent from the batch: neither
+        # is watched.
+        checked = tuple(k for k in metrics if "cg_" not in k and not domains.is_domain_metric(k))
         (params, opt_state, controller), bad_updates, metrics = guards.skip_nonfinite(
             (state.params, state.opt_state, state.controller), (params, opt_state, controller),
-            metrics, state.bad_updates, checked=tuple(k for k in metrics if "cg_" not in k))
+            metrics, state.bad_updates, checked=checked)
         params, opt_state = self.constrain_params((params, opt_state))
         return TrainState(params, opt_state, controller, key, state.update_step + 1,
                           bad_updates, state.ref_params), metrics
@@ -352,7 +394,11 @@ class Trainer:
         """Where ``rolled`` (this run broke its KL guard): the learning state of ``good`` (the last
         evaluation that passed), then a stronger anchor. β × ``factor`` where the method applies a
         positive β (the controller's, or DPO's); TRPO's δ ÷ ``factor``; otherwise (no KL applied,
-        or β = 0) the learning rate ÷ ``factor``. The rng key and the update counter go on."""
+        or β = 0) the learning rate ÷ ``factor``. The rng key and the update counter go on.
+
+        ``factor`` may be one per domain [D] (the per-domain KL guard: > 1 where a domain fired,
+        1 elsewhere): a per-domain β_d is multiplied by its own factor, so only the domains that
+        fired are strengthened; δ and the learning rate, which all domains share, by the largest."""
         s = self.static
         keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(rolled, o, n), old, new)  # noqa: E731
         params, opt_state, controller, bad = keep(
@@ -362,22 +408,24 @@ class Trainer:
         # values (earlier rollbacks included), not from the restored state's.
         beta, lr = state.controller.beta, state.opt_state.hyperparams["learning_rate"]
         shrink_lr = jnp.array(False)
+        shared = jnp.max(factor)  # what all domains share is strengthened by the largest factor
         anchor = METHODS.get(s.method).anchor
         if anchor == "preference_beta" and preference.LOSSES.get(s.preference_loss).reference_free:
             anchor = "none"  # β does not anchor a reference-free loss: slow the learning instead
         if anchor == "preference_beta":
-            hp = hp.replace(beta=jnp.where(rolled, hp.beta * factor, hp.beta))
+            hp = hp.replace(beta=jnp.where(rolled, hp.beta * shared, hp.beta))
         elif anchor == "trust_region":
-            hp = hp.replace(delta=jnp.where(rolled, hp.delta / factor, hp.delta))
+            hp = hp.replace(delta=jnp.where(rolled, hp.delta / shared, hp.delta))
         elif anchor == "controller" and s.uses_reference:
-            raise_beta = rolled & (beta > 0)
+            fired = rolled & (factor > 1)
+            raise_beta = fired & (beta > 0)
             beta = jnp.where(raise_beta, beta * factor, beta)
-            shrink_lr = rolled & ~raise_beta
+            shrink_lr = jnp.any(fired & ~raise_beta)
         else:
             shrink_lr = rolled
         controller = controller.replace(beta=beta)
-        opt_state = tok.set_learning_rate(opt_state, jnp.where(shrink_lr, lr / factor, lr))
-        hp = hp.replace(learning_rate=jnp.where(shrink_lr, hp.learning_rate / factor,
+        opt_state = tok.set_learning_rate(opt_state, jnp.where(shrink_lr, lr / shared, lr))
+        hp = hp.replace(learning_rate=jnp.where(shrink_lr, hp.learning_rate / shared,
                                                 hp.learning_rate))
         ref_params = state.ref_params if good.ref_params is None else keep(good.ref_params,
                                                                            state.ref_params)

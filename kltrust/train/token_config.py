@@ -26,7 +26,8 @@ from kltrust.train import tokens as tok
 from kltrust.train.config_checks import (check_finite, check_keys, check_knobs, check_range,
                                          inf_fields, mesh_batch_shards)
 from kltrust.train.methods import METHODS, TokenMethod
-from kltrust.train.token_spec import KL_ACTIONS, DataSpec, FitSpec, GuardSpec, TokenSpec
+from kltrust.train.token_spec import (DOMAIN_CONTROLS, KL_ACTIONS, DataSpec, DomainSpec, FitSpec,
+                                      GuardSpec, TokenSpec)
 
 
 
@@ -87,7 +88,14 @@ def defaults() -> ml_collections.ConfigDict:
     # A planted reward bug (issue 24's KL alarm test bed): the proxy pays `bonus` for every
     # occurrence of token id `token` (a word: NUM_SPECIAL <= id < NUM_SPECIAL + task.num_words) in
     # a response; -1 turns it off. Only the policy stage sees it (the reward model is unchanged).
-    c.proxy_bug = ml_collections.ConfigDict(dict(token=-1, bonus=0.0))
+    # `domain` >= 0 confines it to the prompts of that domain: a blind spot of one domain's proxy.
+    c.proxy_bug = ml_collections.ConfigDict(dict(token=-1, bonus=0.0, domain=-1))
+    # Prompt domains (`kltrust.domains`): a prompt's domain is its first word's index mod `count`
+    # (1: none). `kl_scale` (empty: all 1) gives each domain's KL envelope as a multiple of the
+    # global one; `control` "per_domain" gives each domain its own β controller (target
+    # s_d·kl_target), TRPO budget (s_d·kl_budget_per_token) and KL-guard budget
+    # (s_d·guards.max_sequence_kl); "global" keeps one, and still reports every metric per domain.
+    c.domains = ml_collections.ConfigDict(dict(count=1, kl_scale=(), control="global"))
     return c
 
 
@@ -152,6 +160,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"-1 (no bug) or a word's token id in [{words.start}, {words.stop})")
     check(is_finite(config.proxy_bug.bonus) and config.proxy_bug.bonus >= 0, "proxy_bug.bonus",
           config.proxy_bug.bonus, "finite and >= 0")
+    validate_domains(config)
     for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
         check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
@@ -194,6 +203,38 @@ def validate_guards(g: ml_collections.ConfigDict) -> None:
           "finite and > 1")
     check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
     check_choice(g.kl_action, KL_ACTIONS, "guards.kl_action")
+
+
+def validate_domains(config: ml_collections.ConfigDict) -> None:
+    """``config.domains`` and ``config.proxy_bug.domain`` (`DomainSpec`)."""
+    d = config.domains
+    check(is_int(d.count, 1) and d.count <= config.task.num_words, "domains.count", d.count,
+          f"an integer in [1, task.num_words = {config.task.num_words}] (a domain is a set of "
+          "first words)")
+    scale = tuple(d.kl_scale)
+    check(len(scale) in (0, d.count) and all(is_finite(s) and s > 0 for s in scale),
+          "domains.kl_scale", d.kl_scale,
+          f"empty (every domain 1) or {d.count} finite numbers > 0, one per domain")
+    check_choice(d.control, DOMAIN_CONTROLS, "domains.control")
+    bug = config.proxy_bug.domain
+    check(bug == -1 or (is_int(bug, 0) and bug < d.count), "proxy_bug.domain", bug,
+          f"-1 (every prompt) or a domain id in [0, domains.count = {d.count})")
+    if d.control != "per_domain" or config.stage != "policy":
+        return
+    check(d.count > 1, "domains.control", d.control,
+          "'global' when domains.count is 1 (there is one domain)")
+    rl = config.rl
+    supported = METHODS.get(rl.method, "rl.method").per_domain
+    check(rl.kl_placement in supported, "domains.control", d.control,
+          f"'global' for method {rl.method!r} with rl.kl_placement {rl.kl_placement!r} (per-domain "
+          f"envelopes need one of the placements {supported})")
+
+
+def domain_spec(config: ml_collections.ConfigDict) -> DomainSpec:
+    """The `DomainSpec` of a validated ``config.domains`` (`validate_domains`)."""
+    d = config.domains
+    return DomainSpec(count=d.count, kl_scale=tuple(float(s) for s in d.kl_scale) or
+                      (1.0,) * d.count, control=d.control)
 
 
 def guard_spec(g: ml_collections.ConfigDict) -> GuardSpec:
@@ -325,12 +366,16 @@ def static_from_config(config) -> rlhf.Static:
     return static_from_rl(rl, tok.Policy(_model(config, "model", critic)),
                           tok.Policy(_model(config, "model")),
                           reward_model.Scorer(_model(config, "reward_model"),
-                                              config.proxy_bug.token, float(config.proxy_bug.bonus)))
+                                              config.proxy_bug.token, float(config.proxy_bug.bonus),
+                                              config.proxy_bug.domain, config.domains.count),
+                          per_domain=config.domains.control == "per_domain")
 
 
-def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> rlhf.Static:
+def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward, *,
+                   per_domain: bool = False) -> rlhf.Static:
     """`rlhf.Static` of a validated ``config.rl`` (`validate_rl`) with these models: a
-    `LanguageModel` policy and reference and a `RewardModel` proxy."""
+    `LanguageModel` policy and reference and a `RewardModel` proxy; ``per_domain``: one KL
+    envelope per prompt domain (``config.domains.control``)."""
     return rlhf.Static(
         method=rl.method, policy=policy, reference=reference, reward_model=reward,
         kl_placement=rl.kl_placement, kl_estimator=rl.kl_estimator, controller=rl.controller,
@@ -338,7 +383,8 @@ def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward) -> 
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
         max_grad_norm=rl.max_grad_norm, preference_loss=rl.preference_loss, cg_iters=rl.cg_iters,
         max_backtracks=rl.max_backtracks, token_average=rl.token_average,
-        stats_chunk=rl.stats_chunk, ref_sync=rl.ref_sync, trpo_recovery=rl.trpo_recovery)
+        stats_chunk=rl.stats_chunk, ref_sync=rl.ref_sync, trpo_recovery=rl.trpo_recovery,
+        per_domain=per_domain)
 
 
 def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:
@@ -385,4 +431,5 @@ def spec_from_config(config: ml_collections.ConfigDict) -> TokenSpec:
         num_updates=rl.num_updates, updates_per_eval=rl.updates_per_eval,
         eval_kl=bool(rl.eval_kl), best_of_n=tuple(rl.best_of_n),
         stage_json={stage: stage_json(config, stage) for stage in STAGE_KEYS},
-        config_json=config.to_json_best_effort(indent=2, sort_keys=True))
+        config_json=config.to_json_best_effort(indent=2, sort_keys=True),
+        domains=domain_spec(config))

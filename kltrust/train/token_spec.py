@@ -71,6 +71,31 @@ class GuardSpec:
         return self.max_sequence_kl > 0 or self.kl_jump > 0
 
 
+# How a run keeps its policy near the reference across prompt domains (`kltrust.domains`).
+DOMAIN_CONTROLS = ("global", "per_domain")
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainSpec:
+    """Prompt domains and their KL envelopes (``config.domains``).
+
+    Attributes:
+      count: D, the synthetic language's prompt domains (`SyntheticTask.num_domains`); 1: none.
+      kl_scale: s_d, each domain's envelope as a multiple of the global one, D floats > 0.
+      control: "global" (one β or budget for all prompts; per-domain metrics still reported) or
+        "per_domain" (one controller β_d → s_d·kl_target, or TRPO budget s_d·kl_budget_per_token,
+        per domain; and the KL guard's budget s_d·max_sequence_kl per domain).
+    """
+
+    count: int = 1
+    kl_scale: tuple[float, ...] = (1.0,)
+    control: str = "global"
+
+    @property
+    def per_domain(self) -> bool:
+        return self.control == "per_domain"
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenSpec:
     """One token RLHF run, read once from its config.
@@ -90,6 +115,7 @@ class TokenSpec:
       hparams_values: the policy stage's `rlhf.HParams` as scalars (None outside policy stages);
         `hparams` broadcasts them over runs.
       mesh_sizes: the device mesh's axis sizes (``config.mesh``; one may be -1).
+      domains: the prompt domains and their KL envelopes.
       guards: the non-finite and KL guards.
       num_updates, updates_per_eval, eval_kl, best_of_n: the policy stage's cadence and evaluation.
       stage_json: each prerequisite stage's ``stage_config.json`` text (the config parts it
@@ -120,6 +146,7 @@ class TokenSpec:
     best_of_n: tuple[int, ...]
     stage_json: Mapping[str, str]
     config_json: str
+    domains: DomainSpec = DomainSpec()
 
     def task(self, data_dir: str | None = None) -> SyntheticTask:
         """The run's `TokenTask`: the language with the data sets' sizes and seed; read through its
@@ -130,7 +157,7 @@ class TokenSpec:
             num_eval_prompts=d.num_eval_prompts, num_sft=d.num_sft, num_eval_sft=1024,
             num_pairs=d.num_pairs, num_eval_pairs=d.num_eval_pairs,
             label_noise=float(d.label_noise), bt_temperature=float(d.bt_temperature),
-            data_dir=data_dir)
+            data_dir=data_dir, num_domains=self.domains.count)
 
     def hparams(self, num_runs: int) -> rlhf.HParams:
         """The policy stage's hyperparameters with a leading run axis of ``num_runs``."""

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kltrust import kl, processes, sharding
+from kltrust import domains, kl, processes, sharding
 from kltrust import rollout as rollouts
 from kltrust.models.interface import LanguageModel, RewardModel
 from kltrust.models.transformer import SequenceScorer, TransformerConfig, TransformerLM
@@ -100,6 +100,10 @@ class Frozen:
     # pytree: the synthetic language's arrays are leaves, so they enter programs as arguments.
     task: Any
     pairs: Any = None  # the preference data set (offline DPO only)
+    # s_d, each prompt domain's KL envelope as a multiple of the global one, float32 [D]
+    # (`kltrust.domains`; read only by a per-domain run): an input, so one compiled program serves
+    # every choice of envelopes.
+    domain_kl_scale: Any = None
 
 
 def task_metrics(task: Any, prompts: jax.Array, responses: jax.Array,
@@ -117,7 +121,8 @@ def evaluate(policy: LanguageModel, reference: LanguageModel, reward: RewardMode
              with_kl: bool = True, stats_chunk: int = 0) -> tuple[dict, jax.Array]:
     """Samples one response per held-out prompt and measures it.
 
-    Returns (metrics, responses [M, L]) with metrics: ``gold``, ``proxy`` (means), ``kl`` (the exact
+    Returns (metrics, responses [M, L]) with metrics: ``gold``, ``proxy`` (means; per prompt domain
+    too, ``gold_dD`` etc., when the task has domains, `kltrust.domains.metrics`), ``kl`` (the exact
     sequence KL Σ_t KL(π(·|prefix) ‖ π_ref(·|prefix)), mean over prompts; only if ``with_kl``),
     ``kl_k1`` (Σ_t log π/π_ref at the samples, its unbiased estimate), ``entropy`` (per token),
     ``length`` (response tokens incl. EOS), and the task's own metrics (`task_metrics`; the
@@ -140,10 +145,14 @@ def evaluate(policy: LanguageModel, reference: LanguageModel, reward: RewardMode
         "length": ro.mask.sum(-1).mean(),
         **task_metrics(task, prompts, ro.response, ro.mask),
     }
+    per_row = {"gold": gold, "proxy": proxy}
     if with_kl:
-        metrics["kl"] = kl.sum_per_sequence(ro.kl, ro.mask).mean()
+        per_row["kl"] = kl.sum_per_sequence(ro.kl, ro.mask)
+        metrics["kl"] = per_row["kl"].mean()
         metrics["kl_k1"] = kl.sum_per_sequence(
             kl.estimate(ro.log_prob, ro.ref_log_prob, "k1"), ro.mask).mean()
+    metrics.update(domains.metrics(per_row, domains.prompt_domains(task, prompts),
+                                   domains.num_domains(task)))
     return metrics, ro.response * ro.mask.astype(ro.response.dtype)
 
 

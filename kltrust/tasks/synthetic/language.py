@@ -55,6 +55,7 @@ __all__ = [
     "NUM_SPECIAL",
     "PAD",
     "make_language",
+    "prompt_domains",
     "sample_prompts",
     "sample_responses",
     "sft_corpus",
@@ -305,6 +306,13 @@ def sample_prompts(language: Language, key: jax.Array, n: int) -> jax.Array:
 
 
 @jax.jit
+def prompt_domains(prompts: jax.Array, num_domains: int) -> jax.Array:
+    """Each prompt's domain id in [0, ``num_domains``), int32 [...]: its first word's index modulo
+    the count, (w_1 − NUM_SPECIAL) mod D. Domains so differ in where their chains start (and so in
+    which words, good ones included, come easily), and a reward bug can be planted in one of them."""
+    return ((prompts[..., 1] - NUM_SPECIAL) % num_domains).astype(jnp.int32)
+
+
 def sample_responses(language: Language, key: jax.Array, prompts: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Responses of the true language to ``prompts`` [n, P]: (tokens int32 [n, L], mask float32 [n, L]).
 

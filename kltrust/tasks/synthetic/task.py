@@ -25,7 +25,8 @@ from kltrust.tasks.synthetic import gold
 from kltrust.tasks.synthetic.datasets import (SyntheticConfig, SyntheticPreferences, SyntheticPrompts,
                                               SyntheticSFT, generate)
 from kltrust.tasks.synthetic.display import SyntheticTokenizer, decode
-from kltrust.tasks.synthetic.language import EOS, PAD, Language, LanguageSpec, make_language
+from kltrust.tasks.synthetic.language import (EOS, PAD, Language, LanguageSpec, make_language,
+                                              prompt_domains)
 
 __all__ = ["SyntheticTask"]
 
@@ -51,6 +52,7 @@ class SyntheticTask:
       label_noise, bt_temperature: how the preference labels are drawn (`gold.preference_pairs`).
       data_dir: None to draw the rows in memory; a directory to read them through the TFDS
         builders, prepared there on first use (as the pipeline does under ``ROOT/tfds``).
+      num_domains: D, the prompt domains (`domains`); 1: none. The data sets do not depend on it.
     """
 
     language: Language
@@ -64,12 +66,17 @@ class SyntheticTask:
     label_noise: float = _static(0.0)
     bt_temperature: float = _static(1.0)
     data_dir: str | None = _static(None)
+    num_domains: int = _static(1)
 
     @classmethod
     def create(cls, spec: LanguageSpec = LanguageSpec(), **kwargs: Any) -> SyntheticTask:
         """The task of the language ``spec`` (`make_language`); ``kwargs`` are the other
         attributes. Every data set's config is checked here, before anything is drawn."""
         task = cls(make_language(spec), **kwargs)
+        d = task.num_domains
+        if not (isinstance(d, int) and 1 <= d <= spec.num_words):
+            raise ValueError(f"num_domains must be an integer in [1, num_words = {spec.num_words}] "
+                             f"(a domain is a set of first words), got {d!r}.")
         for kind in _BUILDERS:
             task.data_config(kind)
         return task
@@ -156,6 +163,11 @@ class SyntheticTask:
         """The optional `TokenTask` hook: ``grammatical``, bool [B], whether a response has no
         zero-probability transition under the true language (jax, safe under jit and vmap)."""
         return {"grammatical": gold.grammatical(self.language, prompts, responses, mask)}
+
+    def domains(self, prompts: jax.Array) -> jax.Array:
+        """The optional `TokenTask` domain hook (`kltrust.domains`): each prompt's domain,
+        int32 [B] in [0, ``num_domains``) (`language.prompt_domains`)."""
+        return prompt_domains(prompts, self.num_domains)
 
     def decode(self, tokens: np.ndarray | jax.Array) -> str:
         """Tokens as words, good words in capitals (`display.decode`)."""

@@ -40,6 +40,9 @@ class TokenMethod:
         expected gradient is the KL's (not k1, not the exact value).
       chunked_stats: it runs after a chunked rollout (``rl.stats_chunk`` > 0, no [B, L, V]
         logits kept), recomputing what full distributions it needs per minibatch.
+      per_domain: the placements under which it supports one KL envelope per prompt domain
+        (``domains.control = "per_domain"``, `kltrust.domains`): per-domain β where the
+        controller's β is applied per sequence, per-domain budgets for TRPO; () for none.
       validate: extra checks of the ``rl`` group, raising `ConfigError`.
       doc: one line.
     """
@@ -54,6 +57,7 @@ class TokenMethod:
     exact_group: bool = False
     kl_in_loss_needs_gradient: bool = False
     chunked_stats: bool = True
+    per_domain: tuple[str, ...] = ()
     validate: Callable[[Any], None] | None = None
     doc: str = ""
 

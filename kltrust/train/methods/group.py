@@ -25,7 +25,7 @@ def update(baseline: str, trainer, state, hp, frozen, *, ratio_level: str = "tok
     s = trainer.static
     key, (k_sgd,), prompts, ro, proxy = trainer.sample_and_score(state, frozen, 4,
                                                                  s.uses_reference)
-    beta = state.controller.beta
+    beta = trainer.row_beta(state, ro, frozen)  # a scalar, or [B] with per-domain β
     reward = proxy
     if s.kl_placement == "reward":
         reward = proxy - beta * kl.sum_per_sequence(trainer.token_kl(ro, hp), ro.mask)
@@ -34,7 +34,7 @@ def update(baseline: str, trainer, state, hp, frozen, *, ratio_level: str = "tok
     variant = grpo.Variant(kl_estimator=s.kl_estimator if in_loss else "k3",
                            kl_in_loss=in_loss, token_average=s.token_average,
                            ratio_level=ratio_level)
-    coefs = grpo.LossCoefs(hp.clip_eps, beta, hp.kl_log_ratio_clamp, hp.kl_value_clamp,
+    coefs = grpo.LossCoefs(hp.clip_eps, state.controller.beta, hp.kl_log_ratio_clamp, hp.kl_value_clamp,
                            hp.clip_eps_high if clip_higher else None)
     mask = ro.mask
     extra = {}
@@ -46,6 +46,8 @@ def update(baseline: str, trainer, state, hp, frozen, *, ratio_level: str = "tok
              "old_logp": ro.log_prob, "advantage": advantage}
     if s.uses_reference:
         batch.update(ref_logp=ro.ref_log_prob)
+    if in_loss and jnp.ndim(beta):  # per-domain β travels with its sequence into the minibatch
+        batch.update(beta=beta)
     if ro.ref_logits is not None:  # only for the kl_exact_* diagnostics: not recomputed if chunked
         batch.update(ref_logits=ro.ref_logits)
 
@@ -55,16 +57,19 @@ def update(baseline: str, trainer, state, hp, frozen, *, ratio_level: str = "tok
         exact = None
         if "ref_logits" in mb:
             exact = jax.lax.stop_gradient(kl.categorical(logits, mb["ref_logits"]))
-        return grpo.loss(new_logp, mb["old_logp"], mb["advantage"], mb["mask"], coefs,
+        mb_coefs = coefs.replace(beta=mb["beta"]) if "beta" in mb else coefs
+        return grpo.loss(new_logp, mb["old_logp"], mb["advantage"], mb["mask"], mb_coefs,
                          variant=variant, ref_logp=mb.get("ref_logp"), exact_kl=exact)
 
     params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
-    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta, hp), **sgd, **extra}
-    return trainer.finish(state, params, opt_state, key, metrics, metrics.get("kl"))
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, state.controller.beta, hp), **sgd,
+               **extra}
+    observed = trainer.observed_kl(ro, frozen) if ro.kl is not None else None
+    return trainer.finish(state, params, opt_state, key, metrics, observed)
 
 
 for _name, _placements in (("grpo", ("loss", "reward", "none")), ("rloo", ("reward", "loss", "none"))):
     register(_name, TokenMethod(
         lambda trainer, state, hp, frozen, _b=_name: update(_b, trainer, state, hp, frozen),
         placements=_placements, anchor="controller", min_group=2,
-        kl_in_loss_needs_gradient=True, doc=f"{_name.upper()}: group baseline, no critic"))
+        kl_in_loss_needs_gradient=True, per_domain=("reward", "loss"), doc=f"{_name.upper()}: group baseline, no critic"))

@@ -16,11 +16,11 @@ def update(trainer, state, hp, frozen):
     s = trainer.static
     key, (k_sgd,), prompts, ro, proxy = trainer.sample_and_score(state, frozen, 4,
                                                                  s.uses_reference)
-    beta = state.controller.beta
+    beta = trainer.row_beta(state, ro, frozen)  # a scalar, or [B] with per-domain β
     last = jnp.sum(ro.mask, axis=-1).astype(jnp.int32) - 1
     reward = jax.nn.one_hot(last, ro.mask.shape[1]) * proxy[:, None]
     if s.kl_placement == "reward":
-        reward = reward - beta * trainer.token_kl(ro, hp)
+        reward = reward - jnp.reshape(beta, (-1, 1)) * trainer.token_kl(ro, hp)
     advantage, target = rollouts.token_gae(reward, ro.value, ro.mask, hp.gamma, hp.gae_lambda)
     in_loss = s.kl_placement == "loss"
     batch = ppo.Batch(
@@ -46,8 +46,8 @@ def update(trainer, state, hp, frozen):
         return ppo.loss(params, mb, coefs, apply_fn=apply_fn, variant=variant)
 
     params, opt_state, sgd = trainer.minibatch_sgd(state, batch, loss_fn, k_sgd)
-    metrics = {**trainer.common_metrics(ro, proxy, frozen, beta, hp), **sgd}
-    observed = metrics.get("kl")
+    metrics = {**trainer.common_metrics(ro, proxy, frozen, state.controller.beta, hp), **sgd}
+    observed = trainer.observed_kl(ro, frozen) if ro.kl is not None else None
     return trainer.finish(state, params, opt_state, key, metrics, observed)
 
 
@@ -69,4 +69,5 @@ def _with_distributions(trainer, state, frozen, mb: ppo.Batch, prompt_len: int,
 
 
 register("ppo", TokenMethod(update, placements=("reward", "loss", "none"), anchor="controller",
-                            critic=True, doc="PPO, Ziegler et al. 2019"))
+                            critic=True, per_domain=("reward",),
+                            doc="PPO, Ziegler et al. 2019"))
