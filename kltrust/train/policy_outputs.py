@@ -25,8 +25,8 @@ import numpy as np
 
 from kltrust import processes, sharding
 from kltrust import workdir as workdirs
-from kltrust.train import rlhf
 from kltrust.train import tokens as tok
+from kltrust.train.methods import best_of_n
 from kltrust.train.token_spec import TokenSpec
 
 
@@ -72,6 +72,8 @@ def write_policy(out: pathlib.Path, name: str, result: PolicyResult) -> None:
         "final": result.final, "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds, "tokens_sampled": result.tokens_sampled}, indent=2))
     plot_gold_proxy_vs_kl(result.evals, out / "gold_proxy_vs_kl.png", name)
+    if result.evals and "kl_d0" in result.evals[0]:
+        plot_domains(result.evals, out / "domains_gold_proxy_vs_kl.png", name)
     tok.save_params(out, params)  # last: the stage's completion marker
 
 
@@ -85,7 +87,7 @@ def run_best_of_n(spec: TokenSpec, out: pathlib.Path, frozen: tok.Frozen,
     evals = []
     t0 = time.perf_counter()
     for n in spec.best_of_n:
-        fn = jax.jit(lambda key, n=n: rlhf.best_of_n(reference, reward, frozen, key, n,
+        fn = jax.jit(lambda key, n=n: best_of_n.sample(reference, reward, frozen, key, n,
                                                      spec.static.stats_chunk))
         for r in range(spec.num_seeds):
             seed = spec.seed + r
@@ -125,3 +127,32 @@ def plot_gold_proxy_vs_kl(evals: list[dict], path: pathlib.Path, title: str) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_domains(evals: list[dict], path: pathlib.Path, title: str) -> None:
+    """Per prompt domain: gold and proxy reward against that domain's exact sequence KL
+    (``gold_dD``, ``proxy_dD``, ``kl_dD`` of the evaluation rows), one panel per domain, one
+    line per seed: where a blind spot shows as a proxy that climbs while the gold falls."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = sum(1 for key in evals[0] if key.startswith("kl_d") and key[4:].isdigit())
+    fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.2), squeeze=False)
+    for d, ax in enumerate(axes[0]):
+        for seed in sorted({e["seed"] for e in evals}):
+            rows = [e for e in evals if e["seed"] == seed and e.get(f"kl_d{d}") is not None]
+            kls = [e[f"kl_d{d}"] for e in rows]
+            first = seed == evals[0]["seed"]
+            ax.plot(kls, [e[f"gold_d{d}"] for e in rows], "o-", color="tab:green", alpha=0.7,
+                    label="gold" if first else None)
+            ax.plot(kls, [e[f"proxy_d{d}"] for e in rows], "s--", color="tab:blue", alpha=0.7,
+                    label="proxy" if first else None)
+        ax.set_title(f"{title}: domain {d}")
+        ax.set_xlabel("KL(π ‖ π_ref), nats per sequence")
+    axes[0][0].set_ylabel("reward")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

@@ -54,7 +54,7 @@ from kltrust.tasks.sentiment import SentimentTask
 from kltrust.train import host, policy_outputs, rlhf
 from kltrust.train import tokens as tok
 from kltrust.train.kl_guard import KLGuard
-from kltrust.train.methods import METHODS
+from kltrust.train.methods import METHODS, best_of_n
 from kltrust.train.real_config import RealSpec
 
 
@@ -312,7 +312,7 @@ def _best_of_n(spec: RealSpec, stack: Stack, static: rlhf.Static, frozen: tok.Fr
     for n in spec.best_of_n:
         # The frozen inputs (the base weights) are an argument: closed over, they would be
         # compiled in as constants (XLA then constant-folds 100 MB matrices for minutes).
-        fn = jax.jit(lambda frozen, key, n=n: rlhf.best_of_n(static.reference, static.reward_model,
+        fn = jax.jit(lambda frozen, key, n=n: best_of_n.sample(static.reference, static.reward_model,
                                                              frozen, key, n,
                                                              static.stats_chunk))
         for seed in range(spec.seed, spec.seed + spec.num_seeds):

@@ -45,8 +45,9 @@ from kltrust import components, controllers, domains, guards, kl, sharding
 from kltrust import reference as references
 from kltrust import rollout as rollouts
 from kltrust.models.interface import LanguageModel, RewardModel
-from kltrust.objectives import grpo, preference
+from kltrust.objectives import preference
 from kltrust.tasks import interface as tasks
+from kltrust.train import anchor
 from kltrust.train import tokens as tok
 from kltrust.train.methods import METHODS
 
@@ -391,46 +392,9 @@ class Trainer:
 
     def back_off(self, state: TrainState, hp: HParams, good: TrainState, rolled: jax.Array,
                  factor: jax.Array) -> tuple[TrainState, HParams]:
-        """Where ``rolled`` (this run broke its KL guard): the learning state of ``good`` (the last
-        evaluation that passed), then a stronger anchor. β × ``factor`` where the method applies a
-        positive β (the controller's, or DPO's); TRPO's δ ÷ ``factor``; otherwise (no KL applied,
-        or β = 0) the learning rate ÷ ``factor``. The rng key and the update counter go on.
-
-        ``factor`` may be one per domain [D] (the per-domain KL guard: > 1 where a domain fired,
-        1 elsewhere): a per-domain β_d is multiplied by its own factor, so only the domains that
-        fired are strengthened; δ and the learning rate, which all domains share, by the largest."""
-        s = self.static
-        keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(rolled, o, n), old, new)  # noqa: E731
-        params, opt_state, controller, bad = keep(
-            (good.params, good.opt_state, good.controller, good.bad_updates),
-            (state.params, state.opt_state, state.controller, state.bad_updates))
-        # The anchor only ever strengthens: β and the learning rate continue from their current
-        # values (earlier rollbacks included), not from the restored state's.
-        beta, lr = state.controller.beta, state.opt_state.hyperparams["learning_rate"]
-        shrink_lr = jnp.array(False)
-        shared = jnp.max(factor)  # what all domains share is strengthened by the largest factor
-        anchor = METHODS.get(s.method).anchor
-        if anchor == "preference_beta" and preference.LOSSES.get(s.preference_loss).reference_free:
-            anchor = "none"  # β does not anchor a reference-free loss: slow the learning instead
-        if anchor == "preference_beta":
-            hp = hp.replace(beta=jnp.where(rolled, hp.beta * shared, hp.beta))
-        elif anchor == "trust_region":
-            hp = hp.replace(delta=jnp.where(rolled, hp.delta / shared, hp.delta))
-        elif anchor == "controller" and s.uses_reference:
-            fired = rolled & (factor > 1)
-            raise_beta = fired & (beta > 0)
-            beta = jnp.where(raise_beta, beta * factor, beta)
-            shrink_lr = jnp.any(fired & ~raise_beta)
-        else:
-            shrink_lr = rolled
-        controller = controller.replace(beta=beta)
-        opt_state = tok.set_learning_rate(opt_state, jnp.where(shrink_lr, lr / shared, lr))
-        hp = hp.replace(learning_rate=jnp.where(shrink_lr, hp.learning_rate / shared,
-                                                hp.learning_rate))
-        ref_params = state.ref_params if good.ref_params is None else keep(good.ref_params,
-                                                                           state.ref_params)
-        return TrainState(params, opt_state, controller, state.key, state.update_step, bad,
-                          ref_params), hp
+        """`kltrust.train.anchor.back_off` of this trainer: ``good``'s learning state where
+        ``rolled``, then a stronger anchor by ``factor`` (one per domain, or one)."""
+        return anchor.back_off(self.static, state, hp, good, rolled, factor)
 
     # ------------------------------------------------------------ chunks and evaluation
 
@@ -443,25 +407,3 @@ class Trainer:
         frozen = frozen.replace(eval_prompts=self.constrain_batch(frozen.eval_prompts))
         return tok.evaluate(self.policy, self.reference, self.static.reward_model, state.params,
                             frozen, key, with_kl=with_kl, stats_chunk=self.static.stats_chunk)
-
-
-def best_of_n(reference: LanguageModel, reward: RewardModel, frozen: tok.Frozen,
-              key: jax.Array, n: int, stats_chunk: int = 0) -> dict[str, jax.Array]:
-    """Best-of-n against the proxy: n samples of the reference per held-out prompt, keep the one
-    the proxy scores highest. Its reported ``"kl"`` is the upper bound log n − (n−1)/n on the
-    KL to the reference (`grpo.best_of_n_kl_bound`; equal to the KL only when rewards never tie,
-    docs/best_of_n.md), not the exact KL. ``stats_chunk``: as
-    `Static.stats_chunk` (the M·n rows' teacher-forced pass, chunked)."""
-    task = frozen.task
-    prompts = jnp.repeat(frozen.eval_prompts, n, axis=0)
-    ro = rollouts.token_rollout(
-        reference.decode, reference.sequence, frozen.ref_params, prompts,
-        reference.empty_cache(prompts.shape[0]), key, max_new_tokens=task.response_len,
-        eos_id=task.eos_id, pad_id=task.pad_id, stats_chunk=stats_chunk)
-    proxy = reward.score(frozen.rm_params, prompts, ro.response, ro.mask)
-    gold = tasks.gold_reward(task, prompts, ro.response, ro.mask)
-    pick = grpo.best_of_n_select(proxy.reshape(-1, n))
-    rows = jnp.arange(pick.shape[0]) * n + pick
-    return {"gold": gold[rows].mean(), "proxy": proxy[rows].mean(),
-            "kl": jnp.asarray(grpo.best_of_n_kl_bound(n), jnp.float32),  # a bound
-            "responses": ro.response[rows] * ro.mask[rows].astype(ro.response.dtype)}
