@@ -397,3 +397,138 @@ def test_recovery_changes_nothing_within_the_budget():
     assert m_rec["recovery"] == 0 and m_plain["accepted"] == 1
     with pytest.raises(ValueError, match="recovery needs kl_anchor='reference'"):
         trpo.Variant(recovery=True)
+
+
+# ---------------------------------------------------------------- per-group reference budgets
+
+
+def _np_kl_per_state(logits_p, logits_q):
+    lp = np.asarray(jax.nn.log_softmax(np.float64(logits_p)))
+    lq = np.asarray(jax.nn.log_softmax(np.float64(logits_q)))
+    return np.sum(np.exp(lp) * (lp - lq), axis=-1)
+
+
+def _np_group_kl(logits, ref_logits, group, num_groups, weight=None):
+    """Per-group Σ w·kl / Σ w in float64 over rows (a row's tokens summed); 0 for a group without
+    rows or weight."""
+    kl = _np_kl_per_state(logits, ref_logits).reshape(len(group), -1)
+    w = np.ones_like(kl) if weight is None else np.float64(weight).reshape(kl.shape)
+    return np.array([np.sum((w * kl)[group == g]) / np.sum(w[group == g])
+                     if np.sum(w[group == g]) > 0 else 0.0 for g in range(num_groups)])
+
+
+_GROUPS = np.array([0, 1, 0, 1, 0, 1])
+
+
+def test_grouped_reference_kl_is_each_groups_weighted_mean():
+    """Rows as states (uniform weights) and as 2-token sequences (a mask, and a half weight). Groups
+    with no rows, or rows of zero weight (a fully masked sequence): KL 0, and a gradient (which
+    recovery's vjp passes through) of 0, not NaN."""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    cases = [(obs, np.array([0, 2, 0, 2, 2, 0]), None, [1]),
+             (obs.reshape(3, 2, 2), np.array([2, 1, 2]), np.array([[1, 0], [0, 0], [0.5, 1]]),
+              [0, 1])]
+    for o, group, weight, empty in cases:
+        reference = policy_fn(flat - 0.3, o)
+        batch = _batch_at(policy_fn, flat, o, reference=reference).replace(
+            group=jnp.int32(group), weight=None if weight is None else jnp.float32(weight))
+        got = np.asarray(trpo.reference_kl_by_group(policy_fn, flat, batch, 3))
+        expected = _np_group_kl(policy_fn(flat, o).logits, reference.logits, group, 3, weight)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+        assert not np.any(got[empty]) and expected[2] > 0
+        jacobian = np.asarray(jax.jacobian(
+            lambda p: trpo.reference_kl_by_group(policy_fn, p, batch, 3))(flat))
+        assert np.all(np.isfinite(jacobian)) and not np.any(jacobian[empty])
+
+
+def test_groups_and_a_budget_vector_come_together():
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    batch = _batch_at(policy_fn, flat, obs, reference=policy_fn(flat, obs))
+    grouped = batch.replace(group=jnp.int32(_GROUPS))
+    variant = trpo.Variant(kl_anchor="reference")
+    for b, coefs, v, message in [
+        (grouped, _coefs(), variant, r"kl_budget must be a vector \[G\]"),
+        (batch, _coefs(kl_budget=[1.0, 1.0]), variant, r"per-group budgets need batch.group"),
+        (grouped, _coefs(kl_budget=[1.0, 1.0]), trpo.Variant(), r"needs kl_anchor='reference'"),
+        (grouped.replace(group=jnp.int32(_GROUPS[:5])), _coefs(kl_budget=[1.0, 1.0]), variant,
+         r"shaped like the batch's rows \(6,\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            trpo.step(policy_fn, flat, b, coefs, variant=v)
+
+
+@pytest.mark.parametrize("over", [False, True])
+def test_a_single_group_holding_every_row_is_the_ungrouped_step(over):
+    """Within the budget with the cap binding, and over it (recovery). One group's KL is the batch
+    KL summed in another order (per row, then per group), so the two programs agree to float32
+    round-off, not bit for bit; the search direction and its CG solve are shared, and only the
+    cap's k0 and slope (or recovery's gradient, through a second CG solve) carry that round-off."""
+    if over:
+        policy_fn, flat, obs, batch, k0 = _over_budget()
+        budget, delta = k0 / 2, 0.01
+    else:
+        policy_fn, flat, obs = _tiny_policy(discrete=True)
+        batch = _batch_at(policy_fn, flat, obs, reference=policy_fn(flat - 0.2, obs))
+        budget, delta = float(trpo.mean_kl_to_reference(policy_fn, flat, batch)) + 0.002, 0.5
+    variant = trpo.Variant(kl_anchor="reference", recovery=True)
+    plain, m_plain = trpo.step(policy_fn, flat, batch, _coefs(delta=delta, kl_budget=budget),
+                               variant=variant)
+    new, m = trpo.step(policy_fn, flat, batch.replace(group=jnp.zeros(6, jnp.int32)),
+                       _coefs(delta=delta, kl_budget=[budget]), variant=variant)
+    np.testing.assert_allclose(new, plain, rtol=1e-4, atol=1e-6)
+    assert m_plain["accepted"] == 1 and m_plain["recovery"] == float(over)
+    assert set(m) == set(m_plain) - {"kl_budget"} | {"kl_ref_groups", "kl_ref_excess"}
+    for name in ("accepted", "backtracks", "recovery"):
+        assert m[name] == m_plain[name], name
+    for name in set(m_plain) - {"kl_budget"}:
+        np.testing.assert_allclose(m[name], m_plain[name], rtol=1e-4, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(m["kl_ref_groups"], [m_plain["kl_ref"]], rtol=1e-5)
+    np.testing.assert_allclose(m["kl_ref_excess"], max(m_plain["kl_ref"] - budget, 0), atol=1e-7)
+
+
+def test_each_group_keeps_its_own_budget():
+    """A tight budget on group 0 and a loose one on group 1: the accepted step keeps both, by the
+    exact per-group KL recomputed in NumPy, and group 0's budget is what held it back."""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    reference = policy_fn(flat - 0.2, obs)
+    batch = _batch_at(policy_fn, flat, obs, reference=reference).replace(group=jnp.int32(_GROUPS))
+    group_kl = lambda p: _np_group_kl(policy_fn(p, obs).logits, reference.logits, _GROUPS, 2)
+    start = group_kl(flat)
+    budget = np.array([start[0] + 0.002, start[1] + 1.0])
+    variant = trpo.Variant(kl_anchor="reference")
+    new, m = trpo.step(policy_fn, flat, batch, _coefs(delta=0.5, kl_budget=budget), variant=variant)
+    after = group_kl(new)
+    assert m["accepted"] == 1 and np.all(after <= budget), (after, budget)
+    np.testing.assert_allclose(m["kl_ref_groups"], after, rtol=1e-4)
+    assert m["kl_ref_excess"] == 0
+    loose, _ = trpo.step(policy_fn, flat, batch, _coefs(delta=0.5, kl_budget=start + 1.0),
+                         variant=variant)
+    assert group_kl(loose)[0] > budget[0]
+
+
+def test_recovery_brings_down_only_the_group_over_its_budget():
+    """Group 0 over its budget, group 1 within: the recovery step is accepted, lowers group 0's
+    exact KL and the total excess, keeps KL(π_old‖π_new) ≤ δ, and its full step is
+    −√(2δ/yᵀFy)·y with y = (F + λI)⁻¹∇KL_0: group 1, within budget, is not in the direction."""
+    policy_fn, flat, obs, batch, _ = _over_budget()
+    batch = batch.replace(group=jnp.int32(_GROUPS))
+    ref_logits = batch.reference.logits
+    group_kl = lambda p: _np_group_kl(policy_fn(p, obs).logits, ref_logits, _GROUPS, 2)
+    start = group_kl(flat)
+    budget = np.array([start[0] / 2, start[1] * 2])
+    excess = lambda kl: np.sum(np.maximum(kl - budget, 0.0))
+    new, m = trpo.step(policy_fn, flat, batch, _coefs(delta=0.01, kl_budget=budget),
+                       variant=trpo.Variant(kl_anchor="reference", recovery=True))
+    after = group_kl(new)
+    assert m["recovery"] == 1 and m["accepted"] == 1
+    assert after[0] < start[0] and excess(after) < excess(start)
+    assert _np_mean_kl_categorical(policy_fn(flat, obs).logits, policy_fn(new, obs).logits) <= 0.01
+    np.testing.assert_allclose(m["kl_ref_excess"], excess(after), rtol=1e-4)
+    hessian = np.asarray(jax.hessian(lambda p: trpo.mean_kl_to_old(policy_fn, p, batch))(flat),
+                         np.float64) + 0.1 * np.eye(flat.size)
+    grad_0 = np.asarray(jax.grad(lambda p: trpo.reference_kl_by_group(policy_fn, p, batch, 2)[0])(
+        flat), np.float64)
+    y = np.linalg.solve(hessian, grad_0)
+    full = -np.sqrt(2 * 0.01 / (y @ hessian @ y)) * y
+    np.testing.assert_allclose(np.asarray(new - flat, np.float64),
+                               float(m["step_fraction"]) * full, rtol=1e-3, atol=1e-6)

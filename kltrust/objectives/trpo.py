@@ -24,6 +24,16 @@ too, and the step length is also capped where the quadratic model of that KL (it
 along x, curvature xᵀFx) meets the budget. The per-step trust region KL(π_old ‖ π_θ) ≤ δ stays;
 set δ large to constrain the reference KL alone.
 
+Per-group budgets (``Batch.group``, an int id per row, with ``kl_budget`` a vector [G]): the batch
+mixes G groups (domains, tasks), each with its own budget on its own KL to the reference,
+KL_g = Σ_{i∈g} w_i·kl_i / Σ_{i∈g} w_i (0 for a group without rows or weight in the batch), so that
+a group with few rows cannot drift far while the batch-wide mean stays small. A step is feasible
+only when KL_g ≤ b_g for every g; the quadratic-model cap is the smallest of the groups' caps (each
+from its own k0_g and slope_g along x, all with the curvature xᵀFx). Recovery runs while any group
+is over: it descends Σ_g [k0_g > b_g]·KL_g (the over-budget groups only, the indicator held at its
+θ_old value) and accepts once KL(π_old‖π_θ) ≤ δ and the total excess Σ_g max(KL_g − b_g, 0) has
+decreased.
+
 Defaults (δ = 0.01, 10 CG iterations, damping 0.1, 10 backtracking steps × 0.8) are those of
 OpenAI Spinning Up's TRPO (Achiam 2018), which follow Schulman et al. 2015 (δ = 0.01).
 """
@@ -73,6 +83,7 @@ class StepCoefs:
 
     delta: jax.Array  # trust region: KL(π_old ‖ π_θ) ≤ δ
     kl_budget: jax.Array  # only with kl_anchor="reference": KL(π_θ ‖ π_ref) ≤ kl_budget
+    # (a vector [G], one budget per group, exactly when ``Batch.group`` is given)
     damping: jax.Array  # λ in (F + λI)
     backtrack_factor: jax.Array  # c in the step fractions cᵏ
     cg_residual_tol: jax.Array  # CG stops once rᵀr < this
@@ -92,6 +103,10 @@ class Batch:
     # probabilities for exact expectations over an enumerated batch (every (context, action) of a
     # bandit with weight ρ(x)·π_old(a|x)), or a token mask. None = uniform.
     weight: jax.Array | None = None
+    # Optional int32 group id in [0, G) per row of the leading axis [B] (a row is a sequence when
+    # ``action`` is [B, L]); with it ``kl_budget`` is one budget per group. A row whose id is
+    # outside [0, G) counts in no group (but still in the batch-wide ``kl_ref``).
+    group: jax.Array | None = None
 
 
 def _mean(values: jax.Array, batch: Batch) -> jax.Array:
@@ -142,8 +157,64 @@ def mean_kl_to_old(policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch) ->
 
 
 def mean_kl_to_reference(policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch) -> jax.Array:
-    """E_s KL(π_θ(·|s) ‖ π_ref(·|s)), exact (`kltrust.kl`)."""
+    """E_s KL(π_θ(·|s) ‖ π_ref(·|s)), exact (`kltrust.kl`), over the whole batch (every group)."""
     return _mean(policy_fn(flat_params, batch.obs).kl(batch.reference), batch)
+
+
+def reference_kl_by_group(policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch,
+                          num_groups: int) -> jax.Array:
+    """[G] per-group KL_g = Σ_{i∈g} w_i·KL(π_θ‖π_ref)(s_i) / Σ_{i∈g} w_i, exact (`kltrust.kl`).
+
+    Rows i are the leading axis, grouped by ``batch.group``; a row's w·KL sums over its trailing
+    axes (tokens, masked by ``batch.weight``; uniform when None). A group with no rows (or zero
+    weight) has KL_g = 0.
+    """
+    return _group_means(policy_fn(flat_params, batch.obs).kl(batch.reference), batch, num_groups)
+
+
+def _group_means(values: jax.Array, batch: Batch, num_groups: int) -> jax.Array:
+    weight = jnp.ones_like(values) if batch.weight is None else batch.weight
+    rows = lambda x: jnp.sum(x.reshape(x.shape[0], -1), axis=1)  # [B, ...] -> [B]
+    # A scatter-add, not a one-hot matmul: accelerators may run an f32 matmul at reduced precision
+    # (TF32), too coarse for budgets ~1e-3. Ids outside [0, G) are dropped.
+    total = jax.ops.segment_sum(rows(weight * values), batch.group, num_groups)
+    mass = jax.ops.segment_sum(rows(weight), batch.group, num_groups)
+    # A group without weight (no rows, or masked ones) has KL 0; the inner where also keeps its
+    # 0/0 out of the gradient, which would otherwise carry NaN to its masked rows.
+    return jnp.where(mass > 0, total / jnp.where(mass > 0, mass, 1.0), 0.0)
+
+
+def _reference_kls(policy_fn: PolicyFn, flat_params: jax.Array, batch: Batch,
+                   num_groups: int) -> tuple[jax.Array, jax.Array]:
+    """(batch-wide KL_ref, per-group KL_g [G]) from one forward pass."""
+    kl = policy_fn(flat_params, batch.obs).kl(batch.reference)
+    return _mean(kl, batch), _group_means(kl, batch, num_groups)
+
+
+def _excess(kl_groups: jax.Array, budget: jax.Array) -> jax.Array:
+    """Σ_g max(KL_g − b_g, 0): how far the groups are over their budgets in all."""
+    return jnp.sum(jnp.maximum(kl_groups - budget, 0.0))
+
+
+def _num_groups(batch: Batch, coefs: StepCoefs, variant: Variant) -> int | None:
+    """G for a grouped batch, None otherwise; checks (at trace time) that group and budget agree."""
+    budget_shape = jnp.shape(coefs.kl_budget)
+    if batch.group is None:
+        if budget_shape != ():
+            raise ValueError(f"kl_budget has shape {budget_shape}: per-group budgets need "
+                             "batch.group (a group id per row); without groups it is a scalar.")
+        return None
+    if not variant.uses_reference:
+        raise ValueError("batch.group needs kl_anchor='reference' (the groups' budgets are on the "
+                         "KL to the reference).")
+    if len(budget_shape) != 1 or budget_shape[0] < 1:
+        raise ValueError(f"batch.group is given, so kl_budget must be a vector [G] with one budget "
+                         f"per group; got shape {budget_shape}.")
+    rows = jnp.shape(batch.action)[:1]
+    if jnp.shape(batch.group) != rows or not jnp.issubdtype(batch.group.dtype, jnp.integer):
+        raise ValueError(f"batch.group must be integer ids shaped like the batch's rows {rows}; "
+                         f"got {batch.group.dtype} {jnp.shape(batch.group)}.")
+    return budget_shape[0]
 
 
 def fisher_vector_product(
@@ -196,8 +267,13 @@ def step(
     steps taken: 0 = the full step; ``max_backtracks`` when rejected), ``step_fraction`` (cᵏ, 0 if
     rejected), ``step_norm`` (‖θ_new − θ_old‖), ``cg_residual``, ``cg_relative_residual``
     (‖r‖/‖g‖), ``surrogate_improvement`` (actual), ``expected_improvement`` (gᵀs of the full step),
-    ``grad_norm``.
+    ``grad_norm``. With ``batch.group`` (and ``kl_budget`` a vector [G]) the budget holds per group
+    (module docstring); ``kl_ref`` stays batch-wide, ``kl_budget`` is not reported (no one scalar is
+    the budget), and ``kl_ref_groups`` ([G], after the step) and ``kl_ref_excess`` (Σ_g max(KL_g −
+    b_g, 0), after the step) are added. Without groups the program is exactly the ungrouped one.
     """
+    num_groups = _num_groups(batch, coefs, variant)
+    grouped = num_groups is not None  # static: the ungrouped program is left untouched
     batch = _normalized(batch, variant)
     surrogate_fn = lambda p: surrogate(policy_fn, p, batch)
     old_surrogate, g = jax.value_and_grad(surrogate_fn)(flat_params)
@@ -212,20 +288,34 @@ def step(
     scale = jnp.sqrt(2.0 * coefs.delta / curvature)
     if variant.uses_reference:
         # Largest α with k₀ + α·b + ½α²·xᵀFx ≤ budget (the quadratic model of the reference KL along x,
-        # its curvature approximated by the Fisher); 0 when the budget is already spent.
-        kl_ref_fn = lambda p: mean_kl_to_reference(policy_fn, p, batch)
+        # its curvature approximated by the Fisher); 0 when the budget is already spent. Grouped,
+        # k0, slope and budget are [G] (one jvp of the vector KL) and the tightest group's α caps.
+        if grouped:
+            kl_ref_fn = lambda p: reference_kl_by_group(policy_fn, p, batch, num_groups)
+        else:
+            kl_ref_fn = lambda p: mean_kl_to_reference(policy_fn, p, batch)
         k0, slope = jax.jvp(kl_ref_fn, (flat_params,), (direction,))
         room = jnp.maximum(coefs.kl_budget - k0, 0.0)
         budget_scale = (-slope + jnp.sqrt(slope**2 + 2.0 * curvature * room)) / curvature
-        scale = jnp.minimum(scale, budget_scale)
+        scale = jnp.minimum(scale, jnp.min(budget_scale) if grouped else budget_scale)
     full_step = scale * direction
     recovering = jnp.array(False)
     if variant.recovery:
         # Over the budget (k0 > budget) no improving step qualifies, so take the one that most
         # reduces the reference KL within the trust region: y = (F + λI)⁻¹∇KL_ref by a second CG
         # solve, the step −y scaled to the quadratic model's boundary ½sᵀFs = δ.
-        k0, grad_ref = jax.value_and_grad(kl_ref_fn)(flat_params)
-        recovering = k0 > coefs.kl_budget
+        if grouped:
+            # ∇ Σ_g [k0_g > b_g]·KL_g, the indicator fixed at θ_old: a vjp with the indicator as
+            # cotangent. Groups within budget are not pushed down (they may use their room), but
+            # acceptance counts every group's excess, so none may be pushed over either.
+            k0, pullback = jax.vjp(kl_ref_fn, flat_params)
+            over = k0 > coefs.kl_budget
+            recovering = jnp.any(over)
+            (grad_ref,) = pullback(over.astype(k0.dtype))
+            excess0 = _excess(k0, coefs.kl_budget)
+        else:
+            k0, grad_ref = jax.value_and_grad(kl_ref_fn)(flat_params)
+            recovering = k0 > coefs.kl_budget
         down, _ = conjugate_gradient(fvp, grad_ref, cg_iters, coefs.cg_residual_tol)
         down_curvature = jnp.maximum(jnp.vdot(down, fvp(down)), jnp.finfo(g.dtype).tiny)
         full_step = jnp.where(recovering, -jnp.sqrt(2.0 * coefs.delta / down_curvature) * down,
@@ -236,14 +326,24 @@ def step(
         candidate = flat_params + fraction * full_step
         kls = {"kl_old": mean_kl_to_old(policy_fn, candidate, batch)}
         feasible = kls["kl_old"] <= coefs.delta
-        if variant.uses_reference:
+        if grouped:
+            kls["kl_ref"], kls["kl_ref_groups"] = _reference_kls(policy_fn, candidate, batch,
+                                                                 num_groups)
+            kls["kl_ref_excess"] = _excess(kls["kl_ref_groups"], coefs.kl_budget)
+            feasible = feasible & jnp.all(kls["kl_ref_groups"] <= coefs.kl_budget)
+        elif variant.uses_reference:
             kls["kl_ref"] = mean_kl_to_reference(policy_fn, candidate, batch)
             feasible = feasible & (kls["kl_ref"] <= coefs.kl_budget)
         improvement = surrogate_fn(candidate) - old_surrogate
         ok = feasible & (improvement > 0) & jnp.isfinite(improvement)
         if variant.recovery:  # recovering: accepted once inside the trust region and closer
-            closer = (kls["kl_old"] <= coefs.delta) & (kls["kl_ref"] < k0)
-            ok = jnp.where(recovering, closer & jnp.isfinite(kls["kl_ref"]), ok)
+            if grouped:  # closer = less total excess (a group's excess may trade against another's)
+                excess = kls["kl_ref_excess"]
+                closer = (kls["kl_old"] <= coefs.delta) & (excess < excess0) & jnp.isfinite(excess)
+                ok = jnp.where(recovering, closer, ok)
+            else:
+                closer = (kls["kl_old"] <= coefs.delta) & (kls["kl_ref"] < k0)
+                ok = jnp.where(recovering, closer & jnp.isfinite(kls["kl_ref"]), ok)
         return candidate, kls, improvement, ok
 
     if variant.line_search:
@@ -280,7 +380,7 @@ def step(
         "expected_improvement": expected,
         "grad_norm": jnp.linalg.norm(g),
     }
-    if variant.uses_reference:
+    if variant.uses_reference and not grouped:
         metrics["kl_budget"] = coefs.kl_budget
     if variant.recovery:
         metrics["recovery"] = recovering.astype(jnp.float32)
