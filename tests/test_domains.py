@@ -197,3 +197,26 @@ def test_each_domain_beta_follows_the_adaptive_rule_on_its_own_kl(per_domain_run
     final = per_domain_run.final[0]
     assert {f"{k}_d{d}" for k in ("gold", "proxy", "kl") for d in range(3)} <= set(final)
     json.dumps(final)  # per-domain rows stay valid JSON (an empty domain is None, not NaN)
+
+
+def test_trpo_keeps_each_domain_within_its_own_budget_on_a_short_run(tmp_path):
+    """Token TRPO with budgets s_d·0.002 per token, s = (1, 0.25, 4): after every accepted update
+    each domain's exact per-token KL to the reference on that batch (re-measured by the line
+    search at the accepted step) is within its own budget, though the loosest domain uses more
+    than the tightest one's budget (so the budgets are not one global budget in disguise)."""
+    from kltrust.train import pipeline, token_config
+
+    config = tiny_token_config("trpo", num_updates=6, updates_per_eval=3, group_size=2)
+    config.rl.hparams.kl_budget_per_token = 0.002
+    config.domains.update(count=3, kl_scale=(1.0, 0.25, 4.0), control="per_domain")
+    spec = token_config.spec_from_config(config)
+    ref, rm = random_models(spec)
+    m = pipeline.run_policy(spec, tmp_path, ref, rm, write=False).train_metrics
+    budgets = 0.002 * np.array([1.0, 0.25, 4.0])
+    accepted = np.asarray(m["trpo_accepted"][0]) == 1
+    assert accepted.sum() >= 3
+    kl_d = np.stack([np.asarray(m[f"trpo_kl_ref_d{d}"][0]) for d in range(3)], -1)
+    # The same float32 numbers the line search compared with the float32 budgets.
+    assert np.all(kl_d[accepted] <= budgets.astype(np.float32))
+    assert np.all(np.asarray(m["trpo_kl_ref_excess"][0])[accepted] == 0)
+    assert kl_d[accepted, 2].max() > budgets[1]

@@ -1,5 +1,7 @@
 """TRPO on tokens: the trust region KL(π_old‖π_θ) ≤ δ plus, with placement "budget", the hard
-budget KL(π_θ‖π_ref) ≤ kl_budget_per_token (per-token mean exact KLs), on RLOO sequence advantages.
+budget KL(π_θ‖π_ref) ≤ kl_budget_per_token (per-token mean exact KLs), on RLOO sequence advantages;
+with per-domain envelopes (``Static.per_domain``), one budget per prompt domain,
+KL_ref,d ≤ s_d·kl_budget_per_token (`kltrust.objectives.trpo`'s grouped budgets).
 
 The flat vector θ that the gradient, the Fisher-vector products, conjugate gradient and the line
 search work on holds only the leaves the policy trains: a policy with the optional
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from kltrust import domains
 from kltrust.distributions import Categorical
 from kltrust.objectives import grpo, trpo
 from kltrust.train.methods import TokenMethod, register
@@ -73,14 +76,22 @@ def update(trainer, state, hp, frozen):
         reference=Categorical(ro.ref_logits) if s.uses_reference else None,
         weight=ro.mask)
     # Backtracking factor and CG tolerance: Spinning Up's values, as in the control TRPO.
-    coefs = trpo.StepCoefs(hp.delta, hp.kl_budget_per_token, hp.damping, jnp.float32(0.8),
+    budget = hp.kl_budget_per_token
+    if s.per_domain:  # one budget per prompt domain, s_d·kl_budget_per_token (`kltrust.domains`)
+        batch = batch.replace(group=domains.prompt_domains(frozen.task, prompts))
+        budget = budget * frozen.domain_kl_scale
+    coefs = trpo.StepCoefs(hp.delta, budget, hp.damping, jnp.float32(0.8),
                            jnp.float32(1e-10))
     variant = trpo.Variant(kl_anchor="reference" if s.kl_placement == "budget" else "old",
                            normalize_advantages=True, recovery=s.trpo_recovery)
     new_flat, step_metrics = trpo.step(policy_fn, flat, batch, coefs, variant=variant,
                                        cg_iters=s.cg_iters, max_backtracks=s.max_backtracks)
+    by_domain = step_metrics.pop("kl_ref_groups", None)  # [D] per-token KL_ref,d after the step
     metrics = {**trainer.common_metrics(ro, proxy, frozen, state.controller.beta, hp),
                **{f"trpo_{k}": v for k, v in step_metrics.items()}}
+    if by_domain is not None:
+        metrics.update({f"trpo_kl_ref{domains.SUFFIX}{d}": by_domain[d]
+                        for d in range(by_domain.shape[0])})
     metrics["kl_optimised"] = step_metrics.get("kl_ref", step_metrics["kl_old"])
     return trainer.finish(state, to_params(new_flat), state.opt_state, key, metrics, None)
 
@@ -88,5 +99,5 @@ def update(trainer, state, hp, frozen):
 # chunked_stats=False: the Fisher products and the line search take KL(π_old‖π_θ) over the whole
 # batch at once, so a chunked rollout would save nothing (its logits would be recomputed whole).
 register("trpo", TokenMethod(update, placements=("budget", "none"), anchor="trust_region",
-                             min_group=2, chunked_stats=False,
+                             min_group=2, chunked_stats=False, per_domain=("budget",),
                              doc="TRPO with a hard KL budget to the reference"))
