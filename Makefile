@@ -17,7 +17,7 @@ endif
 comma := ,
 
 .PHONY: demo test test-fast notebooks kl-table best-of-n-kl kl-matrix ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
-  bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization kl-matrix-tokens dpo-overoptimization online-offline reference-refresh \
+  bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization kl-matrix-tokens dpo-overoptimization online-offline reference-refresh domain-budgets \
   sweep-timing real-frontier clean
 
 $(BIN)/python:
@@ -136,6 +136,10 @@ online-offline: $(VENV)/.installed
 reference-refresh: $(VENV)/.installed
 	$(SWEEP) --sweep=configs/sweeps/reference_refresh.py --workdir=runs/reference_refresh
 	$(call copy_report,reference_refresh)
+
+domain-budgets: $(VENV)/.installed
+	$(SWEEP) --sweep=configs/sweeps/domain_budgets.py --workdir=runs/domain_budgets
+	$(call copy_report,domain_budgets)
 
 # 4 β × 8 seeds on CartPole: one vmapped program, then the same 32 runs one by one.
 sweep-timing: $(VENV)/.installed
