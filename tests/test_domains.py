@@ -144,7 +144,8 @@ def test_the_per_domain_guard_fires_per_domain_and_strengthens_only_that_domain(
     trainer = types.SimpleNamespace(
         back_off=lambda state, hp, good, bad, factor: (good, {"factor": factor}))
     state = {"w": jnp.zeros((1, 2))}
-    guard = kl_guard.KLGuard(spec, trainer, state, None, 1, np.array([1.0, 0.5, 10.0]))
+    guard = kl_guard.KLGuard(spec, trainer, state, None, 1, np.array([1.0, 0.5, 10.0]),
+                             per_domain_anchor=True)
     hp = {"beta": np.ones(1, np.float32)}
     rows = [{"gold": 1.0, "samples_d1": ["a → b"], "gold_d1": -2.0}]
     with pytest.warns(RuntimeWarning, match="KL guard"):
@@ -159,6 +160,14 @@ def test_the_per_domain_guard_fires_per_domain_and_strengthens_only_that_domain(
     guard.check(state, hp, np.array([0.05]), 2, np.array([0]), rows,
                 np.array([[0.08, np.nan, 0.5]]))
     assert len(guard.events) == 1
+    # Under one global envelope (s_d = 1, one β) the same KLs fire domain 2 alone (0.5 > 0.1),
+    # and the one β is strengthened by the full factor.
+    glob = kl_guard.KLGuard(spec, trainer, state, None, 1, np.ones(3))
+    with pytest.warns(RuntimeWarning, match="KL guard"):
+        _, factor, _ = glob.check(state, hp, np.array([0.09]), 1, np.array([0]), rows,
+                                  np.array([[0.08, 0.06, 0.5]]))
+    assert [d["domain"] for d in glob.events[0]["domains"]] == [2]
+    np.testing.assert_array_equal(factor["factor"], [2.0])
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +229,29 @@ def test_trpo_keeps_each_domain_within_its_own_budget_on_a_short_run(tmp_path):
     assert np.all(kl_d[accepted] <= budgets.astype(np.float32))
     assert np.all(np.asarray(m["trpo_kl_ref_excess"][0])[accepted] == 0)
     assert kl_d[accepted, 2].max() > budgets[1]
+
+
+def test_back_off_strengthens_only_the_domains_that_fired():
+    """`anchor.back_off` with a per-domain factor (2 for domain 1, 1 elsewhere) on a rolled-back
+    run: the parameters return to the last passing state's, β_1 doubles, β_0 and β_2 keep their
+    current values, and the shared learning rate is untouched (every β_d > 0)."""
+    from kltrust.train import anchor, rlhf
+    from kltrust.train import tokens as tok
+
+    controller = controllers.get("fixed")
+    beta = jnp.array([0.1, 0.2, 0.4], jnp.float32)
+
+    def state(w):
+        params = {"w": jnp.full((2,), w, jnp.float32)}
+        opt = tok.set_learning_rate(tok.adam(1.0).init(params), jnp.float32(1e-3))
+        return rlhf.TrainState(params, opt, controller.init(beta), jax.random.PRNGKey(0),
+                               jnp.int32(5), jnp.int32(0))
+
+    static = types.SimpleNamespace(method="ppo", preference_loss="sigmoid", uses_reference=True)
+    hp = types.SimpleNamespace(learning_rate=jnp.float32(1e-3),
+                               replace=lambda **kw: types.SimpleNamespace(**kw))
+    new, _ = anchor.back_off(static, state(1.0), hp, state(0.0), jnp.array(True),
+                             jnp.array([1.0, 2.0, 1.0], jnp.float32))
+    np.testing.assert_array_equal(new.params["w"], [0.0, 0.0])
+    np.testing.assert_array_equal(new.controller.beta, np.float32([0.1, 0.4, 0.4]))  # ×2 exact
+    assert float(new.opt_state.hyperparams["learning_rate"]) == pytest.approx(1e-3)

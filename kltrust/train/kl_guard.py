@@ -17,12 +17,14 @@ run's KL, its gold and proxy reward at that evaluation and its decoded samples. 
 - ``"warn"``: training goes on unchanged, and the evaluation that fired becomes the one a later
   jump is measured from (one spike, one alarm).
 
-Per domain (``domain_scale`` given: a run with ``domains.control = "per_domain"``,
-`kltrust.domains`): each prompt domain d is watched on its own evaluated KL ``kl_dD`` against its
-own budget s_d·``max_sequence_kl`` and its own last passing KL. The event names the domains that
-fired, with their KL, budget and the samples of their prompts (``samples_dD`` of the evaluation's
-rows). A rollback restores the (shared) policy and strengthens only the domains that fired: their
-β_d × ``kl_backoff`` (`rlhf.Trainer.back_off` with a per-domain factor); the others keep theirs.
+Per domain (``domain_scale`` given: a task with prompt domains, `kltrust.domains`): each prompt
+domain d is watched on its own evaluated KL ``kl_dD`` against its own budget s_d·``max_sequence_kl``
+(s_d = 1 under one global envelope) and its own last passing KL, so a blind spot in one domain
+fires even while the mean KL looks ordinary. The event names the domains that fired, with their
+KL, budget, gold, proxy and the samples of their prompts (``samples_dD`` of the evaluation's
+rows). A rollback restores the (shared) policy; with per-domain envelopes (``per_domain_anchor``)
+it strengthens only the domains that fired, β_d × ``kl_backoff`` (`rlhf.Trainer.back_off` with a
+per-domain factor), the others keeping theirs; with one global β that β is strengthened.
 
 The last passing state is kept in memory and carried in the stage's checkpoints (`saved` /
 `restored`), so a resumed stage rolls back exactly as an uninterrupted one would.
@@ -58,10 +60,12 @@ class KLGuard:
     """
 
     def __init__(self, g: GuardSpec, trainer: rlhf.Trainer, state, state_shardings,
-                 num_runs: int, domain_scale: np.ndarray | None = None):
+                 num_runs: int, domain_scale: np.ndarray | None = None,
+                 per_domain_anchor: bool = False):
         self.budget, self.jump, self.jump_from = g.max_sequence_kl, g.kl_jump, g.kl_jump_from
         # s_d per domain (None: the run is watched as a whole).
         self.domain_scale = None if domain_scale is None else np.asarray(domain_scale, np.float64)
+        self.per_domain_anchor = per_domain_anchor  # one β_d per domain to strengthen
         self.backoff, self.max_rollbacks = g.kl_backoff, g.max_rollbacks
         self.action = g.kl_action
         self.active = g.kl_guard_active
@@ -150,7 +154,7 @@ class KLGuard:
                         f"{self.budget}.")
                 # The anchor is strengthened by kl_backoff: per domain, only where a domain fired.
                 factor = np.full(bad.shape, self.backoff, np.float32)
-                if fired_d is not None:
+                if self.per_domain_anchor:
                     factor = np.where(fired_d, self.backoff, 1.0).astype(np.float32)
                 state, hp = self._back_off(state, hp, self.good, jnp.asarray(bad),
                                            jnp.asarray(factor))

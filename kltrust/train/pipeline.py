@@ -230,8 +230,13 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
 
     upe = spec.updates_per_eval
     num_chunks = spec.num_updates // upe
+    # With prompt domains the guard watches each one (under one global envelope, each against the
+    # global budget); it strengthens one β_d per domain only under per-domain envelopes.
+    watch = spec.domains.count > 1
     kl_guard = KLGuard(spec.guards, trainer, state, state_shardings, num_runs,
-                       np.asarray(spec.domains.kl_scale) if spec.domains.per_domain else None)
+                       np.asarray(spec.domains.kl_scale if spec.domains.per_domain
+                                  else (1.0,) * spec.domains.count) if watch else None,
+                       per_domain_anchor=spec.domains.per_domain)
     evals: list[dict] = []
 
     eval_domains = np.asarray(domains.prompt_domains(task, frozen.eval_prompts))
