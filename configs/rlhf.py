@@ -31,6 +31,10 @@ Stages and methods (see `kltrust.train.rlhf` for what each optimises and where i
     best_of_n       best-of-n sampling from the reference against the proxy, n = 1 … 64; its "kl"
                     is the upper bound log n − (n−1)/n (docs/best_of_n.md), not the exact KL
 
+Every preset takes prompt domains (``config.domains``: count, kl_scale, control "global" or
+"per_domain") and a planted reward bug (``config.proxy_bug``, optionally in one domain): see
+docs/domains.md.
+
 Everything under ``rl.hparams`` is an array in the compiled program; the rest is static. The β
 controller's knobs sit in ``rl.hparams.controller.KIND`` for the kind ``rl.controller`` names.
 """

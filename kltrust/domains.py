@@ -1,7 +1,7 @@
 """Prompt domains: per-domain statistics and per-domain KL control (β controllers, envelopes).
 
 A token task may tag each prompt with a domain id in [0, D) (the optional `TokenTask` members
-``num_domains`` and ``domains(prompts) -> int32 [B]``; `num_domains` / `prompt_domains` read them,
+``num_domains`` and ``domain_ids(prompts) -> int32 [B]``; `num_domains` / `prompt_domains` read them,
 and a task without them has one domain). Practice keeps a policy inside different KL envelopes for
 different kinds of prompt — tight where the stakes are high, loose where adaptation is cheap — so a
 run may give each domain its own envelope, a multiple s_d of the global one (``kl_scale``):
@@ -41,8 +41,9 @@ def num_domains(task: Any) -> int:
 
 
 def prompt_domains(task: Any, prompts: jax.Array) -> jax.Array:
-    """The domain id of each prompt, int32 [B] (all 0 for a task without domains)."""
-    hook = getattr(task, "domains", None)
+    """The domain id of each prompt, int32 [B] (all 0 for a task without domains; −1 for a prompt
+    the task cannot place, which then counts in no domain's statistics)."""
+    hook = getattr(task, "domain_ids", None)
     if hook is None or num_domains(task) == 1:
         return jnp.zeros(prompts.shape[:1], jnp.int32)
     return hook(prompts).astype(jnp.int32)

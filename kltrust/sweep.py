@@ -303,10 +303,9 @@ def is_finished(root: pathlib.Path, run: Run, overwrite: bool = False) -> bool:
 def _write_run(root: pathlib.Path, run: Run, rows: list[dict]) -> None:
     directory = _run_dir(root, run)
     directory.mkdir(parents=True, exist_ok=True)
-    if any("samples" in row for row in rows):
+    if any(_is_samples(row) for row in rows):
         write_text_atomic(directory / "eval.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    table_rows = [{k: v for k, v in row.items() if k not in ("samples", "index", "seed")}
-                  for row in rows]
+    table_rows = [_table_row(row) for row in rows]
     write_text_atomic(directory / "rows.json", json.dumps(table_rows))  # last: marks it finished
 
 
@@ -326,8 +325,20 @@ def table(root: pathlib.Path, sweep_name: str, runs: Sequence[Run]) -> list[dict
                     "run": run.run_id, "group": run.group, "seed": run.seed}
         swept = {k: _format(v) if isinstance(v, (tuple, list)) else v
                  for k, v in run.swept.items()}
-        rows += [{**identity, **swept, **row} for row in json.loads(path.read_text())]
+        rows += [{**identity, **swept, **_table_row(row)} for row in json.loads(path.read_text())]
     return rows
+
+
+def _is_samples(row: dict) -> bool:
+    """Whether an evaluation row holds decoded samples (lists of text: ``samples``, and
+    ``samples_dD`` per prompt domain), which go to eval.jsonl, not the table."""
+    return any(isinstance(v, list) for v in row.values())
+
+
+def _table_row(row: dict) -> dict:
+    """A row of the results table: its numbers, without samples, ``index`` and ``seed``."""
+    return {k: v for k, v in row.items()
+            if k not in ("index", "seed") and not isinstance(v, list)}
 
 
 @dataclasses.dataclass

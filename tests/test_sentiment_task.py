@@ -262,3 +262,17 @@ def test_label_samples_scores_with_the_gold(task, tokenizer):
     # Gold gaps ≥ 0.6 at T = 0.01: σ(60), the positive side is always chosen.
     np.testing.assert_array_equal(pairs["chosen"], a)
     np.testing.assert_array_equal(pairs["gold_chosen"], task.gold_reward(prompts, a, mask_a))
+
+
+def test_prompt_families_are_the_tasks_domains_inside_jit(task):
+    """`domain_ids` finds each encoded prompt's family (its `domains` row) under jit, for both
+    splits; a prompt that is none of the task's gives −1 (counted in no domain)."""
+    from kltrust import domains
+
+    assert domains.num_domains(task) == len(task.domain_names()) > 1
+    for split in ("train", "test"):
+        prompts = task.prompts(split)[::37]
+        ids = jax.jit(lambda p: domains.prompt_domains(task, p))(prompts)
+        np.testing.assert_array_equal(ids, task.domains(split)[::37])
+    stranger = np.full((1, task.prompt_len), task.filler_id, np.int32)
+    assert int(domains.prompt_domains(task, stranger)[0]) == -1

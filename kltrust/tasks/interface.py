@@ -58,7 +58,7 @@ class TokenTask(Protocol):
         per-response evaluation metrics (e.g. the synthetic language's ``grammatical``), jax and
         safe under ``jit`` and ``vmap``; the trainer reports each one's batch mean. A task without
         it reports none.
-      num_domains and domains(prompts [B, P]) -> int32 [B]: prompt domains in [0, num_domains)
+      num_domains and domain_ids(prompts [B, P]) -> int32 [B]: prompt domains in [0, num_domains)
         (jax, safe under ``jit`` and ``vmap``), for per-domain metrics and KL envelopes
         (`kltrust.domains`); a task without them has one domain.
 

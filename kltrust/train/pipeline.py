@@ -270,6 +270,12 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
         evals.extend(rows)
         if write:
             tok.append_jsonl(out / "eval.jsonl", rows)
+            tok.board_scalars(board, "eval", {k: [row.get(k) if row.get(k) is not None
+                                                  else np.nan for row in rows]
+                                              for k, v in rows[0].items()
+                                              if isinstance(v, (int, float))
+                                              and k not in ("seed", "index", "update")},
+                              i * upe)
         return carry
 
     def advance(carry):
@@ -277,7 +283,11 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
         state, metrics = chunk_c(state, hp, frozen)
         return (state, hp), metrics
 
-    write_rows = tok.update_rows_writer(out / "metrics.jsonl", seeds, upe)
+    board = None
+    if write and processes.is_primary():  # TensorBoard beside the JSON rows, as the control runs
+        from tensorboardX import SummaryWriter
+        board = SummaryWriter(str(out / "tensorboard"))
+    write_rows = tok.update_rows_writer(out / "metrics.jsonl", seeds, upe, board)
 
     # A checkpoint after every chunk holds everything the loop carries: the state, the
     # hyperparameters the KL guard may have changed, and the guard's last passing state. On resume

@@ -42,6 +42,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kltrust.models.interface import Tokenizer
@@ -149,6 +150,20 @@ class SentimentTask:
     @staticmethod
     def domain_names() -> tuple[str, ...]:
         return tuple(d.name for d in DOMAINS)
+
+    @property
+    def num_domains(self) -> int:
+        """The prompt families (`DOMAINS`) as the `TokenTask` prompt domains (`kltrust.domains`)."""
+        return len(DOMAINS)
+
+    def domain_ids(self, prompts: jax.Array) -> jax.Array:
+        """The optional `TokenTask` domain hook: each prompt's family, int32 [B], by looking the
+        prompt's tokens up among every encoded prompt of both splits (jax, safe under ``jit`` and
+        ``vmap``: a [B, N] comparison with N ≈ 1,600); −1 for a prompt that is not one of them."""
+        table = np.concatenate([self._encoded[split][0] for split in SPLITS])
+        ids = jnp.asarray(np.concatenate([self.domains(split) for split in SPLITS]))
+        match = jnp.all(prompts[..., None, :] == table, axis=-1)
+        return jnp.where(match.any(-1), ids[jnp.argmax(match, axis=-1)], -1).astype(jnp.int32)
 
     def encode_prompt(self, text: str) -> tuple[np.ndarray, bool]:
         """``text`` as exactly prompt_len ids (module docstring) and whether it was cut."""

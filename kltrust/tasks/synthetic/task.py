@@ -52,7 +52,7 @@ class SyntheticTask:
       label_noise, bt_temperature: how the preference labels are drawn (`gold.preference_pairs`).
       data_dir: None to draw the rows in memory; a directory to read them through the TFDS
         builders, prepared there on first use (as the pipeline does under ``ROOT/tfds``).
-      num_domains: D, the prompt domains (`domains`); 1: none. The data sets do not depend on it.
+      num_domains: D, the prompt domains (`domain_ids`); 1: none. The data sets do not depend on it.
     """
 
     language: Language
@@ -164,7 +164,7 @@ class SyntheticTask:
         zero-probability transition under the true language (jax, safe under jit and vmap)."""
         return {"grammatical": gold.grammatical(self.language, prompts, responses, mask)}
 
-    def domains(self, prompts: jax.Array) -> jax.Array:
+    def domain_ids(self, prompts: jax.Array) -> jax.Array:
         """The optional `TokenTask` domain hook (`kltrust.domains`): each prompt's domain,
         int32 [B] in [0, ``num_domains``) (`language.prompt_domains`)."""
         return prompt_domains(prompts, self.num_domains)
