@@ -18,7 +18,7 @@ register("best_of_n", TokenMethod(None, placements=("none",), anchor="none",
 
 
 def sample(reference: LanguageModel, reward: RewardModel, frozen: tok.Frozen,
-              key: jax.Array, n: int, stats_chunk: int = 0) -> dict[str, jax.Array]:
+           key: jax.Array, n: int, stats_chunk: int = 0) -> dict[str, jax.Array]:
     """Best-of-n against the proxy: n samples of the reference per held-out prompt, keep the one
     the proxy scores highest. Its reported ``"kl"`` is the upper bound log n − (n−1)/n on the
     KL to the reference (`grpo.best_of_n_kl_bound`; equal to the KL only when rewards never tie,

@@ -19,5 +19,6 @@ def _update(trainer, state, hp, frozen):
 
 
 register("dapo", TokenMethod(_update, placements=("none", "loss", "reward"), anchor="controller",
-                             min_group=2, kl_in_loss_needs_gradient=True, per_domain=("reward", "loss"),
+                             min_group=2, kl_in_loss_needs_gradient=True,
+                             per_domain=("reward", "loss"),
                              doc="DAPO: clip-higher, token-level loss, flat groups dropped"))

@@ -34,8 +34,8 @@ def update(baseline: str, trainer, state, hp, frozen, *, ratio_level: str = "tok
     variant = grpo.Variant(kl_estimator=s.kl_estimator if in_loss else "k3",
                            kl_in_loss=in_loss, token_average=s.token_average,
                            ratio_level=ratio_level)
-    coefs = grpo.LossCoefs(hp.clip_eps, state.controller.beta, hp.kl_log_ratio_clamp, hp.kl_value_clamp,
-                           hp.clip_eps_high if clip_higher else None)
+    coefs = grpo.LossCoefs(hp.clip_eps, state.controller.beta, hp.kl_log_ratio_clamp,
+                           hp.kl_value_clamp, hp.clip_eps_high if clip_higher else None)
     mask = ro.mask
     extra = {}
     if drop_flat_groups:
@@ -72,4 +72,5 @@ for _name, _placements in (("grpo", ("loss", "reward", "none")), ("rloo", ("rewa
     register(_name, TokenMethod(
         lambda trainer, state, hp, frozen, _b=_name: update(_b, trainer, state, hp, frozen),
         placements=_placements, anchor="controller", min_group=2,
-        kl_in_loss_needs_gradient=True, per_domain=("reward", "loss"), doc=f"{_name.upper()}: group baseline, no critic"))
+        kl_in_loss_needs_gradient=True, per_domain=("reward", "loss"),
+        doc=f"{_name.upper()}: group baseline, no critic"))

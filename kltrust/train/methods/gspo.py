@@ -16,5 +16,6 @@ def _update(trainer, state, hp, frozen):
 
 
 register("gspo", TokenMethod(_update, placements=("none", "loss", "reward"), anchor="controller",
-                             min_group=2, kl_in_loss_needs_gradient=True, per_domain=("reward", "loss"),
+                             min_group=2, kl_in_loss_needs_gradient=True,
+                             per_domain=("reward", "loss"),
                              doc="GSPO: sequence-level ratio and clipping"))
