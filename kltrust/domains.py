@@ -15,7 +15,9 @@ run may give each domain its own envelope, a multiple s_d of the global one (``k
 
 A domain with no prompt in a batch leaves its β_d unchanged (`update_controller`): there is no
 measurement to steer by. With every s_d = 1 and the domains' KLs equal, the per-domain controllers
-move exactly as one global controller would.
+of a rule that ignores the batch size (adaptive, PID, dual ascent) move exactly as one global
+controller would; ``proportional`` scales its step by each domain's own sequence count, so a small
+domain's β moves more slowly than a global β would.
 
 Everything here is jax.numpy, safe under ``jit`` and ``vmap``.
 """

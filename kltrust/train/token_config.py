@@ -26,8 +26,8 @@ from kltrust.train import tokens as tok
 from kltrust.train.config_checks import (check_finite, check_keys, check_knobs, check_range,
                                          inf_fields, mesh_batch_shards)
 from kltrust.train.methods import METHODS, TokenMethod
-from kltrust.train.token_spec import (DOMAIN_CONTROLS, KL_ACTIONS, DataSpec, DomainSpec, FitSpec,
-                                      GuardSpec, TokenSpec)
+from kltrust.train.domain_config import domain_spec, validate_domains
+from kltrust.train.token_spec import KL_ACTIONS, DataSpec, FitSpec, GuardSpec, TokenSpec
 
 
 
@@ -203,38 +203,6 @@ def validate_guards(g: ml_collections.ConfigDict) -> None:
           "finite and > 1")
     check(is_int(g.max_rollbacks, 0), "guards.max_rollbacks", g.max_rollbacks, "an integer >= 0")
     check_choice(g.kl_action, KL_ACTIONS, "guards.kl_action")
-
-
-def validate_domains(config: ml_collections.ConfigDict) -> None:
-    """``config.domains`` and ``config.proxy_bug.domain`` (`DomainSpec`)."""
-    d = config.domains
-    check(is_int(d.count, 1) and d.count <= config.task.num_words, "domains.count", d.count,
-          f"an integer in [1, task.num_words = {config.task.num_words}] (a domain is a set of "
-          "first words)")
-    scale = tuple(d.kl_scale)
-    check(len(scale) in (0, d.count) and all(is_finite(s) and s > 0 for s in scale),
-          "domains.kl_scale", d.kl_scale,
-          f"empty (every domain 1) or {d.count} finite numbers > 0, one per domain")
-    check_choice(d.control, DOMAIN_CONTROLS, "domains.control")
-    bug = config.proxy_bug.domain
-    check(bug == -1 or (is_int(bug, 0) and bug < d.count), "proxy_bug.domain", bug,
-          f"-1 (every prompt) or a domain id in [0, domains.count = {d.count})")
-    if d.control != "per_domain" or config.stage != "policy":
-        return
-    check(d.count > 1, "domains.control", d.control,
-          "'global' when domains.count is 1 (there is one domain)")
-    rl = config.rl
-    supported = METHODS.get(rl.method, "rl.method").per_domain
-    check(rl.kl_placement in supported, "domains.control", d.control,
-          f"'global' for method {rl.method!r} with rl.kl_placement {rl.kl_placement!r} (per-domain "
-          f"envelopes need one of the placements {supported})")
-
-
-def domain_spec(config: ml_collections.ConfigDict) -> DomainSpec:
-    """The `DomainSpec` of a validated ``config.domains`` (`validate_domains`)."""
-    d = config.domains
-    return DomainSpec(count=d.count, kl_scale=tuple(float(s) for s in d.kl_scale) or
-                      (1.0,) * d.count, control=d.control)
 
 
 def guard_spec(g: ml_collections.ConfigDict) -> GuardSpec:
