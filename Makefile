@@ -55,7 +55,7 @@ install-brax: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/python -m experiments.sweep --sweep=configs/sweeps/demo.py --workdir=runs/demo
 
-# The recorded results of the README, regenerated (about 15 minutes on 2 CPU cores).
+# The recorded results of docs/results/ppo-control.md, regenerated (about 15 minutes on 2 CPU cores).
 PPO_VARIANTS := none clip kl_fixed kl_adaptive clip_kl kl_proportional kl_pid kl_ref
 ppo-tables: $(VENV)/.installed
 	$(BIN)/python -m experiments.compare --num_seeds=3 --threshold=475 --workdir=runs/ppo_cartpole \
@@ -150,7 +150,7 @@ sweep-timing: $(VENV)/.installed
 bench-tokens: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.token_throughput --batch=64,256 --repeats=5
 
-# The PPO and token-PPO update on 1 vs 8 (forced host) devices: a sanity figure (README).
+# The PPO and token-PPO update on 1 vs 8 (forced host) devices: a sanity figure (docs/howto/scaling.md).
 bench-sharding: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.sharding --repeats=3
 
