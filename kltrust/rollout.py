@@ -119,7 +119,7 @@ def rollout(
 
     Returns:
       (runner state, episode statistics, transitions [num_steps, num_envs, ...],
-       V(obs after the last step) [num_envs]).
+        V(obs after the last step) [num_envs]).
     """
 
     def step(carry: tuple[RunnerState, EpisodeStats], step_key: jax.Array):

@@ -53,9 +53,11 @@ def gaussian(
     argument is the Fisher information, diag(1/σ², 2) per dimension.
 
     Args:
-      mean, log_std: parameters of p, shape [..., D] (``log_std`` may be broadcast to ``mean``'s
+      mean: mean of p, shape [..., D].
+      log_std: log standard deviation of p, shape [..., D] (may be broadcast to ``mean``'s
         shape by the caller, e.g. a state-independent log-std).
-      mean_ref, log_std_ref: parameters of p_ref, same shape.
+      mean_ref: mean of p_ref, same shape.
+      log_std_ref: log standard deviation of p_ref, same shape.
 
     Returns:
       KL per distribution, shape [...].

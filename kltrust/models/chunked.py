@@ -119,8 +119,9 @@ def token_stats(
       mask: [B, T − start], 1 for the positions whose statistics are wanted (0 gives 0 there).
       start: first target position (the prompt length), 1 ≤ start < T; static.
       chunk: rows per chunk; must divide B (chunk = B is the whole-batch computation); static.
-      ref_sequence_fn, ref_params: the reference (e.g. ``LoRAModel.base.sequence`` and
-        ``LoRAModel.reference(params)``); None skips the reference fields.
+      ref_sequence_fn: the reference's sequence function (e.g. ``LoRAModel.base.sequence``);
+        None skips the reference fields.
+      ref_params: the reference's parameters (e.g. ``LoRAModel.reference(params)``).
       temperature: τ, applied to both models' logits (the distributions that sampled).
 
     Raises:

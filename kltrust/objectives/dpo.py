@@ -180,10 +180,12 @@ def loss(
     DPO family's knob ε).
 
     Args:
-      policy_chosen_logps, policy_rejected_logps: log π_θ(y|x) of the chosen and rejected response of
-        each pair, summed over the sequence, shape [B].
-      ref_chosen_logps, ref_rejected_logps: the same under π_ref, shape [B] (treated as constants:
-        no gradient flows into them).
+      policy_chosen_logps: log π_θ(y|x) of the chosen response of each pair, summed over the
+        sequence, shape [B].
+      policy_rejected_logps: the same for the rejected response, shape [B].
+      ref_chosen_logps: ``policy_chosen_logps`` under π_ref, shape [B] (treated as a constant:
+        no gradient flows into it).
+      ref_rejected_logps: ``policy_rejected_logps`` under π_ref, shape [B] (a constant too).
       beta: β > 0 (Python number or possibly traced scalar array).
       variant: "sigmoid" (DPO/cDPO), "ipo", "robust" (rDPO) or "hinge" (SLiC).
       label_smoothing: ε (see the module docstring).

@@ -118,16 +118,19 @@ def loss(
     """The (weighted) mean loss ``name`` over a batch of pairs, and its metrics.
 
     Args:
-      policy_chosen_logps, policy_rejected_logps: log π_θ(y|x) summed over each response, [B].
-      ref_chosen_logps, ref_rejected_logps: the same under π_ref, [B], constants (no gradient);
+      policy_chosen_logps: log π_θ(y|x) summed over each chosen response, [B].
+      policy_rejected_logps: the same for each rejected response, [B].
+      ref_chosen_logps: ``policy_chosen_logps`` under π_ref, [B], a constant (no gradient);
         may be None for a reference-free loss.
+      ref_rejected_logps: ``policy_rejected_logps`` under π_ref, [B], likewise.
       beta: β (Python number or a possibly traced scalar).
       name: a registered loss (``LOSSES``).
       hp: the loss's knobs (an instance of its ``hparams``); None = its defaults.
       weights: optional non-negative weight per pair; means become Σ w·ℓ / Σ w (with exact
         enumeration weights, population expectations).
-      chosen_lengths, rejected_lengths: response lengths [B] for length-normalised losses (None:
+      chosen_lengths: chosen response lengths [B] for length-normalised losses (None:
         length 1, e.g. a bandit's single action).
+      rejected_lengths: rejected response lengths [B], likewise.
 
     Returns:
       (loss, metrics): ``rewards_chosen``/``rewards_rejected`` (mean implicit reward β·s),
