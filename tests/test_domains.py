@@ -206,6 +206,10 @@ def test_each_domain_beta_follows_the_adaptive_rule_on_its_own_kl(per_domain_run
     final = per_domain_run.final[0]
     assert {f"{k}_d{d}" for k in ("gold", "proxy", "kl") for d in range(3)} <= set(final)
     json.dumps(final)  # per-domain rows stay valid JSON (an empty domain is None, not NaN)
+    # Each domain's samples are its own prompts' (prompt → response), at most three.
+    for d in range(3):
+        assert 1 <= len(final[f"samples_d{d}"]) <= 3
+        assert all(" → " in s for s in final[f"samples_d{d}"])
 
 
 def test_trpo_keeps_each_domain_within_its_own_budget_on_a_short_run(tmp_path):

@@ -239,17 +239,16 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
                        per_domain_anchor=spec.domains.per_domain)
     evals: list[dict] = []
 
-    eval_domains = np.asarray(domains.prompt_domains(task, frozen.eval_prompts))
+    # Which held-out prompts each domain shows in the evaluation rows (three each), found once.
+    eval_prompts = np.asarray(frozen.eval_prompts)
+    shown = [np.flatnonzero(np.asarray(domains.prompt_domains(task, eval_prompts)) == d)[:3]
+             for d in range(domains.num_domains(task))] if domains.num_domains(task) > 1 else []
 
     def domain_samples(responses) -> dict[str, list[str]]:
         """Up to three decoded samples of each domain's prompts (``samples_dD``), with their
         prompts: what a per-domain KL alarm logs."""
-        if domains.num_domains(task) == 1:
-            return {}
-        eval_prompts = np.asarray(frozen.eval_prompts)
         return {f"samples_d{d}": [f"{task.decode(eval_prompts[j])} → {task.decode(responses[j])}"
-                                  for j in np.flatnonzero(eval_domains == d)[:3]]
-                for d in range(domains.num_domains(task))}
+                                  for j in rows] for d, rows in enumerate(shown)}
 
     def evaluation(i: int, state) -> tuple[dict, list[dict]]:
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(eval_keys, i)
