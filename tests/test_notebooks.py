@@ -11,14 +11,14 @@ import pytest
 from experiments.notebooks import NOTEBOOKS, execute
 
 EXPECTED = ("01_quickstart", "02_kl_estimators", "03_trust_region_vs_penalty", "04_rlhf_frontier",
-            "05_exact_optimum")
+            "05_exact_optimum", "06_domain_budgets")
 
 
 def _notebooks() -> list[pathlib.Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
-def test_the_five_notebooks_exist():
+def test_the_notebooks_exist():
     assert tuple(p.stem for p in _notebooks()) == EXPECTED
 
 
