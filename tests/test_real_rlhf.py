@@ -238,8 +238,8 @@ def test_the_kl_guard_rolls_the_real_program_back_and_resumes_it(grpo_root, monk
     checked = []  # (evaluation, state checked, state returned), on the host
     check = kl_guard.KLGuard.check
 
-    def spy(self, state, hp, kls, i, seeds, rows=None):
-        got = check(self, state, hp, kls, i, seeds, rows)
+    def spy(self, state, hp, kls, i, seeds, rows=None, domain_kl=None):
+        got = check(self, state, hp, kls, i, seeds, rows, domain_kl)
         checked.append((i, jax.device_get(state), jax.device_get(got[0])))
         return got
 
