@@ -58,9 +58,11 @@ def domain_means(values: jax.Array, domains: jax.Array, count: int
 
         mean_d = Σ_i [d_i = d]·v_i / max(n_d, 1),   n_d = Σ_i [d_i = d].
     """
-    onehot = jax.nn.one_hot(domains, count, dtype=values.dtype)  # [B, D]
-    counts = onehot.sum(0)
-    return (values @ onehot) / jnp.maximum(counts, 1), counts
+    # A scatter-add, as `kltrust.objectives.trpo`'s grouped budgets, not a one-hot matmul: an
+    # accelerator may run an f32 matmul at reduced (TF32) precision, too coarse for the KL a
+    # controller steers by. Ids outside [0, D) (−1: a prompt the task cannot place) are dropped.
+    counts = jax.ops.segment_sum(jnp.ones_like(values), domains, count)
+    return jax.ops.segment_sum(values, domains, count) / jnp.maximum(counts, 1), counts
 
 
 def per_row(per_domain: jax.Array, domains: jax.Array) -> jax.Array:
