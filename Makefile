@@ -37,8 +37,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 # The documentation site (mkdocs.yml, docs/): the 'docs' extra (mkdocs, mkdocs-material, mkdocstrings,
-# and MathJax from django-static-mathjax, copied into the site so maths renders offline). Not part
-# of `make test`.
+# and MathJax from django-static-mathjax, copied into the site so maths renders offline). `make test`
+# builds it too (strict: a broken link or a missing API reference fails the suite).
 $(VENV)/.installed-docs: $(VENV)/.installed
 	$(PIP) install --quiet -c constraints.txt -e '.[docs]'
 	touch $@
@@ -204,10 +204,15 @@ docs: $(VENV)/.installed-docs
 
 # Multi-device tests need XLA_FLAGS set before JAX starts, so they run in their own process first;
 # pytest's exit code 5 ("no tests selected") is not a failure there.
-test: $(VENV)/.installed-dev
+# The main run is spread over TEST_WORKERS processes (pytest-xdist), one test file per process so
+# that a file's shared compiled programs are built once; JAX on CPU here runs one thread per
+# process (kltrust/__init__.py), so two workers use both cores of a 2-core machine.
+TEST_WORKERS ?= 2
+test: $(VENV)/.installed-dev $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir runs/site
 	XLA_FLAGS=$(MULTIDEVICE_FLAGS) $(BIN)/python -m pytest -q -m multidevice; \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
-	$(BIN)/python -m pytest -m "not multidevice" --durations=20
+	$(BIN)/python -m pytest -m "not multidevice" -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not multidevice and not slow"
