@@ -17,7 +17,9 @@ window.MathJax = {
 
 document$.subscribe(() => {
   if (!window.MathJax.typesetPromise) return; // not loaded yet: its own startup typesets the page
-  MathJax.startup.output.clearCache();
+  // Only CHTML output keeps a font cache; the SVG output used here has no clearCache (calling it threw
+  // and left a page reached by instant navigation untypeset).
+  if (MathJax.startup.output.clearCache) MathJax.startup.output.clearCache();
   MathJax.typesetClear();
   MathJax.texReset();
   MathJax.typesetPromise();
