@@ -5,7 +5,8 @@
     if __name__ == "__main__":
         cli.run(main)
 
-`run` replaces ``absl.app.run``. A flag or config the program cannot run with (an unknown
+`run` replaces ``absl.app.run``; it also switches on JAX's persistent compilation cache when
+``--compilation_cache`` asks for it (`kltrust.compile_cache`), before ``main`` compiles anything. A flag or config the program cannot run with (an unknown
 ``--config.KEY``, a value of the wrong type, a missing config file or preset, a required flag left
 out, a value the config's checks refuse) ends the program with one line on stderr,
 
@@ -38,6 +39,7 @@ from typing import Any, NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
+from kltrust import compile_cache
 from kltrust.errors import ConfigError, did_you_mean, one_line, unknown_key
 
 EXIT_BAD_INPUT = 2
@@ -47,6 +49,12 @@ EXIT_PREEMPTED = 143
 FLAGS = flags.FLAGS
 
 _CONFIG_DEFAULTS: dict[str, str | None] = {}  # config flag name -> its default FILE.py[:PRESET]
+
+# Every program here takes it: JAX's persistent compilation cache (kltrust.compile_cache), opt-in.
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", compile_cache.OFF,
+    "Keep compiled programs on disk and reuse them in later runs: 'off', 'user' "
+    "($KLTRUST_CACHE/xla or ~/.cache/kltrust/xla) or a directory.")
 
 
 def fail(message: str) -> NoReturn:
@@ -96,6 +104,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
     def guarded(argv: list[str]) -> Any:
         try:
+            compile_cache.configure(_COMPILATION_CACHE.value)  # before anything is compiled
             return main(argv)
         except (ConfigError, app.UsageError) as error:
             fail(str(error))

@@ -43,6 +43,11 @@ CASES = [
         ["experiments.kl_matrix", "--betas=0.1,0"],
         "error: --betas = '0.1,0': must be comma-separated finite numbers > 0 (e.g. 0.1,0.3,1.0).",
         id="kl-matrix-betas"),
+    pytest.param(
+        ["experiments.train", "--compilation_cache=setup.cfg"],
+        "error: --compilation_cache='setup.cfg': exists and is not a directory; must be 'off', "
+        "'user' or a directory",
+        id="train-compilation-cache-file"),
 ]
 
 
