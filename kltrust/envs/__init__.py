@@ -19,8 +19,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from kltrust.errors import ConfigError, check, check_choice, did_you_mean
-from kltrust.envs import brax_env
+from kltrust.envs.lazy_imports import import_gymnax
+
+import_gymnax()  # first: brax_env (and every later gymnax import) then finds seaborn deferred
+
+from kltrust.errors import ConfigError, check, check_choice, did_you_mean  # noqa: E402
+from kltrust.envs import brax_env  # noqa: E402
 
 GYMNAX_NAMES = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0")
 BRAX_PREFIX = "brax:"
@@ -39,9 +43,7 @@ class Family:
 
 
 def _make_gymnax(env_name: str) -> tuple[Any, Any]:
-    import gymnax  # noqa: PLC0415 - kept beside the family that needs it
-
-    return gymnax.make(env_name)
+    return import_gymnax().make(env_name)
 
 
 def _check_gymnax(env_name: str, key: str) -> None:

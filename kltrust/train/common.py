@@ -12,12 +12,12 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kltrust import envs, sharding
+from gymnax.environments import spaces as gymnax_spaces  # after kltrust.envs: see envs.lazy_imports
 from kltrust.errors import check
 from kltrust.envs.normalize import RunningStats
 from kltrust.models import ActorCritic
@@ -31,7 +31,7 @@ def model_and_env(env_name: str, hidden: tuple[int, ...], activation: str):
     env has gymnax's interface whatever its family (`kltrust.envs.make`)."""
     env, env_params = envs.make(env_name)
     space = env.action_space(env_params)
-    discrete = isinstance(space, gymnax.environments.spaces.Discrete)
+    discrete = isinstance(space, gymnax_spaces.Discrete)
     action_dim = space.n if discrete else int(np.prod(space.shape))
     return ActorCritic(action_dim, discrete, hidden, activation), env, env_params
 
