@@ -20,3 +20,9 @@ if _os.environ.get("KLTRUST_EIGEN_THREADS") != "1" and "xla_cpu_multi_thread_eig
 if ("xla_force_host_platform_device_count" in _os.environ.get("XLA_FLAGS", "")
         and "xla_cpu_enable_concurrency_optimized_scheduler" not in _os.environ["XLA_FLAGS"]):
     _os.environ["XLA_FLAGS"] += " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+# Threefry (jax.random) lowered on CPU as one fused kernel rather than a rolled loop of small ops:
+# same bits, far fewer dispatched operations per rollout step (kltrust/threefry_cpu.py).
+from kltrust import threefry_cpu as _threefry_cpu  # noqa: E402
+
+_threefry_cpu.install()
