@@ -47,6 +47,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["1", "2", "4", "8"], "Numbers of vmapped se
 _EPOCHS = flags.DEFINE_list("epochs", ["1", "10"], "Epochs per update (two values split the time).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed chunks per setting; the median is reported.")
 _UPDATES = flags.DEFINE_integer("updates", 40, "Updates per timed chunk.")
+_MESH_RUNS = flags.DEFINE_integer(
+    "mesh_runs", 1, "Devices the seeds are split over (config.mesh.runs); with more than one, start "
+    "with XLA_FLAGS=--xla_force_host_platform_device_count=N to give each CPU core a device.")
 _PROFILE = flags.DEFINE_bool("profile", False, "Also count the executed operations per update.")
 
 
@@ -61,6 +64,8 @@ def rejax_config(num_seeds: int, num_epochs: int):
     config.total_timesteps = _UPDATES.value * config.num_envs * config.num_steps
     config.hparams.learning_rate = 3e-4
     config.hparams.ent_coef = 0.0
+    config.mesh.runs = _MESH_RUNS.value
+    config.mesh.data = 1
     return config
 
 
@@ -148,6 +153,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     threads = "Eigen threads on" if os.environ.get("KLTRUST_EIGEN_THREADS") == "1" else "one thread"
+    threads += f", seeds over {_MESH_RUNS.value} device(s)"
     rows = {}
     for num_epochs in map(int, _EPOCHS.value):
         for num_seeds in map(int, _SEEDS.value):
