@@ -214,6 +214,29 @@ def test_sweep_run_axis_is_spread_over_devices():
     assert kernel.shape[0] == 3
 
 
+@pytest.mark.parametrize("family,preset", [("ppo", "cartpole_clip"), ("trpo", "cartpole_trpo")])
+def test_seeds_over_two_devices_run_several_chunks(family, preset):
+    """runs=2 on 2 devices (data = 1), two chunks: the second chunk takes the first one's output.
+    (It used to refuse it: init left the per-run optimiser counters replicated, the chunk returned
+    them split over ``runs``, and the chunk compiled for the former rejected the latter.)"""
+    config = _config(family, preset)
+    config.num_seeds = 2
+    config.total_timesteps = 8 * 16 * 6  # two chunks of 3 updates
+    spec = control_config.spec_from_config(config)
+    alone = loop.train(spec, mesh=sharding.make_mesh(1), progress=False)
+    spread = loop.train(spec, mesh=sharding.make_mesh(2, runs=2), progress=False)
+    assert spread.metrics["kl_old"].shape == alone.metrics["kl_old"].shape == (2, 6)
+    # The tolerances of test_one_and_eight_devices_agree, for the same reasons: a different mesh is
+    # a different XLA program whose float32 reductions round differently, and TRPO's step is only
+    # as accurate as CG's round-off-level residual (which must be small on both, not equal).
+    rtol, atol = (2e-4, 1e-6) if family == "ppo" else (2e-3, 1e-4)
+    for name, values in alone.metrics.items():
+        if name.startswith("cg_"):
+            assert np.all(spread.metrics["cg_relative_residual"] < 1e-2)
+            continue
+        np.testing.assert_allclose(spread.metrics[name], values, rtol=rtol, atol=atol, err_msg=name)
+
+
 def test_token_batches_must_split_over_the_mesh():
     config = _token_config("ppo", dict(data=8))
     config.rl.update(batch_prompts=4)

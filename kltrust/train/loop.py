@@ -85,6 +85,12 @@ def _to_json_value(x: Any) -> Any:
     return x if np.isfinite(x) else None
 
 
+def _same_placement(a: Any, b: Any, like: Any) -> bool:
+    """Whether the sharding trees ``a`` and ``b`` place every array of ``like`` the same way."""
+    return all(x.is_equivalent_to(y, leaf.ndim) for x, y, leaf in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(like)))
+
+
 def train(
     spec: ControlSpec,
     workdir: str | pathlib.Path | None = None,
@@ -137,6 +143,14 @@ def train(
     start = time.perf_counter()
     state = init(jnp.asarray(padded_seeds), hparams)
     compiled_chunk = run_chunk.lower(state, hparams).compile()
+    # A chunk's output state is the next chunk's input. Where XLA placed an output otherwise than
+    # the input it was compiled for (seen with runs > 1 and data = 1: init leaves the per-run
+    # optimiser counters replicated, the chunk returns them split over ``runs``), chunk 2 would
+    # refuse chunk 1's output; so start from the chunk's own output placement and compile for it.
+    placed = compiled_chunk.output_shardings[0]
+    if not _same_placement(compiled_chunk.input_shardings[0][0], placed, state):
+        state = jax.device_put(state, placed)
+        compiled_chunk = run_chunk.lower(state, hparams).compile()
     compile_seconds = time.perf_counter() - start
 
     write_rows = None
