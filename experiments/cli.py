@@ -6,9 +6,10 @@
         cli.run(main)
 
 `run` replaces ``absl.app.run``; it also switches on JAX's persistent compilation cache when
-``--compilation_cache`` asks for it (`kltrust.compile_cache`), before ``main`` compiles anything. A flag or config the program cannot run with (an unknown
-``--config.KEY``, a value of the wrong type, a missing config file or preset, a required flag left
-out, a value the config's checks refuse) ends the program with one line on stderr,
+``--compilation_cache`` asks for it (`kltrust.compile_cache`), before ``main`` compiles anything.
+A flag or config the program cannot run with (an unknown ``--config.KEY``, a value of the wrong
+type, a missing config file or preset, a required flag left out, a value the config's checks
+refuse) ends the program with one line on stderr,
 
     error: config.hparams.learnign_rate: unknown key; did you mean 'learning_rate'? the keys ...
     error: config.hparams.learning_rate = inf: must be in (0.0, inf).
