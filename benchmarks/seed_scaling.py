@@ -5,8 +5,9 @@
 At rejax's CartPole settings (4 envs × 128 steps, 4 minibatches, lr 3e-4 not annealed, no entropy
 bonus; epochs 10, and 1 to separate the parts), for each number of vmapped seeds: one compiled
 chunk of updates is timed directly (no host loop, no checkpointing; median of ``--repeats``), and
-the dense layers' floating-point operations are counted from the widths (XLA's cost analysis counts
-a while loop's body once, so it cannot count a scanned program). The update time then splits into the rollout (+ GAE) and one epoch of minibatch gradient steps,
+the dense layers' floating-point operations are counted from the widths (XLA's cost analysis
+counts a while loop's body once, so it cannot count a scanned program). The update time then
+splits into the rollout (+ GAE) and one epoch of minibatch gradient steps,
 
     t(E epochs) = t_rollout + E · t_epoch  ⇒  t_epoch = (t(10) − t(1)) / 9,
 
@@ -41,7 +42,7 @@ from absl import app, flags, logging
 from configs import ppo as ppo_configs
 from kltrust import sharding
 from kltrust import train as programs
-from kltrust.train import common, control_config
+from kltrust.train import common, control_config, loop
 
 _SEEDS = flags.DEFINE_list("seeds", ["1", "2", "4", "8"], "Numbers of vmapped seeds.")
 _EPOCHS = flags.DEFINE_list("epochs", ["1", "10"], "Epochs per update (two values split the time).")
@@ -80,8 +81,7 @@ def time_chunk(num_seeds: int, num_epochs: int, profile: bool = False) -> dict:
     hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds),) + x.shape), spec.hparams)
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
-    state = init(jnp.asarray(seeds), hparams)
-    compiled = run_chunk.lower(state, hparams).compile()
+    state, compiled = loop.init_and_compile(init, run_chunk, jnp.asarray(seeds), hparams)
     compile_s = time.perf_counter() - start
     state, _ = compiled(state, hparams)  # warm-up
     jax.block_until_ready(state)
@@ -94,8 +94,8 @@ def time_chunk(num_seeds: int, num_epochs: int, profile: bool = False) -> dict:
     seconds = statistics.median(times)
     steps = _UPDATES.value * spec.static.batch_size * num_seeds
     ops = executed_ops(lambda: jax.block_until_ready(compiled(state, hparams))) if profile else None
-    return {"ops": ops,"seeds": num_seeds, "epochs": num_epochs, "compile_s": compile_s, "chunk_s": seconds,
-            "per_update_ms": 1e3 * seconds / _UPDATES.value, "steps_per_s": steps / seconds,
+    return {"ops": ops, "seeds": num_seeds, "epochs": num_epochs, "compile_s": compile_s,
+            "chunk_s": seconds, "per_update_ms": 1e3 * seconds / _UPDATES.value, "steps_per_s": steps / seconds,
             "gflops": dense_flops(spec.static) * _UPDATES.value * num_seeds / seconds / 1e9}
 
 
@@ -182,8 +182,6 @@ def main(argv: Sequence[str]) -> None:
             rollout = t_lo - lo * epoch
             print(f"| {num_seeds} | {rollout:.2f} | {epoch:.2f} | "
                   f"{10 * epoch / (rollout + 10 * epoch):.0%} |")
-
-
     if _PROFILE.value:
         print_profiles(rows)
 

@@ -91,6 +91,25 @@ def _same_placement(a: Any, b: Any, like: Any) -> bool:
                zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(like)))
 
 
+def init_and_compile(init: Callable, run_chunk: Any, seeds: jax.Array,
+                     hparams: Any) -> tuple[Any, Any]:
+    """(initial state, the chunk compiled for it) from `kltrust.train.common.compile_run`'s pair.
+
+    A chunk's output state is the next chunk's input. Where XLA placed an output otherwise than
+    the input it was compiled for (seen with runs > 1 and data = 1: init leaves the per-run
+    optimiser counters replicated, the chunk returns them split over ``runs``), chunk 2 would
+    refuse chunk 1's output; so the state starts from the chunk's own output placement and the
+    chunk is compiled again for it (only then: on one device the two always agree).
+    """
+    state = init(seeds, hparams)
+    compiled = run_chunk.lower(state, hparams).compile()
+    placed = compiled.output_shardings[0]
+    if not _same_placement(compiled.input_shardings[0][0], placed, state):
+        state = jax.device_put(state, placed)
+        compiled = run_chunk.lower(state, hparams).compile()
+    return state, compiled
+
+
 def train(
     spec: ControlSpec,
     workdir: str | pathlib.Path | None = None,
@@ -141,16 +160,7 @@ def train(
 
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
-    state = init(jnp.asarray(padded_seeds), hparams)
-    compiled_chunk = run_chunk.lower(state, hparams).compile()
-    # A chunk's output state is the next chunk's input. Where XLA placed an output otherwise than
-    # the input it was compiled for (seen with runs > 1 and data = 1: init leaves the per-run
-    # optimiser counters replicated, the chunk returns them split over ``runs``), chunk 2 would
-    # refuse chunk 1's output; so start from the chunk's own output placement and compile for it.
-    placed = compiled_chunk.output_shardings[0]
-    if not _same_placement(compiled_chunk.input_shardings[0][0], placed, state):
-        state = jax.device_put(state, placed)
-        compiled_chunk = run_chunk.lower(state, hparams).compile()
+    state, compiled_chunk = init_and_compile(init, run_chunk, jnp.asarray(padded_seeds), hparams)
     compile_seconds = time.perf_counter() - start
 
     write_rows = None
