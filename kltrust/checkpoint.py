@@ -75,6 +75,7 @@ class Checkpoints:
             item_handlers=ocp.StandardCheckpointHandler())
 
     def steps(self) -> list[int]:
+        """The steps that have a checkpoint, oldest first."""
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any) -> None:
@@ -82,9 +83,11 @@ class Checkpoints:
         self._manager.save(step, args=ocp.args.StandardSave(state))
 
     def wait(self) -> None:
+        """Blocks until every asynchronous save has finished writing."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for pending saves, then releases the manager (no saves after this)."""
         self._manager.wait_until_finished()
         self._manager.close()
 

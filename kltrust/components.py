@@ -212,6 +212,10 @@ class Registry(Generic[T]):
         self._discovered = package is None
 
     def register(self, name: str, entry: T | None = None) -> Any:
+        """Adds ``entry`` under ``name``, or (without ``entry``) returns a decorator that does.
+        
+        Registering the same object twice is harmless; a second object under one name raises.
+        """
         if entry is None:
             return lambda obj: self.register(name, obj)
         if name in self._entries and self._entries[name] is not entry:
@@ -230,10 +234,12 @@ class Registry(Generic[T]):
                 importlib.import_module(f"{self._package}.{module.name}")
 
     def names(self) -> tuple[str, ...]:
+        """The registered names, in registration order (discovering the package's modules first)."""
         self._discover()
         return tuple(self._entries)
 
     def items(self) -> Iterator[tuple[str, T]]:
+        """``(name, entry)`` pairs in registration order (a snapshot: registering meanwhile is safe)."""
         self._discover()
         return iter(list(self._entries.items()))
 
@@ -241,6 +247,9 @@ class Registry(Generic[T]):
         return name in self.names()
 
     def get(self, name: str, key: str = "") -> T:
+        """The entry registered as ``name``; an unknown name raises a `ConfigError` naming config
+        ``key`` (with a did-you-mean when ``key`` is given).
+        """
         if name not in self.names():
             if key:
                 check_choice(name, self.names(), key)

@@ -52,17 +52,22 @@ class ControlFamily:
         return config.get("algorithm") in ("ppo", "trpo")
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
+        """A control run's config, checked by `control_config.validate` (raises `ConfigError`)."""
         from kltrust.train import control_config
 
         control_config.validate(config)
 
     def units(self, config: ml_collections.ConfigDict) -> int:
+        """Progress units of one run: its number of updates."""
         from kltrust.train import control_config
 
         return control_config.num_updates(config)
 
     def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
                   advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        """Trains a group of runs sharing a static config as one program (seeds and hyperparameters
+        stacked) and returns each run's recorded rows and the group's timing.
+        """
         from kltrust.train import control_config, loop
 
         # The boundary: each run's config is read into a spec here; the group shares the static
@@ -99,6 +104,7 @@ class TokenFamily:
         return "rl" in config
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
+        """A token run's config: a sweep runs policy stages only, then `pipeline.validate`."""
         from kltrust.train import pipeline
 
         if config.stage != "policy":
@@ -107,6 +113,7 @@ class TokenFamily:
         pipeline.validate(config)
 
     def units(self, config: ml_collections.ConfigDict) -> int:
+        """Progress units of one run: its updates, or its best-of-n sizes for best-of-n."""
         from kltrust.train.methods import METHODS
 
         if not METHODS.get(config.rl.method).trains:  # best-of-n
@@ -115,6 +122,9 @@ class TokenFamily:
 
     def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
                   advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        """Runs (or reuses) the shared SFT and reward-model stages, then the group's policy stages
+        as one program; returns each run's evaluation rows and the group's timing.
+        """
         del record_every  # token runs record every evaluation (rl.updates_per_eval)
         from kltrust.train import pipeline
         from kltrust.train.methods import METHODS
@@ -163,6 +173,7 @@ class BanditFamily:
         return config.get("algorithm") == "bandit"
 
     def validate(self, config: ml_collections.ConfigDict) -> None:
+        """A bandit run's config: one run spec, and one data-set size for sampled preferences."""
         from kltrust.train import bandit
 
         bandit.validate(config)
@@ -174,6 +185,7 @@ class BanditFamily:
                   "one data-set size in a sweep (grid over num_pairs=(N,) to vary it)")
 
     def units(self, config: ml_collections.ConfigDict) -> int:
+        """Progress units of one run: its number of steps."""
         return config.num_steps
 
     @staticmethod
@@ -192,6 +204,9 @@ class BanditFamily:
 
     def run_group(self, runs: Sequence[Any], root: pathlib.Path, record_every: int,
                   advance: Callable[[int], None]) -> tuple[list[list[dict]], dict]:
+        """Trains a group of bandit runs as one program and returns each run's recorded rows (the
+        exact KL and reward against π*_β) and the group's timing.
+        """
         del root
         from kltrust.train import bandit_config, bandit_run
 

@@ -120,6 +120,7 @@ def batch_shards(mesh: Mesh) -> int:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that keeps a full copy of an array on every device of ``mesh``."""
     return NamedSharding(mesh, PartitionSpec())
 
 

@@ -33,6 +33,9 @@ class HParams:
 
 def rule(state: controllers.ControllerState, observed_kl: jax.Array, n: jax.Array
          ) -> controllers.ControllerState:
+    """One step of the adaptive rule above: β divided or multiplied by ``factor`` outside the band
+    (KL_targ/1.5, 1.5·KL_targ) around the target, unchanged inside it.
+    """
     del n
     target = state.hparams.kl_target
     too_small = observed_kl < target / _BAND

@@ -43,6 +43,7 @@ class HParams:
 
 def rule(state: controllers.ControllerState, observed_kl: jax.Array, n: jax.Array
          ) -> controllers.ControllerState:
+    """One projected dual step: β ← max(β_min, β + η·(KL − KL_targ)); ``n`` is unused."""
     del n
     hp = state.hparams
     ascent = state.beta + hp.step_size * (observed_kl - hp.kl_target)

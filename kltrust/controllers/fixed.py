@@ -20,6 +20,7 @@ class HParams:
 
 def rule(state: controllers.ControllerState, observed_kl: jax.Array, n: jax.Array
          ) -> controllers.ControllerState:
+    """β never moves: the state is returned as it came."""
     del observed_kl, n
     return state
 

@@ -34,12 +34,18 @@ class HParams:
 
 
 def start(beta: jax.Array, hparams: HParams) -> dict[str, jax.Array]:
+    """The PID memory before the first update: the integral term starts at β (so the first
+    update continues from the initial β) and the previous error at 0.
+    """
     del hparams
     return {"integral": beta, "prev_error": jnp.zeros_like(beta)}
 
 
 def rule(state: controllers.ControllerState, observed_kl: jax.Array, n: jax.Array
          ) -> controllers.ControllerState:
+    """One PID step, e = KL − target:
+    I ← max(0, I + K_I·e), β = max(0, K_P·e + I + K_D·max(0, e − e_prev)).
+    """
     del n
     hp, memory = state.hparams, state.memory
     error = observed_kl - hp.kl_target

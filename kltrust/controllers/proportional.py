@@ -38,6 +38,7 @@ class HParams:
 
 def rule(state: controllers.ControllerState, observed_kl: jax.Array, n: jax.Array
          ) -> controllers.ControllerState:
+    """One step: β ← β · max(0, 1 + K · clip(KL/KL_targ − 1, ±0.2) · n / H)."""
     hp = state.hparams
     error = jnp.clip(observed_kl / hp.kl_target - 1.0, -_CLIP, _CLIP)
     step = hp.gain * n / hp.horizon

@@ -148,9 +148,11 @@ class BraxEnv:
         return BraxParams(max_steps_in_episode=self.episode_length)
 
     def action_space(self, params: BraxParams | None = None) -> spaces.Box:
+        """Actions in [−1, 1]^action_size, Brax's convention for its control tasks."""
         return spaces.Box(-1.0, 1.0, (self.env.action_size,), jnp.float32)
 
     def observation_space(self, params: BraxParams | None = None) -> spaces.Box:
+        """Unbounded observations of the task's observation size."""
         return spaces.Box(-jnp.inf, jnp.inf, (self.env.observation_size,), jnp.float32)
 
     def reset(self, key: jax.Array, params: BraxParams | None = None

@@ -144,6 +144,7 @@ class ValueHead:
         return self.model.decode(params["model"], tokens, cache)
 
     def empty_cache(self, batch: int) -> Cache:
+        """The wrapped model's empty decoding cache for ``batch`` sequences."""
         return self.model.empty_cache(batch)
 
 

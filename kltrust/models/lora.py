@@ -338,6 +338,7 @@ class LoRAModel:
         return params["base"]
 
     def sequence(self, params: Params, tokens: jax.Array):
+        """The base model's ``sequence`` at the merged weights W + s·A@B (s = α/r)."""
         return self.base.sequence(self.merged(params), tokens)
 
     def features(self, params: Params, tokens: jax.Array):
@@ -349,9 +350,11 @@ class LoRAModel:
         return self.base.width
 
     def decode(self, params: Params, tokens: jax.Array, cache: Cache):
+        """The base model's cached ``decode`` at the merged weights W + s·A@B (s = α/r)."""
         return self.base.decode(self.merged(params), tokens, cache)
 
     def empty_cache(self, batch: int) -> Cache:
+        """The base model's empty decoding cache for ``batch`` sequences."""
         return self.base.empty_cache(batch)
 
     def param_shardings(self, mesh: jax.sharding.Mesh, params: Any) -> Any:

@@ -170,6 +170,7 @@ class TokenActorCritic(nn.Module):
         return logits, self.value_head(critic_hidden)[..., 0]
 
     def decode(self, tokens: jax.Array, cache: KVCache):
+        """Logits of ``tokens`` appended after the ``cache``'s contents, and the extended cache."""
         hidden, cache = self.trunk(tokens, cache)
         return self.lm_head(hidden), cache
 
@@ -214,6 +215,7 @@ class TransformerLM:
         return self.config.max_len
 
     def init(self, key: jax.Array) -> Any:
+        """Fresh parameters from ``key`` (traced at the configured ``max_len``)."""
         return self.module.init(key, jnp.zeros((1, self.config.max_len), jnp.int32))
 
     def start_from(self, reference_params: Any, key: jax.Array) -> Any:
@@ -233,9 +235,11 @@ class TransformerLM:
         return self.module.apply(params, tokens)
 
     def decode(self, params: Any, tokens: jax.Array, cache: KVCache):
+        """Logits of ``tokens`` appended after the ``cache``'s contents, and the extended cache."""
         return self.module.apply(params, tokens, cache, method=TokenActorCritic.decode)
 
     def empty_cache(self, batch: int) -> KVCache:
+        """An empty key/value cache for ``batch`` sequences."""
         return KVCache.empty(self.config, batch)
 
     def param_shardings(self, mesh: jax.sharding.Mesh, params: Any) -> Any:

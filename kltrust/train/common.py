@@ -109,6 +109,7 @@ class ControlTrainer:
         return model_and_env(self.static.env_name, self.static.hidden, self.static.activation)
 
     def apply_fn(self, params: Any, obs: jax.Array):
+        """The actor-critic's outputs (action distribution parameters and value) at ``obs``."""
         model, _, _ = self._model_and_env
         return model.apply(params, obs)
 

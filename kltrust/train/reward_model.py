@@ -54,6 +54,7 @@ class Scorer:
 
 
 def pair_scores(config: TransformerConfig, params: Any, pairs: dict) -> tuple[jax.Array, jax.Array]:
+    """The reward model's scores of the chosen and the rejected responses, each [pairs]."""
     chosen = tok.score(config, params, pairs["prompt"], pairs["chosen"], pairs["chosen_mask"])
     rejected = tok.score(config, params, pairs["prompt"], pairs["rejected"],
                          pairs["rejected_mask"])
@@ -61,11 +62,15 @@ def pair_scores(config: TransformerConfig, params: Any, pairs: dict) -> tuple[ja
 
 
 def bradley_terry_loss(config: TransformerConfig, params: Any, pairs: dict) -> jax.Array:
+    """The Bradley–Terry loss −E[log σ(r(x, y_w) − r(x, y_l))]."""
     chosen, rejected = pair_scores(config, params, pairs)
     return -jnp.mean(jax.nn.log_sigmoid(chosen - rejected))
 
 
 def accuracy(config: TransformerConfig, params: Any, pairs: dict) -> dict[str, float]:
+    """Held-out metrics: agreement with the gold margin (pairs with a gold tie left out), with
+    the labels, and the Bradley–Terry loss.
+    """
     chosen, rejected = jax.device_get(jax.jit(pair_scores, static_argnums=0)(config, params, pairs))
     margin_gold = np.asarray(pairs["gold_chosen"]) - np.asarray(pairs["gold_rejected"])
     decided = margin_gold != 0

@@ -222,6 +222,9 @@ class Trainer:
     # ------------------------------------------------------------ init
 
     def init(self, seed: jax.Array, hp: HParams, frozen: tok.Frozen) -> TrainState:
+        """The train state before the first update: the policy started from the reference, the
+        optimiser at the run's learning rate, the controller's state, the run's key.
+        """
         key, init_key = jax.random.split(jax.random.PRNGKey(seed))
         params = self.constrain_params(self.policy.start_from(frozen.ref_params, init_key))
         opt_state = self.constrain_params(
@@ -404,6 +407,8 @@ class Trainer:
                             length=self.static.updates_per_eval)
 
     def evaluate(self, state: TrainState, frozen: tok.Frozen, key: jax.Array, with_kl: bool = True):
+        """`tokens.evaluate` at ``state``'s policy: held-out gold, proxy, (``with_kl``) the exact
+        sequence KL to the reference, and the responses."""
         frozen = frozen.replace(eval_prompts=self.constrain_batch(frozen.eval_prompts))
         return tok.evaluate(self.policy, self.reference, self.static.reward_model, state.params,
                             frozen, key, with_kl=with_kl, stats_chunk=self.static.stats_chunk)

@@ -81,6 +81,9 @@ def adam(max_grad_norm: float,
 
 
 def set_learning_rate(opt_state: Any, learning_rate: jax.Array) -> Any:
+    """``opt_state`` (an `optax.inject_hyperparams` state) with its learning rate replaced; the
+    rate travels in the state so a sweep can vary it without recompiling.
+    """
     return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": learning_rate})
 
 
@@ -180,6 +183,9 @@ def save_params(directory: pathlib.Path, params: Any) -> None:
 
 
 def load_params(directory: pathlib.Path, template: Any) -> Any:
+    """A stage's saved parameters, restored into ``template``'s structure; raises
+    `FileNotFoundError` when the stage has not run.
+    """
     path = pathlib.Path(directory) / PARAMS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run that stage first.")
@@ -187,6 +193,7 @@ def load_params(directory: pathlib.Path, template: Any) -> Any:
 
 
 def is_done(directory: pathlib.Path) -> bool:
+    """Whether the stage in ``directory`` has saved its parameters (its completion mark)."""
     return (pathlib.Path(directory) / PARAMS_FILE).exists()
 
 

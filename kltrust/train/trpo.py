@@ -59,6 +59,9 @@ class HParams:
         "inf: no clipping)", low=0, low_open=True, allow_inf=True)
 
     def step_coefs(self) -> trpo.StepCoefs:
+        """The trust-region step's coefficients (δ, the KL budget, damping, backtracking factor, CG
+        tolerance) as the objective's `StepCoefs`.
+        """
         return trpo.StepCoefs(self.delta, self.kl_budget, self.damping, self.backtrack_factor,
                               self.cg_residual_tol)
 
@@ -116,6 +119,7 @@ def split_params(params: Any) -> tuple[Any, Any]:
 
 
 def merge_params(policy: Any, critic: Any) -> Any:
+    """One parameter tree holding the policy's and the critic's parameters, as the model expects."""
     return {"params": {**policy, CRITIC: critic}}
 
 

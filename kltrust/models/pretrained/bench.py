@@ -37,6 +37,7 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def greedy(model, params, prompt: str, new: int) -> str:
+    """The greedy continuation (``new`` tokens) of ``prompt``, decoded with the model's cache."""
     tok = model.tokenizer
     ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prompt)
     decode = jax.jit(model.decode)
@@ -49,6 +50,7 @@ def greedy(model, params, prompt: str, new: int) -> str:
 
 
 def main() -> None:
+    """The command line above: parses the flags, times the model and prints the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", default="smollm2-135m", choices=sorted(pretrained.MODELS))
     parser.add_argument("--dtype", default="float32")

@@ -85,6 +85,7 @@ class ArchConfig:
         return self.sliding_window > 0 and (layer + 1) % self.global_every != 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-serialisable: what the float32 cache stores)."""
         return dataclasses.asdict(self)
 
     @classmethod

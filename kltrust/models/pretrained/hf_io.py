@@ -74,6 +74,7 @@ def _safetensors_numpy():
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path``, or ``{}`` when the file does not exist (optional HF files)."""
     return json.loads(path.read_text()) if path.exists() else {}
 
 

@@ -196,6 +196,7 @@ def random_params(cfg: ArchConfig, key: jax.Array) -> Params:
 
 
 def cast(params: Any, dtype: str) -> Any:
+    """Every leaf of ``params`` as an array of ``dtype``."""
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
 
 
@@ -253,9 +254,13 @@ class PretrainedLM:
 
     def decode(self, params: Params, tokens: jax.Array,
                cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Logits of ``tokens`` [B, T] appended after the ``cache``'s contents, and the cache
+        extended by them.
+        """
         return forward(self.config, params, tokens, cache)
 
     def empty_cache(self, batch: int) -> KVCache:
+        """An empty key/value cache for ``batch`` sequences of up to ``config.max_len`` tokens."""
         c = self.config
         shape = (c.num_layers, batch, c.max_len, c.num_kv_heads, c.head_dim)
         return KVCache(jnp.zeros(shape, c.dtype), jnp.zeros(shape, c.dtype),

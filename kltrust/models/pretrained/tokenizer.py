@@ -105,6 +105,7 @@ class ByteLevelBPETokenizer(_Base):
         return cls(backend, **_special_ids(meta))
 
     def save(self, directory: Path) -> None:
+        """Writes the tokenizer (its JSON and the special ids) into ``directory``."""
         (directory / self.FILE).write_text(self._backend.to_str())
         (directory / "tokenizer_ids.json").write_text(json.dumps(self._ids_json()))
 
@@ -159,6 +160,7 @@ class SentencePieceTokenizer(_Base):
         return cls(model.SerializeToString(), **ids)
 
     def save(self, directory: Path) -> None:
+        """Writes the tokenizer (its model proto and the special ids) into ``directory``."""
         (directory / self.FILE).write_bytes(self._proto)
         (directory / "tokenizer_ids.json").write_text(json.dumps(self._ids_json()))
 
@@ -232,6 +234,9 @@ KINDS = {"gpt2": ByteLevelBPETokenizer, "llama": SentencePieceTokenizer}
 
 
 def from_metadata(meta: dict[str, Any]) -> ByteLevelBPETokenizer | SentencePieceTokenizer:
+    """The tokenizer a GGUF file's metadata describes (``tokenizer.ggml.model``: BPE or
+    SentencePiece); another kind raises `NotImplementedError`.
+    """
     kind = meta["tokenizer.ggml.model"]
     if kind not in KINDS:
         raise NotImplementedError(f"GGUF tokenizer model {kind!r}: only {sorted(KINDS)}.")

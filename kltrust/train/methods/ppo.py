@@ -13,6 +13,9 @@ from kltrust.train.methods import TokenMethod, register
 
 
 def update(trainer, state, hp, frozen):
+    """One PPO update of the token policy: sample and score responses, place the KL (reward or
+    loss), token-level GAE, then the clipped-surrogate epochs over minibatches.
+    """
     s = trainer.static
     key, (k_sgd,), prompts, ro, proxy = trainer.sample_and_score(state, frozen, 4,
                                                                  s.uses_reference)

@@ -58,6 +58,9 @@ def ravel_trainable(params: Any, param_labels: Callable[[Any], Any] | None = Non
 
 
 def update(trainer, state, hp, frozen):
+    """One TRPO update of the token policy: sample and score groups, RLOO advantages, then the
+    conjugate-gradient step inside the KL trust region with its line search.
+    """
     s = trainer.static
     key, _, prompts, ro, proxy = trainer.sample_and_score(state, frozen, 3, s.uses_reference)
     advantage = grpo.group_advantages(proxy, s.group_size, baseline="rloo")
