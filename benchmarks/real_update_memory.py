@@ -2,7 +2,7 @@
 teacher-forced statistics (``rl.stats_chunk``).
 
     PYTHONPATH=. python -m benchmarks.real_update_memory [--model=smollm2-135m --presets=grpo,ppo
-        --policies=full,lora --chunks=0,4,1 --run=grpo/lora/0]
+        --policies=full,lora --chunks=0,4,1 --remat=false,true --run=grpo/lora/0/false]
 
 The program is the real-model program's own (`kltrust.train.real_rlhf`, presets configs/real.py):
 the same `rlhf.Trainer` with the pretrained base as the reference, the `TrunkReward` proxy on its
@@ -22,7 +22,11 @@ each jit argument separately: the base appears as ``frozen.ref_params``, as the 
 as ``state.params["base"]`` (a separate copy at run time: the jitted ``init`` returns one, and
 each update returns a new one, nothing being donated); the base's size is printed first.
 
-``--run=PRESET/POLICY/CHUNK`` afterwards runs one update of that cell on the real weights and
+``--remat``: ``config.model.remat`` (each layer recomputed in the policy's backward pass; for
+*full* the trained model itself is rematerialised), so its effect on the temporaries can be read
+off row against row.
+
+``--run=PRESET/POLICY/CHUNK/REMAT`` afterwards runs one update of that cell on the real weights and
 prints the process's peak RSS (`resource.getrusage`, which includes everything the process
 touched before: the loaded weights, the compiles).
 """
@@ -30,6 +34,7 @@ touched before: the loaded weights, the compiles).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import resource
 import time
 
@@ -53,8 +58,10 @@ flags.DEFINE_string("dtype", "float32", "weights' dtype")
 flags.DEFINE_list("presets", ["grpo", "ppo"], "configs/real.py presets (their sizes)")
 flags.DEFINE_list("policies", ["full", "lora"], "full (fine-tune) and/or lora")
 flags.DEFINE_list("chunks", ["0", "4", "1"], "rl.stats_chunk values (0: whole batch)")
+flags.DEFINE_list("remat", ["false"], "config.model.remat values (false and/or true)")
 flags.DEFINE_integer("prompt_len", 0, "prompt tokens (0: the task's longest prompt)")
-flags.DEFINE_string("run", "", "PRESET/POLICY/CHUNK: run one update of that cell, print peak RSS")
+flags.DEFINE_string("run", "", "PRESET/POLICY/CHUNK/REMAT: run one update of that cell, print "
+                    "peak RSS")
 FLAGS = flags.FLAGS
 
 MiB = 2.0 ** 20
@@ -76,17 +83,20 @@ def _stack(name: str, dtype: str, prompt_len: int):
     return base, ref, task
 
 
-def _cell(preset: str, policy_kind: str, chunk: int, base, ref, task, model_name: str):
+def _cell(preset: str, policy_kind: str, chunk: int, remat: bool, base, ref, task,
+          model_name: str):
     """(trainer, state shapes, hp, frozen shapes, frozen arrays builder) of one cell."""
     config = real_configs.get_config(preset)
     config.model.name = model_name
+    config.model.remat = remat
     config.rl.stats_chunk = chunk
     spec = real_config.spec_from_config(config)
     method = METHODS.get(spec.method)
     if policy_kind == "lora":
         policy = real_rlhf.policy_model(spec, base)
     elif policy_kind == "full":
-        policy = ValueHead(base) if method.critic else base
+        trained = dataclasses.replace(base, config=dataclasses.replace(base.config, remat=remat))
+        policy = ValueHead(trained) if method.critic else trained
     else:
         raise ValueError(f"policy {policy_kind!r}: full or lora")
     reward = TrunkReward(base, spec.rm.pooling)
@@ -107,6 +117,8 @@ def _cell(preset: str, policy_kind: str, chunk: int, base, ref, task, model_name
 
 def main(argv) -> None:
     del argv
+    if set(FLAGS.remat) - {"false", "true"}:
+        raise app.UsageError(f"--remat={','.join(FLAGS.remat)}: each value false or true")
     t0 = time.perf_counter()
     base, ref, task = _stack(FLAGS.model, FLAGS.dtype, FLAGS.prompt_len)
     base_mib = _bytes(ref) / MiB
@@ -116,15 +128,16 @@ def main(argv) -> None:
           f"{time.perf_counter() - t0:.0f} s); jax {jax.__version__}, {jax.devices()[0].platform}")
     print("MiB per compiled update (XLA memory_analysis; args count each argument, the base "
           "several times: module docstring)")
-    header = (f"{'preset':6s} {'rows':>4s} {'policy':6s} {'chunk':>5s} {'temp':>8s} {'args':>8s} "
+    header = (f"{'preset':6s} {'rows':>4s} {'policy':6s} {'chunk':>5s} {'remat':>5s} {'temp':>8s} "
+              f"{'args':>8s} "
               f"{'out':>8s} {'trained':>8s} {'adam':>8s} {'[B,L,V]':>8s} {'compile':>7s}")
     print(header)
     cells = {}
     for preset in FLAGS.presets:
         for policy_kind in FLAGS.policies:
-            for chunk in map(int, FLAGS.chunks):
+            for chunk, remat in itertools.product(map(int, FLAGS.chunks), FLAGS.remat):
                 trainer, state, hp, frozen, frozen_of, spec = _cell(
-                    preset, policy_kind, chunk, base, ref, task, FLAGS.model)
+                    preset, policy_kind, chunk, remat == "true", base, ref, task, FLAGS.model)
                 rows = spec.static.batch_size
                 t1 = time.perf_counter()
                 compiled = jax.jit(trainer.update).lower(state, hp, frozen).compile()
@@ -133,12 +146,12 @@ def main(argv) -> None:
                 trained = _bytes(real_rlhf.without_base(state.params)) if policy_kind == "lora" \
                     else _bytes(state.params)
                 logits = rows * task.response_len * v * 4 / MiB
-                print(f"{preset:6s} {rows:4d} {policy_kind:6s} {chunk:5d} "
+                print(f"{preset:6s} {rows:4d} {policy_kind:6s} {chunk:5d} {remat:>5s} "
                       f"{m.temp_size_in_bytes / MiB:8.1f} {m.argument_size_in_bytes / MiB:8.1f} "
                       f"{m.output_size_in_bytes / MiB:8.1f} {trained / MiB:8.1f} "
                       f"{_bytes(state.opt_state) / MiB:8.1f} {logits:8.1f} {seconds:6.0f}s",
                       flush=True)
-                cells[f"{preset}/{policy_kind}/{chunk}"] = (compiled, trainer, hp, frozen_of, spec)
+                cells[f"{preset}/{policy_kind}/{chunk}/{remat}"] = (compiled, trainer, hp, frozen_of, spec)
     print(f"(trained: the policy's trained leaves; adam: the whole optimiser state; [B,L,V]: one "
           f"float32 logits array of the rollout's rows; total {time.perf_counter() - t0:.0f} s)")
     if FLAGS.run:

@@ -40,7 +40,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.num_seeds = 1  # seeds run one after another (a 135M model per run on 2 cores)
     c.model = ml_collections.ConfigDict(dict(
         name="smollm2-135m", dtype="float32", lora_rank=8, lora_alpha=16.0,
-        lora_targets="attention"))
+        lora_targets="attention",
+        remat=False))  # recompute each layer in the backward pass: less memory, same numbers
     # prompt_len 0: the longest encoded prompt (no opener cut); eval prompts are the first of the
     # test split (held-out subjects).
     c.task = ml_collections.ConfigDict(dict(prompt_len=0, response_len=24, num_eval_prompts=32))
@@ -96,6 +97,7 @@ class RealSpec:
     num_seeds: int
     model_name: str
     dtype: str
+    remat: bool
     lora: lora.LoRAConfig
     prompt_len: int | None
     response_len: int
@@ -126,6 +128,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(is_int(m.lora_rank, 1), "model.lora_rank", m.lora_rank, "an integer >= 1")
     check(is_finite(m.lora_alpha) and m.lora_alpha > 0, "model.lora_alpha", m.lora_alpha, "finite and > 0")
     check_choice(m.lora_targets, tuple(LORA_TARGETS), "model.lora_targets")
+    check(isinstance(m.remat, bool), "model.remat", m.remat, "True or False")
     t = config.task
     check(is_int(t.prompt_len, 0), "task.prompt_len", t.prompt_len, "an integer >= 0 (0: fit the longest)")
     check(is_int(t.response_len, 1), "task.response_len", t.response_len, "an integer >= 1")
@@ -155,7 +158,7 @@ def spec_from_config(config: ml_collections.ConfigDict) -> RealSpec:
     m, t, rl = config.model, config.task, config.rl
     return RealSpec(
         preset=config.preset, name=config.name, seed=config.seed, num_seeds=config.num_seeds,
-        model_name=m.name, dtype=m.dtype,
+        model_name=m.name, dtype=m.dtype, remat=m.remat,
         lora=lora.LoRAConfig(rank=m.lora_rank, alpha=float(m.lora_alpha),
                              targets=LORA_TARGETS[m.lora_targets]),
         prompt_len=t.prompt_len or None, response_len=t.response_len,

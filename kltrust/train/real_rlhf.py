@@ -200,7 +200,11 @@ def with_base(params: Any, template: Any) -> Any:
 
 
 def policy_model(spec: RealSpec, base: pretrained.PretrainedLM):
-    """The policy: LoRA adapters on the base, under a value head for methods with a critic."""
+    """The policy: LoRA adapters on the base, under a value head for methods with a critic.
+    ``spec.remat`` rematerialises the base's layers in the policy's backward pass (the reference
+    and the proxy's trunk are never differentiated, so they keep the plain forward)."""
+    if spec.remat != base.config.remat:
+        base = dataclasses.replace(base, config=dataclasses.replace(base.config, remat=spec.remat))
     model = lora.LoRAModel(base, spec.lora)
     if not METHODS.get(spec.method).critic:
         return model

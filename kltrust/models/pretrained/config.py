@@ -55,12 +55,18 @@ class ArchConfig:
     final_softcap: float = 0.0
     tied_embeddings: bool = True
     dtype: str = "float32"
+    # Rematerialise each layer in the backward pass (jax.checkpoint): the teacher-forced forward
+    # keeps only the layer inputs and recomputes the rest when differentiating (memory, not
+    # numbers).
+    remat: bool = False
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch = {self.arch!r}: must be one of {ARCHS}.")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype = {self.dtype!r}: must be one of {DTYPES}.")
+        if not isinstance(self.remat, bool):
+            raise ValueError(f"remat = {self.remat!r}: must be True or False.")
         for name in ("vocab_size", "num_layers", "width", "num_heads", "num_kv_heads", "head_dim",
                      "ffn_width", "max_len", "global_every"):
             value = getattr(self, name)

@@ -149,6 +149,11 @@ def trunk(cfg: ArchConfig, params: Params, tokens: jax.Array,
     if cache is None:
         def body(h, xs):
             return _layer(cfg, h, xs[0], xs[1], positions, None)[0], None
+        if cfg.remat:
+            # The scan's backward pass then saves one [B, T, W] carry per layer instead of every
+            # intermediate (attention scores [B, H, T, T], the MLP's [B, T, ffn]); prevent_cse is
+            # unneeded inside scan (JAX's advice: it only blocks optimisations there).
+            body = jax.checkpoint(body, prevent_cse=False)
         x, _ = jax.lax.scan(body, x, (params["layers"], consts))
         new_cache = None
     else:
