@@ -189,6 +189,14 @@ def param_constraint(mesh: Mesh) -> Callable[[Any], Any]:
     return constrain
 
 
+def split_runs(tree: Any, mesh: Mesh) -> Any:
+    """Inside jit: every leaf's leading (run) axis on ``runs``, its other axes left to XLA."""
+    return jax.tree.map(
+        lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(
+            mesh, PartitionSpec(RUN_AXIS, *[PartitionSpec.UNCONSTRAINED] * (x.ndim - 1)))),
+        tree)
+
+
 def vmap_runs(fn: Callable, in_axes: Any = 0) -> Callable:
     """`jax.vmap` over a run axis that every sharding constraint inside puts on ``runs``."""
     return jax.vmap(fn, in_axes=in_axes, spmd_axis_name=RUN_AXIS)

@@ -235,6 +235,15 @@ def test_seeds_over_two_devices_run_several_chunks(family, preset):
             assert np.all(spread.metrics["cg_relative_residual"] < 1e-2)
             continue
         np.testing.assert_allclose(spread.metrics[name], values, rtol=rtol, atol=atol, err_msg=name)
+    # init places every leaf's run axis on ``runs`` (sharding.split_runs), where the chunk returns
+    # it, so the chunk compiled for init's state takes its own output: compiled once, not twice.
+    mesh = sharding.make_mesh(2, runs=2)
+    program = programs.program(spec.algorithm)
+    init, run_chunk = program.compile_run(program.make_trainer(spec.static, mesh))
+    hparams = jax.tree.map(lambda x: np.broadcast_to(x, (2,) + np.shape(x)), spec.hparams)
+    state = init(jnp.arange(2, dtype=jnp.int32), hparams)
+    compiled = run_chunk.lower(state, hparams).compile()
+    assert loop._same_placement(compiled.input_shardings[0][0], compiled.output_shardings[0], state)
 
 
 def test_token_batches_must_split_over_the_mesh():

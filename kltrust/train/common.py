@@ -158,7 +158,15 @@ def compile_run(trainer: ControlTrainer) -> tuple[Callable, Callable]:
     follow `sharding.param_constraint` (replicated unless fsdp > 1).
     Parameters are initialised eagerly first (`initial_params`), then passed into the jitted init.
     """
-    init_state = jax.jit(sharding.vmap_runs(trainer.init))
+    vmapped_init = sharding.vmap_runs(trainer.init)
+    if trainer.mesh.shape[sharding.RUN_AXIS] == 1:
+        init_state = jax.jit(vmapped_init)
+    else:
+        # Leaves nothing inside constrains (the optimisers' step counters) would leave init
+        # replicated but come out of a chunk split over ``runs``; placed there from the start,
+        # the chunk compiled for init's output takes its own output (`loop.init_and_compile`
+        # then compiles once, not twice). One device: the program is left as it was.
+        init_state = jax.jit(lambda *a: sharding.split_runs(vmapped_init(*a), trainer.mesh))
 
     def init(seeds: jax.Array, hparams: Any) -> Any:
         return init_state(seeds, hparams, trainer.initial_params(seeds))

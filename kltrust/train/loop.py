@@ -96,10 +96,12 @@ def init_and_compile(init: Callable, run_chunk: Any, seeds: jax.Array,
     """(initial state, the chunk compiled for it) from `kltrust.train.common.compile_run`'s pair.
 
     A chunk's output state is the next chunk's input. Where XLA placed an output otherwise than
-    the input it was compiled for (seen with runs > 1 and data = 1: init leaves the per-run
-    optimiser counters replicated, the chunk returns them split over ``runs``), chunk 2 would
-    refuse chunk 1's output; so the state starts from the chunk's own output placement and the
-    chunk is compiled again for it (only then: on one device the two always agree).
+    the input it was compiled for, chunk 2 would refuse chunk 1's output; so the state starts from
+    the chunk's own output placement and the chunk is compiled again for it. That was the case
+    with runs > 1 and data = 1 (init left the per-run optimiser counters replicated, the chunk
+    returned them split over ``runs``) until `compile_run`'s init placed every leaf's run axis on
+    ``runs`` (`sharding.split_runs`); the check stays for placements nothing here foresaw. On one
+    device the two always agree.
     """
     state = init(seeds, hparams)
     compiled = run_chunk.lower(state, hparams).compile()
