@@ -188,12 +188,20 @@ def test_control_run_logs_the_same_scalars_config_and_plot_to_wandb_offline(tmp_
     assert not list(offline_wandb.rglob("*.wandb"))
 
 
-def test_wandb_off_writes_no_wandb_files_and_the_same_tensorboard(tmp_path, offline_wandb):
-    """The default: TensorBoard only; W&B is not imported by the run's modules."""
-    workdir = tmp_path / "run"
-    loop.train(control_config.spec_from_config(_tiny_control()), workdir, progress=False)
-    assert not (workdir / "wandb").exists()
-    assert sorted(tensorboard_scalars(workdir / "tensorboard")) == [128, 256, 384, 512]
+def test_wandb_off_writes_tensorboard_only(tmp_path, offline_wandb):
+    """The default: the tracker writes TensorBoard alone, and no W&B run or directory."""
+    tracker = tracking.open_tracker(tmp_path, tracking.WandbSpec(), "{}")
+    tracker.log({"a": 1.5, "b/c": float("nan")}, 10)
+    tracker.log({"a": 2.5}, 20)
+    tracker.images({"plot": tmp_path / "missing.png"})  # nothing to do without W&B
+    tracker.close()
+    assert tracker.wandb_run is None and not (tmp_path / "wandb").exists()
+    board = tensorboard_scalars(tmp_path / "tensorboard")
+    assert board[20] == {"a": 2.5} and board[10]["a"] == 1.5 and math.isnan(board[10]["b/c"])
+    # mode "disabled" (W&B's own off switch) opens nothing either
+    tracking.open_tracker(tmp_path / "disabled", tracking.WandbSpec(enabled=True, mode="disabled"),
+                          "{}").close()
+    assert not (tmp_path / "disabled" / "wandb").exists()
 
 
 def test_logging_options_are_not_part_of_the_claimed_config(tmp_path):
