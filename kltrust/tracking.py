@@ -168,9 +168,10 @@ def open_tracker(directory: pathlib.Path, spec: WandbSpec, config_json: str) -> 
         tags=list(spec.tags), mode=spec.mode, dir=str(directory), config=json.loads(config_json),
         reinit="create_new",  # a sweep or a test may open several runs in one process
         # Only what this run logs: no console capture, system metrics, code, git or requirements
-        # snapshots (quicker, and nothing of the machine leaves it unasked).
+        # snapshots (quicker, and nothing of the machine leaves it unasked). Quiet but online,
+        # where W&B's lines carry the run's address.
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True,
                                 x_disable_machine_info=True, save_code=False, disable_git=True,
                                 x_save_requirements=False, disable_job_creation=True,
-                                silent=True))
+                                silent=spec.mode != "online"))
     return Tracker(board, run)
