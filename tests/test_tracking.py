@@ -239,3 +239,38 @@ def test_enabled_without_wandb_installed_says_how_to_install_it(monkeypatch):
         control_config.spec_from_config(config)
     config.logging.wandb.mode = "disabled"  # W&B's own off switch needs no package
     assert not control_config.spec_from_config(config).wandb.active
+
+
+@pytest.mark.slow
+def test_token_policy_stage_logs_train_and_eval_scalars_and_its_plots_to_wandb(tmp_path,
+                                                                                offline_wandb):
+    """The token pipeline's policy stage (random reference and reward model: no SFT): train/* at
+    every update, eval/* at every evaluation (update 0 included), the same in W&B as in
+    TensorBoard, and the stage's plots as images."""
+    from token_helpers import random_models, tiny_token_config
+
+    config = tiny_token_config("ppo", num_seeds=2, num_updates=2, updates_per_eval=1)
+    config.logging.wandb.enabled = True
+    spec = pipeline.spec_from_config(config)
+    ref_params, rm_params = random_models(spec)
+    pipeline.run_policy(spec, tmp_path, ref_params, rm_params)
+
+    stage = tmp_path / config.name
+    runs = sorted((stage / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, runs
+    records = read_wandb_records(runs[0])
+    history = wandb_history(records)
+    board = tensorboard_scalars(stage / "tensorboard")
+    plots = {k: history[max(history)].pop(k) for k in list(history[max(history)])
+             if k.startswith("plots/")}
+    assert "plots/gold_proxy_vs_kl" in plots
+    assert all(p["_type"] == "image-file" for p in plots.values())
+    assert sorted(history) == sorted(board) == [0, 1, 2]
+    assert not any(k.startswith("train/") for k in board[0])  # update 0: the first evaluation
+    assert any(k.startswith("train/") for k in board[1]) and any(
+        k.startswith("eval/") for k in board[1])
+    for step, scalars in board.items():
+        assert sorted(history[step]) == sorted(scalars), step
+        for key, value in scalars.items():
+            assert _same(history[step][key], value), (step, key)
+    assert wandb_config(records) == json.loads((stage / "config.json").read_text())
