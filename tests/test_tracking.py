@@ -16,7 +16,6 @@ import json
 import math
 import pathlib
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -26,8 +25,6 @@ from configs import rlhf as rlhf_configs
 from kltrust import tracking
 from kltrust.errors import ConfigError
 from kltrust.train import control_config, loop, pipeline
-
-wandb = pytest.importorskip("wandb")  # the 'wandb' extra (installed by `make test`)
 
 _BLOCK = 32 * 1024  # LevelDB log blocks
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
@@ -113,7 +110,9 @@ def tensorboard_scalars(directory: pathlib.Path) -> dict[int, dict[str, float]]:
 @pytest.fixture
 def offline_wandb(tmp_path, monkeypatch):
     """W&B offline with no way out: its settings and caches in ``tmp_path``, an unreachable
-    server, nothing printed."""
+    server, nothing printed. Skips without the 'wandb' extra (which `make test` installs); the
+    tests of what happens without it need none."""
+    pytest.importorskip("wandb")
     home = tmp_path / "wandb_home"
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(home))
@@ -188,7 +187,7 @@ def test_control_run_logs_the_same_scalars_config_and_plot_to_wandb_offline(tmp_
     assert not list(offline_wandb.rglob("*.wandb"))
 
 
-def test_wandb_off_writes_tensorboard_only(tmp_path, offline_wandb):
+def test_wandb_off_writes_tensorboard_only(tmp_path):
     """The default: the tracker writes TensorBoard alone, and no W&B run or directory."""
     tracker = tracking.open_tracker(tmp_path, tracking.WandbSpec(), "{}")
     tracker.log({"a": 1.5, "b/c": float("nan")}, 10)
@@ -204,9 +203,12 @@ def test_wandb_off_writes_tensorboard_only(tmp_path, offline_wandb):
     assert not (tmp_path / "disabled" / "wandb").exists()
 
 
-def test_logging_options_are_not_part_of_the_claimed_config(tmp_path):
+def test_logging_options_are_not_part_of_the_claimed_config(monkeypatch):
     """Switching W&B on (or changing its project) leaves the config a workdir is claimed with
     unchanged, so a run started without W&B resumes with it."""
+    real = tracking.importlib.util.find_spec  # as if installed: this test needs no wandb
+    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "wandb" else real(name, *a))
     off = control_config.spec_from_config(_tiny_control())
     on = control_config.spec_from_config(_tiny_control(enabled=True, project="other"))
     assert on.config_json == off.config_json
