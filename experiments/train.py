@@ -46,6 +46,10 @@ def main(argv: Sequence[str]) -> None:
               f"({steps / result.run_seconds:,.0f} env steps/s over {len(result.seeds)} seed(s))")
     print(f"metrics: {_WORKDIR.value}/metrics.jsonl  plot: {_WORKDIR.value}/learning_curve.png  "
           f"checkpoints: {_WORKDIR.value}/checkpoints  tensorboard: {_WORKDIR.value}/tensorboard")
+    if spec.wandb.active:  # W&B prints nothing itself (kltrust.tracking keeps it silent)
+        sync = f"  (upload: wandb sync {_WORKDIR.value}/wandb/offline-run-*)" if (
+            spec.wandb.mode == "offline") else ""
+        print(f"wandb ({spec.wandb.mode}): {_WORKDIR.value}/wandb{sync}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ CASES = [
         "here are ['beta', 'clip_eps', ",
         id="train-unknown-key"),
     pytest.param(
+        ["experiments.train", "--config.logging.wandb.enabled=True",
+         "--config.logging.wandb.mode=ofline"],
+        "error: config.logging.wandb.mode = 'ofline': must be one of ('offline', 'online', "
+        "'disabled'); did you mean 'offline'?",
+        id="train-wandb-mode"),
+    pytest.param(
         ["experiments.rlhf", "--config=configs/rlhf.py:dpo", "--config.rl.preference_loss=foo"],
         f"error: config.rl.preference_loss = 'foo': must be one of {preference.LOSSES.names()}.",
         id="rlhf-dpo-variant"),

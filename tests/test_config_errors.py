@@ -89,6 +89,14 @@ CONTROL_ERRORS = [
     ("ppo", "checkpoint_every_chunks", 0,
      r"config.checkpoint_every_chunks = 0: must be an integer >= 1"),
     ("ppo", "keep_checkpoints", 0, r"config.keep_checkpoints = 0: must be an integer >= 1"),
+    # tracking (kltrust.tracking): checked whether or not W&B is switched on
+    ("ppo", "logging.wandb.mode", "online!", r"config.logging.wandb.mode = 'online!': must be "
+                                             r"one of \('offline', 'online', 'disabled'\); did "
+                                             r"you mean 'online'\?"),
+    ("trpo", "logging.wandb.project", "", r"config.logging.wandb.project = '': must be a "
+                                          r"non-empty project name without '/'"),
+    ("ppo", "logging.wandb.tags", ("a", ""), r"config.logging.wandb.tags = \('a', ''\): must be "
+                                             r"a tuple of non-empty strings"),
 ]
 
 
@@ -301,6 +309,12 @@ TOKEN_ERRORS = [
     ("ppo", "rl.max_backtracks", 0, r"config.rl.max_backtracks = 0: must be an integer >= 1"),
     ("ppo", "sft.eval_every", -1, r"config.sft.eval_every = -1: must be an integer >= 0"),
     ("ppo", "data.seq_len", 1, r"config.data.seq_len = 1: must be an integer >= 2"),
+    # tracking (kltrust.tracking): checked whether or not W&B is switched on
+    ("ppo", "logging.wandb.mode", "ofline", r"config.logging.wandb.mode = 'ofline': must be one "
+                                            r"of \('offline', 'online', 'disabled'\); did you "
+                                            r"mean 'offline'\?"),
+    ("ppo", "logging.wandb.enabled", "yes", r"config.logging.wandb.enabled = 'yes': must be of "
+                                            r"type bool"),
 ]
 
 

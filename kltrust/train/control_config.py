@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from kltrust import components, controllers, envs
+from kltrust import components, controllers, envs, tracking
 from kltrust.errors import check, check_choice, is_int
 from kltrust.objectives import ppo as ppo_objective
 from kltrust.objectives import trpo as trpo_objective
@@ -55,6 +55,9 @@ def control_defaults(algorithm: str, **fields: Any) -> ml_collections.ConfigDict
     config.mesh = ml_collections.ConfigDict(dict(runs=1, data=-1, fsdp=1))
     # Guards: a non-finite update is skipped; this many in a row stop the run (kltrust.guards).
     config.guards = ml_collections.ConfigDict(dict(max_nonfinite_updates=10))
+    # Where scalars go besides metrics.jsonl: TensorBoard always, W&B when
+    # logging.wandb.enabled (kltrust.tracking; not part of the config a workdir is claimed with).
+    config.logging = tracking.defaults()
     for key, value in fields.items():
         config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
     return config
@@ -66,7 +69,8 @@ def num_updates(config: ml_collections.ConfigDict) -> int:
 
 
 def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | None = None) -> None:
-    """Checks the fields every control config has: env, batch shape, chunking, seeds, model, mesh.
+    """Checks the fields every control config has: env, batch shape, chunking, seeds, model, mesh,
+    logging.
 
     ``batch_shards`` is how many pieces the mesh cuts the environment batch into (data × fsdp);
     by default it comes from ``config.mesh`` on this process's devices (checked too).
@@ -97,6 +101,7 @@ def validate_run_shape(config: ml_collections.ConfigDict, batch_shards: int | No
     check(isinstance(limit, int) and limit >= 1, "guards.max_nonfinite_updates", limit,
           "an integer >= 1")
     check_choice(config.model.activation, ("tanh", "relu"), "model.activation")
+    tracking.validate(config)
     check(len(config.model.hidden) >= 1 and all(is_int(h, 1) for h in config.model.hidden),
           "model.hidden", config.model.hidden, "a non-empty tuple of integer widths >= 1")
 
@@ -306,9 +311,11 @@ def spec_from_config(config: ml_collections.ConfigDict,
         max_nonfinite_updates=config.guards.max_nonfinite_updates,
         checkpoint_every_chunks=config.checkpoint_every_chunks,
         keep_checkpoints=config.keep_checkpoints,
-        # What the workdir claim records and compares (config.json): unchanged by the spec.
-        config_json=config.to_json_best_effort(indent=2, sort_keys=True) + "\n",
+        # What the workdir claim records and compares (config.json): unchanged by the spec, and
+        # by the logging options (switching W&B on does not make a run another config).
+        config_json=tracking.identity_json(config) + "\n",
         title=f"{static.env_name} {name} {_describe(static.variant)}",
+        wandb=tracking.spec_from_config(config),
     )
 
 

@@ -10,7 +10,8 @@ makes the loop checkpoint after the current chunk and return with ``preempted`` 
 Outputs in ``workdir``: ``config.json``, ``metrics.jsonl`` (one object per update and seed, with
 ``step`` = environment steps so far), TensorBoard events (seed means), orbax checkpoints of the full
 training state (params, optimiser and controller state, rng, step, environments) under
-``checkpoints/``, and ``learning_curve.png``.
+``checkpoints/``, and ``learning_curve.png``; with ``config.logging.wandb`` on, a W&B run under
+``wandb/`` with the same seed means at the same steps, the config and the plot (`kltrust.tracking`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kltrust import checkpoint as ckpt
-from kltrust import processes, sharding
+from kltrust import processes, sharding, tracking
 from kltrust import train as programs
 from kltrust import workdir as workdirs
 from kltrust.train import host
@@ -50,6 +51,7 @@ class ControlSpec:
     keep_checkpoints: int
     config_json: str  # the canonical config, recorded in (and compared with) workdir/config.json
     title: str  # the progress bar's and the plot's
+    wandb: tracking.WandbSpec = tracking.WandbSpec()  # W&B beside TensorBoard (off by default)
 
     @property
     def seeds(self) -> np.ndarray:
@@ -70,7 +72,8 @@ class RunResult:
     preempted: bool = False  # stopped early by SIGTERM, after writing a checkpoint
 
 
-RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "learning_curve.png", ckpt.UNREADABLE)
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "wandb", "learning_curve.png",
+               ckpt.UNREADABLE)
 # A workdir of this config with any of its outputs resumes (a finished run resumes with nothing
 # left to run); one holding another config's outputs is refused. Called only after the config has
 # been validated, so a bad config never touches earlier results.
@@ -149,22 +152,22 @@ def train(
     padded_seeds = seeds[index]
     hparams = jax.tree.map(lambda x: np.asarray(x)[index], hparams)
 
-    writer = None
     resume = False
     if workdir is not None:
         workdir = pathlib.Path(workdir)
         resume = workdirs.claim_workdir("loop.workdir", workdir, spec.config_json, WORKDIR_RULES,
                                         overwrite=overwrite) is workdirs.Claim.RESUME
-        if processes.is_primary():
-            from tensorboardX import SummaryWriter
-
-            writer = SummaryWriter(str(workdir / "tensorboard"))
 
     init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
     state, compiled_chunk = init_and_compile(init, run_chunk, jnp.asarray(padded_seeds), hparams)
     compile_seconds = time.perf_counter() - start
 
+    # The tracker (TensorBoard, W&B): process 0 of a run with a workdir, opened once compiled so
+    # that a program that fails to compile leaves no W&B run behind.
+    writer = None
+    if workdir is not None and processes.is_primary():
+        writer = tracking.open_tracker(workdir, spec.wandb, spec.config_json)
     write_rows = None
     if writer is not None:
         def write_rows(metrics, updates_before):
@@ -177,8 +180,13 @@ def train(
         max_nonfinite_updates=spec.max_nonfinite_updates, write_rows=write_rows,
         checkpoint_every=spec.checkpoint_every_chunks, keep_checkpoints=spec.keep_checkpoints,
         title=spec.title, postfix=_postfix)
-    ran = host.run(chunks, state, workdir=workdir, resume=resume, progress=progress,
-                   on_chunk=on_chunk)
+    try:
+        ran = host.run(chunks, state, workdir=workdir, resume=resume, progress=progress,
+                       on_chunk=on_chunk)
+    except BaseException:
+        if writer is not None:  # the W&B run ends marked failed, its service not left waiting
+            writer.close(failed=True)
+        raise
     state = ran.carry
     if len(index) > num_runs:
         state = jax.tree.map(lambda x: x[:num_runs], state)
@@ -194,8 +202,9 @@ def train(
         preempted=ran.preempted,
     )
     if writer is not None:  # process 0 of a run with a workdir
-        writer.close()
         plot_learning_curves(result, workdir / "learning_curve.png", title=static.env_name)
+        writer.images({"learning_curve": workdir / "learning_curve.png"})
+        writer.close()
     return result
 
 
@@ -216,7 +225,11 @@ def _postfix(metrics: dict[str, np.ndarray]) -> dict[str, str] | None:
                 kl=f"{np.mean(metrics['kl_old'][:, -1]):.4f}")
 
 
-def _write_metrics(workdir, writer, metrics, seeds, first_update, batch_size) -> None:
+def _write_metrics(workdir: pathlib.Path, writer: tracking.Tracker,
+                   metrics: dict[str, np.ndarray], seeds: np.ndarray, first_update: int,
+                   batch_size: int) -> None:
+    """One chunk's rows: every seed's values to metrics.jsonl, their means to the tracker (one
+    call per update, so TensorBoard and W&B get the same scalars at the same step)."""
     lines = []
     num_updates = next(iter(metrics.values())).shape[1]
     for u in range(num_updates):
@@ -226,8 +239,8 @@ def _write_metrics(workdir, writer, metrics, seeds, first_update, batch_size) ->
             record = {"step": step, "update": update, "seed": int(seed)}
             record.update({k: _to_json_value(v[r, u]) for k, v in metrics.items()})
             lines.append(json.dumps(record))
-        for name, values in metrics.items():
-            writer.add_scalar(name, float(_nanmean(values[:, u])), step)
+        writer.log({name: float(_nanmean(values[:, u])) for name, values in metrics.items()},
+                   step)
     with open(workdir / "metrics.jsonl", "a") as f:
         f.write("\n".join(lines) + "\n")
     writer.flush()

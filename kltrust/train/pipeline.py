@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from kltrust import domains, processes, sharding
+from kltrust import domains, processes, sharding, tracking
 from kltrust import workdir as workdirs
 from kltrust.tasks import text, text_data
 from kltrust.tasks.interface import PAIR_KEYS, SPLITS
@@ -282,10 +282,9 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
         state, metrics = chunk_c(state, hp, frozen)
         return (state, hp), metrics
 
-    board = None
-    if write and processes.is_primary():  # TensorBoard beside the JSON rows, as the control runs
-        from tensorboardX import SummaryWriter
-        board = SummaryWriter(str(out / "tensorboard"))
+    board = None  # TensorBoard (and W&B, if on) beside the JSON rows, as the control runs
+    if write and processes.is_primary():
+        board = tracking.open_tracker(out, spec.wandb, spec.config_json)
     write_rows = tok.update_rows_writer(out / "metrics.jsonl", seeds, upe, board)
 
     # A checkpoint after every chunk holds everything the loop carries: the state, the
@@ -297,8 +296,13 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
         rows_files=(host.RowsFile("eval.jsonl", "update", lambda done: done - 1, evals.extend),
                     kl_guard.rows_file(upe)),
         saved=kl_guard.saved, restored=kl_guard.restored, between=between, keep_checkpoints=2)
-    ran = host.run(chunks, (state, hp), workdir=out if write else None, resume=resume,
-                   on_chunk=on_chunk)
+    try:
+        ran = host.run(chunks, (state, hp), workdir=out if write else None, resume=resume,
+                       on_chunk=on_chunk)
+    except BaseException:
+        if board is not None:  # the W&B run ends marked failed, its service not left waiting
+            board.close(failed=True)
+        raise
 
     final = [row for row in evals if row["update"] == spec.num_updates]
     # Offline DPO samples nothing while training (only in evaluations, which are not timed).
@@ -311,6 +315,9 @@ def run_policy(spec: TokenSpec, root: pathlib.Path, ref_params, rm_params, *, wr
                           tokens_sampled, kl_guard.events, preempted=ran.preempted)
     if write and not ran.preempted:
         policy_outputs.write_policy(out, spec.name, result)
+    if board is not None:
+        board.images({path.stem: path for path in sorted(out.glob("*.png"))})
+        board.close()
     return result
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kltrust import components, controllers, kl
+from kltrust import components, controllers, kl, tracking
 from kltrust.errors import check, check_choice, from_field_error, is_finite, is_int
 from kltrust.models.transformer import TransformerConfig
 from kltrust.objectives import grpo, preference
@@ -96,6 +96,9 @@ def defaults() -> ml_collections.ConfigDict:
     # s_d·kl_target), TRPO budget (s_d·kl_budget_per_token) and KL-guard budget
     # (s_d·guards.max_sequence_kl); "global" keeps one, and still reports every metric per domain.
     c.domains = ml_collections.ConfigDict(dict(count=1, kl_scale=(), control="global"))
+    # Where a policy stage's scalars go besides its JSON rows: TensorBoard always, W&B when
+    # logging.wandb.enabled (kltrust.tracking; not part of the config its directory is claimed with).
+    c.logging = tracking.defaults()
     return c
 
 
@@ -161,6 +164,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(is_finite(config.proxy_bug.bonus) and config.proxy_bug.bonus >= 0, "proxy_bug.bonus",
           config.proxy_bug.bonus, "finite and >= 0")
     validate_domains(config)
+    tracking.validate(config)
     for key in ("num_sft", "num_prompts", "num_eval_prompts", "num_pairs", "num_eval_pairs"):
         check(config.data[key] >= 1, f"data.{key}", config.data[key], ">= 1")
     check(0.0 <= config.data.label_noise < 0.5, "data.label_noise", config.data.label_noise,
@@ -399,5 +403,5 @@ def spec_from_config(config: ml_collections.ConfigDict) -> TokenSpec:
         num_updates=rl.num_updates, updates_per_eval=rl.updates_per_eval,
         eval_kl=bool(rl.eval_kl), best_of_n=tuple(rl.best_of_n),
         stage_json={stage: stage_json(config, stage) for stage in STAGE_KEYS},
-        config_json=config.to_json_best_effort(indent=2, sort_keys=True),
-        domains=domain_spec(config))
+        config_json=tracking.identity_json(config),
+        domains=domain_spec(config), wandb=tracking.spec_from_config(config))

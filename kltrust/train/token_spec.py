@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from kltrust import sharding
+from kltrust import sharding, tracking
 from kltrust.models.transformer import TransformerConfig
 from kltrust.tasks.synthetic.language import LanguageSpec
 from kltrust.tasks.synthetic.task import SyntheticTask
@@ -120,7 +120,9 @@ class TokenSpec:
       num_updates, updates_per_eval, eval_kl, best_of_n: the policy stage's cadence and evaluation.
       stage_json: each prerequisite stage's ``stage_config.json`` text (the config parts it
         depends on, canonical JSON), by stage name.
-      config_json: the whole config as JSON, recorded when the policy stage's directory is claimed.
+      config_json: the whole config as JSON (but ``logging``, `kltrust.tracking.identity_json`),
+        recorded when the policy stage's directory is claimed.
+      wandb: whether and where the policy stage's scalars also go to W&B (`kltrust.tracking`).
     """
 
     preset: str
@@ -147,6 +149,7 @@ class TokenSpec:
     stage_json: Mapping[str, str]
     config_json: str
     domains: DomainSpec = DomainSpec()
+    wandb: tracking.WandbSpec = tracking.WandbSpec()
 
     def task(self, data_dir: str | None = None) -> SyntheticTask:
         """The run's `TokenTask`: the language with the data sets' sizes and seed; read through its

@@ -207,32 +207,36 @@ def append_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
 
 
 def update_rows_writer(path: pathlib.Path, seeds: np.ndarray, updates_per_chunk: int,
-                       board: Any = None) -> Callable[[dict[str, np.ndarray], int], None]:
+                       tracker: Any = None) -> Callable[[dict[str, np.ndarray], int], None]:
     """A policy stage's `kltrust.train.host.Chunks.write_rows`: one JSON row per update and seed
     ({"update", "seed", metrics...}) appended to ``path``, from metrics [runs, updates]; and, with
-    a TensorBoard ``board`` (`board_scalars`), each metric's mean over the runs per update."""
+    a `kltrust.tracking.Tracker` (`board_scalars`: TensorBoard, W&B), each metric's mean over the
+    runs per update."""
     def write_rows(metrics: dict[str, np.ndarray], updates_before: int) -> None:
         append_jsonl(path, [
             {"update": updates_before + u + 1, "seed": int(seed),
              **scalars({k: v[r, u] for k, v in metrics.items()})}
             for u in range(updates_per_chunk) for r, seed in enumerate(np.asarray(seeds))])
         for u in range(updates_per_chunk):
-            board_scalars(board, "train", {k: v[:, u] for k, v in metrics.items()},
+            board_scalars(tracker, "train", {k: v[:, u] for k, v in metrics.items()},
                           updates_before + u + 1)
     return write_rows
 
 
-def board_scalars(board: Any, prefix: str, metrics: dict[str, Any], step: int) -> None:
-    """Writes ``PREFIX/NAME`` = the mean over runs of each metric (NaN runs — an empty prompt
-    domain — left out; a metric with none left is skipped) at ``step`` to a tensorboardX
-    ``board``; nothing when ``board`` is None."""
-    if board is None:
+def board_scalars(tracker: Any, prefix: str, metrics: dict[str, Any], step: int) -> None:
+    """Logs ``PREFIX/NAME`` = the mean over runs of each metric (NaN runs — an empty prompt
+    domain — left out; a metric with none left is skipped) at ``step``, all in one call to a
+    `kltrust.tracking.Tracker` (so TensorBoard and W&B get the same step); nothing when
+    ``tracker`` is None."""
+    if tracker is None:
         return
+    means = {}
     for name, values in metrics.items():
         values = np.asarray(values, np.float64)
         if np.issubdtype(values.dtype, np.number) and np.isfinite(values).any():
-            board.add_scalar(f"{prefix}/{name}", float(np.nanmean(values)), step)
-    board.flush()
+            means[f"{prefix}/{name}"] = float(np.nanmean(values))
+    tracker.log(means, step)
+    tracker.flush()
 
 
 def scalars(tree: dict) -> dict[str, float]:
