@@ -181,7 +181,7 @@ bench: $(VENV)/.installed-bench
 bench-trl: $(VENV)/.installed-bench $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.trl_real --trl_python=$(BIN)/python $(BENCH_TRL_FLAGS)
 
-# The five notebooks executed headless on their full settings; copies with outputs in runs/notebooks/.
+# The notebooks executed headless on their full settings; copies with outputs in runs/notebooks/.
 notebooks: $(VENV)/.installed-dev
 	$(BIN)/python -m experiments.notebooks --out=runs/notebooks
 

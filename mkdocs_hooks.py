@@ -7,10 +7,18 @@ components are fetched) from the pip package ``django-static-mathjax`` (MathJax 
 files under ``mathjax/static/mathjax``; Django itself is not needed) to the built site, with
 MathJax's licence beside it. The package is part of the ``docs`` extra (setup.cfg), installed by
 ``make docs``.
+
+Executed notebooks. The committed notebooks carry no outputs, and a docs build trains nothing.
+`make notebooks` writes executed copies (outputs and figures) to ``runs/notebooks/``; where they
+exist, each becomes a page ``notebooks/NAME.md`` of the site (`notebook_markdown`: its Markdown
+cells as written, so their maths renders like any page's; code fenced; text outputs fenced;
+figures embedded as PNG data), and ``results/notebooks.md`` lists them. Without them that page
+says how to build them.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -38,7 +46,75 @@ def on_files(files: Files, config) -> Files:
     root = _mathjax_root()
     for source, name in ((MATHJAX_BUNDLE, "tex-svg-full.js"), ("LICENSE", "LICENSE")):
         files.append(File.generated(config, f"{SITE_DIR}/{name}", abs_src_path=str(root / source)))
+    for path in _executed_notebooks(config):
+        notebook = json.loads(path.read_text())
+        files.append(File.generated(config, f"{NOTEBOOK_PAGES}/{path.stem}.md",
+                                    content=notebook_markdown(notebook)))
     return files
+
+
+# ---------------------------------------------------------------- executed notebooks as pages
+
+EXECUTED = "runs/notebooks"  # `make notebooks`'s --out, relative to mkdocs.yml
+NOTEBOOK_PAGES = "notebooks"  # where their pages go in the site
+NOTEBOOKS_PAGE = "results/notebooks.md"  # the page that lists them
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in tracebacks
+
+
+def _executed_notebooks(config) -> list[pathlib.Path]:
+    root = pathlib.Path(config.config_file_path).parent / EXECUTED
+    return sorted(root.glob("*.ipynb"))
+
+
+def _text(value) -> str:
+    """A notebook field that nbformat stores as a string or as a list of lines."""
+    return value if isinstance(value, str) else "".join(value)
+
+
+def _fenced(text: str, language: str = "text") -> str:
+    fence = "```"
+    while fence in text:  # a fence longer than any run of backticks inside
+        fence += "`"
+    return f"{fence}{language}\n{text.rstrip()}\n{fence}"
+
+
+def _output(output: dict) -> str | None:
+    kind = output.get("output_type")
+    if kind == "stream":
+        return _fenced(_text(output["text"]))
+    if kind == "error":
+        return _fenced(_ANSI.sub("", "\n".join(output.get("traceback", []))))
+    data = output.get("data", {})
+    if "image/png" in data:
+        png = _text(data["image/png"]).replace("\n", "")
+        return f'<img alt="figure" src="data:image/png;base64,{png}">'
+    if "text/plain" in data:
+        return _fenced(_text(data["text/plain"]))
+    return None
+
+
+def notebook_markdown(notebook: dict) -> str:
+    """A page of an executed notebook (nbformat 4 as JSON): Markdown cells as they are, each code
+    cell fenced as Python followed by its outputs (text fenced, PNG figures inline)."""
+    parts = []
+    for cell in notebook.get("cells", []):
+        source = _text(cell.get("source", ""))
+        if cell["cell_type"] == "markdown":
+            parts.append(source)
+        elif cell["cell_type"] == "code":
+            parts.append(_fenced(source, "python"))
+            parts.extend(p for p in map(_output, cell.get("outputs", [])) if p is not None)
+    return "\n\n".join(parts) + "\n"
+
+
+def _notebook_list(config) -> str:
+    paths = _executed_notebooks(config)
+    if not paths:
+        return ("\n## Executed copies\n\nNone in this build: `make notebooks` writes them to "
+                f"`{EXECUTED}/`, and `make docs` then renders each one as a page here.\n")
+    links = "\n".join(f"- [{p.stem}](../{NOTEBOOK_PAGES}/{p.stem}.md)" for p in paths)
+    return ("\n## Executed copies\n\nRendered from `" + EXECUTED + "/` (written by `make "
+            "notebooks`; not committed):\n\n" + links + "\n")
 
 
 # GitHub-flavoured lists, read by Python-Markdown. The pages are written to read well on GitHub,
@@ -118,4 +194,6 @@ def github_lists(markdown: str) -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    if page.file.src_uri == NOTEBOOKS_PAGE:
+        markdown += _notebook_list(config)
     return github_lists(markdown)

@@ -11,7 +11,8 @@ import pytest
 from experiments.notebooks import NOTEBOOKS, execute
 
 EXPECTED = ("01_quickstart", "02_kl_estimators", "03_trust_region_vs_penalty", "04_rlhf_frontier",
-            "05_exact_optimum", "06_domain_budgets")
+            "05_exact_optimum", "06_domain_budgets", "07_kl_matrix", "08_real_model_frontier",
+            "09_brax_clip_vs_kl")
 
 
 def _notebooks() -> list[pathlib.Path]:
