@@ -251,16 +251,14 @@ def plot_learning_curves(result: RunResult, path: pathlib.Path, title: str = "")
 
     One thin line per seed, their mean bold.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a user's backend (a notebook's) is left alone
 
     steps = np.arange(1, result.metrics["kl_old"].shape[1] + 1) * result.env_steps_per_update
     third = ("beta", "β") if "beta" in result.metrics else ("backtracks", "line-search backtracks")
     panels = [("episode_return", "mean episode return"), ("kl_old", "KL(π_old ‖ π_θ) per update"),
               third]
-    fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.6))
+    fig = Figure(figsize=(14, 3.6))
+    axes = fig.subplots(1, len(panels))
     for ax, (name, label) in zip(axes, panels):
         values = result.metrics[name]
         for row in values:
@@ -274,4 +272,3 @@ def plot_learning_curves(result: RunResult, path: pathlib.Path, title: str = "")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -108,11 +108,10 @@ def run_best_of_n(spec: TokenSpec, out: pathlib.Path, frozen: tok.Frozen,
 
 def plot_gold_proxy_vs_kl(evals: list[dict], path: pathlib.Path, title: str) -> None:
     """Gold and proxy reward against the exact sequence KL to the reference, one line per seed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a user's backend (a notebook's) is left alone
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     for seed in sorted({e["seed"] for e in evals}):
         rows = [e for e in evals if e["seed"] == seed and e.get("kl") is not None]
         kls = [e["kl"] for e in rows]
@@ -126,19 +125,17 @@ def plot_gold_proxy_vs_kl(evals: list[dict], path: pathlib.Path, title: str) -> 
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_domains(evals: list[dict], path: pathlib.Path, title: str) -> None:
     """Per prompt domain: gold and proxy reward against that domain's exact sequence KL
     (``gold_dD``, ``proxy_dD``, ``kl_dD`` of the evaluation rows), one panel per domain, one
     line per seed: where a blind spot shows as a proxy that climbs while the gold falls."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a user's backend (a notebook's) is left alone
 
     count = sum(1 for key in evals[0] if key.startswith("kl_d") and key[4:].isdigit())
-    fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.2), squeeze=False)
+    fig = Figure(figsize=(3.6 * count, 3.2))
+    axes = fig.subplots(1, count, squeeze=False)
     for d, ax in enumerate(axes[0]):
         for seed in sorted({e["seed"] for e in evals}):
             rows = [e for e in evals if e["seed"] == seed and e.get(f"kl_d{d}") is not None]
@@ -154,5 +151,4 @@ def plot_domains(evals: list[dict], path: pathlib.Path, title: str) -> None:
     axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
