@@ -49,8 +49,9 @@ def misbehave(out: pathlib.Path, process_id: int, mode: str) -> None:
         workdir = out / f"view_{process_id}"
         if process_id == 1:
             workdir.mkdir(parents=True)
+            # This config's own run (the JSON a workdir is claimed with), seen by process 1 only.
             (workdir / "config.json").write_text(
-                config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+                control_config.spec_from_config(config).config_json)
             (workdir / "metrics.jsonl").write_text("")
         loop.train(control_config.spec_from_config(config), workdir, progress=False)
     elif process_id == 1 and mode == "dead":
