@@ -39,7 +39,7 @@ from typing import Any
 
 import ml_collections
 
-from kltrust import families, processes
+from kltrust import families, processes, tracking
 from kltrust import workdir as workdirs
 from kltrust.errors import ConfigError
 from kltrust.metrics import rows_to_csv, write_text_atomic
@@ -81,10 +81,11 @@ class Run:
         return self.family.name + json.dumps(config, sort_keys=True, default=str)
 
     def record(self) -> dict:
-        """What the run directory's config.json holds (compared on resume)."""
+        """What the run directory's config.json holds (compared on resume): the config less its
+        ``logging`` options, as a run's own workdir claim (`kltrust.tracking.identity_json`)."""
         return {"arm": self.arm, "task": self.task, "seed": self.seed,
                 "swept": {k: _jsonable(v) for k, v in self.swept.items()},
-                "config": json.loads(self.config.to_json_best_effort(sort_keys=True))}
+                "config": json.loads(tracking.identity_json(self.config))}
 
 
 def load_preset(spec: str) -> ml_collections.ConfigDict:
