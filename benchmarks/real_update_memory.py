@@ -95,7 +95,7 @@ def _cell(preset: str, policy_kind: str, chunk: int, remat: bool, base, ref, tas
     if policy_kind == "lora":
         policy = real_rlhf.policy_model(spec, base)
     elif policy_kind == "full":
-        trained = dataclasses.replace(base, config=dataclasses.replace(base.config, remat=remat))
+        trained = real_rlhf.with_remat(base, remat)
         policy = ValueHead(trained) if method.critic else trained
     else:
         raise ValueError(f"policy {policy_kind!r}: full or lora")

@@ -60,6 +60,11 @@ def defaults() -> ml_collections.ConfigDict:
         enabled=False, project="kltrust", mode="offline", entity="", name="", tags=())))
 
 
+def _not_installed() -> ConfigError:
+    return ConfigError(f"config.logging.wandb.enabled = True: needs the wandb package, which is "
+                       f"not installed; {INSTALL_HINT}, or set it False.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks ``config.logging`` (absent: the defaults) with one `ConfigError` line naming the key;
     W&B switched on without the ``wandb`` package installed is refused here too, before anything
@@ -76,8 +81,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(all(isinstance(t, str) and t for t in w.tags), "logging.wandb.tags", w.tags,
           "a tuple of non-empty strings")
     if w.enabled and w.mode != "disabled" and importlib.util.find_spec("wandb") is None:
-        raise ConfigError(f"config.logging.wandb.enabled = True: needs the wandb package, which "
-                          f"is not installed; {INSTALL_HINT}, or set it False.")
+        raise _not_installed()
 
 
 def spec_from_config(config: ml_collections.ConfigDict) -> WandbSpec:
@@ -161,8 +165,7 @@ def open_tracker(directory: pathlib.Path, spec: WandbSpec, config_json: str) -> 
         import wandb
     except ImportError:  # validate refuses this earlier; a spec built by hand may not have been
         board.close()
-        raise ConfigError(f"config.logging.wandb.enabled = True: needs the wandb package, which "
-                          f"is not installed; {INSTALL_HINT}, or set it False.") from None
+        raise _not_installed() from None
     run = wandb.init(
         project=spec.project, entity=spec.entity or None, name=spec.name or directory.name,
         tags=list(spec.tags), mode=spec.mode, dir=str(directory), config=json.loads(config_json),

@@ -199,13 +199,18 @@ def with_base(params: Any, template: Any) -> Any:
     return params
 
 
+def with_remat(base: pretrained.PretrainedLM, remat: bool) -> pretrained.PretrainedLM:
+    """``base`` with its layers rematerialised in the backward pass or not (`ArchConfig.remat`)."""
+    if base.config.remat == remat:
+        return base
+    return dataclasses.replace(base, config=dataclasses.replace(base.config, remat=remat))
+
+
 def policy_model(spec: RealSpec, base: pretrained.PretrainedLM):
     """The policy: LoRA adapters on the base, under a value head for methods with a critic.
     ``spec.remat`` rematerialises the base's layers in the policy's backward pass (the reference
     and the proxy's trunk are never differentiated, so they keep the plain forward)."""
-    if spec.remat != base.config.remat:
-        base = dataclasses.replace(base, config=dataclasses.replace(base.config, remat=spec.remat))
-    model = lora.LoRAModel(base, spec.lora)
+    model = lora.LoRAModel(with_remat(base, spec.remat), spec.lora)
     if not METHODS.get(spec.method).critic:
         return model
     return ValueHead(model)
