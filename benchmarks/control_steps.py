@@ -8,7 +8,8 @@ For each preset (configs/ppo.py) and number of vmapped seeds: the time to compil
 chunk of ``--updates`` updates (rollout + GAE + every epoch and minibatch), each from the same
 initial state; env steps/s = updates × batch × seeds / median call time. The MuJoCo presets run
 the PPO paper's Table 3 update (one env × 2048 steps, 10 epochs × 32 minibatches); CartPole its
-own preset's (4 envs × 128 steps, 4 × 4). Prints a Markdown table.
+own preset's (4 envs × 128 steps, 4 × 4). Prints a Markdown table; with ``--json_out`` also
+writes the rows as one JSON object (a row of `benchmarks.peers`' ``brax`` part).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from benchmarks import bench_util
 from configs import ppo as ppo_configs
 from kltrust import train as programs
 from kltrust.train import control_config
@@ -58,17 +60,24 @@ def measure(preset: str, num_seeds: int, updates: int, repeats: int) -> dict[str
 def main(argv: Sequence[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
+    threads = bench_util.apply_threads(None)
+    measured = []
     rows = ["| preset | env | seeds | batch per update | compile+init s | s per update | "
             "env steps/s |", "|---|---|---|---|---|---|---|"]
     for preset in _PRESETS.value:
         env_name = ppo_configs.get_config(preset).env_name
         for num_seeds in map(int, _SEEDS.value):
             m = measure(preset, num_seeds, _UPDATES.value, _REPEATS.value)
+            measured.append(dict(m, preset=preset, env=env_name, seeds=num_seeds,
+                                 updates=_UPDATES.value))
             rows.append(f"| {preset} | {env_name} | {num_seeds} | {m['batch']} | "
                         f"{m['compile']:.1f} | {m['call'] / _UPDATES.value:.3f} | "
                         f"{m['steps_per_s']:,.0f} |")
             print(rows[-1], flush=True)
     print("\n".join(rows))
+    if bench_util.JSON_OUT.value:
+        bench_util.emit({"bench": "control_steps", "threads": threads,
+                         "versions": bench_util.versions(), "rows": measured})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,14 @@ Rows (each a separate process, so its peak memory is its own; see benchmarks/REA
 * DPO: one training step of a decoder of the dpo preset's size and of a larger one, kltrust vs a
   PyTorch implementation of the same model (`benchmarks.dpo_peers`), its FLOP/s against the
   measured matmul peak (`benchmarks.matmul_peak`).
+* real model: one DPO and one GRPO step on SmolLM2-135M with LoRA, kltrust vs TRL on the same
+  weights and tokens (`benchmarks.trl_real`; needs TRL and peft: the ``[bench]`` extra and
+  ``[dev]``, as `make bench-trl`). Its own repetition count (``--real_reps``): a rep takes about
+  3 minutes on 2 idle cores.
+* brax: kltrust PPO's env steps/s on a MuJoCo task through brax (MJX physics), the PPO paper's
+  Table 3 update (`benchmarks.control_steps`). No peer is run: brax's own PPO trainer collects
+  and minibatches differently (segments of ``unroll_length``), so its settings cannot be
+  matched one for one; the row is there so the table covers every family kltrust trains.
 * compile time of the default presets (`benchmarks.compile_times`).
 
 Repetitions are interleaved: rep 1 of every row (kltrust, then its peer), then rep 2, and so on, so
@@ -35,13 +43,14 @@ from typing import Any
 from absl import app, flags
 
 from benchmarks import bench_util
-from benchmarks.peers_report import (compile_section, control_section, dpo_section, peak_of,
-                                      seeds_section)
+from benchmarks.peers_report import (brax_section, compile_section, control_section,
+                                      dpo_section, peak_of, real_section, seeds_section)
 
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run (about 2 minutes on 2 idle cores): 1 rep, "
                            "tiny budgets, a low threshold, the default DPO size only.")
 _REPS = flags.DEFINE_integer("reps", 3, "Repetitions of every row (interleaved).")
-_PARTS = flags.DEFINE_list("parts", ["peak", "control", "seeds", "dpo", "compile"],
+_PARTS = flags.DEFINE_list("parts", ["peak", "control", "seeds", "dpo", "real", "brax",
+                                        "compile"],
                            "Which parts to run.")
 _STEPS = flags.DEFINE_integer("steps", 100_000, "Control throughput: env steps per run.")
 _THRESHOLD = flags.DEFINE_float("threshold", 475.0, "Control: return to reach.")
@@ -58,6 +67,12 @@ _EIGEN = flags.DEFINE_bool("eigen_variant", True, "Also run kltrust's DPO rows w
                            "multi-threaded Eigen (KLTRUST_EIGEN_THREADS=1).")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", False,
                                    "Also run the PyTorch DPO rows under torch.compile.")
+_REAL_REPS = flags.DEFINE_integer("real_reps", 1, "Repetitions of the real-model rows (each runs "
+                                  "--real_repeats timed steps per method and side).")
+_REAL_REPEATS = flags.DEFINE_integer("real_repeats", 3, "benchmarks.trl_real --repeats.")
+_BRAX_PRESETS = flags.DEFINE_list("brax_presets", ["inverted_pendulum_clip"],
+                                  "PPO presets of the brax part (configs/ppo.py).")
+_BRAX_REPS = flags.DEFINE_integer("brax_reps", 1, "Repetitions of the brax rows.")
 _COMPILE_PRESETS = flags.DEFINE_list("compile_presets", None, "benchmarks.compile_times --presets "
                                      "(default: its default list; 'all' for every preset).")
 _CACHE = flags.DEFINE_bool("cache_variant", True, "Also time the presets' compilation with JAX's "
@@ -121,7 +136,7 @@ def render(runner: Runner, started: datetime.datetime, wall: float, argv: Sequen
     slower: list[str] = []
     peak, peak_lines = peak_of(results)
     body = control_section(results, slower) + seeds_section(results) + peak_lines + dpo_section(
-        results, peak, slower) + compile_section(results)
+        results, peak, slower) + real_section(results, slower) + brax_section(results) + compile_section(results)
     vers = ", ".join(f"{k} {v}" for k, v in versions.items())
     head = [
         "## kltrust vs peers: benchmark results", "",
@@ -228,6 +243,20 @@ def main(argv: Sequence[str]) -> None:
                 for variant, args, env in variants:
                     runner.run(f"dpo_{size}_{variant}_r{rep}", "benchmarks.dpo_peers",
                                base + args, env=env, rep=rep, size=size, variant=variant)
+        if "real" in parts and rep < (1 if quick else _REAL_REPS.value):
+            # kltrust first: it writes the inputs (tokens, probe logits, proxy head) that the TRL
+            # process reads and checks against its own load of the same GGUF.
+            real_dir = json_dir / f"real_r{rep}"
+            methods = "dpo" if quick else "dpo,grpo"
+            for impl in ("kltrust", "trl"):
+                runner.run(f"real_{impl}_r{rep}", "benchmarks.trl_real",
+                           [f"--impl={impl}", f"--workdir={real_dir}", f"--methods={methods}",
+                            f"--repeats={1 if quick else _REAL_REPEATS.value}"], rep=rep)
+        if "brax" in parts and rep < (1 if quick else _BRAX_REPS.value):
+            runner.run(f"brax_r{rep}", "benchmarks.control_steps",
+                       [f"--presets={','.join(_BRAX_PRESETS.value)}", "--seeds=1",
+                        f"--updates={1 if quick else 2}", f"--repeats={1 if quick else 3}"],
+                       rep=rep)
     if "compile" in parts:
         args = [f"--presets={','.join(compile_presets)}"] if compile_presets else []
         runner.run("compile_times", "benchmarks.compile_times", args, rep=0, variant="plain")

@@ -203,6 +203,60 @@ def dpo_section(results, peak: float | None, slower: list[str]) -> list[str]:
     return lines
 
 
+def real_section(results, slower: list[str]) -> list[str]:
+    """SmolLM2-135M + LoRA, one DPO and one GRPO step: kltrust vs TRL (`benchmarks.trl_real`).
+    Per method and side, the rows' median step times (each row's own median of its timed
+    steps); tokens/s = tokens per step ÷ that; the ratio kltrust ÷ TRL of tokens/s."""
+    by_impl = {impl: _select(results, bench="real_step", impl=impl) for impl in ("kltrust", "trl")}
+    if not by_impl["kltrust"] or not by_impl["trl"]:
+        return []
+    names = {"kltrust": "kltrust (JAX, compiled chunk)", "trl": "TRL (PyTorch eager)"}
+    rows = []
+    for method in ("dpo", "grpo"):
+        per = {impl: [dict(r["methods"][method], rep=r.get("rep"), peak_rss_mb=r["peak_rss_mb"])
+                      for r in rs if method in r["methods"]] for impl, rs in by_impl.items()}
+        if not per["kltrust"] or not per["trl"]:
+            continue
+        for impl, rs in per.items():
+            first = "compile_s" if impl == "kltrust" else "first_step_s"
+            rows.append([method.upper(), names[impl], f"{rs[0]['tokens_per_step']:,}",
+                         _cell([r["step_s"] * 1e3 for r in rs], "{:,.0f}"),
+                         _cell(_values(rs, "tokens_per_s")), _cell(_values(rs, first), "{:.1f}"),
+                         _cell(_values(rs, "peak_rss_mb")),
+                         _ratio(rs, per["trl"], "tokens_per_s") if impl == "kltrust" else ""])
+        if statistics.median(_values(per["kltrust"], "tokens_per_s")) < statistics.median(
+                _values(per["trl"], "tokens_per_s")):
+            slower.append(f"real-model {method.upper()} step")
+    return ["### SmolLM2-135M with LoRA (rank 8 on q, k, v, o): one training step, the same "
+            "weights and tokens", ""] + _table(
+        ["method", "implementation", "tokens per step", "ms per step", "tokens/s",
+         "compile s (kltrust) / first step s (TRL)", "peak RSS MiB", "tokens/s ÷ TRL"], rows) + [
+        "", "configs/real.py's dpo and grpo presets; what one step holds on each side, and what "
+        "differs, is in benchmarks/trl_real.py's docstring.", ""]
+
+
+def brax_section(results) -> list[str]:
+    """kltrust PPO on brax tasks (`benchmarks.control_steps`): env steps/s per preset over reps."""
+    reps = _select(results, bench="control_steps")
+    presets: dict[str, list[dict]] = {}
+    for r in reps:
+        for m in r["rows"]:
+            presets.setdefault(m["preset"], []).append(dict(m, peak_rss_mb=r["peak_rss_mb"]))
+    if not presets:
+        return []
+    rows = [[name, ms[0]["env"], f"{ms[0]['batch']:,}",
+             _cell(_values(ms, "compile"), "{:.1f}"),
+             _cell([m["call"] / m["updates"] for m in ms], "{:.2f}"),
+             _cell(_values(ms, "steps_per_s")), _cell(_values(ms, "peak_rss_mb"))]
+            for name, ms in presets.items()]
+    return ["### kltrust PPO on brax (MuJoCo dynamics through MJX): one seed, the PPO paper's "
+            "Table 3 update", ""] + _table(
+        ["preset", "env", "env steps per update", "compile + init s", "s per update",
+         "env steps/s", "peak RSS MiB"], rows) + [
+        "", "No peer row: brax's own PPO trainer minibatches segments of unroll_length steps, so "
+        "its settings cannot be matched one for one (benchmarks/peers.py).", ""]
+
+
 def compile_section(results) -> list[str]:
     variants = {v: _select(results, bench="compile_times", variant=v)
                 for v in ("plain", "cache_cold", "cache_warm")}

@@ -401,6 +401,12 @@ def main(argv: Sequence[str]) -> None:
         print(json.dumps({k: v for k, v in row.items() if k not in ("machine", "versions")},
                          default=float), flush=True)
     (workdir / f"{_IMPL.value}.json").write_text(json.dumps(rows, indent=2, default=float))
+    if bench_util.JSON_OUT.value:  # a row of `benchmarks.peers` (its 'real' part): one object
+        bench_util.emit({"bench": "real_step", "impl": _IMPL.value, "threads": threads,
+                         "versions": versions,
+                         "methods": {r["method"]: {k: v for k, v in r.items()
+                                                   if k not in ("machine", "versions")}
+                                     for r in rows}})
 
 
 if __name__ == "__main__":

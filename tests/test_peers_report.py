@@ -1,0 +1,60 @@
+"""`benchmarks.peers_report`'s real-model and brax sections: medians, per-rep ratio ranges and
+the 'slower' list, from rows as `benchmarks.trl_real` and `benchmarks.control_steps` write them
+with ``--json_out`` (pure formatting; the expected cells are worked out by hand beside them)."""
+
+from __future__ import annotations
+
+import statistics
+
+from benchmarks.peers_report import brax_section, real_section
+
+
+def _row(impl: str, rep: int, dpo_s: float, grpo_s: float) -> dict:
+    first = "compile_s" if impl == "kltrust" else "first_step_s"
+    methods = {
+        "dpo": {"method": "dpo", "tokens_per_step": 1376, "step_s": dpo_s,
+                "tokens_per_s": 1376 / dpo_s, first: 10.0 + rep},
+        "grpo": {"method": "grpo", "tokens_per_step": 688, "step_s": grpo_s,
+                 "tokens_per_s": 688 / grpo_s, first: 20.0 + rep}}
+    return {"bench": "real_step", "impl": impl, "rep": rep, "peak_rss_mb": 1000.0 + rep,
+            "methods": methods}
+
+
+def test_the_section_gives_medians_and_the_ratio_of_tokens_per_second():
+    results = [_row("kltrust", 0, 0.5, 4.0), _row("trl", 0, 1.0, 2.0),
+               _row("kltrust", 1, 0.25, 5.0), _row("trl", 1, 1.0, 2.5),
+               _row("kltrust", 2, 0.5, 4.0), _row("trl", 2, 0.5, 2.0)]
+    slower: list[str] = []
+    lines = real_section(results, slower)
+    # cells after the method and implementation: tokens per step, ms, tokens/s, first, RSS, ratio
+    table = {(cells[1].strip(), cells[2].strip()): [c.strip() for c in cells[3:-1]]
+             for cells in (line.split("|") for line in lines if line.startswith("| DPO")
+                           or line.startswith("| GRPO"))}
+    dpo_k = table[("DPO", "kltrust (JAX, compiled chunk)")]
+    # tokens/s per rep: 2752, 5504, 2752 → median 2752 (min 2752, max 5504)
+    assert dpo_k[2] == "2,752 (2,752–5,504)"
+    # ratio of medians: 2752 ÷ median(1376, 1376, 2752) = 2.00; per-rep ratios 2, 4, 1
+    ratio = statistics.median([2752, 5504, 2752]) / statistics.median([1376, 1376, 2752])
+    assert dpo_k[5] == f"**{ratio:.2f}×** (1.00–4.00)"
+    grpo_k = table[("GRPO", "kltrust (JAX, compiled chunk)")]
+    assert grpo_k[5].startswith(f"**{(688 / 4.0) / (688 / 2.0):.2f}×**")
+    assert table[("GRPO", "TRL (PyTorch eager)")][3] == "21.0 (20.0–22.0)"  # first step, s
+    assert slower == ["real-model GRPO step"]  # DPO faster, GRPO slower than TRL
+
+
+def test_no_section_without_both_sides():
+    assert real_section([_row("kltrust", 0, 0.5, 4.0)], []) == []
+
+
+def test_the_brax_section_gives_each_preset_median_over_reps():
+    def rep(rep: int, call: float) -> dict:
+        return {"bench": "control_steps", "rep": rep, "peak_rss_mb": 2000.0,
+                "rows": [{"preset": "inverted_pendulum_clip", "env": "brax:inverted_pendulum",
+                          "batch": 2048, "compile": 60.0, "call": call, "updates": 2,
+                          "steps_per_s": 2 * 2048 / call, "seeds": 1}]}
+    lines = brax_section([rep(0, 2.0), rep(1, 4.0), rep(2, 1.0)])
+    row = next(line for line in lines if line.startswith("| inverted_pendulum_clip"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[4] == "1.00 (0.50–2.00)"  # s per update: call ÷ updates, median of 1.0, 2.0, 0.5
+    assert cells[5] == "2,048 (1,024–4,096)"  # 4096 / call
+    assert brax_section([]) == []
