@@ -115,15 +115,17 @@ def rollout_chunk(trainer: Any, state: Any, hp: Any) -> tuple[Any, jax.Array]:
     return state.replace(runner=runner, episodes=episodes, key=key), sums
 
 
-def interleaved_ms(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median ms per update of each chunk, timed round-robin ``repeats`` times."""
+def interleaved_ms(calls: dict[str, Callable[[], Any]], repeats: int
+                   ) -> dict[str, tuple[float, float, float]]:
+    """(median, min, max) ms per update of each chunk, timed round-robin ``repeats`` times."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) / seed_scaling._UPDATES.value
+    per_update = 1e3 / seed_scaling._UPDATES.value
+    return {name: (per_update * statistics.median(t), per_update * min(t), per_update * max(t))
             for name, t in times.items()}
 
 
@@ -150,7 +152,8 @@ def main(argv: Sequence[str]) -> None:
     calls["rollout + GAE only"], _ = compile_chunk({}, rollout_only=True)
     with open("/proc/loadavg") as f:
         load_before = " ".join(f.read().split()[:3])
-    ms = interleaved_ms(calls, seed_scaling._REPEATS.value)
+    spread = interleaved_ms(calls, seed_scaling._REPEATS.value)
+    ms = {name: median for name, (median, _, _) in spread.items()}
     with open("/proc/loadavg") as f:
         load_after = " ".join(f.read().split()[:3])
     metrics = calls["base"]()
@@ -163,9 +166,9 @@ def main(argv: Sequence[str]) -> None:
     print(f"preset: {ms['base']:.2f} ms / update = "
           f"{static.batch_size / ms['base'] * 1e3:,.0f} env steps/s; last chunk: mean backtracks "
           f"{backtracks:.2f}, accepted {accepted:.0%}, median CG ‖r‖/‖g‖ {rel_residual:.2g}\n")
-    print("| setting | ms / update |\n|---|---|")
-    for name, value in ms.items():
-        print(f"| {name} | {value:.2f} |")
+    print("| setting | ms / update (min–max) |\n|---|---|")
+    for name, (median, low, high) in spread.items():
+        print(f"| {name} | {median:.2f} ({low:.2f}–{high:.2f}) |")
     print("\n| phase | ms / update | share |\n|---|---|---|")
     for name, value in phases(ms, static):
         print(f"| {name} | {value:.2f} | {value / ms['base']:.0%} |")
