@@ -113,6 +113,33 @@ def test_kl_hessian_at_old_policy_is_the_fisher_matrix():
     np.testing.assert_allclose(fvp(jnp.asarray(v, jnp.float32)), fisher @ v, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_gauss_newton_product_is_the_kl_hessian_at_old_policy(discrete):
+    """At θ_old (batch.policy = π_θ) the KL's gradient in the distribution's parameters is 0, so
+    Jᵀ H J + λI is the Hessian product there; away from θ_old it stays PSD (vᵀFv > 0)."""
+    policy_fn, flat, obs = _tiny_policy(discrete)
+    batch = _batch_at(policy_fn, flat, obs)
+    damping = 0.1
+    hessian = trpo.fisher_vector_product(policy_fn, flat, batch, damping)
+    gauss_newton = trpo.gauss_newton_vector_product(policy_fn, flat, batch, damping)
+    for seed in (7, 8):
+        v = jax.random.normal(jax.random.PRNGKey(seed), flat.shape)
+        np.testing.assert_allclose(gauss_newton(v), hessian(v), rtol=1e-4, atol=1e-6)
+    away = flat + 0.3 * jax.random.normal(jax.random.PRNGKey(8), flat.shape)
+    v = jax.random.normal(jax.random.PRNGKey(9), flat.shape)
+    assert float(jnp.vdot(v, trpo.gauss_newton_vector_product(policy_fn, away, batch, 0.0)(v))) > 0
+
+
+def test_gauss_newton_step_equals_the_hessian_step():
+    """`step` with gauss_newton=True takes the same step at θ_old, up to float32 rounding."""
+    policy_fn, flat, obs = _tiny_policy(discrete=True)
+    batch = _batch_at(policy_fn, flat, obs)
+    steps = [trpo.step(policy_fn, flat, batch, _coefs(), variant=trpo.Variant(),
+                       gauss_newton=gn) for gn in (False, True)]
+    np.testing.assert_allclose(steps[1][0], steps[0][0], rtol=1e-5, atol=1e-6)
+    assert float(steps[1][1]["accepted"]) == float(steps[0][1]["accepted"]) == 1.0
+
+
 # ---------------------------------------------------------------- the step and its line search
 
 

@@ -181,6 +181,10 @@ class Trainer(common.ControlTrainer):
             policy_fn, flat_policy, batch, hp.step_coefs(), variant=variant,
             cg_iters=static.cg_iters, max_backtracks=static.max_backtracks,
             fvp_subsample=static.fvp_subsample,
+            # batch.policy is π at flat_policy (the rollout's own outputs), so the Gauss–Newton
+            # product is the KL's Hessian up to rounding, at about 0.7× the cost (CG's ten
+            # products were half of an update on CartPole: benchmarks/trpo_profile.py).
+            gauss_newton=True,
         )
         new_policy_params = unravel(new_flat_policy)
 
