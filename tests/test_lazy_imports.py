@@ -1,7 +1,8 @@
 """gymnax's plotting imports are deferred (`kltrust.envs.lazy_imports`), and deferring changes
 nothing but when they load; wandb is imported only by a run that switches it on
-(`kltrust.tracking`). Each check runs in a fresh interpreter: what a process has imported is
-process-wide state that the rest of the suite has long since filled."""
+(`kltrust.tracking`), orbax only by a run that checkpoints (`kltrust.checkpoint`). Each check runs
+in a fresh interpreter: what a process has imported is process-wide state that the rest of the
+suite has long since filled."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROBE = """
 import json, sys
 import kltrust.train.loop, kltrust.train.ppo, kltrust.train.trpo, kltrust.train.control_config
-loaded = sorted(m for m in ("seaborn", "pandas", "scipy.stats", "matplotlib.pyplot", "wandb")
+loaded = sorted(m for m in ("seaborn", "pandas", "scipy.stats", "matplotlib.pyplot", "wandb",
+                            "orbax.checkpoint")
                 if m in sys.modules and type(sys.modules[m]).__name__ != "_Deferred")
 from kltrust.train import common
 model, _, _ = common.model_and_env("CartPole-v1", (8,), "tanh")
@@ -44,7 +46,8 @@ def _run(code: str):
 
 def test_training_imports_skip_the_plotting_stack_and_it_still_works_when_used():
     probe = _run(PROBE)
-    # neither seaborn, pandas, scipy.stats, pyplot nor wandb (kltrust.tracking: only when on)
+    # neither seaborn, pandas, scipy.stats, pyplot, wandb (kltrust.tracking: only when on) nor
+    # orbax (kltrust.checkpoint: only when a run checkpoints)
     assert probe["loaded"] == []
     assert probe["discrete"]  # the environments themselves are unaffected
     assert probe["palette"] == _run(REFERENCE)  # first use loads the real seaborn: same values
