@@ -34,6 +34,18 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _computed_once(flag: jax.Array) -> jax.Array:
+    """``flag`` unchanged, through an operation XLA will not copy into each of its consumers.
+
+    Every leaf's select reads the one flag. XLA's fusion copies cheap producers into every
+    consumer, so the and-chain over the leaves' finiteness (and the metrics' ``is-finite``) was
+    recomputed inside each leaf's select: 5,226 of the 12,572 optimized HLO instructions of the
+    CartPole PPO chunk. ``exp`` is one XLA counts as expensive, which it does not duplicate, so the
+    chain is computed once (7,640 instructions). Exact: exp(0) = 1 > ½ and exp(−∞) = 0 < ½.
+    """
+    return jnp.exp(jnp.where(flag, 0.0, -jnp.inf)) > 0.5
+
+
 def skip_nonfinite(old: Any, new: Any, metrics: dict[str, jax.Array], bad_updates: jax.Array,
                    checked: tuple[str, ...] | None = None
                    ) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
@@ -44,7 +56,7 @@ def skip_nonfinite(old: Any, new: Any, metrics: dict[str, jax.Array], bad_update
     vector) belong outside ``checked``.
     """
     watched = metrics if checked is None else {k: metrics[k] for k in checked if k in metrics}
-    ok = all_finite(new) & all_finite(watched)
+    ok = _computed_once(all_finite(new) & all_finite(watched))
     kept = jax.tree.map(lambda o, n: jnp.where(ok, n, o), old, new)
     streak = jnp.where(ok, 0, bad_updates + 1).astype(jnp.int32)
     return kept, streak, {**metrics, SKIPPED: (~ok).astype(jnp.float32), STREAK: streak}
