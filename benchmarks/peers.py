@@ -135,8 +135,9 @@ def render(runner: Runner, started: datetime.datetime, wall: float, argv: Sequen
     threads = next((r["threads"] for r in results), machine["cores_allowed"])
     slower: list[str] = []
     peak, peak_lines = peak_of(results)
-    body = control_section(results, slower) + seeds_section(results) + peak_lines + dpo_section(
-        results, peak, slower) + real_section(results, slower) + brax_section(results) + compile_section(results)
+    body = (control_section(results, slower) + seeds_section(results) + peak_lines
+            + dpo_section(results, peak, slower) + real_section(results, slower)
+            + brax_section(results) + compile_section(results))
     vers = ", ".join(f"{k} {v}" for k, v in versions.items())
     head = [
         "## kltrust vs peers: benchmark results", "",

@@ -33,7 +33,7 @@ from absl import app, flags, logging
 
 from benchmarks import seed_scaling  # its --repeats, --updates, --profile and `executed_ops`
 from configs import trpo as trpo_configs
-from kltrust import rollout, sharding
+from kltrust import rollout, sharding, sweep
 from kltrust import train as programs
 from kltrust.train import control_config, loop
 
@@ -56,11 +56,7 @@ def make_config(overrides: dict[str, Any]):
     config.total_timesteps = updates * config.num_envs * config.num_steps
     config.mesh.runs = config.mesh.data = 1
     for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+        sweep.set_field(config, key, value, "trpo_profile")
     return config
 
 

@@ -55,6 +55,6 @@ def test_the_brax_section_gives_each_preset_median_over_reps():
     lines = brax_section([rep(0, 2.0), rep(1, 4.0), rep(2, 1.0)])
     row = next(line for line in lines if line.startswith("| inverted_pendulum_clip"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[4] == "1.00 (0.50–2.00)"  # s per update: call ÷ updates, median of 1.0, 2.0, 0.5
+    assert cells[4] == "1.00 (0.50–2.00)"  # s per update = call ÷ updates: 1.0, 2.0, 0.5
     assert cells[5] == "2,048 (1,024–4,096)"  # 4096 / call
     assert brax_section([]) == []
