@@ -189,9 +189,11 @@ def estimate(
         logp = jnp.where(jnp.abs(delta) <= c, logp, logp_ref + jnp.clip(delta, -c, c))
     k = info.fn(logp, logp_ref)
     if info.correction == "straight_through":
-        # k's value exactly (k2 − k2 is exactly 0), k2's gradient and none of k's.
-        k2 = _k2(logp, logp_ref)
-        k = jax.lax.stop_gradient(k) + (k2 - jax.lax.stop_gradient(k2))
+        # k's value exactly and k2's gradient (∇½δ² = δ∇δ), none of k's: sg(δ)·(δ − sg(δ)) is
+        # exactly 0 for every finite δ with gradient δ. (k2 − sg(k2)) was the same until ½δ²
+        # overflowed: |δ| ≥ 2^64 gave inf − inf = NaN.
+        d = logp - logp_ref
+        k = jax.lax.stop_gradient(k) + jax.lax.stop_gradient(d) * (d - jax.lax.stop_gradient(d))
     elif info.correction == "importance":
         if logp_old is None:
             logp_old = raw
