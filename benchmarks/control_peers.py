@@ -1,13 +1,15 @@
 """One control benchmark row: kltrust vs Stable-Baselines3 / sb3-contrib on CartPole-v1.
 
     python -m benchmarks.control_peers --impl=kltrust|sb3 --algo=ppo|trpo \
-        --mode=throughput|threshold [--steps=100000 --seeds=1 --seed=0 --json_out=row.json]
+        --mode=throughput|threshold [--steps=100000 --seeds=1 --devices=1 --seed=0 \
+        --json_out=row.json]
 
 ``--mode=throughput``: wall time of a fixed budget of ``--steps`` environment steps (rounded to
 whole updates). kltrust: `kltrust.train.loop.train` on the preset, ``--seeds`` seeds vmapped in one
-program; its compile time (init + lowering + XLA compilation, as ``RunResult.compile_seconds``) is
-reported apart from the run. SB3: ``model.learn(steps)``; its setup (building the model and the
-vector environment) is reported apart in the same way.
+program (split over ``--devices`` host CPU devices, still one program); its compile time (init +
+lowering + XLA compilation, as ``RunResult.compile_seconds``) is reported apart from the run.
+SB3: ``model.learn(steps)``; its setup (building the model and the vector environment) is
+reported apart in the same way.
 
 ``--mode=threshold``: wall time and environment steps until the mean return of the last 100
 episodes first reaches ``--threshold`` (475), one seed, at most ``--max_steps`` steps. SB3: a
@@ -24,6 +26,7 @@ matched is listed in benchmarks/README.md.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +41,10 @@ _ALGO = flags.DEFINE_enum("algo", "ppo", ["ppo", "trpo"], "Algorithm.")
 _MODE = flags.DEFINE_enum("mode", "throughput", ["throughput", "threshold"], "What to measure.")
 _STEPS = flags.DEFINE_integer("steps", 100_000, "Environment steps per seed (throughput mode).")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "kltrust: seeds vmapped in one program (throughput).")
+_DEVICES = flags.DEFINE_integer(
+    "devices", 1, "kltrust, throughput: split the vmapped seeds over this many host CPU devices "
+    "(config.mesh.runs; JAX's jax_num_cpu_devices, set before its backend starts). One program, "
+    "one jit: each device runs its share of the seeds on its own thread.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed (the first seed for vmapped kltrust runs).")
 _THRESHOLD = flags.DEFINE_float("threshold", 475.0, "Return threshold (threshold mode).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None,
@@ -157,6 +164,7 @@ def run_kltrust() -> dict[str, Any]:
         config.total_timesteps = updates * batch
         config.updates_per_chunk = _divisor_at_most(updates, config.updates_per_chunk)
         config.num_seeds = _SEEDS.value
+        config.mesh.runs = _DEVICES.value
     else:
         if _MAX_STEPS.value:
             config.total_timesteps = max(1, _MAX_STEPS.value // batch) * batch
@@ -173,7 +181,8 @@ def run_kltrust() -> dict[str, Any]:
     steps = updates * batch * seeds
     returns = result.metrics["episode_return"]  # [seeds, updates]
     row.update(
-        seeds=seeds, updates=updates, updates_per_chunk=config.updates_per_chunk,
+        seeds=seeds, devices=config.mesh.runs, updates=updates,
+        updates_per_chunk=config.updates_per_chunk,
         env_steps=steps, compile_s=result.compile_seconds, run_s=result.run_seconds, wall_s=wall,
         steps_per_s_run=steps / result.run_seconds,
         steps_per_s_total=steps / (result.compile_seconds + result.run_seconds),
@@ -263,6 +272,15 @@ def main(argv: Sequence[str]) -> None:
     if _IMPL.value == "sb3":
         import torch
     threads = bench_util.apply_threads(torch)
+    if _DEVICES.value != 1:
+        if _IMPL.value != "kltrust" or _MODE.value != "throughput" or _SEEDS.value % _DEVICES.value:
+            # One line and status 2, as the project's CLIs answer bad input (absl's UsageError
+            # would print the whole help text).
+            print(f"--devices={_DEVICES.value}: more than one device is for --impl=kltrust "
+                  "--mode=throughput with --seeds a multiple of it", file=sys.stderr)
+            raise SystemExit(2)
+        import jax
+        jax.config.update("jax_num_cpu_devices", _DEVICES.value)
     row = {"bench": f"control_{_MODE.value}", "impl": _IMPL.value, "algo": _ALGO.value,
            "mode": _MODE.value, "seed": _SEED.value, "threads": threads}
     row.update(run_kltrust() if _IMPL.value == "kltrust" else run_sb3())

@@ -57,6 +57,10 @@ _THRESHOLD = flags.DEFINE_float("threshold", 475.0, "Control: return to reach.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Control: give up on the threshold after this "
                                   "many env steps (default: the presets' 500k).")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "8", "32"], "kltrust PPO vmapped-seed counts.")
+_SEED_DEVICES = flags.DEFINE_list(
+    "seed_devices", ["1", "2"], "Host CPU devices the vmapped seeds are split over "
+    "(control_peers --devices; one program either way); counts of seeds they do not divide are "
+    "skipped.")
 _DPO_SIZES = flags.DEFINE_list("dpo_sizes", ["default", "large"], "DPO model sizes to run.")
 _DPO_REPEATS = flags.DEFINE_integer("dpo_repeats", 20, "Timed steps (kltrust: chunks) per DPO row.")
 _LARGE = flags.DEFINE_string(
@@ -221,9 +225,14 @@ def main(argv: Sequence[str]) -> None:
             for n in seeds:
                 if n == "1" and "control" in parts:
                     continue  # the throughput row above is the 1-seed row
-                runner.run(f"seeds{n}_r{rep}", "benchmarks.control_peers",
-                           ["--impl=kltrust", "--algo=ppo", "--mode=throughput",
-                            f"--steps={steps}", f"--seeds={n}", f"--seed={rep}"], rep=rep)
+                for devices in ([1] if n == "1" or quick else map(int, _SEED_DEVICES.value)):
+                    if int(n) % devices:
+                        continue
+                    suffix = "" if devices == 1 else f"_dev{devices}"
+                    runner.run(f"seeds{n}{suffix}_r{rep}", "benchmarks.control_peers",
+                               ["--impl=kltrust", "--algo=ppo", "--mode=throughput",
+                                f"--steps={steps}", f"--seeds={n}", f"--devices={devices}",
+                                f"--seed={rep}"], rep=rep)
         if "dpo" in parts:
             for size in sizes:
                 base = _large_args() if size == "large" else []

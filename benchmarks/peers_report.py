@@ -126,18 +126,24 @@ def seeds_section(results) -> list[str]:
     if not k:
         return []
     rows = []
-    for n in sorted({r["seeds"] for r in k}):
-        rs = [{**r, "per_seed": r["steps_per_s_run"] / n} for r in k if r["seeds"] == n]
+    # Rows written before control_peers had --devices ran on one device.
+    for n, devices in sorted({(r["seeds"], r.get("devices", 1)) for r in k}):
+        rs = [{**r, "per_seed": r["steps_per_s_run"] / n} for r in k
+              if r["seeds"] == n and r.get("devices", 1) == devices]
         total = _values(rs, "steps_per_s_run")
-        rows.append([str(n), f"{rs[0]['env_steps'] // n:,}", _cell(total),
+        rows.append([str(n), str(devices), f"{rs[0]['env_steps'] // n:,}", _cell(total),
                      _cell(_values(rs, "per_seed")), _cell(_values(rs, "compile_s"), "{:.1f}"),
                      _cell(_values(rs, "peak_rss_mb")),
+                     _ratio(rs, [r for r in k if r["seeds"] == 1], "steps_per_s_run"),
                      _ratio(rs, s, "per_seed", "steps_per_s_run"),
                      _ratio(rs, s, "steps_per_s_run")])
     return ["### kltrust PPO with N seeds vmapped in one program", ""] + _table(
-        ["seeds", "env steps per seed", "env steps/s (all seeds)", "env steps/s per seed",
-         "compile s", "peak RSS MiB", "per seed ÷ SB3 PPO", "all seeds ÷ SB3 PPO"], rows) + [
-        "", "SB3 runs one seed per process; N seeds cost it N runs (or N processes sharing the "
+        ["seeds", "host devices", "env steps per seed", "env steps/s (all seeds)",
+         "env steps/s per seed", "compile s", "peak RSS MiB", "all seeds ÷ one seed",
+         "per seed ÷ SB3 PPO", "all seeds ÷ SB3 PPO"], rows) + [
+        "", "Host devices: the seeds' axis split over that many CPU devices "
+        "(`--config.mesh.runs`), each run by its own thread; still one compiled program. "
+        "SB3 runs one seed per process; N seeds cost it N runs (or N processes sharing the "
         "same cores).", ""]
 
 

@@ -1,4 +1,4 @@
-"""`benchmarks.peers_report`'s real-model and brax sections: medians, per-rep ratio ranges and
+"""`benchmarks.peers_report`'s real-model, brax and vmapped-seeds sections: medians, per-rep ratio ranges and
 the 'slower' list, from rows as `benchmarks.trl_real` and `benchmarks.control_steps` write them
 with ``--json_out`` (pure formatting; the expected cells are worked out by hand beside them)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.peers_report import brax_section, real_section
+from benchmarks.peers_report import brax_section, real_section, seeds_section
 
 
 def _row(impl: str, rep: int, dpo_s: float, grpo_s: float) -> dict:
@@ -58,3 +58,28 @@ def test_the_brax_section_gives_each_preset_median_over_reps():
     assert cells[4] == "1.00 (0.50–2.00)"  # s per update = call ÷ updates: 1.0, 2.0, 0.5
     assert cells[5] == "2,048 (1,024–4,096)"  # 4096 / call
     assert brax_section([]) == []
+
+
+def test_the_seeds_section_splits_rows_by_host_devices_and_divides_by_one_seed():
+    def row(seeds: int, rep: int, rate: float, devices: int | None = None) -> dict:
+        r = {"bench": "control_throughput", "impl": "kltrust", "algo": "ppo", "rep": rep,
+             "seeds": seeds, "env_steps": 1000 * seeds, "steps_per_s_run": rate,
+             "compile_s": 10.0, "peak_rss_mb": 700.0}
+        if devices is not None:  # rows written before --devices existed have no key: 1 device
+            r["devices"] = devices
+        return r
+    results = [row(1, 0, 100.0), row(1, 1, 200.0),
+               row(8, 0, 150.0, 1), row(8, 1, 300.0, 1),
+               row(8, 0, 400.0, 2), row(8, 1, 500.0, 2)]
+    lines = seeds_section(results)
+    cells = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in
+                                                             line.split("|")[3:-1]]
+             for line in lines if line.startswith("| ") and not line.startswith("| seeds")}
+    assert set(cells) == {("1", "1"), ("8", "1"), ("8", "2")}
+    # all seeds ÷ one seed: median(400, 500) ÷ median(100, 200) = 450 / 150 = 3.00;
+    # per rep 400/100 = 4.00, 500/200 = 2.50
+    assert cells[("8", "2")][5] == "**3.00×** (2.50–4.00)"
+    assert cells[("8", "1")][5] == "**1.50×** (1.50–1.50)"  # 225 / 150; 150/100, 300/200
+    assert cells[("8", "2")][2] == "56 (50–62)"  # per seed: 400/8 = 50, 500/8 = 62.5
+    assert cells[("8", "2")][6] == "–"  # no SB3 rows, no ratio to them
+    assert seeds_section([]) == []
