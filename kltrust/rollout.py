@@ -219,7 +219,8 @@ def sample_tokens(
     temperature: jax.Array | float = 1.0,
     eos_id: int,
     pad_id: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return_logits: bool = False,
+) -> tuple[jax.Array, ...]:
     """Autoregressive sampling with a KV cache: one prefill of the prompt, then a `lax.scan`.
 
     Token t is drawn from softmax(logits_t / temperature). Once a row has emitted ``eos_id`` its
@@ -227,10 +228,12 @@ def sample_tokens(
 
     Args:
       cache: an empty cache with room for P + ``max_new_tokens`` positions.
+      return_logits: also return every step's logits / temperature [B, L, V], the distribution
+        each token was drawn from.
 
     Returns:
       (response [B, L] int32, mask [B, L] float32, log_prob [B, L]): log-probability of each sampled
-      token under the distribution it was drawn from (0 at padding).
+      token under the distribution it was drawn from (0 at padding); then the logits if asked.
     """
     logits, cache = decode_fn(params, prompts, cache)
     batch = prompts.shape[0]
@@ -245,12 +248,16 @@ def sample_tokens(
         done = done | (token == eos_id)
         next_logits, cache = decode_fn(params, token[:, None], cache)
         out = (token, live.astype(jnp.float32), jnp.where(live, token_logp, 0.0))
+        if return_logits:
+            out += (logits_last / temperature,)
         return (next_logits[:, -1], cache, done), out
 
     init = (logits[:, -1], cache, jnp.zeros((batch,), bool))
-    _, (tokens, mask, log_prob) = jax.lax.scan(
-        step, init, jax.random.split(key, max_new_tokens))
-    return tokens.T, mask.T, log_prob.T
+    _, outs = jax.lax.scan(step, init, jax.random.split(key, max_new_tokens))
+    tokens, mask, log_prob = (x.T for x in outs[:3])
+    if return_logits:
+        return tokens, mask, log_prob, jnp.swapaxes(outs[3], 0, 1)
+    return tokens, mask, log_prob
 
 
 def response_logits(sequence_fn: SequenceFn, params: Any, prompts: jax.Array,
@@ -277,7 +284,7 @@ class TokenRollout:
     prompt: jax.Array  # [B, P]
     response: jax.Array
     mask: jax.Array
-    log_prob: jax.Array  # under the sampling policy, recomputed teacher-forced
+    log_prob: jax.Array  # under the sampling policy, teacher-forced (or the sampler's: sampler_stats)
     sampled_log_prob: jax.Array  # as returned by the sampler (must equal log_prob)
     logits: jax.Array | None  # [B, L, V] policy logits (temperature applied); None if chunked
     value: jax.Array | None
@@ -302,6 +309,7 @@ def token_rollout(
     ref_sequence_fn: SequenceFn | None = None,
     ref_params: Any = None,
     stats_chunk: int = 0,
+    sampler_stats: bool = False,
 ) -> TokenRollout:
     """Samples responses, then scores them teacher-forced under the policy and (if given) the
     reference: per-token log-probs, values, entropy and the exact per-token KL via
@@ -312,18 +320,35 @@ def token_rollout(
     (`kltrust.models.chunked.token_stats`: the same statistics, without the two [B, L, V] logits
     arrays), and the rollout then carries no logits (``logits`` and ``ref_logits`` are None): a
     method that needs full distributions recomputes them per minibatch.
+
+    ``sampler_stats`` takes the policy's logits from the sampler (the KV-cache decoding that drew
+    each token) instead of a second, teacher-forced forward over prompt + response: the same
+    distributions up to float32 rounding (the cache sums in another order; `sample_tokens`), one
+    forward of the policy fewer. The teacher-forced forward still runs when the policy has a value
+    head, for the values only. Not with ``stats_chunk`` (the sampler keeps every step's logits).
     """
-    response, mask, sampled_log_prob = sample_tokens(
+    if sampler_stats and stats_chunk:
+        raise ValueError("token_rollout: sampler_stats needs stats_chunk = 0 (the sampler keeps "
+                         f"every step's [B, V] logits), got stats_chunk = {stats_chunk}")
+    sampled = sample_tokens(
         decode_fn, params, prompts, cache, key, max_new_tokens=max_new_tokens,
-        temperature=temperature, eos_id=eos_id, pad_id=pad_id)
+        temperature=temperature, eos_id=eos_id, pad_id=pad_id, return_logits=sampler_stats)
+    response, mask, sampled_log_prob = sampled[:3]
     if stats_chunk:
         stats = chunked.response_stats(
             sequence_fn, params, prompts, response, mask, max_rows=stats_chunk,
             ref_sequence_fn=ref_sequence_fn, ref_params=ref_params, temperature=temperature)
         return TokenRollout(prompts, response, mask, stats.log_prob, sampled_log_prob, None,
                             stats.value, stats.entropy, stats.ref_log_prob, None, stats.kl)
-    logits, value = response_logits(sequence_fn, params, prompts, response)
-    logits = logits / temperature
+    if sampler_stats:
+        logits, value = sampled[3], None
+        # The values need the trunk over the whole sequence; only a value head asks for it.
+        tokens = jnp.concatenate([prompts, response], axis=1)[:, :-1]
+        if jax.eval_shape(sequence_fn, params, tokens)[1] is not None:
+            _, value = response_logits(sequence_fn, params, prompts, response)
+    else:
+        logits, value = response_logits(sequence_fn, params, prompts, response)
+        logits = logits / temperature
     log_prob = token_log_probs(logits, response, mask)
     entropy = Categorical(logits).entropy() * mask
     ref_log_prob = ref_logits = token_kl = None

@@ -135,6 +135,9 @@ class Static:
     # > 0 keeps the [B, L, V] logits of the policy and the reference out of the rollout (a large
     # vocabulary's memory); methods that need full distributions recompute them per minibatch.
     stats_chunk: int = 0
+    # The rollout's policy statistics from the sampler's own logits (`rollout.token_rollout`'s
+    # ``sampler_stats``): one teacher-forced forward of the policy fewer per update.
+    sampler_stats: bool = False
     # The reference follows the policy (`kltrust.reference`: every ``hp.ref_sync_every`` updates,
     # θ_ref ← α·θ + (1 − α)·θ_ref; TR-DPO, an EMA): kept in `TrainState.ref_params`.
     ref_sync: bool = False
@@ -248,7 +251,7 @@ class Trainer:
             eos_id=task.eos_id, pad_id=task.pad_id,
             ref_sequence_fn=self.reference.sequence if with_reference else None,
             ref_params=frozen.ref_params if with_reference else None,
-            stats_chunk=self.static.stats_chunk)
+            stats_chunk=self.static.stats_chunk, sampler_stats=self.static.sampler_stats)
 
     def full_logits(self, params, frozen: tok.Frozen, prompts, response, reference: bool):
         """[B, L, V] logits of the policy at ``params`` (or, ``reference``, of the reference) at

@@ -70,6 +70,10 @@ def defaults() -> ml_collections.ConfigDict:
         # Rows per chunk of the teacher-forced log-probs / exact KL / entropy pass (0: the whole
         # batch at once): bounds the [rows, L, V] logits of a large vocabulary (rlhf.Static).
         stats_chunk=0,
+        # The policy's log-probs, entropy and exact KL from the logits the sampler computed with
+        # its KV cache instead of a second, teacher-forced forward: the same up to float32
+        # rounding, one policy forward fewer per update (`kltrust.rollout.token_rollout`).
+        sampler_stats=False,
         # The reference follows the policy every rl.hparams.ref_sync_every updates with mixup
         # rl.hparams.ref_sync_alpha (TR-DPO; an EMA with every = 1), `kltrust.reference`.
         ref_sync=False,
@@ -221,6 +225,11 @@ def validate_rl(rl: ml_collections.ConfigDict, g: ml_collections.ConfigDict, sha
     method = METHODS.get(rl.method, "rl.method")
     check(is_int(rl.stats_chunk, 0), "rl.stats_chunk", rl.stats_chunk,
           "an integer >= 0 (rows per chunk of the teacher-forced statistics; 0: the whole batch)")
+    check(isinstance(rl.sampler_stats, bool), "rl.sampler_stats", rl.sampler_stats,
+          "True or False")
+    check(not (rl.sampler_stats and rl.stats_chunk), "rl.sampler_stats", rl.sampler_stats,
+          f"False with rl.stats_chunk = {rl.stats_chunk} (the sampler keeps every step's logits; "
+          "chunked statistics exist to avoid holding them)")
     if rl.stats_chunk:
         check(method.chunked_stats, "rl.stats_chunk", rl.stats_chunk,
               f"0 for method {rl.method!r} (it needs the whole batch's logits at once)")
@@ -355,7 +364,7 @@ def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward, *,
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
         max_grad_norm=rl.max_grad_norm, preference_loss=rl.preference_loss, cg_iters=rl.cg_iters,
         max_backtracks=rl.max_backtracks, token_average=rl.token_average,
-        stats_chunk=rl.stats_chunk, ref_sync=rl.ref_sync, trpo_recovery=rl.trpo_recovery,
+        stats_chunk=rl.stats_chunk, sampler_stats=rl.sampler_stats, ref_sync=rl.ref_sync, trpo_recovery=rl.trpo_recovery,
         per_domain=per_domain)
 
 
