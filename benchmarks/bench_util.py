@@ -8,13 +8,17 @@ with ``--json_out`` and prints it. The thread budget is the set of cores the pro
 
 from __future__ import annotations
 
+import collections
 import datetime
+import glob
 import importlib.metadata
 import json
 import os
 import pathlib
 import platform
+import re
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,3 +109,30 @@ def emit(row: dict[str, Any]) -> None:
         path = pathlib.Path(JSON_OUT.value)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
+
+
+def executed_ops(run) -> collections.Counter:
+    """(kind -> [events, ns]) of the operations XLA's CPU runtime executed during ``run()``: the
+    leaf events of a ``jax.profiler`` trace on its worker threads, numbered names folded into
+    their kind (``dot.140`` -> ``dot``); loops, calls and executor spans are containers, not ops."""
+    import jax  # here, not at the top: the driver imports this module without JAX
+
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            run()
+        path = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
+        data = jax.profiler.ProfileData.from_file(path)
+    kinds: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):  # XLA's CPU worker threads
+                continue
+            for event in line.events:
+                name = event.name
+                if name.startswith(("while", "call", "conditional", "ThunkExecutor", "end:")):
+                    continue
+                kind = re.sub(r"\.\d+$", "", name)
+                kinds[kind] += event.duration_ns
+                counts[kind] += 1
+    return collections.Counter({k: (counts[k], kinds[k]) for k in kinds})

@@ -25,12 +25,9 @@ the random-number hash (`kltrust.threefry_cpu`).
 
 from __future__ import annotations
 
-import collections
-import glob
 import os
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -39,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from benchmarks import bench_util
 from configs import ppo as ppo_configs
 from kltrust import sharding
 from kltrust import train as programs
@@ -93,7 +91,8 @@ def time_chunk(num_seeds: int, num_epochs: int, profile: bool = False) -> dict:
         times.append(time.perf_counter() - t)
     seconds = statistics.median(times)
     steps = _UPDATES.value * spec.static.batch_size * num_seeds
-    ops = executed_ops(lambda: jax.block_until_ready(compiled(state, hparams))) if profile else None
+    ops = (bench_util.executed_ops(lambda: jax.block_until_ready(compiled(state, hparams)))
+           if profile else None)
     return {"ops": ops, "seeds": num_seeds, "epochs": num_epochs, "compile_s": compile_s,
             "chunk_s": seconds, "per_update_ms": 1e3 * seconds / _UPDATES.value, "steps_per_s": steps / seconds,
             "gflops": dense_flops(spec.static) * _UPDATES.value * num_seeds / seconds / 1e9}
@@ -110,31 +109,6 @@ def dense_flops(static) -> float:
     body = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     macs = 2 * body + widths[-1] * (model.action_dim + 1)  # actor and critic trunks, two heads
     return static.batch_size * 2 * macs * (1 + 3 * static.num_epochs)
-
-
-def executed_ops(run) -> collections.Counter:
-    """(kind -> [events, ns]) of the operations XLA's CPU runtime executed during ``run()``: the
-    leaf events of a ``jax.profiler`` trace on its worker threads, numbered names folded into
-    their kind (``dot.140`` -> ``dot``); loops, calls and executor spans are containers, not ops."""
-    with tempfile.TemporaryDirectory() as directory:
-        with jax.profiler.trace(directory):
-            run()
-        path = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
-        data = jax.profiler.ProfileData.from_file(path)
-    kinds: collections.Counter = collections.Counter()
-    counts: collections.Counter = collections.Counter()
-    for plane in data.planes:
-        for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):  # XLA's CPU worker threads
-                continue
-            for event in line.events:
-                name = event.name
-                if name.startswith(("while", "call", "conditional", "ThunkExecutor", "end:")):
-                    continue
-                kind = re.sub(r"\.\d+$", "", name)
-                kinds[kind] += event.duration_ns
-                counts[kind] += 1
-    return collections.Counter({k: (counts[k], kinds[k]) for k in kinds})
 
 
 def matmul_rate(n: int = 512, repeats: int = 20) -> float:
@@ -187,7 +161,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def print_profiles(rows: dict) -> None:
-    """Executed operations per update (`executed_ops`), per number of seeds."""
+    """Executed operations per update (`bench_util.executed_ops`), per number of seeds."""
     for (num_seeds, _), r in rows.items():
         if r["ops"] is None:
             continue

@@ -50,7 +50,8 @@ What one timed step is:
   row samples 24 as kltrust's fixed-length scan does; the proxy reward function: one base forward;
   the reference forward for the KL), the loss forward and backward, clip, AdamW. With
   ``num_iterations=1`` TRL takes the old log-probs as the detached current ones (no separate
-  forward), where kltrust's rollout runs the policy's teacher-forced forward once more.
+  forward), where kltrust's rollout runs the policy's teacher-forced forward once more, unless
+  ``--sampler_stats`` (``rl.sampler_stats``: its statistics then come from the sampler's logits).
 
 tokens/s: DPO 16 × 2 × (19 + 24) / step; GRPO 16 × (19 + 24) / step (and 16 × 24 sampled
 tokens / step). Compile (kltrust: tracing and XLA of the chunk) and TRL's first step (torch has no
@@ -79,6 +80,9 @@ _METHODS = flags.DEFINE_list("methods", ["dpo", "grpo"], "dpo and/or grpo.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls (kltrust: chunks; TRL: steps).")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed calls after compile / the first step.")
 _CHUNK = flags.DEFINE_integer("chunk", 1, "kltrust: updates per compiled call.")
+_SAMPLER_STATS = flags.DEFINE_bool(
+    "sampler_stats", False, "kltrust GRPO: rl.sampler_stats (the rollout's policy statistics from "
+    "the sampler's logits: one teacher-forced policy forward fewer, as TRL does without one).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench_trl", "Inputs and JSON rows go here.")
 _TRL_PYTHON = flags.DEFINE_string(
     "trl_python", None, "Interpreter for the TRL process (default: this one).")
@@ -159,7 +163,8 @@ def run_kltrust(workdir: pathlib.Path) -> list[dict[str, Any]]:
     for method in _METHODS.value:
         config = real_configs.get_config(method)
         config.model.update(lora_rank=LORA_RANK, lora_alpha=LORA_ALPHA, lora_targets="attention")
-        config.rl.update(updates_per_eval=_CHUNK.value)
+        config.rl.update(updates_per_eval=_CHUNK.value,
+                         sampler_stats=_SAMPLER_STATS.value and method == "grpo")
         spec = real_config.spec_from_config(config)
         s = spec.static
         if method == "dpo":
@@ -191,7 +196,7 @@ def run_kltrust(workdir: pathlib.Path) -> list[dict[str, Any]]:
         metrics = jax.device_get(call())
         row = {"bench": f"trl_real_{method}", "impl": "kltrust", "method": method,
                "model": MODEL, "prompt_len": prompt_len, "response_len": RESPONSE_LEN,
-               "chunk": _CHUNK.value, "compile_s": compile_s,
+               "chunk": _CHUNK.value, "compile_s": compile_s, "sampler_stats": s.sampler_stats,
                "step_times_s": [t / _CHUNK.value for t in times],
                "learning_rate": float(spec.hparams_values.learning_rate),
                "beta": float(spec.hparams_values.beta),

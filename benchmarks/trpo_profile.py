@@ -4,7 +4,7 @@
 
 One compiled chunk of ``--updates`` updates (1 seed, no host loop, no checkpointing) is timed
 directly, as `benchmarks.seed_scaling` does (whose ``--repeats``, ``--updates`` and ``--profile``
-flags and `executed_ops` this reuses), for the preset and for variants that change one phase's
+flags this reuses), for the preset and for variants that change one phase's
 size only; the repetitions are interleaved (base, variant 1, variant 2, …, base, …) so that load
 from other processes falls on every setting alike, and medians are reported. Each phase's cost
 follows from a fit t = t₀ + n·t_phase over its size n:
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from benchmarks import seed_scaling  # its --repeats, --updates, --profile and `executed_ops`
+from benchmarks import bench_util
+from benchmarks import seed_scaling  # its --repeats, --updates and --profile flags
 from configs import trpo as trpo_configs
 from kltrust import rollout, sharding, sweep
 from kltrust import train as programs
@@ -170,7 +171,7 @@ def main(argv: Sequence[str]) -> None:
         print(f"| {name} | {value:.2f} | {value / ms['base']:.0%} |")
     print(f"| total (preset) | {ms['base']:.2f} | 100% |")
     if seed_scaling._PROFILE.value:
-        ops = seed_scaling.executed_ops(calls["base"])
+        ops = bench_util.executed_ops(calls["base"])
         updates = seed_scaling._UPDATES.value
         events = sum(n for n, _ in ops.values()) / updates
         busy = sum(ns for _, ns in ops.values()) / updates / 1e6
