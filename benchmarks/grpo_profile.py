@@ -85,9 +85,13 @@ def main(argv: Sequence[str]) -> None:
     policy, base, task = trainer.policy, trainer.reference, frozen.task
     batch = prompts.shape[0]
     key = jax.random.PRNGKey(1)
-    response, mask, _ = jax.jit(lambda p, k: rollout.sample_tokens(
-        policy.decode, p, prompts, policy.empty_cache(batch), k, max_new_tokens=RESPONSE_LEN,
-        eos_id=task.eos_id, pad_id=task.pad_id))(state.params, key)
+
+    def sample(params):
+        return rollout.sample_tokens(policy.decode, params, prompts, policy.empty_cache(batch), key,
+                                     max_new_tokens=RESPONSE_LEN, eos_id=task.eos_id,
+                                     pad_id=task.pad_id)
+
+    response, mask, _ = jax.jit(sample)(state.params)  # what the later phases score
     advantage = jax.random.normal(key, (batch, 1))
 
     def loss(params):
@@ -95,9 +99,7 @@ def main(argv: Sequence[str]) -> None:
         return -(rollout.token_log_probs(logits, response, mask) * advantage).sum()
 
     phases = {
-        "sample": (lambda p: rollout.sample_tokens(
-            policy.decode, p, prompts, policy.empty_cache(batch), key,
-            max_new_tokens=RESPONSE_LEN, eos_id=task.eos_id, pad_id=task.pad_id), state.params),
+        "sample": (sample, state.params),
         "policy forward": (lambda p: rollout.response_logits(
             policy.sequence, p, prompts, response)[0], state.params),
         "reference forward": (lambda p: rollout.response_logits(

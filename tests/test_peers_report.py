@@ -1,6 +1,7 @@
-"""`benchmarks.peers_report`'s real-model, brax and vmapped-seeds sections: medians, per-rep ratio ranges and
-the 'slower' list, from rows as `benchmarks.trl_real` and `benchmarks.control_steps` write them
-with ``--json_out`` (pure formatting; the expected cells are worked out by hand beside them)."""
+"""`benchmarks.peers_report`'s real-model, brax and vmapped-seeds sections: medians, per-rep
+ratio ranges and the 'slower' list, from rows as `benchmarks.trl_real`, `benchmarks.control_steps`
+and `benchmarks.control_peers` write them with ``--json_out`` (pure formatting; the expected cells
+are worked out by hand beside them)."""
 
 from __future__ import annotations
 
