@@ -13,6 +13,7 @@ which would bias value targets on Pendulum, where every episode ends by truncati
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -284,7 +285,7 @@ class TokenRollout:
     prompt: jax.Array  # [B, P]
     response: jax.Array
     mask: jax.Array
-    log_prob: jax.Array  # under the sampling policy, teacher-forced (or the sampler's: sampler_stats)
+    log_prob: jax.Array  # under the sampling policy; teacher-forced unless sampler_stats
     sampled_log_prob: jax.Array  # as returned by the sampler (must equal log_prob)
     logits: jax.Array | None  # [B, L, V] policy logits (temperature applied); None if chunked
     value: jax.Array | None
@@ -343,9 +344,9 @@ def token_rollout(
     if sampler_stats:
         logits, value = sampled[3], None
         # The values need the trunk over the whole sequence; only a value head asks for it.
-        tokens = jnp.concatenate([prompts, response], axis=1)[:, :-1]
-        if jax.eval_shape(sequence_fn, params, tokens)[1] is not None:
-            _, value = response_logits(sequence_fn, params, prompts, response)
+        forced = functools.partial(response_logits, sequence_fn)
+        if jax.eval_shape(forced, params, prompts, response)[1] is not None:
+            _, value = forced(params, prompts, response)
     else:
         logits, value = response_logits(sequence_fn, params, prompts, response)
         logits = logits / temperature

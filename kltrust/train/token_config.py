@@ -364,8 +364,8 @@ def static_from_rl(rl: ml_collections.ConfigDict, policy, reference, reward, *,
         minibatches=rl.minibatches, updates_per_eval=rl.updates_per_eval,
         max_grad_norm=rl.max_grad_norm, preference_loss=rl.preference_loss, cg_iters=rl.cg_iters,
         max_backtracks=rl.max_backtracks, token_average=rl.token_average,
-        stats_chunk=rl.stats_chunk, sampler_stats=rl.sampler_stats, ref_sync=rl.ref_sync, trpo_recovery=rl.trpo_recovery,
-        per_domain=per_domain)
+        stats_chunk=rl.stats_chunk, sampler_stats=rl.sampler_stats, ref_sync=rl.ref_sync,
+        trpo_recovery=rl.trpo_recovery, per_domain=per_domain)
 
 
 def hparams_values(rl: ml_collections.ConfigDict) -> rlhf.HParams:
