@@ -11,7 +11,7 @@ prompt, 24 new tokens, float32, no adapters) three ways and times them, interlea
 
     stacked scan     the model's own decode: ``lax.scan`` over the stacked layer weights
     static slices    a Python loop over the layers inside the token step, slicing the stacked
-                     weights at constant indices (what ``scan(unroll=True)`` gives)
+                     weights at constant indices (an unrolled layer loop)
     per-layer arrays a Python loop over 30 separate weight arrays, split once outside the program:
                      nothing is sliced inside it (an extra copy of every layer weight in memory)
 
@@ -84,6 +84,7 @@ def make_greedy(model, variant: str):
 
 
 def main(argv: Sequence[str]) -> None:
+    """Compiles the three samplers, checks their tokens agree and prints the timing table."""
     del argv
     model = pretrained.load("smollm2-135m", "float32", max_len=PROMPT + NEW)  # as trl_real's
     params = model.init(jax.random.key(0))
