@@ -39,7 +39,9 @@ BATCH, PROMPT, NEW = 16, 19, 24  # benchmarks.trl_real's GRPO row
 
 def _decode_layers(cfg, params, layers, tokens, cache_kv, length):
     """One cached decoding step with the layers run by a Python loop over ``layers`` (a list of
-    per-layer weight dicts) and ``cache_kv`` (a list of per-layer (keys, values))."""
+    per-layer weight dicts) and ``cache_kv`` (a list of per-layer (keys, values)). It restates
+    `model.trunk` around the layers for llama models only (no gemma input scale): SmolLM2 is all
+    this probe loads, and the tokens are checked against the model's own decode."""
     positions = length + jnp.arange(tokens.shape[1], dtype=jnp.int32)
     consts = lm.layer_constants(cfg)
     x = params["embed"][tokens]
