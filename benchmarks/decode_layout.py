@@ -5,8 +5,9 @@ the stacked [layers, …] arrays at every token step?
 
 `benchmarks.grpo_profile --profile` found a quarter of the sampling call in copies of each layer's
 weights out of the stacked arrays (``lax.scan`` over the layers slices them dynamically at every
-token step). This compiles greedy decoding of the GRPO row's shapes (16 sequences, a 19-token
-prompt, 24 new tokens, float32, no adapters) three ways and times them, interleaved, median of
+token step). This compiles `rollout.sample_tokens` (the token rollouts' sampler: a prefill,
+then one categorical draw per token) at the GRPO row's shapes (16 sequences, a 19-token prompt,
+24 new tokens, float32, no adapters) three ways and times them, interleaved, median of
 ``--repeats`` calls after one untimed call:
 
     stacked scan     the model's own decode: ``lax.scan`` over the stacked layer weights
@@ -15,7 +16,8 @@ prompt, 24 new tokens, float32, no adapters) three ways and times them, interlea
     per-layer arrays a Python loop over 30 separate weight arrays, split once outside the program:
                      nothing is sliced inside it (an extra copy of every layer weight in memory)
 
-All three produce the same tokens (checked). The printed table goes into docs/results/speed.md.
+The share of tokens equal to the stacked scan's is printed (the same key; float32 rounding
+between the layouts may flip a rare draw). The printed table goes into docs/results/speed.md.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from kltrust import rollout
 from kltrust.models import pretrained
 from kltrust.models.pretrained import model as lm
 
@@ -54,33 +57,42 @@ def _decode_layers(cfg, params, layers, tokens, cache_kv, length):
     return lm.lm_head(cfg, params, hidden), new_kv
 
 
-def make_greedy(model, variant: str):
-    """A jitted greedy sampler: (params, per-layer weights or None, prompt) -> new tokens [B, NEW].
-    """
+def _per_layer(layers: dict, num_layers: int) -> list[dict]:
+    """The stacked [layers, …] weights as one dict of arrays per layer."""
+    return [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)]
+
+
+def decoder(model, variant: str):
+    """(decode_fn, empty_cache) for `rollout.sample_tokens`, reading the layer weights as
+    ``variant`` says. decode_fn takes (params, per-layer weights or None) as its parameters."""
+    if variant == "stacked scan":
+        return (lambda weights, tokens, cache: model.decode(weights[0], tokens, cache),
+                model.empty_cache)
     cfg = model.config
 
-    def sample(params, split, prompt):
-        cache = model.empty_cache(prompt.shape[0])
-        logits, cache = model.decode(params, prompt, cache)  # the prefill: the same for all
-        if variant == "stacked scan":
-            def step(carry, _):
-                last, cache = carry
-                token = jnp.argmax(last, axis=-1)[:, None]
-                logits, cache = model.decode(params, token, cache)
-                return (logits[:, -1], cache), token[:, 0]
-            _, out = jax.lax.scan(step, (logits[:, -1], cache), None, length=NEW)
-            return out.T
-        kv = [(cache.key[i], cache.value[i]) for i in range(cfg.num_layers)]
+    def decode(weights, tokens, cache):
+        (params, split), (kv, length) = weights, cache
+        layers = split if variant == "per-layer arrays" else _per_layer(params["layers"],
+                                                                       cfg.num_layers)
+        logits, kv = _decode_layers(cfg, params, layers, tokens, kv, length)
+        return logits, (kv, length + tokens.shape[1])
 
-        def step(carry, _):
-            last, kv, length = carry
-            token = jnp.argmax(last, axis=-1)[:, None]
-            layers = split if variant == "per-layer arrays" else [
-                jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(cfg.num_layers)]
-            logits, kv = _decode_layers(cfg, params, layers, token, kv, length)
-            return (logits[:, -1], kv, length + 1), token[:, 0]
-        _, out = jax.lax.scan(step, (logits[:, -1], kv, cache.length), None, length=NEW)
-        return out.T
+    def empty_cache(batch):
+        cache = model.empty_cache(batch)
+        return [(cache.key[i], cache.value[i]) for i in range(cfg.num_layers)], cache.length
+
+    return decode, empty_cache
+
+
+def make_sampler(model, variant: str):
+    """A jitted `rollout.sample_tokens` (the sampler the token rollouts use: prefill, then one
+    categorical draw per step): ((params, per-layer weights or None), prompt, key) -> tokens."""
+    decode, empty_cache = decoder(model, variant)
+    eos, pad = model.tokenizer.eos_id, model.tokenizer.pad_id
+
+    def sample(weights, prompt, key):
+        return rollout.sample_tokens(decode, weights, prompt, empty_cache(prompt.shape[0]), key,
+                                     max_new_tokens=NEW, eos_id=eos, pad_id=pad)[0]
 
     return jax.jit(sample)
 
@@ -90,15 +102,15 @@ def main(argv: Sequence[str]) -> None:
     del argv
     model = pretrained.load("smollm2-135m", "float32", max_len=PROMPT + NEW)  # as trl_real's
     params = model.init(jax.random.key(0))
-    split = [jax.tree.map(lambda a, i=i: a[i], params["layers"])
-             for i in range(model.config.num_layers)]
+    split = _per_layer(params["layers"], model.config.num_layers)
     prompt = jax.random.randint(jax.random.key(1), (BATCH, PROMPT), 0, model.vocab_size)
+    key = jax.random.key(2)
     variants = ("stacked scan", "static slices", "per-layer arrays")
     calls, compile_s, tokens = {}, {}, {}
     for name in variants:
-        args = (params, split if name == "per-layer arrays" else None, prompt)
+        args = ((params, split if name == "per-layer arrays" else None), prompt, key)
         start = time.perf_counter()
-        compiled = make_greedy(model, name).lower(*args).compile()
+        compiled = make_sampler(model, name).lower(*args).compile()
         compile_s[name] = time.perf_counter() - start
         tokens[name] = np.asarray(compiled(*args))  # the untimed call
         calls[name] = (compiled, args)
