@@ -7,6 +7,8 @@ Control presets (configs/ppo.py, configs/trpo.py): what `kltrust.train.loop.trai
 ``compile_seconds`` (the jitted init called, the chunk of ``updates_per_chunk`` updates lowered and
 compiled), measured the same way on the program `loop.train` builds, without running it, and split
 into init (eager parameter init + the jitted init), tracing + lowering, and XLA compilation.
+With JAX's persistent cache on (``JAX_COMPILATION_CACHE_DIR``) `kltrust.program_cache` is on too,
+as in ``loop.train``: a warm run loads chunk and initial state (``program_cached``, no split).
 Token presets (configs/rlhf.py, policy stages): what `kltrust.train.pipeline.run_policy` reports as
 ``compile_seconds`` (init, the chunk of ``updates_per_eval`` updates and the evaluation, with the
 preset's seeds vmapped), from a one-chunk run on random reference and reward-model weights (data
@@ -52,7 +54,7 @@ def control_compile(family: str, preset: str) -> dict[str, Any]:
     import numpy as np
 
     from configs import ppo, trpo
-    from kltrust import sharding
+    from kltrust import program_cache, sharding
     from kltrust import train as programs
     from kltrust.train import control_config
 
@@ -63,16 +65,26 @@ def control_compile(family: str, preset: str) -> dict[str, Any]:
     trainer = program.make_trainer(spec.static, mesh)
     seeds = spec.seeds
     hparams = jax_tree_broadcast(spec.hparams, len(seeds))
-    init, run_chunk = program.compile_run(trainer)
-    start = time.perf_counter()  # as loop.train times it, split in three
-    state = jax.block_until_ready(init(jnp.asarray(seeds), hparams))
-    initialised = time.perf_counter()
-    lowered = run_chunk.lower(state, hparams)
-    traced = time.perf_counter()
-    lowered.compile()
-    end = time.perf_counter()
-    return {"compile_s": end - start, "init_s": initialised - start,
-            "trace_lower_s": traced - initialised, "xla_compile_s": end - traced,
+    split = {}
+
+    def compile_fn():  # as loop.train compiles, split in three
+        init, run_chunk = program.compile_run(trainer)
+        start = time.perf_counter()
+        state = jax.block_until_ready(init(jnp.asarray(seeds), hparams))
+        initialised = time.perf_counter()
+        lowered = run_chunk.lower(state, hparams)
+        traced = time.perf_counter()
+        compiled = lowered.compile()
+        end = time.perf_counter()
+        split.update(init_s=initialised - start, trace_lower_s=traced - initialised,
+                     xla_compile_s=end - traced)
+        return state, compiled
+
+    start = time.perf_counter()
+    # With JAX's cache on (JAX_COMPILATION_CACHE_DIR), the program cache is too, as in loop.train
+    _, _, cached = program_cache.init_and_compile(compile_fn, spec.algorithm, spec.static, mesh,
+                                                  seeds, hparams)
+    return {"compile_s": time.perf_counter() - start, **split, "program_cached": cached,
             "seeds": len(seeds), "updates_per_chunk": config.updates_per_chunk}
 
 

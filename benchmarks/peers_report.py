@@ -296,6 +296,8 @@ def compile_section(results) -> list[str]:
                 rows) + [
         "", f"One process compiles them all, one after the other; its peak RSS (MiB): {rss}. The "
         "persistent cache is JAX's (JAX_COMPILATION_CACHE_DIR, with "
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0); kltrust"
-        " turns it on only when asked (the programs' --compilation_cache switch).",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0) and, for the control presets, kltrust's "
+        "program cache inside it (kltrust.program_cache: a warm run loads its compiled chunk and "
+        "initial state, nothing traced); kltrust turns both on only when asked (the programs' "
+        "--compilation_cache switch).",
         ""]

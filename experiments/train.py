@@ -42,7 +42,8 @@ def main(argv: Sequence[str]) -> None:
     final = result.metrics["episode_return"][:, -1]
     print(f"final mean episode return per seed: {', '.join(f'{r:.1f}' for r in final)}")
     if steps:
-        print(f"compile {result.compile_seconds:.1f} s; run {result.run_seconds:.1f} s "
+        loaded = " (loaded from the program cache)" if result.program_cached else ""
+        print(f"compile {result.compile_seconds:.1f} s{loaded}; run {result.run_seconds:.1f} s "
               f"({steps / result.run_seconds:,.0f} env steps/s over {len(result.seeds)} seed(s))")
     print(f"metrics: {_WORKDIR.value}/metrics.jsonl  plot: {_WORKDIR.value}/learning_curve.png  "
           f"checkpoints: {_WORKDIR.value}/checkpoints  tensorboard: {_WORKDIR.value}/tensorboard")

@@ -12,6 +12,10 @@ disk to spend. Every program in ``experiments/`` takes ``--compilation_cache``:
   (shared by all runs of this user; the pretrained-model cache lives beside it);
 - any other value: that directory (created if missing), e.g. one under the run's workdir.
 
+With the cache on, control runs (`kltrust.train.loop`) also keep their compiled chunk and initial
+state in ``kltrust-programs`` inside it (`kltrust.program_cache`): a warm run loads both without
+tracing or initialising anything.
+
 JAX's own thresholds are lowered to zero so that every program is kept, not only those that took
 over a second to compile: on CPU the many small programs (initialisation, evaluation) add up.
 """

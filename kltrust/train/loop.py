@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kltrust import checkpoint as ckpt
-from kltrust import processes, sharding, tracking
+from kltrust import processes, program_cache, sharding, tracking
 from kltrust import train as programs
 from kltrust import workdir as workdirs
 from kltrust.train import host
@@ -70,6 +70,7 @@ class RunResult:
     run_seconds: float
     resumed_from: int = 0  # updates restored from a checkpoint (0: a fresh run)
     preempted: bool = False  # stopped early by SIGTERM, after writing a checkpoint
+    program_cached: bool = False  # chunk and initial state loaded (`kltrust.program_cache`)
 
 
 RUN_OUTPUTS = ("metrics.jsonl", "checkpoints", "tensorboard", "wandb", "learning_curve.png",
@@ -158,9 +159,15 @@ def train(
         resume = workdirs.claim_workdir("loop.workdir", workdir, spec.config_json, WORKDIR_RULES,
                                         overwrite=overwrite) is workdirs.Claim.RESUME
 
-    init, run_chunk = program.compile_run(trainer)
     start = time.perf_counter()
-    state, compiled_chunk = init_and_compile(init, run_chunk, jnp.asarray(padded_seeds), hparams)
+
+    def compile_fn():
+        init, run_chunk = program.compile_run(trainer)
+        return init_and_compile(init, run_chunk, jnp.asarray(padded_seeds), hparams)
+
+    # With --compilation_cache on, a run seen before loads its chunk and initial state instead.
+    state, compiled_chunk, cached = program_cache.init_and_compile(
+        compile_fn, spec.algorithm, static, mesh, padded_seeds, hparams)
     compile_seconds = time.perf_counter() - start
 
     # The tracker (TensorBoard, W&B): process 0 of a run with a workdir, opened once compiled so
@@ -198,6 +205,7 @@ def train(
         env_steps_per_update=static.batch_size,
         compile_seconds=compile_seconds,
         run_seconds=ran.loop_seconds,
+        program_cached=cached,
         resumed_from=ran.resumed_from,
         preempted=ran.preempted,
     )
