@@ -3,11 +3,11 @@ initial state instead of tracing, initialising and compiling.
 
 What is checked: the key changes with each thing the chunk or the state depends on (static,
 seeds, a hyperparameter's value, the algorithm, a source file's content) and is the same for the
-same inputs; and, with separate processes of `experiments.train` (the failure this guards against, an executable
-missing functions, shows only when another process loads it), that after JAX's own cache already
-holds the chunk (that executable must not be the one stored) a first run stores an entry and a
-second loads it and writes byte-identical metrics, and that a damaged entry is reported in one line, compiled again,
-replaced, and still gives the same metrics.
+same inputs. And, with separate processes of `experiments.train` (the failure guarded against, an
+executable missing functions, shows only when another process loads it): after JAX's own cache
+already holds the chunk (that executable must not be the one stored), a first run stores an entry
+and a second loads it and writes byte-identical metrics; a damaged entry is reported in one line,
+compiled again and replaced, and still gives the same metrics.
 """
 
 from __future__ import annotations
