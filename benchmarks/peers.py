@@ -79,7 +79,8 @@ _BRAX_PRESETS = flags.DEFINE_list("brax_presets", ["inverted_pendulum_clip"],
 _BRAX_REPS = flags.DEFINE_integer("brax_reps", 1, "Repetitions of the brax rows.")
 _COMPILE_PRESETS = flags.DEFINE_list("compile_presets", None, "benchmarks.compile_times --presets "
                                      "(default: its default list; 'all' for every preset).")
-_CACHE = flags.DEFINE_bool("cache_variant", True, "Also time the presets' compilation with JAX's "
+_CACHE = flags.DEFINE_bool("cache_variant", True, "Also time the presets' compilation (and the "
+                            "kltrust control throughput rows) with JAX's "
                            "persistent compilation cache (written by one run, read by the next).")
 _PEAK_N = flags.DEFINE_integer("peak_n", 2048, "Matmul size of the peak measurement.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results.md", "Markdown output.")
@@ -213,6 +214,18 @@ def main(argv: Sequence[str]) -> None:
                     runner.run(f"tput_{algo}_{impl}_r{rep}", "benchmarks.control_peers",
                                [f"--impl={impl}", f"--algo={algo}", "--mode=throughput",
                                 f"--steps={steps}", f"--seed={rep}"], rep=rep)
+                if _CACHE.value:
+                    # The same kltrust row with --compilation_cache's effect (JAX's cache and the
+                    # program cache inside it): a first run fills an empty directory, a second
+                    # loads its chunk and initial state. Only the second is shown.
+                    env = {"JAX_COMPILATION_CACHE_DIR": str(json_dir / f"cache_{algo}_r{rep}"),
+                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+                    for variant in ("cache_cold", "cache_warm"):
+                        runner.run(f"tput_{algo}_kltrust_{variant}_r{rep}",
+                                   "benchmarks.control_peers",
+                                   ["--impl=kltrust", f"--algo={algo}", "--mode=throughput",
+                                    f"--steps={steps}", f"--seed={rep}"], env=env, rep=rep,
+                                   variant=variant)
             for algo in ("ppo", "trpo") if not quick else ("ppo",):
                 for impl in ("kltrust", "sb3"):
                     args = [f"--impl={impl}", f"--algo={algo}", "--mode=threshold",

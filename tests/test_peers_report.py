@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.peers_report import brax_section, real_section, seeds_section
+from benchmarks.peers_report import (WARM_NAME, brax_section, control_section, real_section,
+                                     seeds_section)
 
 
 def _row(impl: str, rep: int, dpo_s: float, grpo_s: float) -> dict:
@@ -84,3 +85,31 @@ def test_the_seeds_section_splits_rows_by_host_devices_and_divides_by_one_seed()
     assert cells[("8", "2")][2] == "56 (50–62)"  # per seed: 400/8 = 50, 500/8 = 62.5
     assert cells[("8", "2")][6] == "–"  # no SB3 rows, no ratio to them
     assert seeds_section([]) == []
+
+
+def test_the_warm_cache_rows_get_their_own_control_row_and_stay_out_of_the_seeds_table():
+    def row(impl: str, rep: int, run: float, total: float, rss: float, **tags) -> dict:
+        return {"bench": "control_throughput", "impl": impl, "algo": "ppo", "rep": rep,
+                "seeds": 1, "env_steps": 1000, "steps_per_s_run": run,
+                "steps_per_s_total": total, "compile_s": 1000 / total - 1000 / run,
+                "peak_rss_mb": rss, **tags}
+    results = [row("kltrust", 0, 100.0, 10.0, 700.0), row("sb3", 0, 5.0, 4.0, 350.0),
+               row("kltrust", 0, 100.0, 50.0, 280.0, variant="cache_warm"),
+               row("kltrust", 0, 100.0, 9.0, 720.0, variant="cache_cold"),
+               row("kltrust", 1, 200.0, 20.0, 700.0), row("sb3", 1, 5.0, 5.0, 350.0),
+               row("kltrust", 1, 100.0, 40.0, 245.0, variant="cache_warm"),
+               row("kltrust", 1, 100.0, 8.0, 720.0, variant="cache_cold")]
+    slower: list[str] = []
+    table = {cells[1].strip(): [c.strip() for c in cells[2:-1]]
+             for cells in (line.split("|") for line in control_section(results, slower))
+             if len(cells) > 9 and not cells[1].strip().startswith(("implementation", "---"))}
+    assert set(table) == {"kltrust PPO (cartpole_clip)", WARM_NAME, "SB3 PPO"}  # no cold row
+    # incl. compile: median(50, 40) = 45 over median(4, 5) = 4.5 → 10.00; per rep 12.5, 8.0
+    assert table[WARM_NAME][6] == "**10.00×** (8.00–12.50)"
+    # peak RSS: median(280, 245) = 262.5 over 350 → 0.75; per rep 0.80, 0.70
+    assert table[WARM_NAME][7] == "**0.75×** (0.70–0.80)"
+    assert table["kltrust PPO (cartpole_clip)"][7] == "**2.00×** (2.00–2.00)"
+    assert table["SB3 PPO"][5:] == ["", "", ""]
+    # the seeds table divides by the plain one-seed rows only: median(100, 200) = 150
+    seeds = [line for line in seeds_section(results) if line.startswith("| 1 ")]
+    assert len(seeds) == 1 and "| 150 (100–200) |" in seeds[0]
