@@ -23,7 +23,9 @@ both. An entry that cannot be read is reported in one line and replaced.
 
 The cache is on exactly when the persistent compilation cache is (``--compilation_cache``), in the
 directory ``kltrust-programs`` inside it, and only in single-process runs (a multi-process run's
-processes would have to agree on a hit; they compile as before). What the key cannot see: an
+processes would have to agree on a hit; they compile as before) whose main program is a file: in
+a notebook, the REPL or ``python -c``, code typed there has no file for the key to cover, so
+nothing is kept (JAX's own cache still is). What the key cannot see: an
 installed package outside `DISTRIBUTIONS` that a run's code calls into, or one edited in place
 without a version change (an editable install of gymnax, say). Clear the directory after such a
 change. Entries are pickles: the directory is the
@@ -58,11 +60,18 @@ DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "gymnax", "b
 
 def directory() -> pathlib.Path | None:
     """Where entries live: ``kltrust-programs`` inside JAX's compilation cache directory, or None
-    (no cache) when that cache is off or the run spans several processes."""
+    (no cache) when that cache is off, the run spans several processes, or the process runs code
+    typed interactively (`interactive_code_is_hashed`)."""
     base = jax.config.jax_compilation_cache_dir
-    if not base or jax.process_count() > 1:
+    if not base or jax.process_count() > 1 or not interactive_code_is_hashed():
         return None
     return pathlib.Path(base) / SUBDIR
+
+
+def interactive_code_is_hashed() -> bool:
+    """False in a notebook, the REPL or ``python -c``: code typed there (a component defined in a
+    cell, say) has no file whose content the key could cover, so such a process keeps nothing."""
+    return bool(getattr(sys.modules.get("__main__"), "__file__", None))
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -196,5 +205,9 @@ def init_and_compile(compile_fn: Callable[[], tuple[Any, Any]], program: str, st
         state, compiled = compile_fn()
     finally:
         jax.config.update("jax_enable_compilation_cache", before)
-    store(entry, state, compiled)
+    try:
+        store(entry, state, compiled)
+    except Exception as error:  # noqa: BLE001  (a cache that cannot write must not stop the run)
+        warnings.warn(f"program cache: could not store {entry} ({type(error).__name__}: "
+                      f"{error}); the run goes on uncached", stacklevel=2)
     return state, compiled, False

@@ -3,7 +3,8 @@ initial state instead of tracing, initialising and compiling.
 
 What is checked: the key changes with each thing the chunk or the state depends on (static,
 seeds, a hyperparameter's value, the algorithm, a source file's content) and is the same for the
-same inputs. And, with separate processes of `experiments.train` (the failure guarded against, an
+same inputs; that interactive code (``python -c``, as in a notebook) turns the cache off. And,
+with separate processes of `experiments.train` (the failure guarded against, an
 executable missing functions, shows only when another process loads it): after JAX's own cache
 already holds the chunk (that executable must not be the one stored), a first run stores an entry
 and a second loads it and writes byte-identical metrics; a damaged entry is reported in one line,
@@ -84,6 +85,26 @@ def test_no_directory_without_the_compilation_cache():
     if jax.config.jax_compilation_cache_dir:
         pytest.skip("this process has JAX's compilation cache on")
     assert program_cache.directory() is None
+
+
+WHERE = """
+import sys
+from kltrust import compile_cache, program_cache
+compile_cache.enable(sys.argv[1])
+print(program_cache.directory())
+"""
+
+
+def test_a_script_gets_the_directory_and_interactive_code_none(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(WHERE)
+    cache = tmp_path / "xla"
+    outputs = {}
+    for how, command in (("script", [str(script)]), ("-c", ["-c", WHERE])):
+        result = subprocs.run([sys.executable, *command, str(cache)], cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[how] = result.stdout.strip().splitlines()[-1]
+    assert outputs == {"script": str(cache / program_cache.SUBDIR), "-c": "None"}
 
 
 def _train(workdir: pathlib.Path, cache: pathlib.Path):
