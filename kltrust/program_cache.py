@@ -25,11 +25,12 @@ The cache is on exactly when the persistent compilation cache is (``--compilatio
 directory ``kltrust-programs`` inside it, and only in single-process runs (a multi-process run's
 processes would have to agree on a hit; they compile as before) whose main program is a file: in
 a notebook, the REPL or ``python -c``, code typed there has no file for the key to cover, so
-nothing is kept (JAX's own cache still is). What the key cannot see: an
-installed package outside `DISTRIBUTIONS` that a run's code calls into, or one edited in place
-without a version change (an editable install of gymnax, say). Clear the directory after such a
-change. Entries are pickles: the directory is the
-user's own, like JAX's cache beside it.
+nothing is kept (JAX's own cache still is).
+
+What the key cannot see: an installed package outside `DISTRIBUTIONS` that a run's code calls
+into, or one edited in place without a version change (an editable install of gymnax, say). Clear
+the directory after such a change. Entries are pickles: the directory is the user's own, like
+JAX's cache beside it.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def init_and_compile(compile_fn: Callable[[], tuple[Any, Any]], program: str, st
     """(initial state, compiled chunk, whether they came from the cache): loaded when an entry for
     this run, code and toolchain exists; else ``compile_fn()``, stored when the cache is on. The
     first run of a program with this cache on compiles it in full even where JAX's cache holds it
-    (see below): once per key."""
+    (the comment in the body says why): once per key."""
     root = directory()
     if root is None:
         return (*compile_fn(), False)
