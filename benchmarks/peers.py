@@ -133,6 +133,13 @@ class Runner:
         return row
 
 
+def _cache_env(directory: pathlib.Path) -> dict[str, str]:
+    """A child's environment for JAX's persistent cache in ``directory``, every program kept (as
+    `kltrust.compile_cache.enable` sets it; the program cache inside it follows)."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(directory),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
 def render(runner: Runner, started: datetime.datetime, wall: float, argv: Sequence[str],
            machine: dict, end_load) -> str:
     results = runner.results
@@ -218,8 +225,7 @@ def main(argv: Sequence[str]) -> None:
                     # The same kltrust row with --compilation_cache's effect (JAX's cache and the
                     # program cache inside it): a first run fills an empty directory, a second
                     # loads its chunk and initial state. Only the second is shown.
-                    env = {"JAX_COMPILATION_CACHE_DIR": str(json_dir / f"cache_{algo}_r{rep}"),
-                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+                    env = _cache_env(json_dir / f"cache_{algo}_r{rep}")
                     for variant in ("cache_cold", "cache_warm"):
                         runner.run(f"tput_{algo}_kltrust_{variant}_r{rep}",
                                    "benchmarks.control_peers",
@@ -287,8 +293,7 @@ def main(argv: Sequence[str]) -> None:
             # JAX's persistent compilation cache (off in kltrust), every program cached (JAX's
             # default skips those compiled in under 1 s: the eager init's many small ones): a
             # first run writes it, a second run of the same programs reads it.
-            env = {"JAX_COMPILATION_CACHE_DIR": str(json_dir / "jax_cache"),
-                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+            env = _cache_env(json_dir / "jax_cache")
             for variant in ("cache_cold", "cache_warm"):
                 runner.run(f"compile_times_{variant}", "benchmarks.compile_times", args, env=env,
                            rep=0, variant=variant)
