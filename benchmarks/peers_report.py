@@ -63,9 +63,9 @@ def control_section(results, slower: list[str]) -> list[str]:
     lines = []
     rows = []
     for algo in ("ppo", "trpo"):
-        plain = _select(results, bench="control_throughput", impl="kltrust", algo=algo, seeds=1)
-        k = [r for r in plain if "variant" not in r]
-        warm = [r for r in plain if r.get("variant") == "cache_warm"]
+        every = _select(results, bench="control_throughput", impl="kltrust", algo=algo, seeds=1)
+        k = [r for r in every if "variant" not in r]  # as shipped, no cache
+        warm = [r for r in every if r.get("variant") == "cache_warm"]
         s = _select(results, bench="control_throughput", impl="sb3", algo=algo)
         for name, rs in ((IMPL_NAMES[algo, "kltrust"], k), (WARM_NAME, warm),
                          (IMPL_NAMES[algo, "sb3"], s)):
