@@ -14,7 +14,7 @@ disk to spend. Every program in ``experiments/`` takes ``--compilation_cache``:
 
 With the cache on, control runs (`kltrust.train.loop`) also keep their compiled chunk and initial
 state in ``kltrust-programs`` inside it (`kltrust.program_cache`): a warm run loads both without
-tracing or initialising anything.
+tracing or initialising anything. ``KLTRUST_PROGRAM_CACHE=off`` keeps JAX's cache alone.
 
 JAX's own thresholds are lowered to zero so that every program is kept, not only those that took
 over a second to compile: on CPU the many small programs (initialisation, evaluation) add up.
@@ -27,6 +27,7 @@ import pathlib
 
 import jax
 
+from kltrust import program_cache
 from kltrust.errors import ConfigError
 
 OFF, USER = "off", "user"
@@ -73,6 +74,10 @@ def enable(directory: pathlib.Path | str) -> pathlib.Path:
 
 
 def configure(setting: str) -> pathlib.Path | None:
-    """`resolve` then `enable`: the directory in use, or None when ``setting`` is ``off``."""
+    """`resolve` then `enable`: the directory in use, or None when ``setting`` is ``off``. With the
+    cache on, a bad ``KLTRUST_PROGRAM_CACHE`` is refused here too, before anything is compiled."""
     path = resolve(setting)
-    return None if path is None else enable(path)
+    if path is None:
+        return None
+    program_cache.switched_on()  # raises the one-line ConfigError for a value other than on/off
+    return enable(path)

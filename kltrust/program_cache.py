@@ -25,7 +25,9 @@ The cache is on exactly when the persistent compilation cache is (``--compilatio
 directory ``kltrust-programs`` inside it, and only in single-process runs (a multi-process run's
 processes would have to agree on a hit; they compile as before) whose main program is a file: in
 a notebook, the REPL or ``python -c``, code typed there has no file for the key to cover, so
-nothing is kept (JAX's own cache still is).
+nothing is kept (JAX's own cache still is). ``KLTRUST_PROGRAM_CACHE=off`` in the environment keeps
+JAX's cache alone: each run then traces, initialises and compiles as without any cache, loading
+only XLA's output (the test suite runs so, to exercise the path a default run takes).
 
 What the key cannot see: an installed package outside `DISTRIBUTIONS` that a run's code calls
 into, or one edited in place without a version change (an editable install of gymnax, say). Clear
@@ -51,7 +53,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from kltrust.errors import ConfigError
+
 SUBDIR = "kltrust-programs"
+SWITCH = "KLTRUST_PROGRAM_CACHE"  # the environment variable that turns this cache off
 _ENV_PREFIXES = ("XLA_", "JAX_", "KLTRUST_")
 # The installed packages a control program's chunk or initial state can depend on. A fixed list,
 # not "whatever is imported": the key must not change with what else a process happened to load.
@@ -61,12 +66,22 @@ DISTRIBUTIONS = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "gymnax", "b
 
 def directory() -> pathlib.Path | None:
     """Where entries live: ``kltrust-programs`` inside JAX's compilation cache directory, or None
-    (no cache) when that cache is off, the run spans several processes, or the process runs code
-    typed interactively (`interactive_code_is_hashed`)."""
+    (no cache) when that cache is off, ``KLTRUST_PROGRAM_CACHE=off`` (`switched_on`), the run spans
+    several processes, or the process runs code typed interactively
+    (`interactive_code_is_hashed`)."""
     base = jax.config.jax_compilation_cache_dir
-    if not base or jax.process_count() > 1 or not interactive_code_is_hashed():
+    if not base or not switched_on() or jax.process_count() > 1 or not interactive_code_is_hashed():
         return None
     return pathlib.Path(base) / SUBDIR
+
+
+def switched_on() -> bool:
+    """False when the environment says ``KLTRUST_PROGRAM_CACHE=off`` (JAX's cache alone); True
+    when it is unset or ``on``. Any other value is a `ConfigError` naming the variable."""
+    value = os.environ.get(SWITCH, "on")
+    if value not in ("on", "off"):
+        raise ConfigError(f"{SWITCH}={value!r}: must be 'on' or 'off'")
+    return value == "on"
 
 
 def interactive_code_is_hashed() -> bool:

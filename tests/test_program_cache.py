@@ -23,7 +23,8 @@ import pytest
 
 import subprocs
 from configs import ppo as ppo_configs
-from kltrust import program_cache, sharding
+from kltrust import compile_cache, program_cache, sharding
+from kltrust.errors import ConfigError
 from kltrust.train import control_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -81,35 +82,52 @@ def test_the_key_follows_source_content_and_the_kltrust_sources_are_in_it(tmp_pa
     assert program_cache.digest_files([*files, component]) != before
 
 
-def test_no_directory_without_the_compilation_cache():
-    if jax.config.jax_compilation_cache_dir:
-        pytest.skip("this process has JAX's compilation cache on")
+def test_the_environment_switch(monkeypatch, tmp_path):
+    assert jax.config.jax_compilation_cache_dir  # the suite's shared cache (tests/conftest.py)
+    monkeypatch.setenv(program_cache.SWITCH, "off")
     assert program_cache.directory() is None
+    monkeypatch.setenv(program_cache.SWITCH, "on")
+    assert program_cache.directory() == (
+        pathlib.Path(jax.config.jax_compilation_cache_dir) / program_cache.SUBDIR)
+    monkeypatch.setenv(program_cache.SWITCH, "0")
+    with pytest.raises(ConfigError, match=r"^KLTRUST_PROGRAM_CACHE='0': must be 'on' or 'off'$"):
+        program_cache.directory()
+    with pytest.raises(ConfigError, match=r"^KLTRUST_PROGRAM_CACHE='0'"):
+        compile_cache.configure(str(tmp_path))  # refused before JAX's cache is moved there
 
 
 WHERE = """
 import sys
 from kltrust import compile_cache, program_cache
-compile_cache.enable(sys.argv[1])
+if sys.argv[1] != "off":
+    compile_cache.enable(sys.argv[1])
 print(program_cache.directory())
 """
 
 
-def test_a_script_gets_the_directory_and_interactive_code_none(tmp_path):
+def test_a_script_gets_the_directory_and_interactive_code_or_no_cache_none(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(WHERE)
     cache = tmp_path / "xla"
     outputs = {}
-    for how, command in (("script", [str(script)]), ("-c", ["-c", WHERE])):
-        result = subprocs.run([sys.executable, *command, str(cache)], cwd=ROOT, timeout=300)
+    for how, command in (("script", [str(script), str(cache)]), ("-c", ["-c", WHERE, str(cache)]),
+                         ("no cache", [str(script), "off"])):
+        result = subprocs.run([sys.executable, *command], cwd=ROOT, timeout=300, env=_env())
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[how] = result.stdout.strip().splitlines()[-1]
-    assert outputs == {"script": str(cache / program_cache.SUBDIR), "-c": "None"}
+    assert outputs == {"script": str(cache / program_cache.SUBDIR), "-c": "None",
+                       "no cache": "None"}
+
+
+def _env() -> dict[str, str]:
+    """A child's environment with the program cache on and JAX's cache as the child sets it."""
+    return subprocs.child_env(drop=[program_cache.SWITCH, "JAX_COMPILATION_CACHE_DIR"])
 
 
 def _train(workdir: pathlib.Path, cache: pathlib.Path):
     result = subprocs.run([sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
-                           f"--compilation_cache={cache}", *ARGS], cwd=ROOT, timeout=600)
+                           f"--compilation_cache={cache}", *ARGS], cwd=ROOT, timeout=600,
+                           env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -130,7 +148,8 @@ train.main([])
 def test_a_second_process_loads_the_run_and_writes_the_same_metrics(tmp_path):
     cache = tmp_path / "xla"
     filled = subprocs.run([sys.executable, "-c", FILL_JAX_CACHE, str(cache),
-                           f"--workdir={tmp_path / 'jax_only'}", *ARGS], cwd=ROOT, timeout=600)
+                           f"--workdir={tmp_path / 'jax_only'}", *ARGS], cwd=ROOT, timeout=600,
+                           env=_env())
     assert filled.returncode == 0, filled.stderr[-3000:]
     assert not (cache / program_cache.SUBDIR).exists() and any(cache.glob("*-cache"))
 
