@@ -83,15 +83,15 @@ def test_the_key_follows_source_content_and_the_kltrust_sources_are_in_it(tmp_pa
 
 
 def test_the_environment_switch(monkeypatch, tmp_path):
-    assert jax.config.jax_compilation_cache_dir  # the suite's shared cache (tests/conftest.py)
-    monkeypatch.setenv(program_cache.SWITCH, "off")
-    assert program_cache.directory() is None
+    monkeypatch.delenv(program_cache.SWITCH, raising=False)
+    assert program_cache.switched_on()
     monkeypatch.setenv(program_cache.SWITCH, "on")
-    assert program_cache.directory() == (
-        pathlib.Path(jax.config.jax_compilation_cache_dir) / program_cache.SUBDIR)
+    assert program_cache.switched_on()
+    monkeypatch.setenv(program_cache.SWITCH, "off")
+    assert not program_cache.switched_on() and program_cache.directory() is None
     monkeypatch.setenv(program_cache.SWITCH, "0")
     with pytest.raises(ConfigError, match=r"^KLTRUST_PROGRAM_CACHE='0': must be 'on' or 'off'$"):
-        program_cache.directory()
+        program_cache.switched_on()
     with pytest.raises(ConfigError, match=r"^KLTRUST_PROGRAM_CACHE='0'"):
         compile_cache.configure(str(tmp_path))  # refused before JAX's cache is moved there
 
