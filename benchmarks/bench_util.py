@@ -111,10 +111,10 @@ def emit(row: dict[str, Any]) -> None:
         path.write_text(text + "\n")
 
 
-def executed_ops(run) -> collections.Counter:
-    """(kind -> [events, ns]) of the operations XLA's CPU runtime executed during ``run()``: the
-    leaf events of a ``jax.profiler`` trace on its worker threads, numbered names folded into
-    their kind (``dot.140`` -> ``dot``); loops, calls and executor spans are containers, not ops."""
+def _worker_events(run) -> list[tuple[str, str, int, int]]:
+    """(thread, kind, start ns, duration ns) of the leaf events of a ``jax.profiler`` trace of
+    ``run()`` on XLA's CPU worker threads, numbered names folded into their kind (``dot.140`` ->
+    ``dot``); loops, calls and executor spans are containers, not ops."""
     import jax  # here, not at the top: the driver imports this module without JAX
 
     with tempfile.TemporaryDirectory() as directory:
@@ -122,8 +122,7 @@ def executed_ops(run) -> collections.Counter:
             run()
         path = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
         data = jax.profiler.ProfileData.from_file(path)
-    kinds: collections.Counter = collections.Counter()
-    counts: collections.Counter = collections.Counter()
+    events = []
     for plane in data.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_XLAEigen"):  # XLA's CPU worker threads
@@ -132,7 +131,48 @@ def executed_ops(run) -> collections.Counter:
                 name = event.name
                 if name.startswith(("while", "call", "conditional", "ThunkExecutor", "end:")):
                     continue
-                kind = re.sub(r"\.\d+$", "", name)
-                kinds[kind] += event.duration_ns
-                counts[kind] += 1
+                events.append((line.name, re.sub(r"\.\d+$", "", name), event.start_ns,
+                               event.duration_ns))
+    return events
+
+
+def executed_ops(run) -> collections.Counter:
+    """(kind -> [events, ns]) of the operations XLA's CPU runtime executed during ``run()`` (the
+    leaf events of a ``jax.profiler`` trace on its worker threads, by kind of operation)."""
+    kinds: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    for _, kind, _, duration in _worker_events(run):
+        kinds[kind] += duration
+        counts[kind] += 1
     return collections.Counter({k: (counts[k], kinds[k]) for k in kinds})
+
+
+def covered_ns(intervals: list[tuple[int, int]]) -> int:
+    """Length of the union of ``(start, duration)`` intervals (nested or overlapping events of
+    one thread count once)."""
+    total, open_start, open_end = 0, None, None
+    for start, duration in sorted(intervals):
+        if open_end is None or start > open_end:
+            total += 0 if open_end is None else open_end - open_start
+            open_start, open_end = start, start + duration
+        else:
+            open_end = max(open_end, start + duration)
+    return total if open_end is None else total + open_end - open_start
+
+
+def worker_busy(run) -> dict[str, Any]:
+    """How busy XLA's CPU worker threads were during ``run()``: the window from the first
+    operation's start to the last one's end, and per thread the time inside operations (the union
+    of its events' intervals), in ms, with the operations' time by kind (ms and event count)."""
+    # the thread pool's region markers take no time and run no operation
+    events = [e for e in _worker_events(run) if not e[1].startswith("ThreadpoolListener")]
+    first = min(start for _, _, start, _ in events)
+    last = max(start + duration for _, _, start, duration in events)
+    busy = {thread: covered_ns([(s, d) for t, _, s, d in events if t == thread]) / 1e6
+            for thread in sorted({t for t, _, _, _ in events})}
+    kinds: dict[str, list] = {}
+    for _, kind, _, duration in events:
+        entry = kinds.setdefault(kind, [0, 0.0])
+        entry[0] += 1
+        entry[1] += duration / 1e6
+    return {"window_ms": (last - first) / 1e6, "busy_ms": busy, "kinds": kinds}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,9 @@ def matmul_params(vocab: int, width: int, layers: int) -> int:
 # ---------------------------------------------------------------- kltrust
 
 
-def run_kltrust(row: dict[str, Any]) -> None:
+def run_kltrust(row: dict[str, Any], profile: Callable | None = None) -> None:
+    """Times kltrust's DPO step into ``row``; ``profile(call)``, if given, is then run on the
+    timed call (one chunk) and its result stored as ``row["profile"]``."""
     import jax
     import jax.numpy as jnp
 
@@ -138,6 +140,8 @@ def run_kltrust(row: dict[str, Any]) -> None:
         jax.block_until_ready((holder["state"], metrics))
 
     times = bench_util.call_times(call, _REPEATS.value, _WARMUP.value)
+    if profile is not None:
+        row["profile"] = profile(call)
     row.update(params=count, compile_s=compile_s, step_times_s=[t / _CHUNK.value for t in times],
                xla_flops=float(cost.get("flops", float("nan"))),
                xla_bytes_accessed=float(cost.get("bytes accessed", float("nan"))),
@@ -193,7 +197,8 @@ def torch_modules():
     return TorchDecoder
 
 
-def run_torch(row: dict[str, Any]) -> None:
+def run_torch(row: dict[str, Any], profile: Callable | None = None) -> None:
+    """Times the PyTorch DPO step into ``row``; ``profile(step)`` as in `run_kltrust`."""
     import copy
 
     import torch
@@ -244,6 +249,8 @@ def run_torch(row: dict[str, Any]) -> None:
     step()  # the first step (and torch.compile's compilation) counted as "compile"
     compile_s = time.perf_counter() - start
     times = bench_util.call_times(step, _REPEATS.value, max(_WARMUP.value - 1, 0))
+    if profile is not None:
+        row["profile"] = profile(step)
     row.update(params=count, compile_s=compile_s, step_times_s=times,
                torch_compile=_TORCH_COMPILE.value, torch_threads=torch.get_num_threads())
 

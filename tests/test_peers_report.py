@@ -1,12 +1,16 @@
 """`benchmarks.peers_report`'s real-model, brax and vmapped-seeds sections: medians, per-rep
 ratio ranges and the 'slower' list, from rows as `benchmarks.trl_real`, `benchmarks.control_steps`
 and `benchmarks.control_peers` write them with ``--json_out`` (pure formatting; the expected cells
-are worked out by hand beside them)."""
+are worked out by hand beside them), and `bench_util.covered_ns`, the trace profiles' busy time."""
 
 from __future__ import annotations
 
 import statistics
 
+import hypothesis
+import hypothesis.strategies as st
+
+from benchmarks import bench_util
 from benchmarks.peers_report import (WARM_NAME, brax_section, control_section, real_section,
                                      seeds_section)
 
@@ -113,3 +117,12 @@ def test_the_warm_cache_rows_get_their_own_control_row_and_stay_out_of_the_seeds
     # the seeds table divides by the plain one-seed rows only: median(100, 200) = 150
     seeds = [line for line in seeds_section(results) if line.startswith("| 1 ")]
     assert len(seeds) == 1 and "| 150 (100–200) |" in seeds[0]
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 20)), max_size=12))
+def test_covered_ns_is_the_union_of_the_intervals(intervals):
+    # The trace profiles' busy time (bench_util.worker_busy): against the count of unit cells
+    # [k, k + 1) that some interval [start, start + duration) covers.
+    cells = {k for start, duration in intervals for k in range(start, start + duration)}
+    assert bench_util.covered_ns(intervals) == len(cells)
