@@ -70,9 +70,16 @@ def compile_chunk(overrides: dict[str, Any], rollout_only: bool = False
     previous one left, as a run's chunks do.
     """
     spec = control_config.spec_from_config(make_config(overrides))
+    return compile_spec(spec, rollout_only), spec.static
+
+
+def compile_spec(spec: Any, rollout_only: bool = False) -> Callable[[], Any]:
+    """A blocking call of one compiled chunk of the control run ``spec`` (any family, any number
+    of seeds; see `compile_chunk`), warmed up; each call returns the chunk's metrics."""
     program = programs.program(spec.algorithm)
     trainer = program.make_trainer(spec.static, sharding.mesh_from_sizes(dict(spec.mesh)))
-    hparams = jax.tree.map(lambda x: np.broadcast_to(x, (1,) + x.shape), spec.hparams)
+    hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(spec.seeds),) + x.shape),
+                           spec.hparams)
     init, run_chunk = program.compile_run(trainer)
     if rollout_only:
         state = init(jnp.asarray(spec.seeds), hparams)
@@ -86,7 +93,7 @@ def compile_chunk(overrides: dict[str, Any], rollout_only: bool = False
         return box["metrics"]
 
     call()  # compile (rollout_only) / warm up
-    return call, spec.static
+    return call
 
 
 def rollout_chunk(trainer: Any, state: Any, hp: Any) -> tuple[Any, jax.Array]:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kltrust import components, controllers, guards, rollout, sharding
+from kltrust import components, controllers, guards, rollout, sharding, shuffle
 from kltrust.objectives import ppo
 from kltrust.train import common
 
@@ -218,7 +218,7 @@ class Trainer(common.ControlTrainer):
             return carry, (metrics, ~stopped)
 
         def epoch(carry, epoch_key):
-            perm = jax.random.permutation(epoch_key, static.batch_size)
+            perm = shuffle.permutation(epoch_key, static.batch_size)
             shuffled = jax.tree.map(
                 lambda x: x[perm].reshape((static.num_minibatches, minibatch_size) + x.shape[1:]),
                 batch,

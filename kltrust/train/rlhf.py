@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kltrust import components, controllers, domains, guards, kl, sharding
+from kltrust import components, controllers, domains, guards, kl, sharding, shuffle
 from kltrust import reference as references
 from kltrust import rollout as rollouts
 from kltrust.models.interface import LanguageModel, RewardModel
@@ -280,7 +280,7 @@ class Trainer:
         size = jax.tree.leaves(batch)[0].shape[0]
 
         def epoch(carry, epoch_key):
-            order = jax.random.permutation(epoch_key, size).reshape(s.minibatches, -1)
+            order = shuffle.permutation(epoch_key, size).reshape(s.minibatches, -1)
 
             def minibatch(carry, idx):
                 params, opt_state = carry

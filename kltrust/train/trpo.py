@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from kltrust import components, guards, rollout, sharding
+from kltrust import components, guards, rollout, sharding, shuffle
 from kltrust.objectives import trpo
 from kltrust.train import common
 
@@ -231,7 +231,7 @@ class Trainer(common.ControlTrainer):
             return (optax.apply_updates(critic, updates), opt_state), loss
 
         def epoch(carry, epoch_key):
-            perm = jax.random.permutation(epoch_key, static.batch_size)
+            perm = shuffle.permutation(epoch_key, static.batch_size)
             shuffled = jax.tree.map(
                 lambda x: x[perm].reshape((static.vf_minibatches, minibatch_size) + x.shape[1:]),
                 (obs, target),
