@@ -13,7 +13,8 @@ import pytest
 
 import subprocs
 from configs import ppo as ppo_configs
-from kltrust import controllers
+from kltrust import controllers, sharding
+from kltrust import train as programs
 from kltrust.distributions import Categorical
 from kltrust.objectives import ppo
 from kltrust.train import control_config, loop
@@ -189,6 +190,25 @@ def test_same_seed_same_numbers():
     for name in a.metrics:
         np.testing.assert_array_equal(a.metrics[name], b.metrics[name], err_msg=name)
     jax.tree.map(np.testing.assert_array_equal, a.state.params, b.state.params)
+
+
+def test_the_chunk_compiled_beside_the_init_equals_the_one_compiled_after_it():
+    """`loop.init_and_compile` traces and compiles the chunk on a second thread from the state's
+    shapes while the state is computed; the result must be the program compiled from the
+    computed state: the same initial state and, run on it, the same outputs bit for bit."""
+    spec = control_config.spec_from_config(_tiny())
+    program = programs.program(spec.algorithm)
+    init, run_chunk = program.compile_run(program.make_trainer(spec.static, sharding.make_mesh(1)))
+    seeds = jnp.asarray(spec.seeds)
+    hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds),) + np.shape(x)), spec.hparams)
+    assert jax.device_count() == 1  # the overlapped path (the multi-device one is sequential)
+    state, compiled = loop.init_and_compile(init, run_chunk, seeds, hparams)
+    after = init(seeds, hparams)
+    jax.tree.map(np.testing.assert_array_equal, state, after)
+    sequential = run_chunk.lower(after, hparams).compile()
+    for ours, reference in zip(jax.tree.leaves(compiled(state, hparams)),
+                               jax.tree.leaves(sequential(after, hparams))):
+        np.testing.assert_array_equal(ours, reference)
 
 
 @pytest.mark.parametrize("preset, point, twin", [
