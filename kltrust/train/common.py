@@ -158,6 +158,10 @@ def compile_run(trainer: ControlTrainer) -> tuple[Callable, Callable]:
     follow `sharding.param_constraint` (replicated unless fsdp > 1).
     Parameters are initialised eagerly first (`initial_params`), then passed into the jitted init.
     """
+    # The model and environment are built here, outside any trace: `loop.init_and_compile` traces
+    # ``init`` (jax.eval_shape) before or while running it, and an environment that makes arrays
+    # when built (brax's loads its MJCF model into jnp arrays) would otherwise keep tracers.
+    trainer._model_and_env  # noqa: B018  (a cached property: this builds it)
     vmapped_init = sharding.vmap_runs(trainer.init)
     if trainer.mesh.shape[sharding.RUN_AXIS] == 1:
         init_state = jax.jit(vmapped_init)
