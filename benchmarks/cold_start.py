@@ -19,7 +19,6 @@ _START = time.perf_counter()
 
 import jax  # noqa: E402  (timed from the interpreter's start)
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import ppo as ppo_configs  # noqa: E402
@@ -51,7 +50,7 @@ def main(argv) -> None:
     program = programs.program(spec.algorithm)
     trainer = program.make_trainer(spec.static, sharding.mesh_from_sizes(dict(spec.mesh)))
     seeds = jnp.asarray(spec.seeds)
-    hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds),) + x.shape), spec.hparams)
+    hparams = spec.seed_hparams
     init, run_chunk = program.compile_run(trainer)
     jax.block_until_ready(trainer.initial_params(seeds))
     t = _stage("eager parameter init", t)

@@ -6,7 +6,7 @@ For TRPO's cartpole_trpo (5 critic epochs over 2,048 states per update) and PPO 
 CartPole settings (10 epochs over 512 states; 1 seed and 8 vmapped seeds), each training chunk is
 compiled twice in one process: once with `jax.random.permutation` drawing the minibatch orders
 (as before `kltrust.shuffle`) and once with `kltrust.shuffle.permutation`. Both chunks start from
-the same state and the script first checks that they end in bit-identical states and metrics;
+the same state and the script first checks that one call of each returns bit-identical metrics;
 then ``--rounds`` × ``--repeats`` chunk calls are timed round-robin (A, B, A, B, …) so that load
 falls on both alike, and the medians per update are printed with their ratio.
 """

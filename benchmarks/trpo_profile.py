@@ -78,8 +78,7 @@ def compile_spec(spec: Any, rollout_only: bool = False) -> Callable[[], Any]:
     of seeds; see `compile_chunk`), warmed up; each call returns the chunk's metrics."""
     program = programs.program(spec.algorithm)
     trainer = program.make_trainer(spec.static, sharding.mesh_from_sizes(dict(spec.mesh)))
-    hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(spec.seeds),) + x.shape),
-                           spec.hparams)
+    hparams = spec.seed_hparams
     init, run_chunk = program.compile_run(trainer)
     if rollout_only:
         state = init(jnp.asarray(spec.seeds), hparams)

@@ -200,7 +200,7 @@ def test_the_chunk_compiled_beside_the_init_equals_the_one_compiled_after_it():
     program = programs.program(spec.algorithm)
     init, run_chunk = program.compile_run(program.make_trainer(spec.static, sharding.make_mesh(1)))
     seeds = jnp.asarray(spec.seeds)
-    hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds),) + np.shape(x)), spec.hparams)
+    hparams = spec.seed_hparams
     assert jax.device_count() == 1  # the overlapped path (the multi-device one is sequential)
     state, compiled = loop.init_and_compile(init, run_chunk, seeds, hparams)
     after = init(seeds, hparams)

@@ -58,6 +58,13 @@ class ControlSpec:
     def seeds(self) -> np.ndarray:
         return np.arange(self.seed, self.seed + self.num_seeds, dtype=np.int32)
 
+    @property
+    def seed_hparams(self) -> Any:
+        """``hparams`` with each leaf broadcast over the seeds ([num_seeds]): the run axis the
+        compiled programs take (`kltrust.train.common.compile_run`)."""
+        return jax.tree.map(lambda x: np.broadcast_to(x, (self.num_seeds,) + np.shape(x)),
+                            self.hparams)
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -155,8 +162,7 @@ def train(
     trainer = program.make_trainer(spec.static, mesh)  # checks the mesh before anything compiles
     static = trainer.static
     if runs is None:
-        seeds = spec.seeds
-        hparams = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds),) + x.shape), spec.hparams)
+        seeds, hparams = spec.seeds, spec.seed_hparams
     else:
         seeds, hparams = np.asarray(runs[0], np.int32), runs[1]
     # The run axis is split over the mesh's ``runs`` axis: pad it to a multiple (copies of the last
